@@ -1,0 +1,1 @@
+"""Transport: gRPC servicers, the call interceptor (auth, errors) and protobuf conversion."""

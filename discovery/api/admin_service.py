@@ -1,0 +1,65 @@
+"""DirectoryAdminService: the backend-facing servicer (account service)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from grpc import aio
+
+from discovery.api.auth import DIRECTORY_WRITE_SCOPE, current_principal, require_scope
+from discovery.api.convert import import_report_to_pb, settings_from_pb
+from discovery.core.directory import Directory, ImportCandidate
+from discovery.core.model import ImportReport
+from discovery.v1 import discovery_pb2 as pb
+from discovery.v1 import discovery_pb2_grpc as pb_grpc
+
+
+class DirectoryAdminService(pb_grpc.DirectoryAdminServiceServicer):
+    def __init__(self, directory: Directory) -> None:
+        self._directory = directory
+
+    async def RegisterUser(
+        self, request: pb.RegisterUserRequest, context: aio.ServicerContext
+    ) -> pb.RegisterUserResponse:
+        require_scope(current_principal(), DIRECTORY_WRITE_SCOPE)
+        settings = settings_from_pb(request.settings) if request.HasField("settings") else None
+        await self._directory.register(request.user_id, request.contact_hash, settings)
+        return pb.RegisterUserResponse()
+
+    async def UnregisterUser(
+        self, request: pb.UnregisterUserRequest, context: aio.ServicerContext
+    ) -> pb.UnregisterUserResponse:
+        require_scope(current_principal(), DIRECTORY_WRITE_SCOPE)
+        await self._directory.unregister(request.user_id)
+        return pb.UnregisterUserResponse()
+
+    async def ChangeNumber(
+        self, request: pb.ChangeNumberRequest, context: aio.ServicerContext
+    ) -> pb.ChangeNumberResponse:
+        require_scope(current_principal(), DIRECTORY_WRITE_SCOPE)
+        await self._directory.change_number(request.user_id, request.contact_hash)
+        return pb.ChangeNumberResponse()
+
+    async def ImportUsers(
+        self, request_iterator: AsyncIterator[pb.ImportUsersRequest], context: aio.ServicerContext
+    ) -> pb.ImportUsersResponse:
+        """Each streamed batch is validated and committed on its own: a rejected user never
+        blocks the others, and what was reported imported is durable."""
+        require_scope(current_principal(), DIRECTORY_WRITE_SCOPE)
+        limits = self._directory.limits
+        total = ImportReport()
+        position = 0
+        async for batch in request_iterator:
+            candidates = [
+                ImportCandidate(
+                    u.user_id,
+                    u.contact_hash,
+                    settings_from_pb(u.settings) if u.HasField("settings") else None,
+                )
+                for u in batch.users
+            ]
+            for start in range(0, len(candidates), limits.max_import_batch):
+                chunk = candidates[start : start + limits.max_import_batch]
+                total.add(await self._directory.import_batch(chunk, position), limits.max_reported_rejections)
+                position += len(chunk)
+        return import_report_to_pb(total)

@@ -1,0 +1,98 @@
+"""Who is calling: the Principal of a call, and the authenticators that establish it.
+
+The servicers never read credentials themselves; they ask for ``current_principal()``,
+which the call interceptor sets after the configured Authenticator accepted the call.
+Messages therefore never carry the caller's identity.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from discovery.core.errors import PermissionDenied, Unauthenticated
+from discovery.core.validation import user_id_problem
+
+CLIENT_SERVICE = "discovery.v1.DiscoveryService"
+ADMIN_SERVICE = "discovery.v1.DirectoryAdminService"
+DEV_USER_ID_HEADER = "x-discovery-user-id"
+DIRECTORY_WRITE_SCOPE = "directory:write"
+
+
+class Audience(enum.Enum):
+    """Which credentials a method needs."""
+
+    PUBLIC = "public"  # health, reflection
+    CLIENT = "client"  # a messenger user
+    BACKEND = "backend"  # the account service and other backends
+
+
+def audience_of(method: str) -> Audience:
+    """``/package.Service/Method`` -> the audience of that service."""
+    service = method.lstrip("/").split("/", 1)[0]
+    if service == ADMIN_SERVICE:
+        return Audience.BACKEND
+    if service.startswith("discovery.v1."):
+        return Audience.CLIENT
+    return Audience.PUBLIC
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    audience: Audience
+    user_id: str | None = None
+    scopes: frozenset[str] = field(default_factory=frozenset)
+
+
+_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("discovery_principal")
+
+
+def set_principal(principal: Principal) -> contextvars.Token[Principal]:
+    return _principal.set(principal)
+
+
+def current_principal() -> Principal:
+    return _principal.get()
+
+
+def current_user_id() -> str:
+    """The calling user's id; only client methods are ever routed here."""
+    user_id = current_principal().user_id
+    if user_id is None:
+        raise Unauthenticated("this method needs a user's credentials")
+    return user_id
+
+
+class Authenticator(Protocol):
+    def authenticate(self, method: str, metadata: Mapping[str, str | bytes]) -> Principal:
+        """The principal of a call, or Unauthenticated / PermissionDenied."""
+        ...
+
+
+class DevAuthenticator:
+    """Development only: trusts the ``x-discovery-user-id`` header, and lets backends in.
+
+    Never use it on a network you do not control; configure JWT authentication instead.
+    """
+
+    def authenticate(self, method: str, metadata: Mapping[str, str | bytes]) -> Principal:
+        audience = audience_of(method)
+        if audience is Audience.PUBLIC:
+            return Principal(audience)
+        if audience is Audience.BACKEND:
+            return Principal(audience, scopes=frozenset({DIRECTORY_WRITE_SCOPE}))
+        raw = metadata.get(DEV_USER_ID_HEADER)
+        if raw is None:
+            raise Unauthenticated(f"missing {DEV_USER_ID_HEADER} metadata")
+        user_id = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        if user_id_problem(user_id) is not None:
+            raise Unauthenticated(f"malformed {DEV_USER_ID_HEADER} metadata")
+        return Principal(audience, user_id=user_id)
+
+
+def require_scope(principal: Principal, scope: str) -> None:
+    if scope not in principal.scopes:
+        raise PermissionDenied(f"this method needs the {scope} scope")

@@ -1,0 +1,43 @@
+"""DiscoveryService: the client-facing servicer. The caller is always the call's principal."""
+
+from __future__ import annotations
+
+from grpc import aio
+
+from discovery.api.auth import current_user_id
+from discovery.api.convert import settings_from_pb, settings_to_pb
+from discovery.core.directory import Directory
+from discovery.v1 import discovery_pb2 as pb
+from discovery.v1 import discovery_pb2_grpc as pb_grpc
+
+
+class DiscoveryService(pb_grpc.DiscoveryServiceServicer):
+    def __init__(self, directory: Directory) -> None:
+        self._directory = directory
+
+    async def Discover(
+        self, request: pb.DiscoverRequest, context: aio.ServicerContext
+    ) -> pb.DiscoverResponse:
+        result = self._directory.discover(current_user_id(), request.contact_hashes)
+        return pb.DiscoverResponse(match_indices=result.positions, match_user_ids=result.user_ids)
+
+    async def GetSettings(
+        self, request: pb.GetSettingsRequest, context: aio.ServicerContext
+    ) -> pb.GetSettingsResponse:
+        settings = await self._directory.get_settings(current_user_id())
+        return pb.GetSettingsResponse(settings=settings_to_pb(settings))
+
+    async def UpdateSettings(
+        self, request: pb.UpdateSettingsRequest, context: aio.ServicerContext
+    ) -> pb.UpdateSettingsResponse:
+        settings = await self._directory.update_settings(
+            current_user_id(), settings_from_pb(request.settings), list(request.update_mask)
+        )
+        return pb.UpdateSettingsResponse(settings=settings_to_pb(settings))
+
+    async def DeleteMyData(
+        self, request: pb.DeleteMyDataRequest, context: aio.ServicerContext
+    ) -> pb.DeleteMyDataResponse:
+        return pb.DeleteMyDataResponse(
+            records_deleted=await self._directory.delete_my_data(current_user_id())
+        )

@@ -1,0 +1,30 @@
+"""The ``discovery`` command: ``serve`` and the client and backend commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from discovery.cli.serve import add_serve_command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="discovery", description="Privacy-aware contact discovery over gRPC."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_serve_command(commands)
+    from discovery.cli.client_commands import add_client_commands
+
+    add_client_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""``discovery serve``: run one instance on its embedded default or on the configured store."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from discovery.config import add_server_options, config_from_args
+from discovery.logs import configure_logging
+from discovery.server import serve
+
+
+def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run the service",
+        description="Run the service. With no options it keeps an embedded SQLite store in the data "
+        "directory and listens on 127.0.0.1:50051.",
+    )
+    add_server_options(parser)
+    parser.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    configure_logging(config.log_level)
+    asyncio.run(serve(config))
+    return 0

@@ -1,0 +1,133 @@
+"""The SDK's error type for failed calls.
+
+Every failed gRPC call made through :mod:`discovery.client` raises
+:class:`DiscoveryError`::
+
+    DiscoveryError(
+        code: grpc.StatusCode,
+        message: str,
+        field_violations: list[tuple[str, str]] = [],   # (field, description) from google.rpc.BadRequest
+        retry_after: float | None = None,               # seconds, from google.rpc.RetryInfo
+    )
+
+The rich details are read from the ``grpc-status-details-bin`` trailing
+metadata (a serialised ``google.rpc.Status``) with
+:func:`grpc_status.rpc_status.from_call`. Neither the message nor the string
+form of the error ever contains a phone number or a contact hash unless the
+server put one there (it does not).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+__all__ = ["DiscoveryError"]
+
+_DETAILS_METADATA_KEY = "grpc-status-details-bin"
+
+
+class DiscoveryError(Exception):
+    """A failed call to the discovery service.
+
+    Attributes:
+        code: the gRPC status code (``grpc.StatusCode``).
+        message: the status message sent by the server (or produced locally by gRPC).
+        field_violations: ``(field, description)`` pairs from a ``google.rpc.BadRequest`` detail.
+        retry_after: seconds to wait before retrying, from a ``google.rpc.RetryInfo`` detail.
+    """
+
+    code: Any  # grpc.StatusCode (grpc ships no type stubs)
+    message: str
+    field_violations: list[tuple[str, str]]
+    retry_after: float | None
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        field_violations: list[tuple[str, str]] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.field_violations = list(field_violations or [])
+        self.retry_after = retry_after
+
+    @property
+    def code_name(self) -> str:
+        """The status code's name, e.g. ``"INVALID_ARGUMENT"``."""
+        name = getattr(self.code, "name", None)
+        return str(name) if name is not None else str(self.code)
+
+    def __str__(self) -> str:
+        text = f"{self.code_name}: {self.message}"
+        if self.field_violations:
+            text += " (" + "; ".join(f"{field}: {desc}" for field, desc in self.field_violations) + ")"
+        if self.retry_after is not None:
+            text += f" (retry after {self.retry_after:g}s)"
+        return text
+
+    def __repr__(self) -> str:
+        return (
+            f"DiscoveryError(code={self.code_name}, message={self.message!r}, "
+            f"field_violations={self.field_violations!r}, retry_after={self.retry_after!r})"
+        )
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> DiscoveryError:
+        """Build a :class:`DiscoveryError` from a ``grpc.RpcError`` (sync) or ``grpc.aio.AioRpcError``."""
+        code = _call_attr(error, "code") or grpc.StatusCode.UNKNOWN
+        message = _call_attr(error, "details")
+        status = _rich_status(error)
+        if not isinstance(message, str):
+            message = status.message if status is not None else ""
+        field_violations: list[tuple[str, str]] = []
+        retry_after: float | None = None
+        if status is not None:
+            for detail in status.details:
+                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad_request = error_details_pb2.BadRequest()
+                    detail.Unpack(bad_request)
+                    field_violations.extend((v.field, v.description) for v in bad_request.field_violations)
+                elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    retry_info = error_details_pb2.RetryInfo()
+                    detail.Unpack(retry_info)
+                    delay = retry_info.retry_delay
+                    retry_after = delay.seconds + delay.nanos / 1e9
+        return cls(code, message, field_violations, retry_after)
+
+
+def _call_attr(error: object, name: str) -> Any:
+    method = getattr(error, name, None)
+    if not callable(method):
+        return None
+    try:
+        return method()
+    except Exception:
+        return None
+
+
+def _rich_status(error: object) -> Any:
+    """The ``google.rpc.Status`` carried by the error's trailing metadata, or None."""
+    if not callable(getattr(error, "trailing_metadata", None)):
+        return None
+    try:
+        return rpc_status.from_call(error)
+    except ValueError:
+        # The rich status disagrees with the call's code or message (e.g. a proxy
+        # rewrote the status); still use its details.
+        pass
+    except Exception:
+        return None
+    try:
+        for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
+            if key == _DETAILS_METADATA_KEY:
+                return status_pb2.Status.FromString(value)
+    except Exception:
+        return None
+    return None

@@ -1,0 +1,120 @@
+"""Plain result types returned by the SDK.
+
+::
+
+    Match(entry: str, e164: str, user_id: str)
+    InvalidEntry(entry: str, reason: str)
+    DiscoverResult(matches: list[Match], invalid: list[InvalidEntry])
+    Settings(discoverable: bool, announce_join: bool, notify_on_join: bool)
+    ImportRejection(position: int, user_id: str, reason: str, detail: str = "")
+    ImportSummary(imported: int, unchanged: int, rejected_total: int, rejections: list[ImportRejection])
+
+``Match.entry`` and ``InvalidEntry.entry`` are the caller's original input
+strings, unchanged. ``ImportRejection.reason`` is the server's
+``RejectionReason`` enum name (e.g. ``"REJECTION_REASON_CONTACT_HASH_TAKEN"``)
+or :data:`CLIENT_INVALID_NUMBER` for a number the SDK rejected before sending
+(then ``detail`` holds the :class:`~discovery.client.normalize.InvalidReason`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CLIENT_INVALID_NUMBER",
+    "DiscoverResult",
+    "ImportRejection",
+    "ImportSummary",
+    "InvalidEntry",
+    "Match",
+    "Settings",
+]
+
+#: ``ImportRejection.reason`` for a row whose number the SDK could not normalise (never sent).
+CLIENT_INVALID_NUMBER = "INVALID_NUMBER"
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """An original address-book entry that belongs to a registered, discoverable user."""
+
+    entry: str
+    e164: str
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidEntry:
+    """An original address-book entry that is not a valid number, with the reason."""
+
+    entry: str
+    reason: str
+
+
+@dataclass(slots=True)
+class DiscoverResult:
+    """Matches and invalid entries, each in input order."""
+
+    matches: list[Match] = field(default_factory=list)
+    invalid: list[InvalidEntry] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "matches": [{"entry": m.entry, "e164": m.e164, "user_id": m.user_id} for m in self.matches],
+            "invalid": [{"entry": i.entry, "reason": str(i.reason)} for i in self.invalid],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A user's privacy settings."""
+
+    discoverable: bool
+    announce_join: bool
+    notify_on_join: bool
+
+    def to_dict(self) -> dict[str, bool]:
+        return {
+            "discoverable": self.discoverable,
+            "announce_join": self.announce_join,
+            "notify_on_join": self.notify_on_join,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRejection:
+    """One user of an import that was not registered.
+
+    ``position`` is the 0-based position in the caller's input (not in the stream sent).
+    """
+
+    position: int
+    user_id: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class ImportSummary:
+    """The outcome of :meth:`AdminClient.import_users`.
+
+    ``rejected_total`` counts every rejection; ``rejections`` lists the server's
+    reported ones (the server caps the list) plus every client-side one, by position.
+    """
+
+    imported: int = 0
+    unchanged: int = 0
+    rejected_total: int = 0
+    rejections: list[ImportRejection] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "imported": self.imported,
+            "unchanged": self.unchanged,
+            "rejected_total": self.rejected_total,
+            "rejections": [
+                {"position": r.position, "user_id": r.user_id, "reason": r.reason, "detail": r.detail}
+                for r in self.rejections
+            ],
+        }

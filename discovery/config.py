@@ -1,0 +1,135 @@
+"""Server configuration: every option is a command-line flag and a DISCOVERY_* variable.
+
+One table (OPTIONS) declares each option once; the flag, the environment variable,
+the default and the README's configuration reference all come from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+def _bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {value!r}")
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "discovery"
+
+
+@dataclass
+class ServerConfig:
+    listen: str = field(
+        default="127.0.0.1:50051", metadata={"help": "address to listen on (host:port; port 0 picks one)"}
+    )
+    data_dir: Path = field(
+        default_factory=default_data_dir,
+        metadata={"help": "where the embedded store and the server secret live"},
+    )
+    store: str = field(
+        default="", metadata={"help": "store URL: sqlite:///path.db (default: DATA_DIR/discovery.db)"}
+    )
+    secret_file: str = field(
+        default="",
+        metadata={
+            "help": "server secret file, made with mode 0600 on first start (default: DATA_DIR/server.secret)"
+        },
+    )
+    secret_env: str = field(
+        default="",
+        metadata={
+            "help": "name of an environment variable holding the server secret (hex); overrides secret_file"
+        },
+    )
+    max_hashes_per_request: int = field(
+        default=5000, metadata={"help": "cap on contact hashes in one Discover request"}
+    )
+    max_import_batch: int = field(
+        default=10_000, metadata={"help": "cap on users in one ImportUsers message"}
+    )
+    max_receive_message_bytes: int = field(
+        default=4 * 1024 * 1024, metadata={"help": "largest request message accepted"}
+    )
+    default_discoverable: bool = field(
+        default=True, metadata={"help": "initial 'discoverable' of a new user"}
+    )
+    default_announce_join: bool = field(
+        default=True, metadata={"help": "initial 'announce_join' of a new user"}
+    )
+    default_notify_on_join: bool = field(
+        default=False, metadata={"help": "initial 'notify_on_join' of a new user (opt-in)"}
+    )
+    sqlite_synchronous: str = field(
+        default="NORMAL",
+        metadata={"help": "SQLite synchronous mode: NORMAL survives process crashes; FULL also power loss"},
+    )
+    feed_retention_seconds: float = field(
+        default=3600.0, metadata={"help": "how long registry changes stay in the change feed for followers"}
+    )
+    grace_seconds: float = field(
+        default=10.0, metadata={"help": "how long in-flight calls may take to finish on SIGTERM"}
+    )
+    log_level: str = field(default="INFO", metadata={"help": "log level"})
+    port_file: str = field(
+        default="",
+        metadata={"help": "write the bound port to this file once serving (for supervisors and tests)"},
+    )
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite:///{self.data_dir / 'discovery.db'}"
+
+    @property
+    def secret_path(self) -> Path:
+        return Path(self.secret_file) if self.secret_file else self.data_dir / "server.secret"
+
+
+def _parser_type(kind: Any) -> Callable[[str], Any]:
+    if kind in (bool, "bool"):
+        return _bool
+    if kind in (int, "int"):
+        return int
+    if kind in (float, "float"):
+        return float
+    if kind in (Path, "Path"):
+        return Path
+    return str
+
+
+def env_name(option: str) -> str:
+    return "DISCOVERY_" + option.upper()
+
+
+def add_server_options(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
+    """Flags for every ServerConfig field, defaulting to DISCOVERY_* variables, then to the built-in."""
+    env = os.environ if env is None else env
+    defaults = ServerConfig()
+    for f in fields(ServerConfig):
+        convert = _parser_type(f.type)
+        raw = env.get(env_name(f.name))
+        default = convert(raw) if raw is not None else getattr(defaults, f.name)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=convert,
+            default=default,
+            metavar=f.name.upper(),
+            help=f"{f.metadata.get('help', '')} [{env_name(f.name)}; default {getattr(defaults, f.name)}]",
+        )
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(**{f.name: getattr(args, f.name) for f in fields(ServerConfig)})

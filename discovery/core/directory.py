@@ -1,0 +1,184 @@
+"""The directory: registration by backends and discovery by clients.
+
+Every rule of the privacy model that concerns the registry lives here: only
+directory keys reach the store, unmatched contacts are forgotten when the call
+ends, and undiscoverable users are never returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from discovery.core.errors import InvalidArgument, NotFound, UserNotRegistered
+from discovery.core.hashing import KeyRing
+from discovery.core.model import (
+    SETTING_NAMES,
+    DiscoverResult,
+    ImportRejection,
+    ImportRejectionReason,
+    ImportReport,
+    NewUser,
+    RegisterOutcome,
+    Settings,
+    UserRecord,
+)
+from discovery.core.validation import (
+    check_contact_hash,
+    check_no_duplicate_keys,
+    check_packed_hashes,
+    check_user_id,
+    contact_hash_problem,
+    user_id_problem,
+)
+from discovery.index.sync import IndexSync
+from discovery.store.base import Store
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryLimits:
+    max_hashes_per_request: int = 5000
+    max_import_batch: int = 10_000
+    max_reported_rejections: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ImportCandidate:
+    user_id: str
+    contact_hash: bytes
+    settings: Settings | None
+
+
+class Directory:
+    def __init__(
+        self,
+        store: Store,
+        sync: IndexSync,
+        keys: KeyRing,
+        *,
+        limits: DirectoryLimits | None = None,
+        default_settings: Settings | None = None,
+    ) -> None:
+        self.store = store
+        self.sync = sync
+        self.keys = keys
+        self.limits = limits or DirectoryLimits()
+        self.default_settings = default_settings or Settings()
+
+    # -- clients --------------------------------------------------------------------------------
+
+    def discover(self, caller: str, packed_hashes: bytes) -> DiscoverResult:
+        """Match a batch of contact hashes against the in-memory index.
+
+        Synchronous on purpose: the whole batch is one AES call and one vectorised
+        probe, cheaper than a hop to another thread. Nothing of the batch is kept.
+        """
+        check_packed_hashes(packed_hashes, self.limits.max_hashes_per_request)
+        if not packed_hashes:
+            return DiscoverResult([], [])
+        keys = self.keys.directory_keys(packed_hashes)
+        check_no_duplicate_keys(keys)
+        positions, user_ids = self.sync.index.lookup(keys)
+        return DiscoverResult(positions.tolist(), user_ids)
+
+    async def get_settings(self, caller: str) -> Settings:
+        return (await self._registered(caller)).settings
+
+    async def update_settings(
+        self, caller: str, settings: Settings, mask: list[str] | None = None
+    ) -> Settings:
+        unknown = [name for name in mask or [] if name not in SETTING_NAMES]
+        if unknown:
+            raise InvalidArgument.field(
+                "update_mask", f"unknown setting {unknown[0]!r}; known: {', '.join(SETTING_NAMES)}"
+            )
+        current = (await self._registered(caller)).settings
+        fields = set(mask or SETTING_NAMES)
+        updated = current.merged(
+            **{name: getattr(settings, name) for name in SETTING_NAMES if name in fields}
+        )
+        record = await self.store.update_settings(caller, updated)
+        if record is None:
+            raise UserNotRegistered()
+        await self.sync.catch_up()
+        return record.settings
+
+    async def delete_my_data(self, caller: str) -> int:
+        return await self.store.delete_user_data(caller)
+
+    async def _registered(self, user_id: str) -> UserRecord:
+        record = await self.store.get_user(user_id)
+        if record is None:
+            raise NotFound("the caller is not a registered user", "user", "")
+        return record
+
+    # -- backends -------------------------------------------------------------------------------
+
+    async def register(
+        self, user_id: str, contact_hash: bytes, settings: Settings | None = None
+    ) -> RegisterOutcome:
+        check_user_id(user_id)
+        check_contact_hash(contact_hash)
+        user = NewUser(user_id, self.keys.directory_key_of(contact_hash), settings or self.default_settings)
+        outcome = await self.store.register(user)
+        await self.sync.catch_up()
+        return outcome
+
+    async def unregister(self, user_id: str) -> None:
+        check_user_id(user_id)
+        if await self.store.unregister(user_id) is None:
+            raise UserNotRegistered()
+        await self.sync.catch_up()
+
+    async def change_number(self, user_id: str, contact_hash: bytes) -> None:
+        check_user_id(user_id)
+        check_contact_hash(contact_hash)
+        await self.store.change_number(user_id, self.keys.directory_key_of(contact_hash))
+        await self.sync.catch_up()
+
+    async def import_batch(self, candidates: list[ImportCandidate], first_position: int) -> ImportReport:
+        """Import one batch. Invalid entries and duplicates within the batch are rejected here,
+        conflicts with the registry by the store; the rest is registered in one transaction."""
+        if len(candidates) > self.limits.max_import_batch:
+            raise InvalidArgument.field(
+                "users", f"{len(candidates)} users exceed the batch limit of {self.limits.max_import_batch}"
+            )
+        report = ImportReport()
+        rejections: list[ImportRejection] = []
+        valid: list[tuple[int, ImportCandidate]] = []
+        seen_ids: set[str] = set()
+        seen_hashes: set[bytes] = set()
+        for offset, candidate in enumerate(candidates):
+            position = first_position + offset
+            reason: ImportRejectionReason | None = None
+            if user_id_problem(candidate.user_id) is not None:
+                reason = ImportRejectionReason.INVALID_USER_ID
+            elif contact_hash_problem(candidate.contact_hash) is not None:
+                reason = ImportRejectionReason.INVALID_CONTACT_HASH
+            elif candidate.user_id in seen_ids or candidate.contact_hash in seen_hashes:
+                reason = ImportRejectionReason.DUPLICATE_IN_IMPORT
+            if reason is not None:
+                rejections.append(ImportRejection(position, candidate.user_id, reason))
+                continue
+            seen_ids.add(candidate.user_id)
+            seen_hashes.add(candidate.contact_hash)
+            valid.append((position, candidate))
+        seen_hashes.clear()
+        if valid:
+            keys = self.keys.directory_keys(b"".join(c.contact_hash for _, c in valid))
+            users = [
+                NewUser(c.user_id, keys[i * 16 : (i + 1) * 16], c.settings or self.default_settings)
+                for i, (_, c) in enumerate(valid)
+            ]
+            stored = await self.store.import_users(users, 0)
+            # The store numbers the valid users 0..n-1; map back to stream positions.
+            for rejection in stored.rejections:
+                rejections.append(
+                    ImportRejection(valid[rejection.position][0], rejection.user_id, rejection.reason)
+                )
+            report.imported = stored.imported
+            report.unchanged = stored.unchanged
+            await self.sync.catch_up()
+        rejections.sort(key=lambda r: r.position)
+        report.rejected_total = len(rejections)
+        report.rejections = rejections[: self.limits.max_reported_rejections]
+        return report

@@ -1,0 +1,82 @@
+"""The hashing scheme: E.164 number -> contact hash -> directory key.
+
+* The contact hash ``h`` is public: any client computes it from an E.164 string
+  with BLAKE3 in derive-key mode under :data:`CONTACT_HASH_CONTEXT`.
+* The directory key ``k`` is a PRF of ``h`` under the server secret:
+  AES-256 over the first 16 bytes of ``h``, with an AES key derived from the
+  secret with BLAKE3 derive-key under :data:`DIRECTORY_KEY_CONTEXT`. AES on a
+  single block is a PRF, and one ECB call keys a whole batch at native speed.
+
+The scheme and its test vectors are documented in ``docs/hashing.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import blake3
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+CONTACT_HASH_CONTEXT = "discovery.v1 2026-11-22 contact hash of an E.164 number"
+DIRECTORY_KEY_CONTEXT = "discovery.v1 2026-11-22 directory key AES-256 from server secret"
+TOKEN_KEY_CONTEXT = "discovery.v1 2026-11-22 previous-set token MAC key from server secret"
+NOTIFICATION_KEY_CONTEXT = "discovery.v1 2026-11-22 join notification key from server secret"
+
+HASH_SIZE = 32
+KEY_SIZE = 16
+MIN_SECRET_SIZE = 32
+
+
+def contact_hash(e164: str) -> bytes:
+    """The 32-byte contact hash of an E.164 string such as ``+4915123456789``."""
+    return blake3.blake3(e164.encode("ascii"), derive_key_context=CONTACT_HASH_CONTEXT).digest()
+
+
+def derive_key(context: str, secret: bytes) -> bytes:
+    """A 32-byte subkey of the server secret for one purpose."""
+    return blake3.blake3(secret, derive_key_context=context).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRing:
+    """Every key derived from the server secret. The secret itself is not kept."""
+
+    directory_key: bytes
+    token_key: bytes
+    notification_key: bytes
+
+    @classmethod
+    def from_secret(cls, secret: bytes) -> KeyRing:
+        if len(secret) < MIN_SECRET_SIZE:
+            raise ValueError(f"the server secret must be at least {MIN_SECRET_SIZE} bytes")
+        return cls(
+            directory_key=derive_key(DIRECTORY_KEY_CONTEXT, secret),
+            token_key=derive_key(TOKEN_KEY_CONTEXT, secret),
+            notification_key=derive_key(NOTIFICATION_KEY_CONTEXT, secret),
+        )
+
+    def directory_keys(self, packed_hashes: bytes | memoryview) -> bytes:
+        """Directory keys for n packed 32-byte hashes, as n packed 16-byte keys, in one AES call."""
+        view = memoryview(packed_hashes)
+        n = len(view) // HASH_SIZE
+        if n * HASH_SIZE != len(view):
+            raise ValueError("packed hashes must be a multiple of 32 bytes")
+        if n == 0:
+            return b""
+        # Gather the 16-byte prefixes into one contiguous buffer without a Python loop.
+        prefixes = np.frombuffer(view, dtype=np.uint8).reshape(n, HASH_SIZE)[:, :KEY_SIZE].tobytes()
+        encryptor = Cipher(algorithms.AES(self.directory_key), modes.ECB()).encryptor()
+        return encryptor.update(prefixes) + encryptor.finalize()
+
+    def directory_key_of(self, contact_hash: bytes) -> bytes:
+        return self.directory_keys(contact_hash)
+
+    def recover_prefix(self, directory_key: bytes) -> bytes:
+        """The 16-byte contact-hash prefix behind a directory key (AES decryption).
+
+        Used only to name a contact to its watcher in a join notification; the
+        prefix is as sensitive as the hash, so it is never stored or logged.
+        """
+        decryptor = Cipher(algorithms.AES(self.directory_key), modes.ECB()).decryptor()
+        return decryptor.update(directory_key) + decryptor.finalize()

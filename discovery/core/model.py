@@ -1,0 +1,116 @@
+"""Domain value types shared by core, store and api."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A user's privacy settings."""
+
+    discoverable: bool = True
+    announce_join: bool = True
+    notify_on_join: bool = False
+
+    def merged(
+        self,
+        discoverable: bool | None = None,
+        announce_join: bool | None = None,
+        notify_on_join: bool | None = None,
+    ) -> Settings:
+        return Settings(
+            discoverable=self.discoverable if discoverable is None else discoverable,
+            announce_join=self.announce_join if announce_join is None else announce_join,
+            notify_on_join=self.notify_on_join if notify_on_join is None else notify_on_join,
+        )
+
+
+SETTING_NAMES = ("discoverable", "announce_join", "notify_on_join")
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A registered user, as the registry keeps it: no number, only the directory key."""
+
+    user_id: str
+    directory_key: bytes
+    settings: Settings
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryChange:
+    """One entry of the registry change feed that keeps every index fresh.
+
+    ``user_id is None`` means the directory key was removed from the registry.
+    """
+
+    seq: int
+    directory_key: bytes
+    user_id: str | None
+    discoverable: bool
+
+
+@dataclass(slots=True)
+class RegistrySlice:
+    """A batch of the registry for loading an index: n packed keys and their owners."""
+
+    keys: bytes
+    user_ids: list[str]
+    discoverable: npt.NDArray[np.bool_]
+
+
+class RegisterOutcome(enum.Enum):
+    CREATED = "created"
+    UNCHANGED = "unchanged"
+
+
+class ImportRejectionReason(enum.Enum):
+    INVALID_USER_ID = "invalid_user_id"
+    INVALID_CONTACT_HASH = "invalid_contact_hash"
+    CONTACT_HASH_TAKEN = "contact_hash_taken"
+    USER_ID_TAKEN = "user_id_taken"
+    DUPLICATE_IN_IMPORT = "duplicate_in_import"
+
+
+@dataclass(frozen=True, slots=True)
+class NewUser:
+    """A user to register: the directory key is already derived."""
+
+    user_id: str
+    directory_key: bytes
+    settings: Settings
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRejection:
+    position: int
+    user_id: str
+    reason: ImportRejectionReason
+
+
+@dataclass(slots=True)
+class ImportReport:
+    imported: int = 0
+    unchanged: int = 0
+    rejected_total: int = 0
+    rejections: list[ImportRejection] = field(default_factory=list)
+
+    def add(self, other: ImportReport, max_rejections: int) -> None:
+        self.imported += other.imported
+        self.unchanged += other.unchanged
+        self.rejected_total += other.rejected_total
+        room = max(0, max_rejections - len(self.rejections))
+        self.rejections.extend(other.rejections[:room])
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverResult:
+    """Positions in the request (ascending) and the matched user ids, in the same order."""
+
+    positions: list[int]
+    user_ids: list[str]

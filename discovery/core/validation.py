@@ -1,0 +1,81 @@
+"""Input rules shared by every entry point. Error texts never echo a hash or a number."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from discovery.core.errors import FieldViolation, InvalidArgument
+from discovery.core.hashing import HASH_SIZE, KEY_SIZE
+
+MAX_USER_ID_BYTES = 128
+
+
+def user_id_problem(user_id: str) -> str | None:
+    """Why a user id is unacceptable, or None."""
+    if not user_id:
+        return "must not be empty"
+    if len(user_id.encode("utf-8", "surrogatepass")) > MAX_USER_ID_BYTES:
+        return f"must be at most {MAX_USER_ID_BYTES} bytes of UTF-8"
+    if not user_id.isprintable():
+        return "must not contain control or non-printable characters"
+    try:
+        user_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid UTF-8"
+    return None
+
+
+def check_user_id(user_id: str, field: str = "user_id") -> str:
+    problem = user_id_problem(user_id)
+    if problem is not None:
+        raise InvalidArgument.field(field, problem)
+    return user_id
+
+
+def contact_hash_problem(contact_hash: bytes) -> str | None:
+    if len(contact_hash) != HASH_SIZE:
+        return f"must be exactly {HASH_SIZE} bytes, got {len(contact_hash)}"
+    return None
+
+
+def check_contact_hash(contact_hash: bytes, field: str = "contact_hash") -> bytes:
+    problem = contact_hash_problem(contact_hash)
+    if problem is not None:
+        raise InvalidArgument.field(field, problem)
+    return contact_hash
+
+
+def check_packed_hashes(packed: bytes, max_count: int, field: str = "contact_hashes") -> int:
+    """The number of hashes in a packed field, or InvalidArgument."""
+    if len(packed) % HASH_SIZE:
+        raise InvalidArgument.field(field, f"length {len(packed)} is not a multiple of {HASH_SIZE} bytes")
+    count = len(packed) // HASH_SIZE
+    if count > max_count:
+        raise InvalidArgument.field(
+            field, f"{count} contact hashes exceed the limit of {max_count} per request"
+        )
+    return count
+
+
+def check_no_duplicate_keys(keys: bytes, field: str = "contact_hashes") -> None:
+    """Reject a batch in which two entries share a directory key, i.e. a contact hash.
+
+    Vectorised: sort the low words, and only where two are equal compare whole keys.
+    """
+    n = len(keys) // KEY_SIZE
+    if n < 2:
+        return
+    words = np.frombuffer(keys, dtype="<u8").reshape(n, 2)
+    order = np.argsort(words[:, 0])
+    low = words[order, 0]
+    if not bool((low[1:] == low[:-1]).any()):
+        return
+    order = np.lexsort((words[:, 1], words[:, 0]))
+    ordered = words[order]
+    same = np.flatnonzero((ordered[1:] == ordered[:-1]).all(axis=1))
+    if same.size:
+        first, second = sorted((int(order[same[0]]), int(order[same[0] + 1])))
+        raise InvalidArgument(
+            "duplicate contact hashes in one request",
+            [FieldViolation(f"{field}[{second}]", f"duplicates {field}[{first}]")],
+        )

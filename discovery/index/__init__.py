@@ -1,0 +1,5 @@
+"""The in-memory directory index."""
+
+from discovery.index.table import DirectoryIndex
+
+__all__ = ["DirectoryIndex"]

@@ -1,0 +1,139 @@
+"""Keeps an in-memory DirectoryIndex equal to the store's registry.
+
+The index is loaded from the store at start, then follows the store's change feed.
+Every instance runs one IndexSync, so a registration through any instance reaches
+the index of every instance; the instance that made a write also catches up at
+once, so its own callers read their writes. When the feed no longer holds the
+changes after the index's cursor (the instance was down too long), the index is
+rebuilt from the registry and swapped in; it never serves a stale index silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from discovery.core.errors import FeedTruncated
+from discovery.core.model import RegistryChange
+from discovery.index.table import DirectoryIndex
+from discovery.store.base import RegistryStore
+
+log = logging.getLogger("discovery.index")
+
+LOAD_BATCH = 50_000
+FEED_BATCH = 10_000
+
+
+class IndexSync:
+    def __init__(
+        self,
+        store: RegistryStore,
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.index = DirectoryIndex()
+        self.cursor = 0
+        self.loaded = False
+        self.last_sync = 0.0
+        self._lock = asyncio.Lock()
+        self._on_progress = on_progress
+
+    async def load(self) -> None:
+        """Build a fresh index from the whole registry, then replay the feed from before the load."""
+        async with self._lock:
+            await self._reload()
+
+    async def _reload(self) -> None:
+        started = time.monotonic()
+        head = await self.store.feed_head()
+        total = await self.store.registry_size()
+        index = DirectoryIndex(capacity=max(1024, total * 2))
+        loaded = 0
+        log.info("index load started", extra={"event": "index_load_started", "users": total})
+        async for piece in self.store.iter_registry(LOAD_BATCH):
+            index.bulk_load(piece.keys, piece.user_ids, piece.discoverable)
+            loaded += len(piece.user_ids)
+            if self._on_progress is not None:
+                self._on_progress(loaded, total)
+            log.info(
+                "index load progress",
+                extra={"event": "index_load_progress", "loaded": loaded, "total": total},
+            )
+        self.index = index
+        self.cursor = head
+        # Changes made while loading are replayed; applying a change twice is harmless.
+        await self._catch_up_locked()
+        self.loaded = True
+        log.info(
+            "index loaded",
+            extra={
+                "event": "index_loaded",
+                "users": len(index),
+                "seconds": round(time.monotonic() - started, 3),
+                "memory_bytes": index.memory_bytes(),
+            },
+        )
+
+    async def catch_up(self) -> int:
+        """Apply every change the feed holds after the cursor; returns how many."""
+        async with self._lock:
+            return await self._catch_up_locked()
+
+    async def _catch_up_locked(self) -> int:
+        applied = 0
+        while True:
+            try:
+                changes = await self.store.feed_read(self.cursor, FEED_BATCH)
+            except FeedTruncated:
+                log.warning("index fell behind the change feed; reloading", extra={"event": "index_reload"})
+                await self._reload()
+                return applied
+            if not changes:
+                self.last_sync = time.monotonic()
+                return applied
+            apply_changes(self.index, changes)
+            self.cursor = changes[-1].seq
+            applied += len(changes)
+
+    async def follow(self, stop: asyncio.Event) -> None:
+        """Follow the feed until ``stop`` is set. Store errors are logged and retried."""
+        while not stop.is_set():
+            try:
+                await self.store.feed_wait(self.cursor, timeout=0.5)
+                await self.catch_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("index follow failed; retrying", extra={"event": "index_follow_error"})
+                await asyncio.sleep(0.5)
+
+
+def apply_changes(index: DirectoryIndex, changes: list[RegistryChange]) -> None:
+    """Apply changes in order; runs of upserts go through the vectorised bulk path."""
+    run: list[RegistryChange] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            c = run[0]
+            assert c.user_id is not None
+            index.upsert(c.directory_key, c.user_id, c.discoverable)
+        elif run:
+            index.bulk_load(
+                b"".join(c.directory_key for c in run),
+                [c.user_id for c in run if c.user_id is not None],
+                np.fromiter((c.discoverable for c in run), dtype=np.bool_, count=len(run)),
+            )
+        run.clear()
+
+    for change in changes:
+        if change.user_id is None:
+            flush()
+            index.remove(change.directory_key)
+        else:
+            run.append(change)
+    flush()

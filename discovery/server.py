@@ -1,0 +1,157 @@
+"""Assembly and lifecycle of one service instance.
+
+start(): bind, report NOT_SERVING, open the store, load the index, then SERVING.
+stop():  NOT_SERVING, stop accepting calls, drain within the grace period, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from discovery.api.admin_service import DirectoryAdminService
+from discovery.api.auth import ADMIN_SERVICE, CLIENT_SERVICE, Authenticator, DevAuthenticator
+from discovery.api.discovery_service import DiscoveryService
+from discovery.api.interceptor import CallInterceptor
+from discovery.config import ServerConfig
+from discovery.core.directory import Directory, DirectoryLimits
+from discovery.core.hashing import KeyRing
+from discovery.core.model import Settings
+from discovery.index.sync import IndexSync
+from discovery.server_secret import load_or_create_secret, secret_from_env
+from discovery.store import Store, open_store
+from discovery.v1 import discovery_pb2, discovery_pb2_grpc
+
+log = logging.getLogger("discovery.server")
+
+SERVICE_NAMES = (CLIENT_SERVICE, ADMIN_SERVICE)
+
+
+class DiscoveryServer:
+    def __init__(self, config: ServerConfig, authenticator: Authenticator | None = None) -> None:
+        self.config = config
+        self.authenticator = authenticator or DevAuthenticator()
+        self.port = 0
+        self.store: Store | None = None
+        self.sync: IndexSync | None = None
+        self.directory: Directory | None = None
+        self.health = health.aio.HealthServicer()
+        self._server: aio.Server | None = None
+        self._stop_follow = asyncio.Event()
+        self._follow_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        config = self.config
+        keys = KeyRing.from_secret(self._secret())
+        self.store = await open_store(
+            config.store_url,
+            sqlite_synchronous=config.sqlite_synchronous,
+            feed_retention=config.feed_retention_seconds,
+        )
+        self.sync = IndexSync(self.store)
+        self.directory = Directory(
+            self.store,
+            self.sync,
+            keys,
+            limits=DirectoryLimits(
+                max_hashes_per_request=config.max_hashes_per_request,
+                max_import_batch=config.max_import_batch,
+            ),
+            default_settings=Settings(
+                discoverable=config.default_discoverable,
+                announce_join=config.default_announce_join,
+                notify_on_join=config.default_notify_on_join,
+            ),
+        )
+        server = aio.server(
+            interceptors=[CallInterceptor(self.authenticator)],
+            options=[
+                ("grpc.max_receive_message_length", config.max_receive_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(DiscoveryService(self.directory), server)
+        discovery_pb2_grpc.add_DirectoryAdminServiceServicer_to_server(
+            DirectoryAdminService(self.directory), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [
+                discovery_pb2.DESCRIPTOR.services_by_name["DiscoveryService"].full_name,
+                discovery_pb2.DESCRIPTOR.services_by_name["DirectoryAdminService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        await self._set_serving(False)
+        self.port = server.add_insecure_port(config.listen)
+        if self.port == 0:
+            raise OSError(f"could not bind {config.listen}")
+        await server.start()
+        self._server = server
+        log.info("listening", extra={"event": "listening", "port": self.port, "listen": config.listen})
+        await self.sync.load()
+        self._follow_task = asyncio.create_task(self.sync.follow(self._stop_follow), name="index-follow")
+        await self._set_serving(True)
+        if config.port_file:
+            Path(config.port_file).write_text(f"{self.port}\n")
+        log.info("serving", extra={"event": "serving", "port": self.port, "users": len(self.sync.index)})
+        return self.port
+
+    def _secret(self) -> bytes:
+        if self.config.secret_env:
+            return secret_from_env(self.config.secret_env)
+        return load_or_create_secret(self.config.secret_path)
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful: NOT_SERVING, stop accepting, drain in-flight calls, then close the store."""
+        if self._server is None:
+            return
+        grace = self.config.grace_seconds if grace is None else grace
+        log.info("stopping", extra={"event": "stopping", "grace_seconds": grace})
+        await self._set_serving(False)
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        self._server = None
+        self._stop_follow.set()
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow_task
+        if self.store is not None:
+            await self.store.close()
+        self._stopped.set()
+        log.info("stopped", extra={"event": "stopped"})
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    server = DiscoveryServer(config)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    await server.start()
+    await stop_requested.wait()
+    await server.stop()

@@ -1,0 +1,165 @@
+"""The SQLite connection, its single writer thread, and the schema.
+
+Every statement runs on one dedicated thread, so each store method is one
+serialised transaction and the event loop never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    dkey BLOB NOT NULL UNIQUE,
+    discoverable INTEGER NOT NULL,
+    announce_join INTEGER NOT NULL,
+    notify_on_join INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS registry_feed (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    dkey BLOB NOT NULL,
+    user_id TEXT,
+    discoverable INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS registry_feed_user ON registry_feed(user_id) WHERE user_id IS NOT NULL;
+"""
+
+
+class SqliteBase:
+    """Owns the connection and the writer thread; the mixins add the operations."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "NORMAL",
+        feed_retention: float = 3600.0,
+        feed_max_len: int = 1_000_000,
+        poll_interval: float = 0.2,
+    ) -> None:
+        self.path = path
+        self._synchronous = synchronous.upper()
+        if self._synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError(f"unknown sqlite synchronous mode {synchronous!r}")
+        self._feed_retention = feed_retention
+        self._feed_max_len = feed_max_len
+        self._poll_interval = poll_interval
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._conn: sqlite3.Connection | None = None
+        self._changed = asyncio.Event()
+        self._last_prune = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(self._open_sync)
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        # Deleted pages are zeroed so that forgotten keys do not linger in free pages.
+        conn.execute("PRAGMA secure_delete=ON")
+        conn.executescript(self.schema())
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(name, value) VALUES ('schema_version', ?), ('feed_floor', 0)",
+            (SCHEMA_VERSION,),
+        )
+        self._conn = conn
+
+    def schema(self) -> str:
+        """The DDL; mixins that keep more tables extend it."""
+        return SCHEMA
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._db.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._close_sync)
+        self._executor.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        assert self._conn is not None
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._conn.close()
+        self._conn = None
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("the store is not open")
+        return self._conn
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one IMMEDIATE transaction on the writer thread, then wake feed waiters."""
+        result = await self._run(lambda: self._transaction(fn))
+        self._notify_changed()
+        return result
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._db
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            self._maybe_prune_feed(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def _notify_changed(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- change feed retention ------------------------------------------------------------------
+
+    def _maybe_prune_feed(self, conn: sqlite3.Connection) -> None:
+        now = time.time()
+        if now - self._last_prune < 5.0:
+            return
+        self._last_prune = now
+        head = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM registry_feed").fetchone()[0]
+        floor = max(head - self._feed_max_len, 0)
+        oldest_kept = conn.execute(
+            "SELECT MIN(seq) FROM registry_feed WHERE created >= ?", (now - self._feed_retention,)
+        ).fetchone()[0]
+        floor = max(floor, (oldest_kept - 1) if oldest_kept is not None else head)
+        current = conn.execute("SELECT value FROM meta WHERE name = 'feed_floor'").fetchone()[0]
+        if floor > current:
+            conn.execute("DELETE FROM registry_feed WHERE seq <= ?", (floor,))
+            conn.execute("UPDATE meta SET value = ? WHERE name = 'feed_floor'", (floor,))
+
+    # -- hooks the join notification mixin overrides --------------------------------------------
+
+    def _after_register(self, conn: sqlite3.Connection, users: list[tuple[str, bytes, bool]]) -> None:
+        """Called in the registering transaction with (user_id, directory_key, announce_join)."""
+
+    def _forget_user(self, conn: sqlite3.Connection, user_id: str) -> int:
+        """Called in the unregistering transaction; removes data kept on the user's behalf."""
+        return 0

@@ -1,0 +1,256 @@
+"""The registry and its change feed on SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+
+from discovery.core.errors import ContactHashTaken, FeedTruncated, UserIdTaken, UserNotRegistered
+from discovery.core.model import (
+    ImportRejection,
+    ImportRejectionReason,
+    ImportReport,
+    NewUser,
+    RegisterOutcome,
+    RegistryChange,
+    RegistrySlice,
+    Settings,
+    UserRecord,
+)
+from discovery.store.sqlite.base import SqliteBase
+
+_USER_COLUMNS = "user_id, dkey, discoverable, announce_join, notify_on_join"
+
+
+def _record(row: tuple[str, bytes, int, int, int]) -> UserRecord:
+    return UserRecord(
+        user_id=row[0],
+        directory_key=bytes(row[1]),
+        settings=Settings(discoverable=bool(row[2]), announce_join=bool(row[3]), notify_on_join=bool(row[4])),
+    )
+
+
+class SqliteRegistry(SqliteBase):
+    # -- single-user writes ---------------------------------------------------------------------
+
+    async def register(self, user: NewUser) -> RegisterOutcome:
+        return await self._write(lambda conn: self._register_sync(conn, user))
+
+    def _register_sync(self, conn: sqlite3.Connection, user: NewUser) -> RegisterOutcome:
+        existing = self._user_row(conn, user.user_id)
+        if existing is not None:
+            if existing.directory_key == user.directory_key:
+                return RegisterOutcome.UNCHANGED
+            raise UserIdTaken()
+        if conn.execute("SELECT 1 FROM users WHERE dkey = ?", (user.directory_key,)).fetchone():
+            raise ContactHashTaken()
+        s = user.settings
+        conn.execute(
+            f"INSERT INTO users({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+            (user.user_id, user.directory_key, s.discoverable, s.announce_join, s.notify_on_join),
+        )
+        self._append_change(conn, user.directory_key, user.user_id, s.discoverable)
+        self._after_register(conn, [(user.user_id, user.directory_key, s.announce_join)])
+        return RegisterOutcome.CREATED
+
+    async def unregister(self, user_id: str) -> UserRecord | None:
+        return await self._write(lambda conn: self._unregister_sync(conn, user_id))
+
+    def _unregister_sync(self, conn: sqlite3.Connection, user_id: str) -> UserRecord | None:
+        record = self._user_row(conn, user_id)
+        if record is None:
+            # Data kept on behalf of an unknown user (watches) is still forgotten.
+            self._forget_user(conn, user_id)
+            return None
+        conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
+        self._forget_user(conn, user_id)
+        self._scrub_feed(conn, user_id)
+        self._append_change(conn, record.directory_key, None, False)
+        return record
+
+    async def delete_user_data(self, user_id: str) -> int:
+        return await self._write(lambda conn: self._forget_user(conn, user_id))
+
+    async def change_number(self, user_id: str, directory_key: bytes) -> UserRecord:
+        return await self._write(lambda conn: self._change_number_sync(conn, user_id, directory_key))
+
+    def _change_number_sync(self, conn: sqlite3.Connection, user_id: str, directory_key: bytes) -> UserRecord:
+        record = self._user_row(conn, user_id)
+        if record is None:
+            raise UserNotRegistered()
+        if record.directory_key == directory_key:
+            return record
+        if conn.execute("SELECT 1 FROM users WHERE dkey = ?", (directory_key,)).fetchone():
+            raise ContactHashTaken()
+        conn.execute("UPDATE users SET dkey = ? WHERE user_id = ?", (directory_key, user_id))
+        self._scrub_feed(conn, user_id)
+        self._append_change(conn, record.directory_key, None, False)
+        self._append_change(conn, directory_key, user_id, record.settings.discoverable)
+        self._after_register(conn, [(user_id, directory_key, record.settings.announce_join)])
+        return record
+
+    async def update_settings(self, user_id: str, settings: Settings) -> UserRecord | None:
+        return await self._write(lambda conn: self._update_settings_sync(conn, user_id, settings))
+
+    def _update_settings_sync(
+        self, conn: sqlite3.Connection, user_id: str, settings: Settings
+    ) -> UserRecord | None:
+        record = self._user_row(conn, user_id)
+        if record is None:
+            return None
+        conn.execute(
+            "UPDATE users SET discoverable = ?, announce_join = ?, notify_on_join = ? WHERE user_id = ?",
+            (settings.discoverable, settings.announce_join, settings.notify_on_join, user_id),
+        )
+        if settings.discoverable != record.settings.discoverable:
+            self._append_change(conn, record.directory_key, user_id, settings.discoverable)
+        return UserRecord(user_id, record.directory_key, settings)
+
+    # -- bulk import ----------------------------------------------------------------------------
+
+    async def import_users(self, users: Sequence[NewUser], first_position: int) -> ImportReport:
+        return await self._write(lambda conn: self._import_sync(conn, users, first_position))
+
+    def _import_sync(self, conn: sqlite3.Connection, users: Sequence[NewUser], first: int) -> ImportReport:
+        """Set-based: the batch goes into a temp table and conflicts are found with two joins."""
+        report = ImportReport()
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS import_batch (pos INTEGER PRIMARY KEY, user_id TEXT NOT NULL,"
+            " dkey BLOB NOT NULL, discoverable INTEGER, announce_join INTEGER, notify_on_join INTEGER)"
+        )
+        conn.execute("DELETE FROM import_batch")
+        conn.executemany(
+            "INSERT INTO import_batch VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    first + i,
+                    u.user_id,
+                    u.directory_key,
+                    u.settings.discoverable,
+                    u.settings.announce_join,
+                    u.settings.notify_on_join,
+                )
+                for i, u in enumerate(users)
+            ],
+        )
+        rejected: dict[int, ImportRejectionReason] = {}
+        unchanged: set[int] = set()
+        for pos, same_key in conn.execute(
+            "SELECT b.pos, b.dkey = u.dkey FROM import_batch b JOIN users u ON u.user_id = b.user_id"
+        ):
+            if same_key:
+                unchanged.add(pos)
+            else:
+                rejected[pos] = ImportRejectionReason.USER_ID_TAKEN
+        for (pos,) in conn.execute(
+            "SELECT b.pos FROM import_batch b JOIN users u ON u.dkey = b.dkey WHERE u.user_id != b.user_id"
+        ):
+            rejected.setdefault(pos, ImportRejectionReason.CONTACT_HASH_TAKEN)
+        skip = unchanged | rejected.keys()
+        if skip:
+            conn.executemany("DELETE FROM import_batch WHERE pos = ?", [(p,) for p in skip])
+        conn.execute(
+            f"INSERT INTO users({_USER_COLUMNS}) SELECT user_id, dkey, discoverable, announce_join,"
+            " notify_on_join FROM import_batch ORDER BY pos"
+        )
+        conn.execute(
+            "INSERT INTO registry_feed(dkey, user_id, discoverable, created)"
+            " SELECT dkey, user_id, discoverable, ? FROM import_batch ORDER BY pos",
+            (time.time(),),
+        )
+        imported = [
+            (u.user_id, u.directory_key, u.settings.announce_join)
+            for i, u in enumerate(users)
+            if first + i not in skip
+        ]
+        self._after_register(conn, imported)
+        conn.execute("DELETE FROM import_batch")
+        report.imported = len(imported)
+        report.unchanged = len(unchanged)
+        report.rejected_total = len(rejected)
+        report.rejections = [
+            ImportRejection(pos, users[pos - first].user_id, reason)
+            for pos, reason in sorted(rejected.items())
+        ]
+        return report
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def get_user(self, user_id: str) -> UserRecord | None:
+        return await self._run(lambda: self._user_row(self._db, user_id))
+
+    def _user_row(self, conn: sqlite3.Connection, user_id: str) -> UserRecord | None:
+        row = conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?", (user_id,)).fetchone()
+        return _record(row) if row else None
+
+    async def registry_size(self) -> int:
+        return int(await self._run(lambda: self._db.execute("SELECT COUNT(*) FROM users").fetchone()[0]))
+
+    async def iter_registry(self, batch_size: int) -> AsyncIterator[RegistrySlice]:
+        after = 0
+        while True:
+            rows = await self._run(functools.partial(self._registry_page, after, batch_size))
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield RegistrySlice(
+                keys=b"".join(r[1] for r in rows),
+                user_ids=[r[2] for r in rows],
+                discoverable=np.fromiter((r[3] for r in rows), dtype=np.bool_, count=len(rows)),
+            )
+
+    def _registry_page(self, after: int, limit: int) -> list[tuple[int, bytes, str, int]]:
+        return self._db.execute(
+            "SELECT rowid, dkey, user_id, discoverable FROM users WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (after, limit),
+        ).fetchall()
+
+    # -- change feed ----------------------------------------------------------------------------
+
+    def _append_change(
+        self, conn: sqlite3.Connection, dkey: bytes, user_id: str | None, discoverable: bool
+    ) -> None:
+        conn.execute(
+            "INSERT INTO registry_feed(dkey, user_id, discoverable, created) VALUES (?, ?, ?, ?)",
+            (dkey, user_id, discoverable, time.time()),
+        )
+
+    def _scrub_feed(self, conn: sqlite3.Connection, user_id: str) -> None:
+        """Drop past feed entries that name the user: a later entry supersedes them anyway."""
+        conn.execute("DELETE FROM registry_feed WHERE user_id = ?", (user_id,))
+
+    async def feed_head(self) -> int:
+        # sqlite_sequence remembers the newest seq even when its row was scrubbed or pruned.
+        return int(
+            await self._run(
+                lambda: self._db.execute(
+                    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'registry_feed'), 0)"
+                ).fetchone()[0]
+            )
+        )
+
+    async def feed_read(self, after: int, limit: int) -> list[RegistryChange]:
+        return await self._run(lambda: self._feed_read_sync(after, limit))
+
+    def _feed_read_sync(self, after: int, limit: int) -> list[RegistryChange]:
+        conn = self._db
+        floor = conn.execute("SELECT value FROM meta WHERE name = 'feed_floor'").fetchone()[0]
+        if after < floor:
+            raise FeedTruncated(f"changes after {after} were pruned (floor {floor})")
+        rows = conn.execute(
+            "SELECT seq, dkey, user_id, discoverable FROM registry_feed WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [RegistryChange(seq, bytes(dkey), uid, bool(disc)) for seq, dkey, uid, disc in rows]
+
+    async def feed_wait(self, after: int, timeout: float) -> None:
+        """Local writes wake waiters at once; writes by other processes are seen by polling."""
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout=min(timeout, self._poll_interval))
