@@ -17,31 +17,37 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from discovery.api.admin_service import DirectoryAdminService
-from discovery.api.auth import ADMIN_SERVICE, CLIENT_SERVICE, Authenticator, DevAuthenticator
+from discovery.api.auth import ADMIN_SERVICE, CLIENT_SERVICE, Authenticator
 from discovery.api.discovery_service import DiscoveryService
 from discovery.api.interceptor import CallInterceptor
+from discovery.api.joins_service import JoinNotificationService
 from discovery.config import ServerConfig
 from discovery.core.directory import Directory, DirectoryLimits
 from discovery.core.hashing import KeyRing
+from discovery.core.joins import JoinPolicy, Joins
 from discovery.core.model import Settings
+from discovery.core.quota import DiscoverGate
 from discovery.index.sync import IndexSync
+from discovery.security import build_authenticator, is_loopback, quota_policy, server_credentials
 from discovery.server_secret import load_or_create_secret, secret_from_env
 from discovery.store import Store, open_store
-from discovery.v1 import discovery_pb2, discovery_pb2_grpc
+from discovery.v1 import discovery_pb2, discovery_pb2_grpc, joins_pb2, joins_pb2_grpc
 
 log = logging.getLogger("discovery.server")
 
-SERVICE_NAMES = (CLIENT_SERVICE, ADMIN_SERVICE)
+JOIN_SERVICE = joins_pb2.DESCRIPTOR.services_by_name["JoinNotificationService"].full_name
+SERVICE_NAMES = (CLIENT_SERVICE, ADMIN_SERVICE, JOIN_SERVICE)
 
 
 class DiscoveryServer:
     def __init__(self, config: ServerConfig, authenticator: Authenticator | None = None) -> None:
         self.config = config
-        self.authenticator = authenticator or DevAuthenticator()
+        self.authenticator = authenticator  # None: from the config, at start()
         self.port = 0
         self.store: Store | None = None
         self.sync: IndexSync | None = None
         self.directory: Directory | None = None
+        self.joins: Joins | None = None
         self.health = health.aio.HealthServicer()
         self._server: aio.Server | None = None
         self._stop_follow = asyncio.Event()
@@ -53,12 +59,28 @@ class DiscoveryServer:
     async def start(self) -> int:
         config = self.config
         keys = KeyRing.from_secret(self._secret())
+        if self.authenticator is None:
+            self.authenticator = build_authenticator(config)
+        credentials = server_credentials(config)
         self.store = await open_store(
             config.store_url,
             sqlite_synchronous=config.sqlite_synchronous,
             feed_retention=config.feed_retention_seconds,
         )
         self.sync = IndexSync(self.store)
+        self.joins = Joins(
+            self.store,
+            keys,
+            JoinPolicy(
+                watch_ttl=config.join_watch_ttl_seconds,
+                watch_cap=config.join_watch_cap,
+                inbox_ttl=config.join_inbox_ttl_seconds,
+                sweep_interval=config.join_sweep_interval_seconds,
+                page_size=config.join_page_size,
+                max_subscribers=config.join_max_streams,
+                max_streams_per_user=config.join_max_streams_per_user,
+            ),
+        )
         self.directory = Directory(
             self.store,
             self.sync,
@@ -72,30 +94,44 @@ class DiscoveryServer:
                 announce_join=config.default_announce_join,
                 notify_on_join=config.default_notify_on_join,
             ),
+            gate=DiscoverGate(self.store, keys, quota_policy(config), config.max_hashes_per_request),
+            joins=self.joins,
         )
         server = aio.server(
             interceptors=[CallInterceptor(self.authenticator)],
             options=[
                 ("grpc.max_receive_message_length", config.max_receive_message_bytes),
+                ("grpc.max_metadata_size", config.max_metadata_bytes),
                 ("grpc.so_reuseport", 0),
+                # Ping idle connections so the streams of vanished clients are released.
+                ("grpc.keepalive_time_ms", int(config.keepalive_seconds * 1000)),
+                ("grpc.keepalive_timeout_ms", 20_000),
+                ("grpc.http2.max_pings_without_data", 0),
             ],
         )
         discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(DiscoveryService(self.directory), server)
         discovery_pb2_grpc.add_DirectoryAdminServiceServicer_to_server(
             DirectoryAdminService(self.directory), server
         )
+        joins_pb2_grpc.add_JoinNotificationServiceServicer_to_server(
+            JoinNotificationService(self.joins), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [
                 discovery_pb2.DESCRIPTOR.services_by_name["DiscoveryService"].full_name,
                 discovery_pb2.DESCRIPTOR.services_by_name["DirectoryAdminService"].full_name,
+                JOIN_SERVICE,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
             server,
         )
         await self._set_serving(False)
-        self.port = server.add_insecure_port(config.listen)
+        if credentials is not None:
+            self.port = server.add_secure_port(config.listen, credentials)
+        else:
+            self.port = server.add_insecure_port(config.listen)
         if self.port == 0:
             raise OSError(f"could not bind {config.listen}")
         await server.start()
@@ -103,11 +139,34 @@ class DiscoveryServer:
         log.info("listening", extra={"event": "listening", "port": self.port, "listen": config.listen})
         await self.sync.load()
         self._follow_task = asyncio.create_task(self.sync.follow(self._stop_follow), name="index-follow")
+        self.joins.start()
         await self._set_serving(True)
         if config.port_file:
             Path(config.port_file).write_text(f"{self.port}\n")
         log.info("serving", extra={"event": "serving", "port": self.port, "users": len(self.sync.index)})
+        self._log_security(credentials is not None)
         return self.port
+
+    def _log_security(self, tls: bool) -> None:
+        """Say how callers authenticate, and how to get a development token."""
+        config = self.config
+        extra: dict[str, object] = {"event": "auth", "auth": config.auth, "tls": tls}
+        if config.auth == "jwt" and config.jwt_algorithm == "HS256" and not config.jwt_secret_env:
+            where = (
+                f" --jwt-secret-file {config.jwt_secret_file}"
+                if config.jwt_secret_file
+                else f" --data-dir {config.data_dir}"
+            )
+            extra["hint"] = (
+                f"mint a development token with: discovery token --sub USER_ID{where} "
+                f"(backends: --scope directory:write)"
+            )
+        log.info("authentication", extra=extra)
+        if not tls and not is_loopback(config.listen):
+            log.warning(
+                "serving without TLS on a non-loopback address: bearer tokens cross the network in clear",
+                extra={"event": "no_tls"},
+            )
 
     def _secret(self) -> bytes:
         if self.config.secret_env:
@@ -129,6 +188,8 @@ class DiscoveryServer:
         log.info("stopping", extra={"event": "stopping", "grace_seconds": grace})
         await self._set_serving(False)
         await self.health.enter_graceful_shutdown()
+        if self.joins is not None:
+            self.joins.end_streams()  # join streams never end by themselves; clients resume
         await self._server.stop(grace)
         self._server = None
         self._stop_follow.set()
@@ -136,6 +197,8 @@ class DiscoveryServer:
             self._follow_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follow_task
+        if self.joins is not None:
+            await self.joins.close()
         if self.store is not None:
             await self.store.close()
         self._stopped.set()

@@ -14,6 +14,13 @@ from grpc import aio
 from discovery.config import ServerConfig
 from discovery.logs import JsonFormatter
 from discovery.server import DiscoveryServer
+from tests.redis_fixtures import (  # noqa: F401  (fixtures: real redis-server processes)
+    redis_cluster_session,
+    redis_cluster_url,
+    redis_factory,
+    redis_session,
+    redis_url,
+)
 
 StartServer = Callable[..., Awaitable[DiscoveryServer]]
 
@@ -35,7 +42,11 @@ def log_capture() -> io.StringIO:
 
 @pytest.fixture
 async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
-    """Start servers on 127.0.0.1:0 with a data dir in tmp_path; all are stopped at the end."""
+    """Start servers on 127.0.0.1:0 with a data dir in tmp_path; all are stopped at the end.
+
+    They trust the development header (``auth="dev"``, which names the caller with
+    ``x-discovery-user-id``); tests of authentication pass ``auth="jwt"``.
+    """
     running: list[DiscoveryServer] = []
 
     async def start(**overrides: object) -> DiscoveryServer:
@@ -43,6 +54,7 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
             "listen": "127.0.0.1:0",
             "data_dir": tmp_path / "data",
             "grace_seconds": 1.0,
+            "auth": "dev",
         }
         options.update(overrides)
         server = DiscoveryServer(ServerConfig(**options))  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ blob is found too), and hex encodings of hashes.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ class Needles:
     digit_runs: set[bytes] = field(default_factory=set)
     fragments: set[int] = field(default_factory=set)
     hexes: set[bytes] = field(default_factory=set)
+    tokens: set[bytes] = field(default_factory=set)
 
     @classmethod
     def of(cls, e164_numbers: Iterable[str]) -> Needles:
@@ -37,6 +39,15 @@ class Needles:
                 needles.fragments.add(int.from_bytes(h[offset : offset + 8], "little"))
         return needles
 
+    def add_token(self, token: str | bytes) -> None:
+        """Also look for a credential: a bearer JWT (whole, or its signature) or a Discover
+        token (raw, hex or base64)."""
+        if isinstance(token, str):
+            self.tokens.add(token.encode())
+            self.tokens.add(token.rsplit(".", 1)[-1].encode())
+        else:
+            self.tokens.update({token, token.hex().encode(), base64.b64encode(token).rstrip(b"=")})
+
 
 _NUMBER = re.compile(rb"\+\d{7,15}")
 _DIGITS = re.compile(rb"\d{7,15}")
@@ -45,6 +56,7 @@ _HEX = re.compile(rb"[0-9a-fA-F]{16,}")
 
 def find_leaks(data: bytes, needles: Needles) -> list[str]:
     leaks: list[str] = []
+    leaks += [f"token at byte {data.find(t)}" for t in needles.tokens if t and t in data]
     leaks += [f"E.164 at byte {m.start()}" for m in _NUMBER.finditer(data) if m.group() in needles.numbers]
     for m in _DIGITS.finditer(data):
         run = m.group()

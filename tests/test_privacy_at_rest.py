@@ -38,6 +38,26 @@ async def test_no_number_or_hash_at_rest_or_in_logs(
             await client.discover(book)
             await client.discover([*book[: len(book) // 2], "+49 (0) 151 1", "garbage"])
             await client.delete_my_data()
+    # Join notifications: 20 users keep watches on their unmatched contacts, 300 of those
+    # contacts register, and one watcher streams and acknowledges an event.
+    joiners = population[3100:3400]
+    for u in range(2540, 2560):
+        book = [local_formats(n, rng) for n in rng.sample(population[3100:], 400)]
+        async with AsyncDiscoveryClient(target, user_id=f"user-{u}", default_region="DE") as client:
+            await client.update_settings(notify_on_join=True)
+            await client.discover(book)
+    async with AsyncDiscoveryClient(target, user_id="user-2559", default_region="DE") as client:
+        subscription = client.subscribe_joins(book, device_id="phone")  # user-2559's own book
+        async with AsyncAdminClient(target) as admin:
+            await admin.import_users([(f"joiner-{i}", n) for i, n in enumerate(joiners[:150])])
+            for i, number in enumerate(joiners[150:], start=150):
+                await admin.register_user(f"joiner-{i}", number)
+        first = await anext(subscription)
+        await subscription.ack(first.cursor)
+        await subscription.aclose()
+    store = server.store
+    assert store is not None and await store.count_watches("user-2541") > 0
+    assert len(await store.inbox_read("user-2541", 0, 10, 3600)) > 0
     data_dir = server.config.data_dir
     needles = Needles.of(population)
     assert scan_tree(data_dir, needles) == {}, "leak in the live data directory (db + WAL)"

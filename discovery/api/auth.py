@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -66,8 +66,15 @@ def current_user_id() -> str:
     return user_id
 
 
+AuthContext = Mapping[str, Sequence[bytes]]
+"""The transport's view of the peer (``ServicerContext.auth_context()``): for a verified
+TLS client certificate, ``x509_common_name`` and ``x509_subject_alternative_name``."""
+
+
 class Authenticator(Protocol):
-    def authenticate(self, method: str, metadata: Mapping[str, str | bytes]) -> Principal:
+    def authenticate(
+        self, method: str, metadata: Mapping[str, str | bytes], auth_context: AuthContext
+    ) -> Principal:
         """The principal of a call, or Unauthenticated / PermissionDenied."""
         ...
 
@@ -75,10 +82,13 @@ class Authenticator(Protocol):
 class DevAuthenticator:
     """Development only: trusts the ``x-discovery-user-id`` header, and lets backends in.
 
-    Never use it on a network you do not control; configure JWT authentication instead.
+    Never use it on a network you do not control: the server accepts it (``--auth dev``)
+    only on a loopback address, and authenticates with JWTs otherwise (api/jwt_auth.py).
     """
 
-    def authenticate(self, method: str, metadata: Mapping[str, str | bytes]) -> Principal:
+    def authenticate(
+        self, method: str, metadata: Mapping[str, str | bytes], auth_context: AuthContext
+    ) -> Principal:
         audience = audience_of(method)
         if audience is Audience.PUBLIC:
             return Principal(audience)

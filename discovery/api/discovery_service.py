@@ -18,8 +18,12 @@ class DiscoveryService(pb_grpc.DiscoveryServiceServicer):
     async def Discover(
         self, request: pb.DiscoverRequest, context: aio.ServicerContext
     ) -> pb.DiscoverResponse:
-        result = self._directory.discover(current_user_id(), request.contact_hashes)
-        return pb.DiscoverResponse(match_indices=result.positions, match_user_ids=result.user_ids)
+        result = await self._directory.discover(
+            current_user_id(), request.contact_hashes, request.previous_contact_hashes, request.previous_token
+        )
+        return pb.DiscoverResponse(
+            match_indices=result.positions, match_user_ids=result.user_ids, token=result.token
+        )
 
     async def GetSettings(
         self, request: pb.GetSettingsRequest, context: aio.ServicerContext

@@ -9,6 +9,7 @@ from grpc_status import rpc_status
 
 from discovery.core.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     DomainError,
     InvalidArgument,
     NotFound,
@@ -81,6 +82,9 @@ def status_for(error: DomainError) -> grpc.Status:
     elif isinstance(error, PermissionDenied):
         code = code_pb2.PERMISSION_DENIED
         details = [_error_info("PERMISSION_DENIED")]
+    elif isinstance(error, DeadlineExceeded):
+        code = code_pb2.DEADLINE_EXCEEDED
+        details = [_error_info("DEADLINE_EXCEEDED")]
     elif isinstance(error, Unavailable):
         code = code_pb2.UNAVAILABLE
         details = [_retry_info(error.retry_after)]

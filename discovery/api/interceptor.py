@@ -7,6 +7,7 @@ servicer, and domain errors raised anywhere below become one clear status.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -18,7 +19,7 @@ from grpc import aio
 
 from discovery.api.auth import Audience, Authenticator, audience_of, set_principal
 from discovery.api.errors import internal_status, status_for
-from discovery.core.errors import DomainError, InvalidArgument
+from discovery.core.errors import DeadlineExceeded, DomainError, InvalidArgument
 
 log = logging.getLogger("discovery.api")
 
@@ -87,7 +88,13 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             outcome = self._begin(method, context)
             try:
                 self._authenticate(outcome, context)
-                return await behaviour(request, context)
+                # The work stops at the caller's deadline: cancellation reaches the store,
+                # which drops or interrupts what it was doing for this call.
+                async with asyncio.timeout(context.time_remaining()):
+                    return await behaviour(request, context)
+            except asyncio.CancelledError:
+                outcome.code = grpc.StatusCode.CANCELLED
+                raise
             except Exception as error:
                 await self._fail(outcome, context, error)
             finally:
@@ -102,6 +109,9 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                 self._authenticate(outcome, context)
                 async for item in behaviour(request, context):
                     yield item
+            except asyncio.CancelledError:
+                outcome.code = grpc.StatusCode.CANCELLED
+                raise
             except Exception as error:
                 await self._fail(outcome, context, error)
             finally:
@@ -121,12 +131,14 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     def _authenticate(self, outcome: CallOutcome, context: aio.ServicerContext) -> None:
         """Set the call's principal, visible to the servicer through a context variable."""
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
-        set_principal(self._authenticator.authenticate(outcome.method, metadata))
+        set_principal(self._authenticator.authenticate(outcome.method, metadata, context.auth_context()))
 
     async def _fail(self, outcome: CallOutcome, context: aio.ServicerContext, error: Exception) -> None:
         """Abort the call with the status for ``error``; an abort already under way passes through."""
         if isinstance(error, aio.AbortError):
             raise error
+        if isinstance(error, TimeoutError):
+            error = DeadlineExceeded("the call's deadline passed before it completed")
         if isinstance(error, DomainError):
             status = status_for(error)
             log.info(

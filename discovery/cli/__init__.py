@@ -14,9 +14,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve_command(commands)
+    from discovery.cli.token import add_token_command
+
+    add_token_command(commands)
     from discovery.cli.client_commands import add_client_commands
 
     add_client_commands(commands)
+    from discovery.cli.joins_commands import add_joins_commands
+
+    add_joins_commands(commands)
     return parser
 
 

@@ -58,7 +58,8 @@ def _common_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--user-id",
         default=os.environ.get("DISCOVERY_USER_ID"),
-        help="development identity sent as x-discovery-user-id (env DISCOVERY_USER_ID)",
+        help="development identity sent as x-discovery-user-id, for servers in --auth dev mode "
+        "(env DISCOVERY_USER_ID)",
     )
     group.add_argument(
         "--token",

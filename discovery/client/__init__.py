@@ -23,6 +23,9 @@ Modules:
 * :mod:`~discovery.client.async_client`: ``AsyncDiscoveryClient``, ``AsyncAdminClient``.
 * :mod:`~discovery.client.credentials`: channel creation and call metadata.
 * :mod:`~discovery.client.errors`: ``DiscoveryError``.
+* :mod:`~discovery.client.resync`: ``DiscoverState`` (previous sets and tokens: free re-syncs).
+* :mod:`~discovery.client.joins`: ``JoinEvent``, ``JoinSubscription`` (from
+  ``AsyncDiscoveryClient.subscribe_joins``), ``ContactMatcher``.
 * :mod:`~discovery.client.contacts_file`: ``parse_contacts``, ``parse_import_rows`` (CSV / line files).
 
 The SDK never logs or prints phone numbers or hashes.
@@ -43,6 +46,7 @@ from discovery.client.credentials import (
     create_channel,
 )
 from discovery.client.errors import DiscoveryError
+from discovery.client.joins import ContactMatcher, JoinEvent, JoinSubscription
 from discovery.client.models import (
     CLIENT_INVALID_NUMBER,
     DiscoverResult,
@@ -53,6 +57,7 @@ from discovery.client.models import (
     Settings,
 )
 from discovery.client.normalize import InvalidNumberError, InvalidReason, check_region, normalize_number
+from discovery.client.resync import DiscoverState
 from discovery.client.sync_client import DEFAULT_IMPORT_BATCH_SIZE, AdminClient, DiscoveryClient
 
 __all__ = [
@@ -63,7 +68,9 @@ __all__ = [
     "AdminClient",
     "AsyncAdminClient",
     "AsyncDiscoveryClient",
+    "ContactMatcher",
     "DiscoverResult",
+    "DiscoverState",
     "DiscoveryClient",
     "DiscoveryError",
     "ImportRejection",
@@ -71,6 +78,8 @@ __all__ = [
     "InvalidEntry",
     "InvalidNumberError",
     "InvalidReason",
+    "JoinEvent",
+    "JoinSubscription",
     "Match",
     "PreparedAddressBook",
     "Settings",

@@ -7,10 +7,14 @@ API (same arguments and semantics as :mod:`discovery.client.sync_client`, method
                          certificate_chain=None, default_region=None, max_per_request=5000,
                          timeout=None, options=None)
         await .discover(entries: Iterable[str]) -> DiscoverResult
+        .discover_state: DiscoverState
         await .discover_hashes(hashes: list[bytes]) -> list[tuple[int, str]]
         await .get_settings() -> Settings
         await .update_settings(discoverable=None, announce_join=None, notify_on_join=None) -> Settings
         await .delete_my_data() -> int
+        .subscribe_joins(address_book, *, cursor=0, device_id="", auto_ack=False,
+                         initial_backoff=0.2, max_backoff=30.0) -> JoinSubscription  # async iterator
+        await .ack_joins(cursor, device_id="") -> int
         await .close(); async with
 
     AsyncAdminClient(same constructor arguments)
@@ -38,10 +42,12 @@ from discovery.client import _common
 from discovery.client.address_book import DEFAULT_MAX_PER_REQUEST, prepare_address_book
 from discovery.client.credentials import call_metadata, create_aio_channel
 from discovery.client.errors import DiscoveryError
+from discovery.client.joins import ContactMatcher, JoinSubscription, joins_stub
 from discovery.client.models import DiscoverResult, ImportSummary, Settings
 from discovery.client.normalize import check_region
+from discovery.client.resync import DiscoverRun, HasDiscoverState
 from discovery.client.sync_client import DEFAULT_IMPORT_BATCH_SIZE
-from discovery.v1 import discovery_pb2
+from discovery.v1 import discovery_pb2, joins_pb2
 
 __all__ = ["AsyncAdminClient", "AsyncDiscoveryClient"]
 
@@ -130,7 +136,7 @@ class _AsyncBaseClient:
         await self.close()
 
 
-class AsyncDiscoveryClient(_AsyncBaseClient):
+class AsyncDiscoveryClient(_AsyncBaseClient, HasDiscoverState):
     """The messenger-client API (``discovery.v1.DiscoveryService``), asyncio flavour."""
 
     @staticmethod
@@ -143,13 +149,25 @@ class AsyncDiscoveryClient(_AsyncBaseClient):
         return book.result(await self.discover_hashes(book.hashes))
 
     async def discover_hashes(self, hashes: list[bytes]) -> list[tuple[int, str]]:
-        """Low level: ``(index into hashes, user_id)`` for each matching 32-byte contact hash."""
-        matches: list[tuple[int, str]] = []
-        for offset, request in _common.discover_requests(hashes, self.max_per_request):
-            response: discovery_pb2.DiscoverResponse = await self._unary(self._stub.Discover, request)
-            count = len(request.contact_hashes) // 32
-            matches.extend(_common.discover_matches(offset, count, response))
-        return matches
+        """Low level: ``(index into hashes, user_id)`` for each matching 32-byte contact hash.
+
+        Each request chunk carries its previous set and token (see :mod:`discovery.client.resync`),
+        so re-syncing an unchanged address book costs no quota.
+        """
+        run = DiscoverRun(self.discover_state, hashes, self.max_per_request)
+        try:
+            for k in run:
+                response: discovery_pb2.DiscoverResponse
+                try:
+                    response = await self._unary(self._stub.Discover, run.request(k))
+                except DiscoveryError as error:
+                    if not (run.has_previous(k) and run.refused_previous(error)):
+                        raise
+                    response = await self._unary(self._stub.Discover, run.request(k, with_previous=False))
+                run.accept(k, response)
+        finally:
+            run.finish()
+        return run.matches
 
     async def get_settings(self) -> Settings:
         response: discovery_pb2.GetSettingsResponse = await self._unary(
@@ -174,6 +192,41 @@ class AsyncDiscoveryClient(_AsyncBaseClient):
             self._stub.DeleteMyData, discovery_pb2.DeleteMyDataRequest()
         )
         return int(response.records_deleted)
+
+    def subscribe_joins(
+        self,
+        address_book: Iterable[str],
+        *,
+        cursor: int = 0,
+        device_id: str = "",
+        auto_ack: bool = False,
+        initial_backoff: float = 0.2,
+        max_backoff: float = 30.0,
+    ) -> JoinSubscription:
+        """Join events after ``cursor``, then live ones, mapped to entries of ``address_book``.
+
+        An async iterator that reconnects with its cursor and backs off; see
+        :mod:`discovery.client.joins`. ``device_id`` names this installation, so that an
+        acknowledgement from another device never drops events this one has not seen.
+        """
+        return JoinSubscription(
+            joins_stub(self._channel),
+            self._metadata,
+            ContactMatcher(address_book, self.default_region),
+            cursor=cursor,
+            device_id=device_id,
+            auto_ack=auto_ack,
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+            default_region=self.default_region,
+        )
+
+    async def ack_joins(self, cursor: int, device_id: str = "") -> int:
+        """Acknowledge join events up to ``cursor`` for ``device_id``; returns how many the server deleted."""
+        response: joins_pb2.AckJoinsResponse = await self._unary(
+            joins_stub(self._channel).AckJoins, joins_pb2.AckJoinsRequest(cursor=cursor, device_id=device_id)
+        )
+        return int(response.events_deleted)
 
 
 class AsyncAdminClient(_AsyncBaseClient):

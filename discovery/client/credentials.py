@@ -10,8 +10,8 @@ API::
                    certificate_chain=None, options=None) -> grpc.Channel
     create_aio_channel(...same...) -> grpc.aio.Channel
 
-``user_id`` is the development identity (metadata ``x-discovery-user-id``)
-used until token authentication lands; ``token`` is sent as
+``user_id`` is the development identity (metadata ``x-discovery-user-id``),
+honoured only by servers in ``--auth dev`` mode; ``token`` is sent as
 ``authorization: Bearer <token>``. TLS is used when ``tls`` is true or any of
 the certificate arguments is given; ``private_key`` + ``certificate_chain``
 enable mutual TLS (backend services).

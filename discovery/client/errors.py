@@ -8,7 +8,11 @@ Every failed gRPC call made through :mod:`discovery.client` raises
         message: str,
         field_violations: list[tuple[str, str]] = [],   # (field, description) from google.rpc.BadRequest
         retry_after: float | None = None,               # seconds, from google.rpc.RetryInfo
+        quota_violations: list[tuple[str, str]] = [],   # (subject, description) from google.rpc.QuotaFailure
     )
+
+A ``RESOURCE_EXHAUSTED`` error (a quota or rate limit) carries ``quota_violations`` and
+``retry_after``; wait that long before sending the request again.
 
 The rich details are read from the ``grpc-status-details-bin`` trailing
 metadata (a serialised ``google.rpc.Status``) with
@@ -38,12 +42,14 @@ class DiscoveryError(Exception):
         message: the status message sent by the server (or produced locally by gRPC).
         field_violations: ``(field, description)`` pairs from a ``google.rpc.BadRequest`` detail.
         retry_after: seconds to wait before retrying, from a ``google.rpc.RetryInfo`` detail.
+        quota_violations: ``(subject, description)`` pairs from a ``google.rpc.QuotaFailure`` detail.
     """
 
     code: Any  # grpc.StatusCode (grpc ships no type stubs)
     message: str
     field_violations: list[tuple[str, str]]
     retry_after: float | None
+    quota_violations: list[tuple[str, str]]
 
     def __init__(
         self,
@@ -51,12 +57,14 @@ class DiscoveryError(Exception):
         message: str,
         field_violations: list[tuple[str, str]] | None = None,
         retry_after: float | None = None,
+        quota_violations: list[tuple[str, str]] | None = None,
     ) -> None:
         super().__init__(code, message)
         self.code = code
         self.message = message
         self.field_violations = list(field_violations or [])
         self.retry_after = retry_after
+        self.quota_violations = list(quota_violations or [])
 
     @property
     def code_name(self) -> str:
@@ -68,6 +76,8 @@ class DiscoveryError(Exception):
         text = f"{self.code_name}: {self.message}"
         if self.field_violations:
             text += " (" + "; ".join(f"{field}: {desc}" for field, desc in self.field_violations) + ")"
+        if self.quota_violations:
+            text += " (" + "; ".join(desc for _, desc in self.quota_violations) + ")"
         if self.retry_after is not None:
             text += f" (retry after {self.retry_after:g}s)"
         return text
@@ -75,7 +85,8 @@ class DiscoveryError(Exception):
     def __repr__(self) -> str:
         return (
             f"DiscoveryError(code={self.code_name}, message={self.message!r}, "
-            f"field_violations={self.field_violations!r}, retry_after={self.retry_after!r})"
+            f"field_violations={self.field_violations!r}, retry_after={self.retry_after!r}, "
+            f"quota_violations={self.quota_violations!r})"
         )
 
     @classmethod
@@ -87,6 +98,7 @@ class DiscoveryError(Exception):
         if not isinstance(message, str):
             message = status.message if status is not None else ""
         field_violations: list[tuple[str, str]] = []
+        quota_violations: list[tuple[str, str]] = []
         retry_after: float | None = None
         if status is not None:
             for detail in status.details:
@@ -99,7 +111,11 @@ class DiscoveryError(Exception):
                     detail.Unpack(retry_info)
                     delay = retry_info.retry_delay
                     retry_after = delay.seconds + delay.nanos / 1e9
-        return cls(code, message, field_violations, retry_after)
+                elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+                    quota_failure = error_details_pb2.QuotaFailure()
+                    detail.Unpack(quota_failure)
+                    quota_violations.extend((v.subject, v.description) for v in quota_failure.violations)
+        return cls(code, message, field_violations, retry_after, quota_violations)
 
 
 def _call_attr(error: object, name: str) -> Any:

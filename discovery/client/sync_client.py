@@ -9,11 +9,13 @@ API::
                     max_per_request: int = 5000, timeout: float | None = None,
                     options: Sequence[tuple[str, Any]] | None = None)
         .discover(entries: Iterable[str]) -> DiscoverResult
+        .discover_state: DiscoverState   # previous sets and tokens (see discovery.client.resync)
         .discover_hashes(hashes: list[bytes]) -> list[tuple[int, str]]   # (index into hashes, user_id)
         .get_settings() -> Settings
         .update_settings(discoverable: bool | None = None, announce_join: bool | None = None,
                          notify_on_join: bool | None = None) -> Settings
         .delete_my_data() -> int
+        .ack_joins(cursor: int, device_id: str = "") -> int
         .close(); context manager
 
     AdminClient(same constructor arguments)
@@ -27,8 +29,8 @@ API::
 
 Pass either ``target`` ("host:port", the client owns and closes the channel)
 or ``channel`` (an existing channel, left open by :meth:`close`). ``user_id``
-is sent as ``x-discovery-user-id`` metadata (the development identity until
-token auth lands), ``token`` as ``authorization: Bearer <token>``. TLS is used
+is sent as ``x-discovery-user-id`` metadata (the development identity of servers
+in ``--auth dev`` mode), ``token`` as ``authorization: Bearer <token>``. TLS is used
 when ``tls`` is true or any certificate is given. ``timeout`` is the deadline in
 seconds of each unary call (``import_users`` takes its own, default none).
 
@@ -55,9 +57,11 @@ from discovery.client import _common
 from discovery.client.address_book import DEFAULT_MAX_PER_REQUEST, prepare_address_book
 from discovery.client.credentials import call_metadata, create_channel
 from discovery.client.errors import DiscoveryError
+from discovery.client.joins import joins_stub
 from discovery.client.models import DiscoverResult, ImportSummary, Settings
 from discovery.client.normalize import check_region
-from discovery.v1 import discovery_pb2
+from discovery.client.resync import DiscoverRun, HasDiscoverState
+from discovery.v1 import discovery_pb2, joins_pb2
 
 __all__ = ["AdminClient", "DiscoveryClient"]
 
@@ -137,7 +141,7 @@ class _BaseClient:
         self.close()
 
 
-class DiscoveryClient(_BaseClient):
+class DiscoveryClient(_BaseClient, HasDiscoverState):
     """The messenger-client API (``discovery.v1.DiscoveryService``). See the module docstring."""
 
     @staticmethod
@@ -150,13 +154,25 @@ class DiscoveryClient(_BaseClient):
         return book.result(self.discover_hashes(book.hashes))
 
     def discover_hashes(self, hashes: list[bytes]) -> list[tuple[int, str]]:
-        """Low level: ``(index into hashes, user_id)`` for each matching 32-byte contact hash."""
-        matches: list[tuple[int, str]] = []
-        for offset, request in _common.discover_requests(hashes, self.max_per_request):
-            response: discovery_pb2.DiscoverResponse = self._unary(self._stub.Discover, request)
-            count = len(request.contact_hashes) // 32
-            matches.extend(_common.discover_matches(offset, count, response))
-        return matches
+        """Low level: ``(index into hashes, user_id)`` for each matching 32-byte contact hash.
+
+        Each request chunk carries its previous set and token (see :mod:`discovery.client.resync`),
+        so re-syncing an unchanged address book costs no quota.
+        """
+        run = DiscoverRun(self.discover_state, hashes, self.max_per_request)
+        try:
+            for k in run:
+                response: discovery_pb2.DiscoverResponse
+                try:
+                    response = self._unary(self._stub.Discover, run.request(k))
+                except DiscoveryError as error:
+                    if not (run.has_previous(k) and run.refused_previous(error)):
+                        raise
+                    response = self._unary(self._stub.Discover, run.request(k, with_previous=False))
+                run.accept(k, response)
+        finally:
+            run.finish()
+        return run.matches
 
     def get_settings(self) -> Settings:
         response: discovery_pb2.GetSettingsResponse = self._unary(
@@ -181,6 +197,16 @@ class DiscoveryClient(_BaseClient):
             self._stub.DeleteMyData, discovery_pb2.DeleteMyDataRequest()
         )
         return int(response.records_deleted)
+
+    def ack_joins(self, cursor: int, device_id: str = "") -> int:
+        """Acknowledge join events up to ``cursor`` for ``device_id``; returns how many the server deleted.
+
+        Streaming join events needs asyncio: see ``AsyncDiscoveryClient.subscribe_joins``.
+        """
+        response: joins_pb2.AckJoinsResponse = self._unary(
+            joins_stub(self._channel).AckJoins, joins_pb2.AckJoinsRequest(cursor=cursor, device_id=device_id)
+        )
+        return int(response.events_deleted)
 
 
 class AdminClient(_BaseClient):

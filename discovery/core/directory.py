@@ -2,7 +2,9 @@
 
 Every rule of the privacy model that concerns the registry lives here: only
 directory keys reach the store, unmatched contacts are forgotten when the call
-ends, and undiscoverable users are never returned.
+ends (unless the caller asked to be told when they join: then only their directory
+keys are kept, as watches with a TTL, see core/joins.py), and undiscoverable users
+are never returned.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 
 from discovery.core.errors import InvalidArgument, NotFound, UserNotRegistered
 from discovery.core.hashing import KeyRing
+from discovery.core.joins import Joins
 from discovery.core.model import (
     SETTING_NAMES,
     DiscoverResult,
@@ -22,6 +25,7 @@ from discovery.core.model import (
     Settings,
     UserRecord,
 )
+from discovery.core.quota import DiscoverGate
 from discovery.core.validation import (
     check_contact_hash,
     check_no_duplicate_keys,
@@ -57,28 +61,42 @@ class Directory:
         *,
         limits: DirectoryLimits | None = None,
         default_settings: Settings | None = None,
+        gate: DiscoverGate | None = None,
+        joins: Joins | None = None,
     ) -> None:
         self.store = store
         self.sync = sync
         self.keys = keys
         self.limits = limits or DirectoryLimits()
         self.default_settings = default_settings or Settings()
+        self.gate = gate
+        self.joins = joins or Joins(store, keys)
 
     # -- clients --------------------------------------------------------------------------------
 
-    def discover(self, caller: str, packed_hashes: bytes) -> DiscoverResult:
+    async def discover(
+        self, caller: str, packed_hashes: bytes, previous_hashes: bytes = b"", previous_token: bytes = b""
+    ) -> DiscoverResult:
         """Match a batch of contact hashes against the in-memory index.
 
-        Synchronous on purpose: the whole batch is one AES call and one vectorised
-        probe, cheaper than a hop to another thread. Nothing of the batch is kept.
+        The whole batch is one AES call and one vectorised probe, in the event loop.
+        Nothing of the batch is kept but the watches on unmatched keys of a caller with
+        notify_on_join on (core/joins.py). The gate (core/quota.py) charges the request rate
+        and the new contacts before the lookup, so a refused request learns nothing.
         """
+        if self.gate is not None:
+            await self.gate.admit(caller)
         check_packed_hashes(packed_hashes, self.limits.max_hashes_per_request)
-        if not packed_hashes:
-            return DiscoverResult([], [])
         keys = self.keys.directory_keys(packed_hashes)
         check_no_duplicate_keys(keys)
+        token = b""
+        if self.gate is not None:
+            token = await self.gate.charge(caller, keys, previous_hashes, previous_token)
+        if not keys:
+            return DiscoverResult([], [], token)
         positions, user_ids = self.sync.index.lookup(keys)
-        return DiscoverResult(positions.tolist(), user_ids)
+        await self.joins.watch_unmatched(caller, keys, positions)
+        return DiscoverResult(positions.tolist(), user_ids, token)
 
     async def get_settings(self, caller: str) -> Settings:
         return (await self._registered(caller)).settings
@@ -99,6 +117,10 @@ class Directory:
         record = await self.store.update_settings(caller, updated)
         if record is None:
             raise UserNotRegistered()
+        if current.notify_on_join and not record.settings.notify_on_join:
+            # Opting out drops the watches at once. No watch can be added after the update
+            # committed: the store checks notify_on_join when it adds one.
+            await self.joins.drop_watches(caller)
         await self.sync.catch_up()
         return record.settings
 
@@ -127,6 +149,7 @@ class Directory:
         check_user_id(user_id)
         if await self.store.unregister(user_id) is None:
             raise UserNotRegistered()
+        self.joins.user_left(user_id)
         await self.sync.catch_up()
 
     async def change_number(self, user_id: str, contact_hash: bytes) -> None:

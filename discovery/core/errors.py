@@ -66,6 +66,10 @@ class Unavailable(DomainError):
         self.retry_after = retry_after
 
 
+class DeadlineExceeded(DomainError):
+    """The caller's deadline passed; the work for the call was abandoned."""
+
+
 # Store-level conflicts, raised by every Store implementation.
 class ContactHashTaken(AlreadyExists):
     def __init__(self) -> None:

@@ -12,11 +12,12 @@ The scheme and its test vectors are documented in ``docs/hashing.md``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import blake3
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 CONTACT_HASH_CONTEXT = "discovery.v1 2026-11-22 contact hash of an E.164 number"
 DIRECTORY_KEY_CONTEXT = "discovery.v1 2026-11-22 directory key AES-256 from server secret"
@@ -26,6 +27,7 @@ NOTIFICATION_KEY_CONTEXT = "discovery.v1 2026-11-22 join notification key from s
 HASH_SIZE = 32
 KEY_SIZE = 16
 MIN_SECRET_SIZE = 32
+_BLOCK = np.dtype((np.void, KEY_SIZE))  # one AES block
 
 
 def contact_hash(e164: str) -> bytes:
@@ -45,6 +47,9 @@ class KeyRing:
     directory_key: bytes
     token_key: bytes
     notification_key: bytes
+    _per_thread: threading.local = field(
+        default_factory=threading.local, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_secret(cls, secret: bytes) -> KeyRing:
@@ -64,10 +69,23 @@ class KeyRing:
             raise ValueError("packed hashes must be a multiple of 32 bytes")
         if n == 0:
             return b""
-        # Gather the 16-byte prefixes into one contiguous buffer without a Python loop.
-        prefixes = np.frombuffer(view, dtype=np.uint8).reshape(n, HASH_SIZE)[:, :KEY_SIZE].tobytes()
-        encryptor = Cipher(algorithms.AES(self.directory_key), modes.ECB()).encryptor()
-        return encryptor.update(prefixes) + encryptor.finalize()
+        # The 16-byte prefixes are every other 16-byte block: one strided copy, no Python loop.
+        prefixes = np.frombuffer(view, dtype=_BLOCK)[::2].tobytes()
+        return self._directory_encryptor().update(prefixes)
+
+    def _directory_encryptor(self) -> CipherContext:
+        """This thread's AES-ECB encryptor under the directory key, made once.
+
+        ECB keeps no state between blocks, so one context serves every batch (``update``
+        on whole blocks returns exactly their ciphertext) and saves building a cipher per
+        call, which costs more than encrypting 1,000 blocks. One per thread, because a
+        cipher context must not be used by two threads at once.
+        """
+        encryptor: CipherContext | None = getattr(self._per_thread, "encryptor", None)
+        if encryptor is None:
+            encryptor = Cipher(algorithms.AES(self.directory_key), modes.ECB()).encryptor()
+            self._per_thread.encryptor = encryptor
+        return encryptor
 
     def directory_key_of(self, contact_hash: bytes) -> bytes:
         return self.directory_keys(contact_hash)

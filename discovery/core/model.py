@@ -110,7 +110,40 @@ class ImportReport:
 
 @dataclass(frozen=True, slots=True)
 class DiscoverResult:
-    """Positions in the request (ascending) and the matched user ids, in the same order."""
+    """Positions in the request (ascending) and the matched user ids, in the same order.
+
+    ``token`` proves the request's contact set on the caller's next request (see core/quota.py);
+    empty when no quota is enforced.
+    """
 
     positions: list[int]
     user_ids: list[str]
+    token: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaCharge:
+    """The outcome of charging a leaky bucket (see store.base.QuotaStore.charge).
+
+    ``level`` is the bucket's content after the call; ``retry_after`` is how many seconds
+    until the refused cost would fit (0 when allowed, ``inf`` when it never fits).
+    """
+
+    allowed: bool
+    level: float
+    retry_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """A stored join notification (see store.base.JoinStore).
+
+    It names the contact only by the joiner's directory key; the contact-hash prefix the
+    watcher matches is recovered from it when the entry is delivered, never stored.
+    """
+
+    cursor: int
+    event_id: str
+    joiner: str
+    directory_key: bytes
+    joined_at: float

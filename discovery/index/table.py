@@ -1,8 +1,10 @@
 """The in-memory directory index: directory key -> (user id, discoverable).
 
 This is the hot path of contact discovery. A lookup is a batch of about a thousand
-16-byte directory keys and is answered with a fixed number of numpy calls per batch
-(plus a few more per *probe round*, and rounds are rare); there is no Python loop per key.
+16-byte directory keys; it is answered with about 35 numpy calls per batch and no
+Python loop per key. On a small VM a numpy call costs microseconds whatever its size
+and a cache miss costs about 0.1 µs, so the layout is built to need few calls and to
+touch two cache-line pairs per key: its hash bucket and, for a hit, its record.
 
 Layout
 ======
@@ -11,56 +13,59 @@ Keys are AES outputs, so they are uniformly random and need no further hashing. 
 16 key bytes are read as two little-endian 64-bit words, ``lo`` (bytes 0..7) and ``hi``
 (bytes 8..15).
 
-* Rows (one per registered user), in ``_rec``, a ``(rows, 3)`` uint64 array:
-  ``[lo, hi, meta]`` with ``meta = id offset (bits 0..39) | id length (bits 40..47)
-  | discoverable (bit 63)``. Keeping the three words of a row in one 24-byte record
-  means verifying a hit costs one gather (one cache line, mostly) instead of the five
-  gathers that separate ``key_hi``/``key_lo``/``flags``/``id_off``/``id_len`` arrays
-  would cost. Rows freed by :meth:`DirectoryIndex.remove` go on a free stack and are
-  reused.
-* User ids, in ``_ids``, one growable uint8 buffer: each id is stored as UTF-8 followed
-  by ``b"\\x00"`` (the stored length includes the terminator, at most 129). Bytes of
-  removed or replaced ids are counted as garbage; the buffer is compacted (vectorised)
-  when the garbage exceeds both the live bytes and 1 MiB.
-* The hash table, in ``_flat``, uint64 slots: ``fingerprint << 32 | row`` with a 31-bit
-  fingerprint ``hi >> 33`` (so an occupied slot is < 2**63) and ``EMPTY = 2**64 - 1``.
-  It is linear probing over slots, with two twists, both to make a batched probe cheap:
+**Records.** Every entry is a record in ``_log``, an append-only array of 16-byte
+cells (a ``(cells, 2)`` uint64 array): one cell ``[lo, hi]`` with the key, then the
+user id as UTF-8, its ``b"\\x00"`` terminator and ``0xFF`` padding (a byte that never
+occurs in UTF-8) up to a whole number of cells, 1..9. Key and id are adjacent, so a
+hit costs one cache miss for both; there is no row table and no separate id buffer
+(an earlier design with ``[lo, hi, meta]`` rows plus an id buffer needed two misses per
+hit and 8 more bytes per entry). Replacing or removing an entry leaves its old cells
+as garbage; the log is compacted (vectorised) once the garbage exceeds both the live
+cells and 1 MiB.
 
-  - *Homes are bucket starts.* The slots are grouped in buckets of 8 (64 bytes, one
-    cache line; the array is 64-byte aligned) and a key's home slot is the first slot of
-    bucket ``((lo >> 32) * n_buckets) >> 32`` (Lemire's multiply-shift range reduction,
-    so the bucket count need not be a power of two and the table can be sized to the
-    load target instead of the next power of two: 16 bytes per entry at the maximum
-    load of 0.5 rather than up to 32). Since an entry always sits in the run of
-    occupied slots that starts at its home, a bucket is always filled as a prefix, and
-    a key is absent as soon as a bucket that does not hold it has a free slot. So a
-    lookup reads *one cache line per key* in the first round, and only keys whose home
-    bucket is full (a few percent at load 0.5) go on to the next bucket in a further
-    round. The fingerprints in the slots let the round decide "hit" without touching
-    the rows; a hit is then verified against the full key in the row (a fingerprint
-    false positive, probability about 2**-31 per occupied slot read, falls back to an
-    exact scalar probe for that key).
-  - *No wrap-around.* The probe sequence runs off the end of the home buckets into a
-    tail of spare buckets instead of wrapping; the last bucket of the array is kept
-    empty (the tail is extended if an insert would land in it), so every probe stops
-    inside the array. This keeps backward-shift deletion (no tombstones) simple: an
-    entry can move back into the hole iff its home is at or before the hole.
+**Hash table.** ``_flat`` holds uint64 slots ``fp | discoverable << 36 | cells << 32 |
+offset``: ``fp`` is the top 27 bits of ``hi`` kept in place, ``cells`` the number of id
+cells, ``offset`` the record's first cell (32 bits: a log of up to 64 GiB). ``EMPTY =
+2**64 - 1``; no occupied slot equals it, because ``cells`` <= 9. It is linear probing
+without tombstones (backward-shift deletion), with three twists for the batched probe:
 
-  The table grows (to load 0.4) when the load would exceed 0.5. A rebuild (growth,
-  large bulk loads) is vectorised: entries are sorted by their home (with ``np.sort`` on
-  ``(lo >> 32) << 32 | index``, several times faster than ``np.argsort``) and the
-  linear-probing position of the i-th is ``i + cummax(home - i)``. Smaller bulk loads
-  are inserted in vectorised rounds: every pending key tries its current slot, a
-  write-then-read-back decides which of the keys racing for one free slot won, the rest
-  move one slot on.
+* *Homes are bucket starts.* Slots are grouped in buckets of 16 (128 bytes, two cache
+  lines, 64-byte aligned). A key's home is the first slot of bucket ``((lo >> 32) *
+  n_buckets) >> 32`` (multiply-shift range reduction, so the bucket count need not be a
+  power of two and the table is sized to the load target: 16..20 bytes per entry rather
+  than up to 32 at the next power of two). Each entry sits in the run of occupied slots
+  starting at its home, so buckets fill as prefixes and a key is absent once a bucket
+  without it has a free slot. A lookup reads every key's home bucket with one ``take``
+  and is done, except for keys whose home bucket is full (about 0.1..0.5% at load
+  0.4..0.5), which get an exact scalar probe from the next bucket on.
+* *One subtraction finds the hits.* With ``f = (hi & FP_MASK) | 1 << 36`` a slot holds
+  a discoverable entry with the key's fingerprint iff ``slot - f < 2**36 - 1`` (uint64
+  arithmetic), and the difference then *is* ``cells << 32 | offset``. Non-discoverable
+  entries never match; empty slots never match. Every hit is verified against the full
+  key in its record (a fingerprint false positive, probability about ``2**-27`` per
+  occupied slot read, sends that key to the exact scalar probe).
+* *No wrap-around.* Probes run past the home buckets into a tail of spare buckets; the
+  last bucket of the array is kept empty (the tail grows if an insert would land in
+  it), so every probe and bucket read stays inside the array, and backward-shift
+  deletion is simply: an entry moves back into the hole iff its home is at or before it.
 
-A lookup gathers the matched ids' bytes (with their terminators) from ``_ids`` into one
-contiguous array (``np.repeat``/``cumsum``), and one ``bytes.decode().split("\\x00")``
-makes the list of ``str``.
+The table grows (to load 0.4) when its load would exceed 0.5. A rebuild (growth, big
+bulk loads) is vectorised: entries are sorted by home (``np.sort`` of ``(lo >> 32) <<
+32 | index``, several times faster than ``np.argsort``) and the slot of the i-th is
+``i + cummax(home - i)``. Smaller bulk loads are inserted in vectorised rounds of
+linear probing: each pending entry tries its current slot, a write-then-read-back
+decides which of the entries racing for a free slot won, the others move on.
 
-Memory per entry at the maximum load: 16 (slots) + 24 (row) + id bytes + 1, plus the
-slack of growth (row and id arrays grow by 1.5x; a bulk load into an empty index sizes
-them exactly).
+**Ids of a lookup.** The id cells of all hits are gathered with one ``take`` (indices
+from ``np.repeat`` of ``offset + 1 - cumsum(cells)`` plus an ``arange``); deleting the
+padding (``bytes.translate``), one ``decode`` and one ``split("\\x00")`` make the list
+of ``str``.
+
+Memory per entry: 16..20 bytes of slots (load 0.5..0.4) + 16 key + the id with its
+terminator rounded up to 16, plus the slack of growth (the log grows by 1.25x; a bulk
+load into an empty index sizes it exactly). For ids of 10..20 bytes: about 55..59.
+
+Within one bulk load, a key that appears more than once takes its *last* occurrence.
 
 The index is not thread-safe; it is meant to be used from one event loop.
 """
@@ -77,37 +82,55 @@ import numpy.typing as npt
 __all__ = ["KEY_SIZE", "MAX_ID_BYTES", "DirectoryIndex"]
 
 U8 = npt.NDArray[np.uint8]
-U32 = npt.NDArray[np.uint32]
 U64 = npt.NDArray[np.uint64]
-IP = npt.NDArray[np.intp]
+I64 = npt.NDArray[np.int64]
 BoolArr = npt.NDArray[np.bool_]
 
 KEY_SIZE: Final = 16
 MAX_ID_BYTES: Final = 128
 
-BUCKET: Final = 8  # slots per bucket: 8 x 8 bytes = one cache line
-_BUCKET_SHIFT: Final = 3
+BUCKET: Final = 16  # slots per bucket: 16 x 8 bytes = two cache lines
+_BUCKET_SHIFT: Final = 4
+_CELL: Final = 16  # bytes per log cell
+
 _EMPTY_INT: Final = 0xFFFF_FFFF_FFFF_FFFF
 _EMPTY: Final = np.uint64(_EMPTY_INT)
-_ROW_MASK_INT: Final = 0xFFFF_FFFF
-_ROW_MASK: Final = np.uint64(_ROW_MASK_INT)
-_MAX_ROWS: Final = 0xFFFF_FFFF  # rows are 0 .. 2**32 - 2, so no occupied slot's row field is all ones
-_FP_SHIFT: Final = 33  # fingerprint: the top 31 bits of hi
-_OFF_MASK_INT: Final = (1 << 40) - 1
+_OFF_MASK_INT: Final = 0xFFFF_FFFF  # slot: offset of the record, in cells
 _OFF_MASK: Final = np.uint64(_OFF_MASK_INT)
-_LEN_SHIFT: Final = 40
-_DISC_INT: Final = 1 << 63
-_DISC: Final = np.uint64(_DISC_INT)
-_MAX_ID_BUF: Final = 1 << 40
+_MAX_CELLS: Final = 1 << 32
+_S32: Final = np.uint64(32)
+_NCELL_MASK_INT: Final = 0xF  # slot, bits 32..35: id cells of the record
+_DBIT_INT: Final = 1 << 36  # slot: discoverable
+_DBIT: Final = np.uint64(_DBIT_INT)
+_FP_MASK_INT: Final = 0xFFFF_FFE0_0000_0000  # slot: the top 27 bits of hi, in place
+_FP_MASK: Final = np.uint64(_FP_MASK_INT)
+_HIT_DISC: Final = np.uint64((1 << 36) - 1)  # slot - (fp | DBIT) below this: a discoverable hit
+_HIT_ANY: Final = np.uint64((1 << 37) - 1)  # slot - fp below this: a hit, discoverable or not
+_HIT_VALUE_INT: Final = (_NCELL_MASK_INT << 32) | _OFF_MASK_INT  # what a lookup hit yields
+_PAD: Final = 0xFF  # pads an id to whole cells; never occurs in UTF-8
 
 MAX_LOAD: Final = 0.5  # grow when the load of the home buckets would exceed this
 GROW_LOAD: Final = 0.4  # load right after growing
-_TAIL_BUCKETS: Final = 16  # spare buckets after the home buckets; the last one stays empty
+_TAIL_BUCKETS: Final = 8  # spare buckets after the home buckets; the last one stays empty
 _CHUNK: Final = 1 << 16  # keys per vectorised probe (bounds temporaries)
+_BUILD_CHUNK: Final = 1 << 18  # entries per chunk when writing records in bulk
 _REBUILD_FRACTION: Final = 4  # a bulk insert of more than count / 4 new keys rebuilds the table
-_COMPACT_MIN: Final = 1 << 20
-_COMPACT_ROWS: Final = 1 << 18  # rows per chunk while compacting the id buffer
+_COMPACT_MIN_CELLS: Final = (1 << 20) // _CELL
 _KEY_DTYPE: Final = np.dtype("<u8")
+
+_ARANGE_CACHE_MAX: Final = 1 << 20
+_arange_cache: list[I64] = [np.arange(1 << 16, dtype=np.int64)]
+
+
+def _arange(n: int) -> I64:
+    """0..n-1 (int64); a view of a cached array when small."""
+    cached = _arange_cache[0]
+    if n > cached.size:
+        if n > _ARANGE_CACHE_MAX:
+            return np.arange(n, dtype=np.int64)
+        cached = np.arange(min(max(n, 2 * cached.size), _ARANGE_CACHE_MAX), dtype=np.int64)
+        _arange_cache[0] = cached
+    return cached[:n]
 
 
 def _nb_for(entries: int, load: float) -> int:
@@ -117,7 +140,7 @@ def _nb_for(entries: int, load: float) -> int:
 
 def _new_flat(n_buckets: int) -> tuple[U64, U64]:
     """A 64-byte aligned slot array of ``n_buckets`` empty buckets, and its allocation."""
-    raw: U64 = np.empty(n_buckets * BUCKET + BUCKET, dtype=np.uint64)
+    raw: U64 = np.empty(n_buckets * BUCKET + 8, dtype=np.uint64)
     skip = (-int(raw.ctypes.data) % 64) // 8
     flat = raw[skip : skip + n_buckets * BUCKET]
     flat.fill(_EMPTY)
@@ -132,11 +155,11 @@ def _key_words(key: bytes) -> tuple[int, int]:
 
 def _parse_keys(keys: bytes) -> U64:
     """n packed keys as an (n, 2) uint64 array of [lo, hi]."""
-    size = memoryview(keys).nbytes
-    if size % KEY_SIZE:
-        raise ValueError(f"packed keys must be a multiple of {KEY_SIZE} bytes, got {size}")
-    words = np.frombuffer(keys, dtype=_KEY_DTYPE)
-    if words.dtype != np.dtype(np.uint64):  # big-endian host
+    raw = np.frombuffer(keys, dtype=np.uint8)
+    if raw.size % KEY_SIZE:
+        raise ValueError(f"packed keys must be a multiple of {KEY_SIZE} bytes, got {raw.size}")
+    words = raw.view(_KEY_DTYPE)
+    if words.dtype != np.dtype(np.uint64):  # a big-endian host
         words = words.astype(np.uint64)
     return words.reshape(-1, 2)
 
@@ -147,11 +170,21 @@ def _encode_id(user_id: str) -> bytes:
         raise ValueError(f"a user id is 1..{MAX_ID_BYTES} UTF-8 bytes, got {len(data)}")
     if b"\x00" in data:
         raise ValueError("a user id must not contain NUL")
-    return data + b"\x00"
+    return data
 
 
-def _split_blob(blob: bytes, n: int) -> tuple[U8, IP, IP]:
-    """The bytes, starts and lengths (with terminator) of n NUL-terminated ids in ``blob``."""
+def _record(lo: int, hi: int, data: bytes) -> U64:
+    """The cells of one record: the key cell, then the id, its NUL and padding."""
+    body = data + b"\x00"
+    body += bytes([_PAD]) * (-len(body) % _CELL)
+    out = np.empty((1 + len(body) // _CELL, 2), dtype=np.uint64)
+    out[0] = (lo, hi)
+    out[1:] = np.frombuffer(body, dtype=np.uint64).reshape(-1, 2)  # native: the bytes as they are
+    return out
+
+
+def _split_blob(blob: bytes, n: int) -> tuple[U8, I64]:
+    """The bytes and the lengths (with terminator) of n NUL-terminated ids."""
     data: U8 = np.frombuffer(blob, dtype=np.uint8)
     ends = np.flatnonzero(data == 0) + 1
     if ends.size != n or (n and int(ends[-1]) != data.size) or (not n and data.size):
@@ -159,14 +192,14 @@ def _split_blob(blob: bytes, n: int) -> tuple[U8, IP, IP]:
     lens = np.diff(ends, prepend=0)
     if n and (int(lens.min()) < 2 or int(lens.max()) > MAX_ID_BYTES + 1):
         raise ValueError(f"a user id is 1..{MAX_ID_BYTES} UTF-8 bytes")
-    return data, ends - lens, lens
+    return data, lens.astype(np.int64)
 
 
 def _check_utf8(data: U8) -> None:
     if data.size == 0 or int(data.max()) < 0x80:
         return
     decoder = codecs.getincrementaldecoder("utf-8")()
-    view = np.ascontiguousarray(data).data
+    view = data.data
     step = 1 << 24
     try:
         for start in range(0, data.size, step):
@@ -188,8 +221,10 @@ def _bool_flags(discoverable: npt.NDArray[np.bool_] | None, n: int) -> BoolArr |
 class DirectoryIndex:
     """Directory key -> (user id, discoverable), read-optimised for batched lookups.
 
-    ``capacity`` is the number of entries to size for up front (it grows beyond that as
-    needed). Single-threaded: no locking.
+    ``capacity`` is the number of entries to size for up front: the table then holds
+    ``1.25 * capacity`` entries before it has to grow (a rehash, which blocks for about a
+    second per 10M entries), and over-sizing it costs about 20 bytes per unused entry
+    (the record log is allocated lazily, as ``np.empty``). Single-threaded: no locking.
     """
 
     def __init__(self, capacity: int = 1024) -> None:
@@ -202,17 +237,19 @@ class DirectoryIndex:
 
     def _reset(self, capacity: int) -> None:
         capacity = max(capacity, 16)
-        self._nb = _nb_for(capacity, MAX_LOAD)
-        self._raw, self._flat = _new_flat(self._nb + _TAIL_BUCKETS)
-        self._buckets: U64 = self._flat.reshape(-1, BUCKET)
-        self._rec: U64 = np.zeros((capacity, 3), dtype=np.uint64)
-        self._nrows = 0
-        self._free: U32 = np.empty(0, dtype=np.uint32)
-        self._nfree = 0
-        self._ids: U8 = np.empty(max(1024, capacity * 16), dtype=np.uint8)
-        self._id_used = 0
-        self._garbage = 0
+        n_buckets = _nb_for(capacity, GROW_LOAD)
+        self._set_table(n_buckets, *_new_flat(n_buckets + _TAIL_BUCKETS))
+        self._log: U64 = np.empty((capacity * 2, 2), dtype=np.uint64)
+        self._used = 0  # cells of the log in use
+        self._garbage = 0  # cells of the log no slot refers to
         self._count = 0
+
+    def _set_table(self, n_buckets: int, raw: U64, flat: U64) -> None:
+        self._nb = n_buckets
+        self._nb_u64 = np.uint64(n_buckets)
+        self._raw = raw
+        self._flat = flat
+        self._buckets: U64 = flat.reshape(-1, BUCKET)
 
     def __len__(self) -> int:
         return self._count
@@ -223,80 +260,78 @@ class DirectoryIndex:
 
     def memory_bytes(self) -> int:
         """Bytes held by the numpy arrays of the index (allocated, not just used)."""
-        return int(self._raw.nbytes + self._rec.nbytes + self._ids.nbytes + self._free.nbytes)
+        return int(self._raw.nbytes + self._log.nbytes)
 
     # ------------------------------------------------------------ single keys
 
     def _home(self, lo: int) -> int:
         return (((lo >> 32) * self._nb) >> 32) * BUCKET
 
-    def _find(self, lo: int, hi: int) -> tuple[int, int]:
-        """(slot, row) of the key, or (-1, -1)."""
+    def _probe(self, lo: int, hi: int, start: int) -> int:
+        """Exact scalar probe from slot ``start``: the slot of the key, or -1."""
         flat = self._flat
-        rec = self._rec
-        fp = hi >> _FP_SHIFT
-        p = self._home(lo)
+        log = self._log
+        fp = hi & _FP_MASK_INT
+        p = start
         while True:
             e: int = flat.item(p)
             if e == _EMPTY_INT:
-                return -1, -1
-            if e >> 32 == fp:
-                row = e & _ROW_MASK_INT
-                if rec.item(row, 0) == lo and rec.item(row, 1) == hi:
-                    return p, row
+                return -1
+            if e & _FP_MASK_INT == fp:
+                off = e & _OFF_MASK_INT
+                if log.item(off, 0) == lo and log.item(off, 1) == hi:
+                    return p
             p += 1
+
+    def _find(self, lo: int, hi: int) -> int:
+        return self._probe(lo, hi, self._home(lo))
 
     def get(self, key: bytes) -> tuple[str, bool] | None:
         """(user id, discoverable) for the key, or None."""
         lo, hi = _key_words(key)
-        _, row = self._find(lo, hi)
-        if row < 0:
+        slot = self._find(lo, hi)
+        if slot < 0:
             return None
-        meta: int = self._rec.item(row, 2)
-        off = meta & _OFF_MASK_INT
-        length = (meta >> _LEN_SHIFT) & 0xFF
-        user_id = self._ids[off : off + length - 1].tobytes().decode("utf-8")
-        return user_id, bool(meta & _DISC_INT)
+        e: int = self._flat.item(slot)
+        off = e & _OFF_MASK_INT
+        body = self._log[off + 1 : off + 1 + ((e >> 32) & _NCELL_MASK_INT)].tobytes()
+        return body[: body.index(0)].decode("utf-8"), bool(e & _DBIT_INT)
 
     def upsert(self, key: bytes, user_id: str, discoverable: bool) -> None:
         """Insert the entry for ``key``, or replace it."""
         lo, hi = _key_words(key)
-        data = _encode_id(user_id)
-        length = len(data)
-        disc = _DISC_INT if discoverable else 0
-        _, row = self._find(lo, hi)
-        if row >= 0:
-            meta: int = self._rec.item(row, 2)
-            off = meta & _OFF_MASK_INT
-            old = (meta >> _LEN_SHIFT) & 0xFF
-            if length <= old:
-                self._ids[off : off + length] = np.frombuffer(data, dtype=np.uint8)
-                self._garbage += old - length
+        rec = _record(lo, hi, _encode_id(user_id))
+        cells = rec.shape[0] - 1
+        disc = _DBIT_INT if discoverable else 0
+        slot = self._find(lo, hi)
+        if slot >= 0:
+            e: int = self._flat.item(slot)
+            off = e & _OFF_MASK_INT
+            old = (e >> 32) & _NCELL_MASK_INT
+            if cells <= old:
+                self._log[off + 1 : off + 1 + cells] = rec[1:]
+                self._garbage += old - cells
             else:
-                off = self._append_ids(np.frombuffer(data, dtype=np.uint8))
-                self._garbage += old
-            self._rec[row, 2] = off | (length << _LEN_SHIFT) | disc
+                off = self._append(rec)
+                self._garbage += 1 + old
+            self._flat[slot] = (hi & _FP_MASK_INT) | disc | (cells << 32) | off
             self._maybe_compact()
             return
         if self._count + 1 > MAX_LOAD * self._nb * BUCKET:
             self._rebuild(max(_nb_for(self._count + 1, GROW_LOAD), self._nb + 1))
-        off = self._append_ids(np.frombuffer(data, dtype=np.uint8))
-        row = int(self._alloc_rows(1)[0])
-        self._rec[row] = (lo, hi, off | (length << _LEN_SHIFT) | disc)
-        self._insert_one(((hi >> _FP_SHIFT) << 32) | row, self._home(lo))
+        off = self._append(rec)
+        self._insert_one((hi & _FP_MASK_INT) | disc | (cells << 32) | off, self._home(lo))
         self._count += 1
 
     def remove(self, key: bytes) -> bool:
         """Remove the entry for ``key``; True if it was there."""
         lo, hi = _key_words(key)
-        slot, row = self._find(lo, hi)
-        if row < 0:
+        slot = self._find(lo, hi)
+        if slot < 0:
             return False
+        e: int = self._flat.item(slot)
         self._delete_slot(slot)
-        meta: int = self._rec.item(row, 2)
-        self._garbage += (meta >> _LEN_SHIFT) & 0xFF
-        self._rec[row] = 0
-        self._push_free(row)
+        self._garbage += 1 + ((e >> 32) & _NCELL_MASK_INT)
         self._count -= 1
         self._maybe_compact()
         return True
@@ -304,11 +339,11 @@ class DirectoryIndex:
     def set_discoverable(self, key: bytes, discoverable: bool) -> bool:
         """Set the flag of the entry for ``key``; False if there is none."""
         lo, hi = _key_words(key)
-        _, row = self._find(lo, hi)
-        if row < 0:
+        slot = self._find(lo, hi)
+        if slot < 0:
             return False
-        meta: int = self._rec.item(row, 2)
-        self._rec[row, 2] = (meta | _DISC_INT) if discoverable else (meta & ~_DISC_INT)
+        e: int = self._flat.item(slot)
+        self._flat[slot] = (e | _DBIT_INT) if discoverable else (e & ~_DBIT_INT)
         return True
 
     # ------------------------------------------------------------------ slots
@@ -325,64 +360,58 @@ class DirectoryIndex:
     def _delete_slot(self, hole: int) -> None:
         """Backward-shift deletion: pull later entries of the run back into the hole."""
         flat = self._flat
-        rec = self._rec
+        log = self._log
         j = hole + 1
         while True:
             e: int = flat.item(j)
             if e == _EMPTY_INT:
                 break
-            if self._home(rec.item(e & _ROW_MASK_INT, 0)) <= hole:
+            if self._home(log.item(e & _OFF_MASK_INT, 0)) <= hole:
                 flat[hole] = e
                 hole = j
             j += 1
         flat[hole] = _EMPTY
 
     def _extend_tail(self, pos: int) -> None:
-        """Grow the slot array so that ``pos`` is not in its last bucket."""
+        """Grow the slot array so that slot ``pos`` is not in its last bucket."""
         old = self._flat
         have = old.size // BUCKET
-        # at least double the tail
-        n_buckets = max(pos // BUCKET + 1 + _TAIL_BUCKETS, have + (have - self._nb))
+        n_buckets = max(pos // BUCKET + 1 + _TAIL_BUCKETS, have + (have - self._nb))  # double the tail
         raw, flat = _new_flat(n_buckets)
         flat[: old.size] = old
-        self._raw, self._flat = raw, flat
-        self._buckets = flat.reshape(-1, BUCKET)
+        self._set_table(self._nb, raw, flat)
 
-    def _buckets_of(self, lo: U64) -> npt.NDArray[np.int64]:
-        """Home buckets for an array of lo words."""
-        top = (lo >> np.uint64(32)).view(np.int64)
-        return (top * self._nb) >> 32
-
-    def _homes(self, lo: U64) -> npt.NDArray[np.int64]:
-        """Home slots (bucket starts) for an array of lo words."""
-        return self._buckets_of(lo) * BUCKET
+    def _buckets_of(self, lo: U64) -> I64:
+        """Home buckets of an array of lo words."""
+        out: U64 = ((lo >> _S32) * self._nb_u64) >> _S32
+        return out.view(np.int64)
 
     def _rebuild(self, n_buckets: int, extra: U64 | None = None) -> None:
-        """Rebuild the table with ``n_buckets`` home buckets from its entries plus ``extra`` slot values."""
+        """Rebuild the table with ``n_buckets`` home buckets from its entries plus ``extra`` slots."""
         vals = self._flat[self._flat != _EMPTY]
         if extra is not None and extra.size:
             vals = np.concatenate((vals, extra))
-        total = vals.size
-        rows = (vals & _ROW_MASK).view(np.int64)
-        order_key = np.take(self._rec[:, 0], rows) >> np.uint64(32)
-        order_key <<= np.uint64(32)
-        order_key |= np.arange(total, dtype=np.uint64)
+        order_key = self._log[(vals & _OFF_MASK).view(np.int64), 0] >> _S32
+        order_key <<= _S32
+        order_key |= _arange(vals.size).view(np.uint64)
         order_key.sort()
-        vals = vals[(order_key & _ROW_MASK).view(np.int64)]
-        step = np.arange(total, dtype=np.int64)
-        homes = (((order_key >> np.uint64(32)).view(np.int64) * n_buckets) >> 32) * BUCKET
-        homes -= step
-        pos = np.maximum.accumulate(homes)
-        pos += step
-        end = int(pos[-1]) + 1 if total else 0
-        self._nb = n_buckets
-        self._raw, self._flat = _new_flat(max(n_buckets, -(-end // BUCKET)) + _TAIL_BUCKETS)
-        self._buckets = self._flat.reshape(-1, BUCKET)
-        self._flat[pos] = vals
+        self._place(n_buckets, vals.take((order_key & _OFF_MASK).view(np.int64)), order_key >> _S32)
 
-    def _insert_rounds(self, vals: U64, homes: npt.NDArray[np.int64]) -> None:
-        """Insert absent entries in vectorised rounds of linear probing."""
-        pos = homes
+    def _place(self, n_buckets: int, vals: U64, top: U64) -> None:
+        """Make a new table of ``n_buckets`` home buckets holding slot values ``vals``, given
+        in ascending order of ``top``, the ``lo >> 32`` of their keys."""
+        step = _arange(vals.size)
+        homes = ((top * np.uint64(n_buckets)) >> _S32).view(np.int64) * BUCKET
+        homes -= step
+        pos = np.maximum.accumulate(homes)  # linear probing, entries in order of home
+        pos += step
+        end = int(pos[-1]) + 1 if vals.size else 0
+        raw, flat = _new_flat(max(n_buckets, -(-end // BUCKET)) + _TAIL_BUCKETS)
+        flat[pos] = vals
+        self._set_table(n_buckets, raw, flat)
+
+    def _insert_rounds(self, vals: U64, pos: I64) -> None:
+        """Insert absent entries (slot values, home slots) in vectorised rounds of linear probing."""
         while vals.size:
             top = int(pos.max())
             if top >= self._flat.size - BUCKET:
@@ -393,177 +422,203 @@ class DirectoryIndex:
             if free.any():
                 fpos = pos[free]
                 fval = vals[free]
-                flat[fpos] = fval  # of several keys racing for one slot, one wins
+                flat[fpos] = fval  # of several entries racing for one slot, one wins
                 advance[free] = flat[fpos] != fval
             pos = pos[advance] + 1
             vals = vals[advance]
 
-    # ------------------------------------------------------------------- rows
+    # -------------------------------------------------------------------- log
 
-    def _alloc_rows(self, k: int) -> IP:
-        reuse = min(k, self._nfree)
-        parts: list[IP] = []
-        if reuse:
-            parts.append(self._free[self._nfree - reuse : self._nfree].astype(np.intp))
-            self._nfree -= reuse
-        fresh = k - reuse
-        if fresh:
-            start = self._nrows
-            end = start + fresh
-            if end > _MAX_ROWS:
-                raise MemoryError("the directory index is full (2**32 - 1 rows)")
-            if end > self._rec.shape[0]:
-                cap = min(max(end, self._rec.shape[0] * 3 // 2), _MAX_ROWS)
-                rec = np.zeros((cap, 3), dtype=np.uint64)
-                rec[:start] = self._rec[:start]
-                self._rec = rec
-            self._nrows = end
-            parts.append(np.arange(start, end, dtype=np.intp))
-        if len(parts) == 1:
-            return parts[0]
-        return np.concatenate(parts)
-
-    def _push_free(self, row: int) -> None:
-        if self._nfree == self._free.size:
-            free = np.empty(max(64, self._free.size * 2), dtype=np.uint32)
-            free[: self._nfree] = self._free[: self._nfree]
-            self._free = free
-        self._free[self._nfree] = row
-        self._nfree += 1
-
-    # -------------------------------------------------------------------- ids
-
-    def _append_ids(self, data: U8) -> int:
-        start = self._id_used
-        end = start + data.size
-        if end > _MAX_ID_BUF:
-            raise MemoryError("the user id buffer of the directory index is full")
-        if end > self._ids.size:
-            buf = np.empty(max(end, self._ids.size * 3 // 2), dtype=np.uint8)
-            buf[:start] = self._ids[:start]
-            self._ids = buf
-        self._ids[start:end] = data
-        self._id_used = end
+    def _reserve(self, cells: int) -> int:
+        """Make room for ``cells`` more cells at the end of the log; returns where they start."""
+        start = self._used
+        end = start + cells
+        if end > _MAX_CELLS:
+            self._compact()
+            start = self._used
+            end = start + cells
+            if end > _MAX_CELLS:
+                raise MemoryError("the record log of the directory index is full")
+        if end > self._log.shape[0]:
+            log = np.empty((min(max(end, self._log.shape[0] * 5 // 4), _MAX_CELLS), 2), dtype=np.uint64)
+            log[:start] = self._log[:start]
+            self._log = log
+        self._used = end
         return start
 
-    def _maybe_compact(self) -> None:
-        if self._garbage > _COMPACT_MIN and self._garbage > self._id_used - self._garbage:
-            self._compact_ids()
+    def _append(self, rec: U64) -> int:
+        start = self._reserve(rec.shape[0])
+        self._log[start : start + rec.shape[0]] = rec
+        return start
 
-    def _compact_ids(self) -> None:
-        """Copy the live ids into a new buffer, dropping the garbage."""
-        rows = (self._flat[self._flat != _EMPTY] & _ROW_MASK).view(np.int64)
-        live = self._id_used - self._garbage
-        buf = np.empty(max(1024, live + live // 4), dtype=np.uint8)
+    def _id_cells(self, vals: U64) -> U64:
+        """The id cells of the records of hits ``vals`` (``cells << 32 | offset``), concatenated."""
+        cells = (vals >> _S32).view(np.int64)
+        first = (vals & _OFF_MASK).view(np.int64) - cells.cumsum()
+        first += cells
+        src = first.repeat(cells)
+        src += _arange(src.size + 1)[1:]  # + 1: the id starts in the cell after the key
+        out: U64 = self._log.take(src, axis=0)
+        return out
+
+    def _maybe_compact(self) -> None:
+        if self._garbage > _COMPACT_MIN_CELLS and self._garbage > self._used - self._garbage:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Copy the live records into a new log, dropping the garbage, and repoint the slots."""
+        where = (self._flat != _EMPTY).nonzero()[0]
+        live = self._used - self._garbage
+        log = np.empty((max(1024, live + live // 4), 2), dtype=np.uint64)
         used = 0
-        for start in range(0, rows.size, _COMPACT_ROWS):
-            part = rows[start : start + _COMPACT_ROWS]
-            meta = self._rec[part, 2]
-            lens = ((meta >> np.uint64(_LEN_SHIFT)) & np.uint64(0xFF)).view(np.int64)
-            ends = np.cumsum(lens)
-            size = int(ends[-1])
-            buf[used : used + size] = self._gather(meta, lens, ends)
-            new_off = (ends - lens + used).view(np.uint64)
-            self._rec[part, 2] = (meta & ~_OFF_MASK) | new_off
-            used += size
-        self._ids = buf
-        self._id_used = used
+        flat = self._flat
+        for start in range(0, where.size, _BUILD_CHUNK):
+            part = where[start : start + _BUILD_CHUNK]
+            vals = flat[part]
+            sizes = ((vals >> _S32) & np.uint64(_NCELL_MASK_INT)).view(np.int64) + 1
+            ends = sizes.cumsum()
+            src = (vals & _OFF_MASK).view(np.int64) - ends + sizes
+            src = src.repeat(sizes)
+            src += _arange(src.size)
+            log[used : used + src.size] = self._log.take(src, axis=0)
+            flat[part] = (vals & ~_OFF_MASK) | (ends - sizes + used).view(np.uint64)
+            used += src.size
+        self._log = log
+        self._used = used
         self._garbage = 0
 
-    def _gather(self, meta: U64, lens: npt.NDArray[np.int64], ends: npt.NDArray[np.int64]) -> U8:
-        """The id bytes of ``meta`` concatenated (lens: their lengths, ends: cumsum of lens)."""
-        offs = (meta & _OFF_MASK).view(np.int64)
-        src = np.repeat(offs - ends + lens, lens)
-        src += np.arange(src.size, dtype=np.int64)
-        return np.take(self._ids, src)
-
-    def _decode_ids(self, meta: U64) -> list[str]:
-        lens = ((meta >> np.uint64(_LEN_SHIFT)) & np.uint64(0xFF)).view(np.int64)
-        data = self._gather(meta, lens, np.cumsum(lens))
-        ids = data.tobytes().decode("utf-8").split("\x00")
-        ids.pop()
-        return ids
-
-    # ------------------------------------------------------------------ batch
-
-    def _match(self, q: U64) -> tuple[IP, IP, U64]:
-        """Present keys of q (an (n, 2) [lo, hi] array): ascending query positions, rows, records."""
-        n = q.shape[0]
-        lo = q[:, 0]
-        hi = q[:, 1]
-        homes = self._buckets_of(lo)
-        fps = (hi >> np.uint64(_FP_SHIFT)) << np.uint64(32)
-        found = np.full(n, _EMPTY, dtype=np.uint64)  # the row of the fingerprint hit, per query
-        buckets = self._buckets
-        todo: IP | None = None  # queries still probing (None: all of them)
-        while True:
-            block = np.take(buckets, homes, axis=0)
-            diff = block.reshape(-1) - np.repeat(fps, BUCKET)
-            # A slot holding fingerprint f is f << 32 | row: slot - (f << 32) < 2**32 is a hit, and the row.
-            hits = np.flatnonzero(diff < np.uint64(1 << 32))
-            where = hits >> _BUCKET_SHIFT
-            if todo is not None:
-                where = todo[where]
-            found[where] = diff[hits]
-            # A bucket with a free (last) slot ends the probe; a full one without a hit goes on.
-            full = np.flatnonzero(block[:, BUCKET - 1] != _EMPTY)
-            if not full.size:
-                break
-            pending = full if todo is None else todo[full]
-            going = found[pending] == _EMPTY
-            if not going.any():
-                break
-            keep = full[going]
-            todo = pending[going]
-            homes = homes[keep] + 1
-            fps = fps[keep]
-        pos = np.flatnonzero(found != _EMPTY)
-        rows = found[pos].view(np.int64)
-        recs = np.take(self._rec, rows, axis=0)
-        ok = (recs[:, 0] == lo[pos]) & (recs[:, 1] == hi[pos])
-        if not ok.all():
-            # Fingerprint false positive: decide those keys with an exact scalar probe.
-            fixed = [(int(i), self._find(int(lo[i]), int(hi[i]))[1]) for i in pos[~ok]]
-            extra = [(i, r) for i, r in fixed if r >= 0]
-            pos, rows = pos[ok], rows[ok]
-            if extra:
-                pos = np.concatenate((pos, np.array([i for i, _ in extra], dtype=np.intp)))
-                rows = np.concatenate((rows, np.array([r for _, r in extra], dtype=np.int64)))
-                order = np.argsort(pos, kind="stable")
-                pos, rows = pos[order], rows[order]
-            recs = np.take(self._rec, rows, axis=0)
-        return pos, rows, recs
+    # ---------------------------------------------------------------- lookups
 
     def lookup(self, keys: bytes) -> tuple[npt.NDArray[np.uint32], list[str]]:
         """Of n packed 16-byte keys, the ones present and discoverable.
 
         Returns their ascending positions in ``keys`` (uint32) and their user ids, in
-        the same order.
+        the same order. Raises ValueError if ``keys`` is not a multiple of 16 bytes.
         """
         q = _parse_keys(keys)
         n = q.shape[0]
         if n == 0 or self._count == 0:
             return np.empty(0, dtype=np.uint32), []
-        if n > _CHUNK:
-            parts: list[npt.NDArray[np.uint32]] = []
-            ids: list[str] = []
-            for start in range(0, n, _CHUNK):
-                p, i = self._lookup(q[start : start + _CHUNK])
-                parts.append(p + np.uint32(start))
-                ids += i
-            return np.concatenate(parts), ids
-        return self._lookup(q)
+        if n <= _CHUNK:
+            return self._lookup(q)
+        parts: list[npt.NDArray[np.uint32]] = []
+        ids: list[str] = []
+        for start in range(0, n, _CHUNK):
+            p, i = self._lookup(q[start : start + _CHUNK])
+            parts.append(p + np.uint32(start))
+            ids += i
+        return np.concatenate(parts), ids
 
     def _lookup(self, q: U64) -> tuple[npt.NDArray[np.uint32], list[str]]:
-        pos, _, recs = self._match(q)
-        meta = recs[:, 2]
-        disc = meta >= _DISC
-        if not disc.all():
-            pos = pos[disc]
-            meta = meta[disc]
+        homes = q[:, 0] >> _S32
+        homes *= self._nb_u64
+        homes >>= _S32
+        window = self._buckets.take(homes.view(np.int64), axis=0)  # (n, BUCKET): each key's home bucket
+        f = q[:, 1] & _FP_MASK
+        f |= _DBIT
+        diff = np.subtract(window, f[:, None]).reshape(-1)
+        hits = (diff < _HIT_DISC).nonzero()[0]
+        vals = diff[hits]  # cells << 32 | offset, of each hit's record
+        pos = hits >> _BUCKET_SHIFT
+        same = self._log.take((vals & _OFF_MASK).view(np.int64), axis=0) == q.take(pos, axis=0)
+        if not same.all():
+            pos, vals = self._lookup_exact(q, homes, window, pos, vals, same)
+        elif window[:, BUCKET - 1].min() != _EMPTY:  # some home bucket is full
+            pos, vals = self._lookup_deep(q, homes, window, pos, vals)
         if not pos.size:
             return np.empty(0, dtype=np.uint32), []
-        return pos.astype(np.uint32), self._decode_ids(meta)
+        body = self._id_cells(vals).tobytes().translate(None, b"\xff")
+        ids = body.decode("utf-8").split("\x00")
+        ids.pop()
+        return pos.astype(np.uint32), ids
+
+    def _lookup_deep(self, q: U64, homes: U64, window: U64, pos: I64, vals: U64) -> tuple[I64, U64]:
+        """Keys whose home bucket is full and holds no hit may lie further on: probe those
+        (a handful per thousand keys) with the exact scalar probe from the next bucket."""
+        deep = (window[:, BUCKET - 1] != _EMPTY).nonzero()[0]
+        if pos.size:
+            at = pos.searchsorted(deep)
+            np.minimum(at, pos.size - 1, out=at)
+            deep = deep[pos[at] != deep]
+        more: list[int] = []
+        more_vals: list[int] = []
+        for i in deep.tolist():
+            slot = self._probe(q.item(i, 0), q.item(i, 1), (homes.item(i) + 1) * BUCKET)
+            if slot >= 0:
+                e: int = self._flat.item(slot)
+                if e & _DBIT_INT:
+                    more.append(i)
+                    more_vals.append(e & _HIT_VALUE_INT)
+        return self._merge(pos, vals, more, more_vals)
+
+    def _lookup_exact(
+        self, q: U64, homes: U64, window: U64, pos: I64, vals: U64, same: BoolArr
+    ) -> tuple[I64, U64]:
+        """After a fingerprint false positive (rare): keep the verified hits, and decide
+        every other key that had a hit or whose home bucket is full with the exact probe."""
+        ok = same.all(axis=1)
+        undecided = np.zeros(q.shape[0], dtype=np.bool_)
+        undecided[pos[~ok]] = True
+        undecided[window[:, BUCKET - 1] != _EMPTY] = True
+        pos, vals = pos[ok], vals[ok]
+        undecided[pos] = False
+        more: list[int] = []
+        more_vals: list[int] = []
+        for i in undecided.nonzero()[0].tolist():
+            slot = self._probe(q.item(i, 0), q.item(i, 1), homes.item(i) * BUCKET)
+            if slot >= 0:
+                e: int = self._flat.item(slot)
+                if e & _DBIT_INT:
+                    more.append(i)
+                    more_vals.append(e & _HIT_VALUE_INT)
+        return self._merge(pos, vals, more, more_vals)
+
+    @staticmethod
+    def _merge(pos: I64, vals: U64, more: list[int], more_vals: list[int]) -> tuple[I64, U64]:
+        if not more:
+            return pos, vals
+        pos = np.concatenate((pos, np.array(more, dtype=np.int64)))
+        vals = np.concatenate((vals, np.array(more_vals, dtype=np.uint64)))
+        order = pos.argsort(kind="stable")
+        return pos[order], vals[order]
+
+    def _probe_all(self, q: U64) -> tuple[I64, I64]:
+        """Present keys of q, discoverable or not: their positions in q and their slots."""
+        n = q.shape[0]
+        buckets = self._buckets_of(q[:, 0])
+        f = q[:, 1] & _FP_MASK
+        who = _arange(n)
+        found_at: list[I64] = []
+        found_slot: list[I64] = []
+        while who.size:
+            block = self._buckets.take(buckets, axis=0)
+            diff = block.reshape(-1) - f.repeat(BUCKET)
+            hits = (diff < _HIT_ANY).nonzero()[0]
+            at = hits >> _BUCKET_SHIFT
+            found_at.append(who[at])
+            found_slot.append(buckets[at] * BUCKET + (hits & (BUCKET - 1)))
+            going = block[:, BUCKET - 1] != _EMPTY  # a full bucket without a hit: on to the next
+            going[at] = False
+            who = who[going]
+            buckets = buckets[going] + 1
+            f = f[going]
+        at = np.concatenate(found_at)
+        slots = np.concatenate(found_slot)
+        offs = (self._flat.take(slots) & _OFF_MASK).view(np.int64)
+        ok = (self._log.take(offs, axis=0) == q.take(at, axis=0)).all(axis=1)
+        if ok.all():
+            return at, slots
+        # Fingerprint false positives: probe their keys exactly.
+        at, slots, wrong = at[ok], slots[ok], at[~ok]
+        undecided = np.zeros(n, dtype=np.bool_)
+        undecided[wrong] = True
+        undecided[at] = False
+        more = [(i, self._find(int(q[i, 0]), int(q[i, 1]))) for i in undecided.nonzero()[0].tolist()]
+        more = [(i, s) for i, s in more if s >= 0]
+        if more:
+            at = np.concatenate((at, np.array([i for i, _ in more], dtype=np.int64)))
+            slots = np.concatenate((slots, np.array([s for _, s in more], dtype=np.int64)))
+        return at, slots
 
     # ------------------------------------------------------------------- bulk
 
@@ -577,15 +632,15 @@ class DirectoryIndex:
 
         ``discoverable`` is an (n,) bool array (default: all discoverable). Entries
         already in the index are replaced; if a key appears more than once in the
-        batch, the last occurrence wins.
+        batch, its last occurrence wins.
         """
         q = _parse_keys(keys)
         n = len(user_ids)
         if q.shape[0] != n:
             raise ValueError(f"{q.shape[0]} keys but {n} user ids")
         blob = ("\x00".join(user_ids) + "\x00").encode("utf-8") if n else b""
-        data, starts, lens = _split_blob(blob, n)
-        self._bulk(q, data, starts, lens, _bool_flags(discoverable, n))
+        data, lens = _split_blob(blob, n)
+        self._bulk(q, data, lens, _bool_flags(discoverable, n))
 
     def bulk_load_packed(
         self,
@@ -596,27 +651,24 @@ class DirectoryIndex:
         """:meth:`bulk_load` with the ids as one blob of n NUL-terminated UTF-8 ids."""
         q = _parse_keys(keys)
         n = q.shape[0]
-        data, starts, lens = _split_blob(id_blob, n)
+        data, lens = _split_blob(id_blob, n)
         _check_utf8(data)
-        self._bulk(q, data, starts, lens, _bool_flags(discoverable, n))
+        self._bulk(q, data, lens, _bool_flags(discoverable, n))
 
-    def _bulk(self, q: U64, data: U8, starts: IP, lens: IP, disc: BoolArr | None) -> None:
+    def _bulk(self, q: U64, data: U8, lens: I64, disc: BoolArr | None) -> None:
         n = q.shape[0]
         if n == 0:
             return
-        if n >= _MAX_ROWS:
-            raise ValueError("too many entries for one bulk load")
         lo = np.ascontiguousarray(q[:, 0])
         hi = np.ascontiguousarray(q[:, 1])
         # Sort by home (lo >> 32), carrying the batch index in the low half of the sort key.
-        order_key = lo >> np.uint64(32)
-        order_key <<= np.uint64(32)
-        order_key |= np.arange(n, dtype=np.uint64)
+        order_key = lo >> _S32
+        order_key <<= _S32
+        order_key |= _arange(n).view(np.uint64)
         order_key.sort()
-        order = (order_key & _ROW_MASK).view(np.int64)
-        garbage = 0
-        # Duplicates within the batch: keys with equal lo >> 32 are adjacent; among those, sort exactly.
-        top = order_key >> np.uint64(32)
+        order = (order_key & _OFF_MASK).view(np.int64)
+        # Duplicates in the batch: keys with equal lo >> 32 are adjacent; sort those exactly.
+        top = order_key >> _S32
         same = top[1:] == top[:-1]
         if same.any():
             group = np.zeros(n, dtype=np.bool_)
@@ -627,48 +679,73 @@ class DirectoryIndex:
             dup = (lo[sub[1:]] == lo[sub[:-1]]) & (hi[sub[1:]] == hi[sub[:-1]])
             if dup.any():
                 drop = np.zeros(n, dtype=np.bool_)
-                drop[sub[:-1][dup]] = True  # an earlier occurrence of a key that comes again
-                garbage += int(lens[drop].sum())
-                order = order[~drop[order]]
-        base = self._append_ids(data)
-        meta = (starts + base).view(np.uint64) | (lens.view(np.uint64) << np.uint64(_LEN_SHIFT))
-        if disc is None:
-            meta |= _DISC
-        else:
-            meta |= disc.astype(np.uint64) << np.uint64(63)
-        new = order
+                drop[sub[:-1][dup]] = True  # an occurrence of a key that comes again later
+                keep = ~drop[order]
+                order = order[keep]
+                top = top[keep]
+        cells = (lens + (_CELL - 1)) // _CELL  # id cells of each entry
+        offs = self._write_records(lo, hi, data, lens, cells)
+        if order.size < n:  # the records of the dropped duplicates are garbage at once
+            self._garbage += int(cells.sum() - cells[order].sum()) + n - order.size
+        vals = hi[order] & _FP_MASK
+        vals |= _DBIT if disc is None else disc[order].astype(np.uint64) << np.uint64(36)
+        vals |= cells[order].view(np.uint64) << _S32
+        vals |= offs[order].view(np.uint64)
+        new_lo = lo[order]
         if self._count:
-            q_sorted = np.stack((lo[order], hi[order]), axis=1)
-            found_at: list[IP] = []
+            q_sorted = np.stack((new_lo, hi[order]), axis=1)
+            exists = np.zeros(order.size, dtype=np.bool_)
             for start in range(0, order.size, _CHUNK):
-                at, rows, recs = self._match(q_sorted[start : start + _CHUNK])
+                at, slots = self._probe_all(q_sorted[start : start + _CHUNK])
                 if at.size:
-                    old = recs[:, 2]
-                    garbage += int(((old >> np.uint64(_LEN_SHIFT)) & np.uint64(0xFF)).sum())
-                    self._rec[rows, 2] = meta[order[at + start]]
-                    found_at.append(at + start)
-            if found_at:
-                exists = np.zeros(order.size, dtype=np.bool_)
-                exists[np.concatenate(found_at)] = True
-                new = order[~exists]
-        k = new.size
+                    at += start
+                    old = self._flat.take(slots)
+                    self._garbage += int(((old >> _S32) & np.uint64(_NCELL_MASK_INT)).sum()) + at.size
+                    self._flat[slots] = vals[at]
+                    exists[at] = True
+            if exists.any():
+                vals = vals[~exists]
+                new_lo = new_lo[~exists]
+        k = vals.size
         if k:
-            rows = self._alloc_rows(k)
-            new_lo = lo[new]
-            new_hi = hi[new]
-            rec = self._rec
-            rec[rows, 0] = new_lo
-            rec[rows, 1] = new_hi
-            rec[rows, 2] = meta[new]
-            vals = (new_hi >> np.uint64(_FP_SHIFT)) << np.uint64(32)
-            vals |= rows.astype(np.uint64)
             count = self._count + k
-            if count > MAX_LOAD * self._nb * BUCKET:
+            if not self._count:  # vals are in order of home already
+                n_buckets = self._nb
+                if count > MAX_LOAD * n_buckets * BUCKET:
+                    n_buckets = _nb_for(count, GROW_LOAD)
+                self._place(n_buckets, vals, top)
+            elif count > MAX_LOAD * self._nb * BUCKET:
                 self._rebuild(max(_nb_for(count, GROW_LOAD), self._nb + 1), vals)
             elif k * _REBUILD_FRACTION > self._count:
                 self._rebuild(self._nb, vals)
             else:
-                self._insert_rounds(vals, self._homes(new_lo))
+                self._insert_rounds(vals, self._buckets_of(new_lo) * BUCKET)
             self._count = count
-        self._garbage += garbage
         self._maybe_compact()
+
+    def _write_records(self, lo: U64, hi: U64, data: U8, lens: I64, cells: I64) -> I64:
+        """Append the records of a batch, in batch order; returns their offsets (in cells).
+
+        ``data`` holds the batch's ids with terminators back to back, ``lens`` their lengths.
+        """
+        sizes = cells + 1
+        ends = sizes.cumsum()
+        total = int(ends[-1])
+        base = self._reserve(total)
+        log = self._log
+        log[base : base + total] = _EMPTY  # every byte 0xFF: the padding
+        offs = ends - sizes + base
+        log[offs, 0] = lo
+        log[offs, 1] = hi
+        raw = log.reshape(-1).view(np.uint8)
+        byte_ends = lens.cumsum()
+        for start in range(0, lens.size, _BUILD_CHUNK):
+            stop = min(start + _BUILD_CHUNK, lens.size)
+            length = lens[start:stop]
+            first = int(byte_ends[start - 1]) if start else 0
+            last = int(byte_ends[stop - 1])
+            # byte j of the blob, in entry i, goes to (offs[i] + 1) * CELL + j - (start of entry i)
+            dst = ((offs[start:stop] + 1) * _CELL + length - byte_ends[start:stop]).repeat(length)
+            dst += np.arange(first, last, dtype=np.int64)
+            raw[dst] = data[first:last]
+        return offs

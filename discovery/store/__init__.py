@@ -11,7 +11,8 @@ from discovery.store.base import RegistryStore, Store
 async def open_store(
     url: str, *, sqlite_synchronous: str = "NORMAL", feed_retention: float = 3600.0
 ) -> Store:
-    """Open the store a URL names: ``sqlite:///path/to/file.db``."""
+    """Open the store a URL names: ``sqlite:///path/to/file.db``, ``redis://host:port/0``
+    or ``redis+cluster://host:port,host:port`` (see docs/redis-keys.md)."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         from discovery.store.sqlite import SqliteStore
@@ -22,7 +23,13 @@ async def open_store(
         store = SqliteStore(Path(path), synchronous=sqlite_synchronous, feed_retention=feed_retention)
         await store.open()
         return store
-    raise ValueError(f"unknown store URL scheme {scheme!r}; expected sqlite://")
+    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+        from discovery.store.redis import open_redis_store
+
+        return await open_redis_store(url, feed_retention=feed_retention)
+    raise ValueError(
+        f"unknown store URL scheme {scheme!r}; expected sqlite://, redis://, rediss:// or redis+cluster://"
+    )
 
 
 __all__ = ["RegistryStore", "Store", "open_store"]

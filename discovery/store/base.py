@@ -12,7 +12,9 @@ from typing import Protocol
 
 from discovery.core.model import (
     ImportReport,
+    InboxEntry,
     NewUser,
+    QuotaCharge,
     RegisterOutcome,
     RegistryChange,
     RegistrySlice,
@@ -81,7 +83,114 @@ class RegistryStore(Protocol):
         ...
 
 
-class Store(RegistryStore, Protocol):
+class QuotaStore(Protocol):
+    """Leaky buckets for quotas and rate limits, shared by every instance on the store.
+
+    A bucket holds a level between 0 and ``capacity`` that leaks ``leak_per_second``
+    continuously. ``charge`` is one atomic step (one transaction in SQL, one script in
+    Redis), so concurrent charges from any number of instances never overfill a bucket:
+
+    * ``level = max(0, stored_level - leak_per_second * (now - stored_time))``, or 0 for a
+      bucket never charged (or forgotten after draining);
+    * if ``level + cost <= capacity``: store ``(level + cost, now)`` and return
+      ``QuotaCharge(True, level + cost, 0.0)``;
+    * otherwise change nothing and return ``QuotaCharge(False, level, retry_after)`` with
+      ``retry_after = (level + cost - capacity) / leak_per_second`` (``inf`` when
+      ``cost > capacity`` or the bucket does not leak).
+
+    ``now`` is wall-clock seconds from the caller; a stored time later than ``now`` (clock
+    skew between instances) counts as ``now``. Bucket names must reveal nothing about
+    contacts: a purpose and a user id, never a hash. A drained bucket is equivalent to a
+    missing one, so a backend may forget it (SQLite prunes them; Redis lets them expire).
+    """
+
+    async def charge(
+        self, bucket: str, cost: float, capacity: float, leak_per_second: float, now: float
+    ) -> QuotaCharge:
+        """Add ``cost`` to the bucket if it fits, atomically; a refused charge changes nothing."""
+        ...
+
+
+class JoinStore(Protocol):
+    """Watches, per-user inboxes and per-device acknowledgements for join notifications.
+
+    What is kept, and nothing more (see README, "Join notifications"):
+
+    * watches: directory key -> watcher, each with an absolute expiry;
+    * inbox entries: (user, cursor, joiner's user id, joiner's directory key, time of the join);
+    * devices: (user, device id, acknowledged cursor, last seen).
+
+    Rules every backend keeps:
+
+    * **Fan-out is atomic with the registration.** ``register``, ``change_number`` to a new
+      key and every user ``import_users`` registers consume all watches on the new key and,
+      in the same atomic step, append one inbox entry for each watcher whose watch has not
+      expired, who is registered with ``notify_on_join`` on and is not the joiner, provided
+      the joiner has ``announce_join`` and ``discoverable`` on. A registration that was
+      acknowledged never loses its events.
+    * **Cursors** are positive integers, increasing in the order entries were appended to an
+      inbox, never reused. A cursor above every cursor the store has issued is rejected with
+      ``InvalidArgument`` on field ``cursor`` (``after_cursor`` for ``inbox_attach``).
+    * **Expiry**: reads ignore expired rows (watches past their expiry; inbox entries and
+      devices older than the ``max_age`` passed in), and ``purge_expired`` deletes them.
+    * **Forgetting**: ``unregister`` and ``delete_user_data`` remove the user's watches, inbox
+      and devices; ``unregister`` also removes inbox entries that name the user as joiner.
+    * **Wake-ups**: ``inbox_signals`` yields the ids of users who may have new inbox entries,
+      soon after the entries are committed by any instance. A spurious id is harmless; a
+      missing one delays delivery until the subscriber's next read.
+    """
+
+    async def add_watches(self, watcher: str, keys: bytes, ttl: float, cap: int) -> int:
+        """Watch n packed 16-byte directory keys for ``watcher`` for ``ttl`` seconds.
+
+        A key already watched is refreshed (its expiry only moves later). Only while the
+        watcher is registered with ``notify_on_join`` on, checked in the same atomic step,
+        so a concurrent opt-out or unregistration never leaves watches behind. Beyond ``cap``
+        watches, those that expire first are dropped. Returns how many watches the watcher
+        has now.
+        """
+        ...
+
+    async def drop_watches(self, watcher: str) -> int:
+        """Remove every watch of ``watcher``; returns how many."""
+        ...
+
+    async def count_watches(self, watcher: str) -> int:
+        """How many unexpired watches ``watcher`` has."""
+        ...
+
+    async def inbox_attach(self, user_id: str, device_id: str, after: int) -> int | None:
+        """Mark a device active now; returns the cursor to deliver after.
+
+        That is the larger of ``after`` and the device's acknowledged cursor. None when the
+        user is not registered (nothing is written then).
+        """
+        ...
+
+    async def inbox_read(self, user_id: str, after: int, limit: int, max_age: float) -> list[InboxEntry]:
+        """Up to ``limit`` entries with cursor > ``after``, no older than ``max_age`` seconds, in order."""
+        ...
+
+    async def inbox_ack(self, user_id: str, device_id: str, cursor: int, max_age: float) -> int | None:
+        """Record that a device processed every entry up to ``cursor``.
+
+        Then delete the user's entries up to the smallest cursor acknowledged by the devices
+        seen within ``max_age`` seconds, so an ack from one device never drops entries that
+        another active device has not processed. Returns how many entries were deleted, or
+        None when the user is not registered (nothing is written then).
+        """
+        ...
+
+    async def purge_expired(self, max_age: float) -> int:
+        """Delete expired watches, and inbox entries and devices older than ``max_age`` seconds."""
+        ...
+
+    def inbox_signals(self) -> AsyncIterator[set[str]]:
+        """Ids of users who may have new inbox entries, as they are committed (runs until cancelled)."""
+        ...
+
+
+class Store(RegistryStore, QuotaStore, JoinStore, Protocol):
     """The whole persistence surface of the service."""
 
     async def ping(self) -> None:

@@ -57,16 +57,29 @@ class DiscoverRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTACT_HASHES_FIELD_NUMBER: _builtins.int
+    PREVIOUS_TOKEN_FIELD_NUMBER: _builtins.int
+    PREVIOUS_CONTACT_HASHES_FIELD_NUMBER: _builtins.int
     contact_hashes: _builtins.bytes
     """Contact hashes, packed: n x 32 bytes. See README, "Hashing scheme"."""
+    previous_token: _builtins.bytes
+    """The token of the caller's previous Discover response, proving that
+    previous_contact_hashes were that request's contact hashes. Contacts of
+    this request that were in the previous one cost no quota. Empty: none.
+    """
+    previous_contact_hashes: _builtins.bytes
+    """The contact hashes of the caller's previous request, packed like
+    contact_hashes and in any order. Requires previous_token.
+    """
     def __init__(
         self,
         *,
         contact_hashes: _builtins.bytes = ...,
+        previous_token: _builtins.bytes = ...,
+        previous_contact_hashes: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_hashes", b"contact_hashes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_hashes", b"contact_hashes", "previous_contact_hashes", b"previous_contact_hashes", "previous_token", b"previous_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -78,6 +91,12 @@ class DiscoverResponse(_message.Message):
 
     MATCH_INDICES_FIELD_NUMBER: _builtins.int
     MATCH_USER_IDS_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.bytes
+    """Proves this request's contact set: send it as previous_token, with these
+    contact_hashes as previous_contact_hashes, on the next request. Opaque;
+    empty when the server enforces no quota.
+    """
     @_builtins.property
     def match_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """For each match, the position of the contact hash in the request
@@ -93,10 +112,11 @@ class DiscoverResponse(_message.Message):
         *,
         match_indices: _abc.Iterable[_builtins.int] | None = ...,
         match_user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        token: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_indices", b"match_indices", "match_user_ids", b"match_user_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_indices", b"match_indices", "match_user_ids", b"match_user_ids", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

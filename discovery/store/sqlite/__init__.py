@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from discovery.store.sqlite.joins import SqliteJoins
+from discovery.store.sqlite.quota import SqliteQuota
 from discovery.store.sqlite.registry import SqliteRegistry
 
 
-class SqliteStore(SqliteRegistry):
+class SqliteStore(SqliteJoins, SqliteQuota, SqliteRegistry):
     """The whole Store protocol on one SQLite file."""
 
 

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
+
+from discovery.core.errors import Unavailable
 
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
+_LOCK_POLL_MS = 25
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -52,6 +56,7 @@ class SqliteBase:
         feed_retention: float = 3600.0,
         feed_max_len: int = 1_000_000,
         poll_interval: float = 0.2,
+        lock_timeout: float = 5.0,
     ) -> None:
         self.path = path
         self._synchronous = synchronous.upper()
@@ -60,10 +65,13 @@ class SqliteBase:
         self._feed_retention = feed_retention
         self._feed_max_len = feed_max_len
         self._poll_interval = poll_interval
+        self._lock_timeout = lock_timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._conn: sqlite3.Connection | None = None
         self._changed = asyncio.Event()
         self._last_prune = 0.0
+        self._switch = threading.Lock()
+        self._current: _Job[Any] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -76,7 +84,8 @@ class SqliteBase:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=5000")
+        # Lock waits are retried in _begin, where a cancelled call can stop waiting.
+        conn.execute(f"PRAGMA busy_timeout={_LOCK_POLL_MS}")
         # Deleted pages are zeroed so that forgotten keys do not linger in free pages.
         conn.execute("PRAGMA secure_delete=ON")
         conn.executescript(self.schema())
@@ -113,7 +122,19 @@ class SqliteBase:
         return self._conn
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        """Run ``fn`` on the store thread. If the caller is cancelled (a deadline passed, the
+        client went away), a job still queued is dropped and a running one is interrupted and
+        rolled back, so no work is left running on behalf of a call that is over."""
+        job = _Job(fn)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, job.run, self)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            job.cancelled = True
+            with self._switch:
+                if self._current is job and self._conn is not None:
+                    self._conn.interrupt()
+            raise
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one IMMEDIATE transaction on the writer thread, then wake feed waiters."""
@@ -123,7 +144,7 @@ class SqliteBase:
 
     def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._db
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin(conn)
         try:
             result = fn(conn)
             self._maybe_prune_feed(conn)
@@ -132,6 +153,23 @@ class SqliteBase:
             raise
         conn.execute("COMMIT")
         return result
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """Take the write lock. Another process may hold it: wait in short steps, give up
+        when the call was cancelled, and answer UNAVAILABLE when the wait is too long."""
+        deadline = time.monotonic() + self._lock_timeout
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) and "busy" not in str(error):
+                    raise
+            job = self._current
+            if job is not None and job.cancelled:
+                raise Unavailable("the call was cancelled while the store was locked")
+            if time.monotonic() > deadline:
+                raise Unavailable("the store is locked by another writer")
 
     def _notify_changed(self) -> None:
         self._changed.set()
@@ -163,3 +201,22 @@ class SqliteBase:
     def _forget_user(self, conn: sqlite3.Connection, user_id: str) -> int:
         """Called in the unregistering transaction; removes data kept on the user's behalf."""
         return 0
+
+
+class _Job(Generic[T]):
+    """One unit of work on the store thread, known while it runs so it can be interrupted."""
+
+    __slots__ = ("cancelled", "fn")
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self.fn = fn
+        self.cancelled = False
+
+    def run(self, owner: SqliteBase) -> T:
+        with owner._switch:
+            owner._current = self
+        try:
+            return self.fn()
+        finally:
+            with owner._switch:
+                owner._current = None

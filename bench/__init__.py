@@ -1,0 +1,1 @@
+"""The benchmark harness: ``python -m bench SCENARIO ... [--quick] [--out DIR]`` (see bench/cli.py)."""

@@ -1,0 +1,130 @@
+"""Where the time goes, for the closing notes of a missed goal.
+
+In process: cProfile around repeated calls, the top functions by own time. Another
+process (the server): py-spy, sampling its stacks while the load generator runs, the
+top functions by own samples and by samples including callees.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Json = dict[str, Any]
+
+
+def cprofile_top(fn: Callable[[], object], calls: int, top: int = 10) -> list[Json]:
+    """Run ``fn`` ``calls`` times under cProfile; the top functions by own time."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    raw: dict[tuple[str, int, str], tuple[int, int, float, float, object]] = stats.stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in raw.values()) or 1.0
+    rows = sorted(raw.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    return [
+        {
+            "function": _name(path, line, func),
+            "own_share": round(own / total, 3),
+            "own_us_per_call": round(own / calls * 1e6, 2),
+            "cumulative_us_per_call": round(cum / calls * 1e6, 2),
+        }
+        for (path, line, func), (_, _, own, cum, _) in rows
+    ]
+
+
+def _name(path: str, line: int, func: str) -> str:
+    if path == "~":
+        return func  # a builtin, e.g. <method 'take' of 'numpy' objects>
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if len(parts) > 1 else path
+    return f"{short}:{line}({func})"
+
+
+def pyspy_binary() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def pyspy_start(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes] | None:
+    """Start sampling ``pid`` for ``seconds`` into ``output`` (collapsed stacks); None without py-spy."""
+    binary = pyspy_binary()
+    if binary is None:
+        return None
+    return subprocess.Popen(
+        [
+            binary,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, round(seconds))),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--output",
+            str(output),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def pyspy_finish(proc: subprocess.Popen[bytes] | None, output: Path, top: int = 12) -> Json:
+    """Wait for py-spy and summarise its samples (or say why there are none)."""
+    if proc is None:
+        return {"available": False, "why": "py-spy is not installed (pip install py-spy)"}
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode != 0 or not output.exists():
+        return {"available": False, "why": f"py-spy failed: {err.decode(errors='replace')[-500:]}"}
+    return summarize_collapsed(output.read_text(), top)
+
+
+def summarize_collapsed(text: str, top: int = 12) -> Json:
+    """Top functions of collapsed stacks (``frame;frame;leaf count`` lines)."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        raw = stack.split(";")
+        total += count
+        own[_frame(raw[-1])] += count
+        # Including callees, for the service's own functions only (the trunk of every stack says nothing).
+        for frame in {
+            _frame(f) for f in raw if "/discovery/" in f and "__main__" not in f and "/cli/" not in f
+        }:
+            inclusive[frame] += count
+    if not total:
+        return {"available": True, "samples": 0}
+    return {
+        "available": True,
+        "samples": total,
+        "own": [{"function": f, "share": round(c / total, 3)} for f, c in own.most_common(top)],
+        "service_functions_inclusive": [
+            {"function": f, "share": round(c / total, 3)} for f, c in inclusive.most_common(top)
+        ],
+    }
+
+
+def _frame(frame: str) -> str:
+    """``func (path/to/file.py:12)`` -> ``func (file.py)``: lines vary, files and names tell enough."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if len(parts) > 1 else path
+    return f"{name} ({short})" if short else name

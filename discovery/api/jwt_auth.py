@@ -1,0 +1,168 @@
+"""Bearer-token (JWT) authentication, and mTLS client certificates for backends.
+
+Client methods need ``authorization: Bearer <JWT>`` signed by the account service. The
+token's ``sub`` is the caller; no message and no other header can name another user.
+Backend methods need a token whose ``scope`` claim (space separated) holds
+``directory:write``, or a client certificate that the server's client CA verified (and,
+when configured, whose name is on the backend list).
+
+The verifier accepts exactly one algorithm, the configured one, so ``alg=none`` and
+algorithm-confusion tokens (an HS256 token "signed" with a public key) are refused by
+PyJWT before any signature is checked. ``exp`` and ``sub`` are required, ``iss`` and
+``aud`` checked when configured, with a small leeway for clock skew. Errors never echo
+the token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from discovery.api.auth import (
+    DIRECTORY_WRITE_SCOPE,
+    Audience,
+    AuthContext,
+    Principal,
+    audience_of,
+)
+from discovery.core.errors import PermissionDenied, Unauthenticated
+from discovery.core.validation import user_id_problem
+
+ALGORITHMS = ("HS256", "EdDSA", "ES256")
+AUTHORIZATION_HEADER = "authorization"
+BEARER_PREFIX = "bearer "
+MAX_TOKEN_CHARS = 8192
+CERT_NAME_KEYS = ("x509_common_name", "x509_subject_alternative_name")
+
+
+@dataclass(frozen=True, slots=True)
+class JwtVerifier:
+    """Verifies tokens of the account service with one configured algorithm and key."""
+
+    algorithm: str
+    key: Any  # HS256: the shared secret (bytes); EdDSA/ES256: the public key
+    issuer: str = ""
+    audience: str = ""
+    leeway: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"unsupported JWT algorithm {self.algorithm!r}; use one of {', '.join(ALGORITHMS)}"
+            )
+
+    def claims(self, token: str) -> dict[str, Any]:
+        """The verified claims of ``token``, or Unauthenticated (which never quotes the token)."""
+        required = ["exp", "sub"] + (["iss"] if self.issuer else []) + (["aud"] if self.audience else [])
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self.key,
+                algorithms=[self.algorithm],
+                issuer=self.issuer or None,
+                audience=self.audience or None,
+                leeway=self.leeway,
+                options={"require": required, "verify_aud": bool(self.audience)},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the bearer token has expired") from None
+        except Exception:
+            # PyJWT raises InvalidTokenError subclasses; anything else on hostile input is
+            # refused the same way rather than becoming INTERNAL.
+            raise Unauthenticated("the bearer token is not valid") from None
+        return claims
+
+
+def bearer_token(metadata: Mapping[str, str | bytes]) -> str | None:
+    """The token of an ``authorization: Bearer`` header; None when there is no such header."""
+    raw = metadata.get(AUTHORIZATION_HEADER)
+    if raw is None:
+        return None
+    value = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    if len(value) > MAX_TOKEN_CHARS + len(BEARER_PREFIX):
+        raise Unauthenticated("the authorization header is too long")
+    if value[: len(BEARER_PREFIX)].lower() != BEARER_PREFIX:
+        raise Unauthenticated("the authorization header must be 'Bearer <token>'")
+    token = value[len(BEARER_PREFIX) :].strip()
+    if not token:
+        raise Unauthenticated("the authorization header holds no token")
+    return token
+
+
+def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
+    scope = claims.get("scope", "")
+    if not isinstance(scope, str):
+        raise Unauthenticated("the token's scope claim must be a space-separated string")
+    return frozenset(scope.split())
+
+
+def certificate_names(auth_context: AuthContext) -> frozenset[str]:
+    """The subject names (CN and SANs) of the peer's verified client certificate."""
+    names: set[str] = set()
+    for key in CERT_NAME_KEYS:
+        for value in auth_context.get(key, ()):
+            names.add(value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value))
+    return frozenset(names)
+
+
+class JwtAuthenticator:
+    """The production authenticator; see the module docstring.
+
+    ``client_certificates`` is true only when the server verifies client certificates
+    against a client CA: the transport then fills the auth context with the verified
+    certificate's names, and only then may a certificate stand in for a backend token.
+    An empty ``backend_names`` lets every verified certificate act as a backend.
+    """
+
+    def __init__(
+        self,
+        verifier: JwtVerifier,
+        *,
+        client_certificates: bool = False,
+        backend_names: frozenset[str] = frozenset(),
+    ) -> None:
+        self.verifier = verifier
+        self._client_certificates = client_certificates
+        self._backend_names = backend_names
+
+    def authenticate(
+        self, method: str, metadata: Mapping[str, str | bytes], auth_context: AuthContext
+    ) -> Principal:
+        audience = audience_of(method)
+        if audience is Audience.PUBLIC:
+            return Principal(audience)
+        token = bearer_token(metadata)
+        claims = self.verifier.claims(token) if token is not None else None
+        if audience is Audience.BACKEND:
+            return self._backend(claims, auth_context)
+        if claims is None:
+            raise Unauthenticated("client calls need 'authorization: Bearer <token>' metadata")
+        subject = claims["sub"]
+        if not isinstance(subject, str) or user_id_problem(subject) is not None:
+            raise Unauthenticated("the token's subject is not a valid user id")
+        return Principal(audience, user_id=subject, scopes=scopes_of(claims))
+
+    def _backend(self, claims: dict[str, Any] | None, auth_context: AuthContext) -> Principal:
+        scopes = set(scopes_of(claims)) if claims is not None else set()
+        certified = self._certified_backend(auth_context)
+        if certified:
+            scopes.add(DIRECTORY_WRITE_SCOPE)
+        if claims is None and not certified:
+            raise Unauthenticated(
+                f"backend calls need a bearer token with the {DIRECTORY_WRITE_SCOPE} scope "
+                "or a client certificate"
+            )
+        if DIRECTORY_WRITE_SCOPE not in scopes:
+            raise PermissionDenied(f"backend calls need the {DIRECTORY_WRITE_SCOPE} scope")
+        return Principal(Audience.BACKEND, scopes=frozenset(scopes))
+
+    def _certified_backend(self, auth_context: AuthContext) -> bool:
+        if not self._client_certificates:
+            return False
+        names = certificate_names(auth_context)
+        if not names:
+            return False
+        return not self._backend_names or bool(names & self._backend_names)

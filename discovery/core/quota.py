@@ -1,0 +1,278 @@
+"""Anti-enumeration for Discover: a quota on new contacts, a request rate, previous-set tokens.
+
+A scraper enumerates a number space through contact discovery; an honest client keeps
+asking about the same address book. So a user pays quota only for contacts that were
+not in their previous request (Signal's CDSI works this way):
+
+* Each user has a leaky bucket of new contacts (capacity and refill configurable,
+  50,000 and 6 per hour by default) and a second bucket of requests (a rate limit).
+  Both live in the store, so every instance shares them, and each charge is atomic.
+* Every Discover response carries a token: a MAC, under a key derived from the server
+  secret, over the caller's user id, the issue time and the request's directory keys
+  sorted as byte strings. The next request may send those contact hashes again with
+  the token; contacts of the new request that are among them are free. The server
+  recomputes the MAC from what the client sent, so it keeps no set to check against.
+
+Order of checks, and why:
+
+1. The request rate is charged first, for every request, valid or not: it is what
+   stops a flood of requests that are then rejected (those charge no contact quota).
+2. The request and the previous set are validated and the token verified. A request
+   refused here, or by the contact quota, charges no contact quota and is refused
+   before the lookup, so it learns nothing about any number.
+3. The contact quota is charged for the new contacts only, then the lookup runs.
+
+Token layout (41 bytes): version 0x01, issue time as uint64 big-endian seconds, then
+BLAKE3 keyed with ``KeyRing.token_key`` over ``version || issued || len(user id) as
+uint16 big-endian || user id (UTF-8) || sorted directory keys``. The issue time bounds
+replay; an expired or forged token gets INVALID_ARGUMENT, and the client starts over
+without one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import blake3
+import numpy as np
+import numpy.typing as npt
+
+from discovery.core.errors import FieldViolation, InvalidArgument, QuotaExceeded
+from discovery.core.hashing import KeyRing
+from discovery.core.model import QuotaCharge
+from discovery.core.validation import check_packed_hashes
+from discovery.store.base import QuotaStore
+
+TOKEN_VERSION = 1
+TOKEN_SIZE = 1 + 8 + 32
+MAX_RETRY_SECONDS = 365 * 86400.0
+
+Words = npt.NDArray[np.uint64]
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaPolicy:
+    """The limits of one user. A capacity or burst of 0 switches that limit off."""
+
+    capacity: int = 50_000
+    refill_per_hour: float = 6.0
+    rate_burst: int = 30
+    rate_per_minute: float = 10.0
+    token_ttl: float = 30 * 86400.0
+    max_clock_skew: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class SortedKeys:
+    """n directory keys in byte-string order, as the numbers of their big-endian halves
+    (contiguous, so sorting and searching run at native speed); ``order[i]`` is the
+    position in the request of the i-th key."""
+
+    high: Words
+    low: Words
+    order: npt.NDArray[np.intp]
+
+    def __len__(self) -> int:
+        return int(self.high.shape[0])
+
+    def packed(self) -> bytes:
+        """The keys, 16 bytes each, in byte-string order."""
+        out = np.empty((len(self), 2), dtype=">u8")
+        out[:, 0] = self.high
+        out[:, 1] = self.low
+        return out.tobytes()
+
+    def first_duplicate(self) -> tuple[int, int] | None:
+        """Request positions (first, second) of a key that occurs twice, or None."""
+        same = np.flatnonzero((self.high[1:] == self.high[:-1]) & (self.low[1:] == self.low[:-1]))
+        if not same.size:
+            return None
+        a, b = int(self.order[same[0]]), int(self.order[same[0] + 1])
+        return min(a, b), max(a, b)
+
+
+def sort_keys(keys: bytes) -> SortedKeys:
+    """Sort packed 16-byte keys. Sorting on the high half alone is exact unless two keys
+    share it (a 2^-64 event for PRF outputs, or a duplicate); only then sort on both."""
+    words = np.frombuffer(keys, dtype=">u8").reshape(-1, 2)
+    high = words[:, 0].astype(np.uint64)
+    low = words[:, 1].astype(np.uint64)
+    order = np.argsort(high)
+    sorted_high = high[order]
+    if sorted_high.size > 1 and bool((sorted_high[1:] == sorted_high[:-1]).any()):
+        order = np.lexsort((low, high))
+        sorted_high = high[order]
+    return SortedKeys(sorted_high, low[order], order)
+
+
+def count_new(current: SortedKeys, previous: SortedKeys) -> int:
+    """How many keys of ``current`` are not in ``previous``, vectorised.
+
+    Each key is found by binary search on the high half (sorted queries keep the search
+    in cache) and compared in full. If the previous set held two keys with the same high
+    half (2^-64 for PRF outputs), a key equal to the second would count as new: this can
+    overcharge, never undercharge.
+    """
+    n, m = len(current), len(previous)
+    if n == 0 or m == 0:
+        return n
+    index = np.minimum(np.searchsorted(previous.high, current.high), m - 1)
+    found = (previous.high[index] == current.high) & (previous.low[index] == current.low)
+    return n - int(np.count_nonzero(found))
+
+
+class SetTokens:
+    """Issues and verifies previous-set tokens; see the module docstring for the layout."""
+
+    def __init__(self, key: bytes, ttl: float, max_clock_skew: float) -> None:
+        self._key = key
+        self._ttl = ttl
+        self._skew = max_clock_skew
+
+    def _tag(self, caller: str, issued: bytes, keys: SortedKeys) -> bytes:
+        user = caller.encode("utf-8")
+        mac = blake3.blake3(key=self._key)
+        mac.update(bytes([TOKEN_VERSION]) + issued + len(user).to_bytes(2, "big") + user)
+        mac.update(keys.packed())
+        return mac.digest()
+
+    def issue(self, caller: str, keys: SortedKeys, now: float) -> bytes:
+        issued = int(now).to_bytes(8, "big")
+        return bytes([TOKEN_VERSION]) + issued + self._tag(caller, issued, keys)
+
+    def verify(self, caller: str, keys: SortedKeys, token: bytes, now: float) -> None:
+        """Raise InvalidArgument unless ``token`` was issued to ``caller`` for exactly this set."""
+        if len(token) != TOKEN_SIZE or token[0] != TOKEN_VERSION:
+            raise InvalidArgument.field("previous_token", "is not a token this server issued")
+        issued = token[1:9]
+        if not hmac.compare_digest(self._tag(caller, issued, keys), token[9:]):
+            raise InvalidArgument.field(
+                "previous_token",
+                "does not match previous_contact_hashes and the caller; "
+                "send the request without previous_token and previous_contact_hashes",
+            )
+        age = now - int.from_bytes(issued, "big")
+        if age > self._ttl or age < -self._skew:
+            raise InvalidArgument.field(
+                "previous_token",
+                "has expired; send the request without previous_token and previous_contact_hashes",
+            )
+
+
+class DiscoverGate:
+    """What Discover checks before the lookup: request rate, previous set, contact quota."""
+
+    def __init__(
+        self,
+        store: QuotaStore,
+        keys: KeyRing,
+        policy: QuotaPolicy,
+        max_hashes_per_request: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self.policy = policy
+        self._max_hashes = max_hashes_per_request
+        self._clock = clock
+        self._tokens = SetTokens(keys.token_key, policy.token_ttl, policy.max_clock_skew)
+
+    async def admit(self, caller: str) -> None:
+        """Charge one request to the caller's request rate, or QuotaExceeded."""
+        policy = self.policy
+        if policy.rate_burst > 0:
+            await self._charge(
+                caller,
+                "requests",
+                1,
+                policy.rate_burst,
+                policy.rate_per_minute / 60.0,
+                self._clock(),
+                "too many Discover requests",
+                lambda _: (
+                    f"at most {policy.rate_burst} Discover requests in a burst, "
+                    f"refilling {policy.rate_per_minute:g} per minute"
+                ),
+            )
+
+    async def charge(self, caller: str, keys: bytes, previous_hashes: bytes, previous_token: bytes) -> bytes:
+        """Charge the contacts of ``keys`` not in the proven previous set; returns the token
+        for ``keys``. Raises InvalidArgument for a bad previous set, QuotaExceeded over quota;
+        either way nothing is charged."""
+        now = self._clock()
+        current = sort_keys(keys)
+        previous = self._previous(caller, previous_hashes, previous_token, now)
+        new = count_new(current, previous) if previous is not None else len(current)
+        policy = self.policy
+        if new and policy.capacity > 0:
+            await self._charge(
+                caller,
+                "contacts",
+                new,
+                policy.capacity,
+                policy.refill_per_hour / 3600.0,
+                now,
+                "the quota of new contacts is exhausted",
+                lambda outcome: (
+                    f"this request has {new} new contacts and the quota allows "
+                    f"{max(0, math.floor(policy.capacity - outcome.level))} now; it holds {policy.capacity} "
+                    f"and refills {policy.refill_per_hour:g} per hour"
+                ),
+            )
+        return self._tokens.issue(caller, current, now)
+
+    async def _charge(
+        self,
+        caller: str,
+        purpose: str,
+        cost: int,
+        capacity: int,
+        leak: float,
+        now: float,
+        message: str,
+        describe: Callable[[QuotaCharge], str],
+    ) -> None:
+        """Charge the caller's bucket for ``purpose``; QuotaExceeded (charging nothing) if it is full.
+        The bucket's name holds the user id and never anything of the request."""
+        outcome = await self._store.charge(f"{purpose}:{caller}", cost, capacity, leak, now)
+        if not outcome.allowed:
+            raise QuotaExceeded(
+                message,
+                subject=f"user:{caller}",
+                description=describe(outcome),
+                retry_after=_bounded(outcome.retry_after, outcome.level, leak),
+            )
+
+    def _previous(
+        self, caller: str, previous_hashes: bytes, previous_token: bytes, now: float
+    ) -> SortedKeys | None:
+        """The verified previous set, or None when none was sent."""
+        if not previous_token:
+            if previous_hashes:
+                raise InvalidArgument.field("previous_token", "is required with previous_contact_hashes")
+            return None
+        check_packed_hashes(previous_hashes, self._max_hashes, field="previous_contact_hashes")
+        previous = sort_keys(self._keys.directory_keys(previous_hashes))
+        duplicate = previous.first_duplicate()
+        if duplicate is not None:
+            first, second = duplicate
+            field = "previous_contact_hashes"
+            raise InvalidArgument(
+                "duplicate contact hashes in previous_contact_hashes",
+                [FieldViolation(f"{field}[{second}]", f"duplicates {field}[{first}]")],
+            )
+        self._tokens.verify(caller, previous, previous_token, now)
+        return previous
+
+
+def _bounded(retry_after: float, level: float, leak: float) -> float:
+    """A finite RetryInfo delay: when the cost can never fit, the time until the bucket is empty."""
+    if math.isfinite(retry_after):
+        return retry_after
+    if leak > 0:
+        return min(level / leak, MAX_RETRY_SECONDS)
+    return MAX_RETRY_SECONDS

@@ -1,0 +1,320 @@
+"""The Redis connection (one server or a Redis Cluster), the key layout and Lua plumbing.
+
+Every key the store writes is named here, by :class:`Keys`; docs/redis-keys.md
+documents each one (type, TTL, why it exists). The registry and its change feed
+share one hash tag, so every registry update is one Lua script on one node and is
+atomic on a cluster too; see docs/redis-keys.md for the trade-off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import NoScriptError
+
+log = logging.getLogger("discovery.store.redis")
+
+Client = Redis | RedisCluster
+Arg = bytes | int | str
+Call = tuple[Sequence[bytes], Sequence[Arg]]
+
+#: Store URL schemes: one server, or a cluster given by one or more of its nodes.
+SINGLE_SCHEMES = ("redis", "rediss")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SCHEMES = SINGLE_SCHEMES + CLUSTER_SCHEMES
+
+DEFAULT_NAMESPACE = "discovery"
+#: Bumped when the key layout changes incompatibly; a store refuses another layout.
+LAYOUT_VERSION = 1
+#: The registry is spread over this many hashes per mapping, so each stays a small listpack.
+BUCKETS = 1 << 16
+PRUNE_INTERVAL = 5.0
+DEFAULT_INBOX_TTL_MS = (14 * 86_400 + 3600) * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """What a store URL names: a client to make and the namespace of every key."""
+
+    cluster: bool
+    namespace: str
+    url: str = ""
+    nodes: tuple[tuple[str, int], ...] = ()
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    def client(self) -> Client:
+        if not self.cluster:
+            return Redis.from_url(self.url, decode_responses=False)
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in self.nodes],
+            username=self.username,
+            password=self.password,
+            ssl=self.tls,
+            decode_responses=False,
+        )
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """``redis://[:pw@]host:port/db``, ``rediss://…`` or ``redis+cluster://host:port,host:port``.
+
+    The query parameter ``namespace`` (default ``discovery``) prefixes every key, so
+    several deployments can share one Redis.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise ValueError(f"not a redis store URL: scheme {parts.scheme!r}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    namespace = DEFAULT_NAMESPACE
+    rest: list[tuple[str, str]] = []
+    for name, value in query:
+        if name == "namespace":
+            namespace = value
+        else:
+            rest.append((name, value))
+    if not namespace or any(c in namespace for c in "{}"):
+        raise ValueError("the redis namespace must be non-empty and must not contain braces")
+    if parts.scheme in SINGLE_SCHEMES:
+        if not parts.hostname:
+            raise ValueError("a redis store URL needs a host: redis://host:port/db")
+        plain = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), ""))
+        return RedisTarget(cluster=False, namespace=namespace, url=plain)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"a cluster node must be host:port, got {item!r}")
+        nodes.append((host.strip("[]"), int(port)))
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError("Redis Cluster has only database 0")
+    if rest:
+        raise ValueError(f"unknown redis+cluster URL parameter {rest[0][0]!r}")
+    return RedisTarget(
+        cluster=True,
+        namespace=namespace,
+        nodes=tuple(nodes),
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        tls=parts.scheme.startswith("rediss"),
+    )
+
+
+class Keys:
+    """The name of every key (docs/redis-keys.md).
+
+    Registry keys share the hash tag ``{NS}``; keys kept for one user share the tag
+    ``{NS:u:USER_ID}``, so multi-key operations on either group stay on one slot.
+    """
+
+    def __init__(self, namespace: str) -> None:
+        tag = b"{" + namespace.encode() + b"}"
+        self.registry_tag = tag
+        self.meta = tag + b":meta"
+        self.feed = tag + b":feed"
+        self.feed_times = tag + b":feedtime"
+        self._user_bucket = tag + b":u:"
+        self._key_bucket = tag + b":d:"
+        self._user_tag = b"{" + namespace.encode() + b":u:"
+
+    def user_bucket(self, user_id: bytes) -> bytes:
+        """The hash holding this user's registry record (user id -> key, flags, feed seq)."""
+        # SHA-1 because the Lua scripts compute it too (redis.sha1hex); not for security.
+        return self._user_bucket + hashlib.sha1(user_id).digest()[:2]
+
+    def user_bucket_at(self, index: int) -> bytes:
+        return self._user_bucket + index.to_bytes(2, "big")
+
+    def key_bucket(self, directory_key: bytes) -> bytes:
+        """The hash marking this directory key as taken (field: the key's last 14 bytes)."""
+        return self._key_bucket + directory_key[:2]
+
+    def watches_of(self, user_id: str) -> bytes:
+        """The zset of the directory keys a user watches (score: expiry)."""
+        return self.registry_tag + b":ww:" + user_id.encode()
+
+    @property
+    def join_signals(self) -> bytes:
+        """The stream of join wake-ups (ids of notified users)."""
+        return self.registry_tag + b":joins"
+
+    def quota(self, bucket: str) -> bytes:
+        """A leaky bucket; ``purpose:USER_ID`` buckets of one user share the tag ``{NS:u:USER_ID}``."""
+        purpose, sep, user_id = bucket.partition(":")
+        if not sep:
+            return self._user_tag[:-2] + b"q:" + bucket.encode() + b"}"
+        return self._user_tag + user_id.encode() + b"}:q:" + purpose.encode()
+
+
+class LuaScript:
+    """A Lua script run with EVALSHA, loaded on demand (on every primary of a cluster)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source.encode()
+        self.sha = hashlib.sha1(self.source).hexdigest()
+
+
+def pack_flags(discoverable: bool, announce_join: bool, notify_on_join: bool) -> bytes:
+    return bytes((discoverable | announce_join << 1 | notify_on_join << 2,))
+
+
+class RedisBase:
+    """Owns the client; the mixins add the operations."""
+
+    def __init__(
+        self,
+        target: RedisTarget,
+        *,
+        feed_retention: float = 3600.0,
+        feed_max_len: int = 1_000_000,
+    ) -> None:
+        self.target = target
+        self.keys = Keys(target.namespace)
+        self._redis: Client = target.client()
+        self._feed_retention = feed_retention
+        self._feed_max_len = feed_max_len
+        self._last_prune = 0.0
+        self._feed_node_id: bytes | None = None
+        # Inbox keys expire this long after their newest event; learnt from the max_age the
+        # join service passes on every read (its inbox TTL).
+        self._inbox_ttl_ms = DEFAULT_INBOX_TTL_MS
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, and check (or record) the key layout version."""
+        if isinstance(self._redis, RedisCluster):
+            await self._redis.initialize()
+        await self._redis.hsetnx(self.keys.meta, "layout", LAYOUT_VERSION)
+        layout = await self._redis.hget(self.keys.meta, "layout")
+        if layout is None or int(layout) != LAYOUT_VERSION:
+            raise RuntimeError(
+                f"the redis namespace holds key layout {layout!r}; this version expects {LAYOUT_VERSION}"
+            )
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    # -- Lua ------------------------------------------------------------------------------------
+
+    async def _eval(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[Arg]) -> Any:
+        try:
+            return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._redis.script_load(script.source)
+            return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def _eval_many(self, script: LuaScript, calls: Sequence[Call]) -> list[Any]:
+        """Run the script once per call in one pipeline (one round trip to the node)."""
+        results: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for i in pending:
+                keys, args = calls[i]
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, reply in zip(pending, replies, strict=True):
+                if isinstance(reply, NoScriptError) and attempt == 0:
+                    missing.append(i)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    results[i] = reply
+            if not missing:
+                break
+            await self._redis.script_load(script.source)
+            pending = missing
+        return results
+
+    async def _scan_registry_node(self, pattern: bytes, count: int) -> AsyncIterator[list[bytes]]:
+        """SCAN the node that holds the registry's slot for keys matching ``pattern``, in pages."""
+        node = (
+            self._redis.get_node_from_key(self.keys.meta.decode())
+            if isinstance(self._redis, RedisCluster)
+            else None
+        )
+        cursor = 0
+        while True:
+            if node is not None:
+                reply = await self._redis.execute_command(
+                    "SCAN", cursor, "MATCH", pattern, "COUNT", count, target_nodes=node
+                )
+            else:
+                reply = await self._redis.execute_command("SCAN", cursor, "MATCH", pattern, "COUNT", count)
+            raw_cursor, found = reply
+            if isinstance(raw_cursor, dict):  # a cluster names the node of each cursor
+                (raw_cursor,) = raw_cursor.values()
+            cursor = int(raw_cursor)
+            yield found
+            if cursor == 0:
+                return
+
+    # -- change feed plumbing -------------------------------------------------------------------
+
+    async def _feed_node_identity(self) -> bytes:
+        """The run id of the Redis process that holds the feed.
+
+        It changes when that process restarts or a replica takes over; either may have
+        lost the last acknowledged writes, so followers must reload rather than trust
+        their cursor.
+        """
+        if isinstance(self._redis, RedisCluster):
+            node = self._redis.get_node_from_key(self.keys.feed.decode())
+            info = await self._redis.info("server", target_nodes=node)
+        else:
+            info = await self._redis.info("server")
+        if isinstance(info, dict) and "run_id" not in info and len(info) == 1:
+            info = next(iter(info.values()))
+        return str(info["run_id"]).encode()
+
+    async def _maybe_prune_feed(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune < PRUNE_INTERVAL:
+            return
+        self._last_prune = now
+        await self._eval(
+            PRUNE_FEED,
+            [self.keys.meta, self.keys.feed, self.keys.feed_times],
+            [repr(float(self._feed_retention)), self._feed_max_len],
+        )
+
+
+# The feed holds one entry per change, with explicit ids "SEQ-0", so the cursor is SEQ.
+# Entries older than the retention or beyond the length cap are trimmed; ``floor`` records
+# the newest trimmed seq, so a follower whose cursor is older knows it must reload.
+# Checkpoints (time -> head seq) in a sorted set tell which entries are older than the
+# retention, since the ids carry no time.
+PRUNE_FEED = LuaScript(
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local head = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+redis.call('ZADD', KEYS[3], 'NX', now, head)
+local cutoff = now - tonumber(ARGV[1])
+local floor = head - tonumber(ARGV[2])
+local old = redis.call('ZREVRANGEBYSCORE', KEYS[3], cutoff, '-inf', 'LIMIT', 0, 1)
+if old[1] then floor = math.max(floor, tonumber(old[1])) end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', cutoff)
+local current = tonumber(redis.call('HGET', KEYS[1], 'floor') or '0')
+if floor > current then
+  redis.call('XTRIM', KEYS[2], 'MINID', (floor + 1) .. '-0')
+  redis.call('HSET', KEYS[1], 'floor', floor)
+end
+return floor
+"""
+)

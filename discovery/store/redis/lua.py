@@ -1,0 +1,106 @@
+"""Lua shared by the store's scripts: key names, record formats, join fan-out and forgetting.
+
+Every script runs on the registry's slot: KEYS[1] is always the ``{NS}:meta`` hash, and the
+other keys of the registry and of join notifications are derived from its hash tag (they
+hash to the same slot, so Redis Cluster runs the script on one node, atomically).
+"""
+
+from __future__ import annotations
+
+# Names and formats (docs/redis-keys.md). ``TAG`` is the registry's hash tag, e.g. "{discovery}".
+PRELUDE = """
+local TAG = string.sub(KEYS[1], 1, -6)
+local function now_s()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function user_bucket(uid)
+  local h = redis.sha1hex(uid)
+  return TAG .. ':u:' .. string.char(tonumber(string.sub(h, 1, 2), 16), tonumber(string.sub(h, 3, 4), 16))
+end
+local function key_bucket(key) return TAG .. ':d:' .. string.sub(key, 1, 2) end
+local function watchers_of(key) return TAG .. ':wk:' .. key end
+local function watches_of(uid) return TAG .. ':ww:' .. uid end
+local function inbox_of(uid) return TAG .. ':in:' .. uid end
+local function devices_of(uid) return TAG .. ':dv:' .. uid end
+local function notified_by(uid) return TAG .. ':jn:' .. uid end
+local function feed_entry(key, flags, uid) return key .. string.char(string.byte(flags) % 2) .. uid end
+local function inbox_time(member)
+  local first = string.find(member, ':', 1, true)
+  return tonumber(string.sub(member, first + 1, string.find(member, ':', first + 1, true) - 1))
+end
+-- TTLs of join keys are a backstop, an hour after their newest content expires: the sweeper
+-- (purge_expired) removes expired members within a minute, and counts them.
+local function extend_to(key, at_s)
+  local ms = math.ceil((at_s + 3600) * 1000)
+  if redis.call('PEXPIRETIME', key) < ms then redis.call('PEXPIREAT', key, ms) end
+end
+-- Remove watch entries (uid watching each key) from both indexes.
+local function unwatch(uid, keys)
+  for _, key in ipairs(keys) do redis.call('ZREM', watchers_of(key), uid) end
+  if #keys > 0 then redis.call('ZREM', watches_of(uid), unpack(keys)) end
+end
+"""
+
+# Consumes every watch on ``key`` and appends a join event to the inbox of each watcher
+# whose watch is unexpired, who is registered with notify_on_join and is not the joiner,
+# when the joiner announces joins and is discoverable. Returns the notified user ids.
+FAN_OUT = """
+local function fan_out(joiner, key, flags, now, inbox_ttl, notified)
+  local wk = watchers_of(key)
+  local watches = redis.call('ZRANGE', wk, 0, -1, 'WITHSCORES')
+  if #watches == 0 then return end
+  redis.call('DEL', wk)
+  local f = string.byte(flags)
+  local announce = f % 2 == 1 and math.floor(f / 2) % 2 == 1
+  for i = 1, #watches, 2 do
+    local watcher = watches[i]
+    redis.call('ZREM', watches_of(watcher), key)
+    if announce and watcher ~= joiner and tonumber(watches[i + 1]) > now then
+      local rec = redis.call('HGET', user_bucket(watcher), watcher)
+      if rec and math.floor(string.byte(rec, 17) / 4) % 2 == 1 then
+        local cursor = redis.call('HINCRBY', KEYS[1], 'jseq', 1)
+        local inbox = inbox_of(watcher)
+        redis.call('ZADD', inbox, cursor, cursor .. ':' .. string.format('%.6f', now) .. ':' .. key .. joiner)
+        redis.call('PEXPIRE', inbox, inbox_ttl)
+        redis.call('SADD', notified_by(joiner), watcher)
+        redis.call('PEXPIRE', notified_by(joiner), inbox_ttl)
+        notified[#notified + 1] = watcher
+      end
+    end
+  end
+end
+-- Wake-ups: a short stream that every instance reads with XREAD BLOCK (see joins.py).
+local function signal(notified)
+  if #notified > 0 then
+    local key = TAG .. ':joins'
+    redis.call('XADD', key, 'MAXLEN', '~', 1000, '*', 'u', table.concat(notified, '\\n'))
+    redis.call('PEXPIRE', key, 60000)
+  end
+end
+"""
+
+# Forgets what is kept on a user's behalf (watches, inbox, devices); when the user is not
+# registered, also the events in other inboxes that name them as the one who joined.
+# Returns how many watches, inbox entries and devices were removed.
+FORGET = """
+local function forget(uid, registered)
+  local ww = watches_of(uid)
+  local keys = redis.call('ZRANGE', ww, 0, -1)
+  unwatch(uid, keys)
+  local removed = #keys + redis.call('ZCARD', inbox_of(uid)) + redis.call('HLEN', devices_of(uid))
+  redis.call('DEL', ww, inbox_of(uid), devices_of(uid))
+  if not registered then
+    local jn = notified_by(uid)
+    for _, watcher in ipairs(redis.call('SMEMBERS', jn)) do
+      local inbox = inbox_of(watcher)
+      for _, member in ipairs(redis.call('ZRANGE', inbox, 0, -1)) do
+        local second = string.find(member, ':', string.find(member, ':', 1, true) + 1, true)
+        if string.sub(member, second + 17) == uid then redis.call('ZREM', inbox, member) end
+      end
+    end
+    redis.call('DEL', jn)
+  end
+  return removed
+end
+"""

@@ -1,0 +1,401 @@
+"""The registry and its change feed on Redis: one Lua script per update, on the registry's slot.
+
+Record formats (docs/redis-keys.md):
+
+* user bucket field ``USER_ID`` -> ``KEY(16) FLAGS(1) SEQ(decimal)``, where SEQ is the
+  feed entry that last named the user (it is deleted when a newer one supersedes it, so
+  an unregistered user is named by no feed entry).
+* key bucket field ``KEY[2:16]`` -> ``""``: the directory key is taken.
+* feed entry ``SEQ-0`` with one field ``c`` -> ``KEY(16) DISCOVERABLE(1) USER_ID``, or
+  ``KEY(16) \\0`` when the key left the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from discovery.core.errors import ContactHashTaken, FeedTruncated, UserIdTaken, UserNotRegistered
+from discovery.core.model import (
+    ImportRejection,
+    ImportRejectionReason,
+    ImportReport,
+    NewUser,
+    RegisterOutcome,
+    RegistryChange,
+    RegistrySlice,
+    Settings,
+    UserRecord,
+)
+from discovery.store.redis.base import BUCKETS, Arg, Call, LuaScript, RedisBase, pack_flags
+from discovery.store.redis.lua import FAN_OUT, FORGET, PRELUDE
+
+IMPORT_CHUNK = 500
+LOAD_BUCKETS = 1024  # user buckets read by one script call (about 15,000 users at 1M)
+LOAD_CALLS = 4  # script calls per round trip
+
+# Script results shared by the scripts below.
+UNCHANGED, CREATED, USER_ID_TAKEN, CONTACT_HASH_TAKEN, RETRY, NOT_REGISTERED = 0, 1, -1, -2, -3, -4
+
+_WITH_JOINS = PRELUDE + FAN_OUT + FORGET
+
+# KEYS: meta, feed, user bucket, key bucket. ARGV: user id, directory key, flags, inbox TTL (ms).
+REGISTER = LuaScript(
+    _WITH_JOINS
+    + """
+local rec = redis.call('HGET', KEYS[3], ARGV[1])
+if rec then
+  if string.sub(rec, 1, 16) == ARGV[2] then return 0 end
+  return -1
+end
+local field = string.sub(ARGV[2], 3)
+if redis.call('HEXISTS', KEYS[4], field) == 1 then return -2 end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], seq .. '-0', 'c', feed_entry(ARGV[2], ARGV[3], ARGV[1]))
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ARGV[3] .. seq)
+redis.call('HSET', KEYS[4], field, '')
+redis.call('HINCRBY', KEYS[1], 'users', 1)
+local notified = {}
+fan_out(ARGV[1], ARGV[2], ARGV[3], now_s(), ARGV[4], notified)
+signal(notified)
+return 1
+"""
+)
+
+# KEYS: meta, feed, then (user bucket, key bucket) per user.
+# ARGV: inbox TTL (ms), then (user id, key, flags) per user.
+IMPORT = LuaScript(
+    _WITH_JOINS
+    + """
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local now = now_s()
+local added = 0
+local out = {}
+local notified = {}
+for i = 1, (#KEYS - 2) / 2 do
+  local ub, kb = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local uid, key, flags = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  local rec = redis.call('HGET', ub, uid)
+  local field = string.sub(key, 3)
+  if rec then
+    if string.sub(rec, 1, 16) == key then out[i] = 0 else out[i] = -1 end
+  elseif redis.call('HEXISTS', kb, field) == 1 then
+    out[i] = -2
+  else
+    seq = seq + 1
+    redis.call('XADD', KEYS[2], seq .. '-0', 'c', feed_entry(key, flags, uid))
+    redis.call('HSET', ub, uid, key .. flags .. seq)
+    redis.call('HSET', kb, field, '')
+    fan_out(uid, key, flags, now, ARGV[1], notified)
+    added = added + 1
+    out[i] = 1
+  end
+end
+if added > 0 then
+  redis.call('HSET', KEYS[1], 'seq', seq)
+  redis.call('HINCRBY', KEYS[1], 'users', added)
+end
+signal(notified)
+return out
+"""
+)
+
+# KEYS: meta, feed, user bucket, key bucket. ARGV: user id, the key the caller read.
+UNREGISTER = LuaScript(
+    _WITH_JOINS
+    + """
+local rec = redis.call('HGET', KEYS[3], ARGV[1])
+if not rec then return -4 end
+if string.sub(rec, 1, 16) ~= ARGV[2] then return -3 end
+redis.call('XDEL', KEYS[2], string.sub(rec, 18) .. '-0')
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], string.sub(ARGV[2], 3))
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], seq .. '-0', 'c', ARGV[2] .. '\\0')
+redis.call('HINCRBY', KEYS[1], 'users', -1)
+forget(ARGV[1], false)
+return rec
+"""
+)
+
+# KEYS: meta. ARGV: user id. Forgets the user's join data (see FORGET).
+FORGET_USER = LuaScript(
+    _WITH_JOINS
+    + """
+local registered = redis.call('HGET', user_bucket(ARGV[1]), ARGV[1])
+return forget(ARGV[1], registered ~= false)
+"""
+)
+
+# KEYS: meta, feed, user bucket, old key bucket, new key bucket.
+# ARGV: user id, old key, new key, inbox TTL (ms).
+CHANGE_NUMBER = LuaScript(
+    _WITH_JOINS
+    + """
+local rec = redis.call('HGET', KEYS[3], ARGV[1])
+if not rec then return -4 end
+if string.sub(rec, 1, 16) ~= ARGV[2] then return -3 end
+if ARGV[2] == ARGV[3] then return rec end
+local field = string.sub(ARGV[3], 3)
+if redis.call('HEXISTS', KEYS[5], field) == 1 then return -2 end
+local flags = string.sub(rec, 17, 17)
+redis.call('XDEL', KEYS[2], string.sub(rec, 18) .. '-0')
+redis.call('HDEL', KEYS[4], string.sub(ARGV[2], 3))
+redis.call('HSET', KEYS[5], field, '')
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 2)
+redis.call('XADD', KEYS[2], (seq - 1) .. '-0', 'c', ARGV[2] .. '\\0')
+redis.call('XADD', KEYS[2], seq .. '-0', 'c', feed_entry(ARGV[3], flags, ARGV[1]))
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3] .. flags .. seq)
+local notified = {}
+fan_out(ARGV[1], ARGV[3], flags, now_s(), ARGV[4], notified)
+signal(notified)
+return rec
+"""
+)
+
+# KEYS: meta, feed, user bucket. ARGV: user id, flags.
+UPDATE_SETTINGS = LuaScript(
+    PRELUDE
+    + """
+local rec = redis.call('HGET', KEYS[3], ARGV[1])
+if not rec then return -4 end
+local key = string.sub(rec, 1, 16)
+local seq = string.sub(rec, 18)
+if string.byte(rec, 17) % 2 ~= string.byte(ARGV[2]) % 2 then
+  redis.call('XDEL', KEYS[2], seq .. '-0')
+  seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  redis.call('XADD', KEYS[2], seq .. '-0', 'c', feed_entry(key, ARGV[2], ARGV[1]))
+end
+redis.call('HSET', KEYS[3], ARGV[1], key .. ARGV[2] .. seq)
+return rec
+"""
+)
+
+# KEYS: meta (for routing). ARGV: user bucket prefix, first bucket, bucket count. The bucket
+# keys are built here rather than passed: they share the registry's hash tag, so they are on
+# this node, and 1,024 key arguments per call would cost more than the reads.
+READ_BUCKETS = LuaScript(
+    """
+local out, n = {}, 0
+local first = tonumber(ARGV[2])
+for b = first, first + tonumber(ARGV[3]) - 1 do
+  local h = redis.call('HGETALL', ARGV[1] .. string.char(math.floor(b / 256), b % 256))
+  for i = 1, #h do
+    n = n + 1
+    out[n] = h[i]
+  end
+end
+return out
+"""
+)
+
+# KEYS: meta, feed. ARGV: first id, count. One script, so head, floor and entries agree.
+FEED_READ = LuaScript(
+    """
+local m = redis.call('HMGET', KEYS[1], 'seq', 'floor')
+return {m[1] or '0', m[2] or '0', redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])}
+"""
+)
+
+
+def _record(user_id: str, rec: bytes) -> UserRecord:
+    flags = rec[16]
+    return UserRecord(
+        user_id=user_id,
+        directory_key=rec[:16],
+        settings=Settings(
+            discoverable=bool(flags & 1), announce_join=bool(flags & 2), notify_on_join=bool(flags & 4)
+        ),
+    )
+
+
+def _flags(settings: Settings) -> bytes:
+    return pack_flags(settings.discoverable, settings.announce_join, settings.notify_on_join)
+
+
+_REJECTION = {
+    USER_ID_TAKEN: ImportRejectionReason.USER_ID_TAKEN,
+    CONTACT_HASH_TAKEN: ImportRejectionReason.CONTACT_HASH_TAKEN,
+}
+
+
+class RedisRegistry(RedisBase):
+    def _registry_keys(self, uid: bytes, *directory_keys: bytes) -> list[bytes]:
+        k = self.keys
+        return [k.meta, k.feed, k.user_bucket(uid), *(k.key_bucket(d) for d in directory_keys)]
+
+    async def _written(self) -> None:
+        await self._maybe_prune_feed()
+
+    # -- single-user writes ---------------------------------------------------------------------
+
+    async def register(self, user: NewUser) -> RegisterOutcome:
+        uid = user.user_id.encode()
+        code = await self._eval(
+            REGISTER,
+            self._registry_keys(uid, user.directory_key),
+            [uid, user.directory_key, _flags(user.settings), self._inbox_ttl_ms],
+        )
+        if code == UNCHANGED:
+            return RegisterOutcome.UNCHANGED
+        if code == USER_ID_TAKEN:
+            raise UserIdTaken()
+        if code == CONTACT_HASH_TAKEN:
+            raise ContactHashTaken()
+        await self._written()
+        return RegisterOutcome.CREATED
+
+    async def _current_key(self, uid: bytes) -> bytes | None:
+        rec: bytes | None = await self._redis.hget(self.keys.user_bucket(uid), uid)  # type: ignore[assignment]
+        return None if rec is None else rec[:16]
+
+    async def unregister(self, user_id: str) -> UserRecord | None:
+        uid = user_id.encode()
+        reply: Any = NOT_REGISTERED
+        while (key := await self._current_key(uid)) is not None:
+            reply = await self._eval(UNREGISTER, self._registry_keys(uid, key), [uid, key])
+            if reply != RETRY:
+                break
+        if not isinstance(reply, bytes):
+            # Data kept on behalf of an unknown user (watches) is forgotten too.
+            await self.delete_user_data(user_id)
+            return None
+        await self._written()
+        return _record(user_id, reply)
+
+    async def delete_user_data(self, user_id: str) -> int:
+        return int(await self._eval(FORGET_USER, [self.keys.meta], [user_id.encode()]))
+
+    async def change_number(self, user_id: str, directory_key: bytes) -> UserRecord:
+        uid = user_id.encode()
+        while True:
+            key = await self._current_key(uid)
+            if key is None:
+                raise UserNotRegistered()
+            reply = await self._eval(
+                CHANGE_NUMBER,
+                self._registry_keys(uid, key, directory_key),
+                [uid, key, directory_key, self._inbox_ttl_ms],
+            )
+            if reply == NOT_REGISTERED:
+                raise UserNotRegistered()
+            if reply == CONTACT_HASH_TAKEN:
+                raise ContactHashTaken()
+            if isinstance(reply, bytes):
+                break
+        record = _record(user_id, reply)
+        if key != directory_key:
+            await self._written()
+        return record
+
+    async def update_settings(self, user_id: str, settings: Settings) -> UserRecord | None:
+        uid = user_id.encode()
+        reply = await self._eval(UPDATE_SETTINGS, self._registry_keys(uid), [uid, _flags(settings)])
+        if not isinstance(reply, bytes):
+            return None
+        await self._written()
+        return UserRecord(user_id, reply[:16], settings)
+
+    # -- bulk import ----------------------------------------------------------------------------
+
+    async def import_users(self, users: Sequence[NewUser], first_position: int) -> ImportReport:
+        """Chunks of users, one script each (atomic per chunk), all chunks in one pipeline."""
+        k = self.keys
+        calls: list[Call] = []
+        for start in range(0, len(users), IMPORT_CHUNK):
+            keys = [k.meta, k.feed]
+            args: list[Arg] = [self._inbox_ttl_ms]
+            for user in users[start : start + IMPORT_CHUNK]:
+                uid = user.user_id.encode()
+                keys += (k.user_bucket(uid), k.key_bucket(user.directory_key))
+                args += (uid, user.directory_key, _flags(user.settings))
+            calls.append((keys, args))
+        codes = [code for reply in await self._eval_many(IMPORT, calls) for code in reply]
+        report = ImportReport()
+        for i, (user, code) in enumerate(zip(users, codes, strict=True)):
+            if code == CREATED:
+                report.imported += 1
+            elif code == UNCHANGED:
+                report.unchanged += 1
+            else:
+                report.rejections.append(ImportRejection(first_position + i, user.user_id, _REJECTION[code]))
+        report.rejected_total = len(report.rejections)
+        if report.imported:
+            await self._written()
+        return report
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def get_user(self, user_id: str) -> UserRecord | None:
+        uid = user_id.encode()
+        rec: bytes | None = await self._redis.hget(self.keys.user_bucket(uid), uid)  # type: ignore[assignment]
+        return None if rec is None else _record(user_id, rec)
+
+    async def registry_size(self) -> int:
+        return int(await self._redis.hget(self.keys.meta, "users") or 0)
+
+    async def iter_registry(self, batch_size: int) -> AsyncIterator[RegistrySlice]:
+        """Every user bucket in turn, many per script call; not a snapshot (the feed replays)."""
+        if await self.registry_size() == 0:
+            return
+        prefix = self.keys.user_bucket_at(0)[:-2]
+        calls: list[Call] = [
+            ([self.keys.meta], [prefix, first, LOAD_BUCKETS]) for first in range(0, BUCKETS, LOAD_BUCKETS)
+        ]
+        keys: list[bytes] = []
+        user_ids: list[str] = []
+        flags: list[int] = []
+        for start in range(0, len(calls), LOAD_CALLS):
+            for flat in await self._eval_many(READ_BUCKETS, calls[start : start + LOAD_CALLS]):
+                for i in range(0, len(flat), 2):
+                    rec = flat[i + 1]
+                    keys.append(rec[:16])
+                    user_ids.append(flat[i].decode())
+                    flags.append(rec[16])
+            if user_ids and (len(user_ids) >= batch_size or start + LOAD_CALLS >= len(calls)):
+                yield RegistrySlice(
+                    keys=b"".join(keys),
+                    user_ids=user_ids,
+                    discoverable=(np.array(flags, dtype=np.uint8) & 1).astype(np.bool_),
+                )
+                keys, user_ids, flags = [], [], []
+
+    # -- change feed ----------------------------------------------------------------------------
+
+    async def feed_head(self) -> int:
+        self._feed_node_id = await self._feed_node_identity()
+        return int(await self._redis.hget(self.keys.meta, "seq") or 0)
+
+    async def feed_read(self, after: int, limit: int) -> list[RegistryChange]:
+        identity = await self._feed_node_identity()
+        if self._feed_node_id is None:
+            self._feed_node_id = identity
+        elif identity != self._feed_node_id:
+            self._feed_node_id = identity
+            raise FeedTruncated("the redis node holding the feed restarted or failed over")
+        head_raw, floor_raw, entries = await self._eval(
+            FEED_READ, [self.keys.meta, self.keys.feed], [f"{after + 1}-0", limit]
+        )
+        head, floor = int(head_raw), int(floor_raw)
+        if after < floor:
+            raise FeedTruncated(f"changes after {after} were pruned (floor {floor})")
+        if after > head:
+            raise FeedTruncated(f"the feed head {head} is behind the cursor {after}: the store was reset")
+        changes = []
+        for entry_id, fields in entries:
+            value = fields[1]
+            seq = int(entry_id.split(b"-", 1)[0])
+            if len(value) == 17:
+                changes.append(RegistryChange(seq, value[:16], None, False))
+            else:
+                changes.append(RegistryChange(seq, value[:16], value[17:].decode(), value[16] == 1))
+        return changes
+
+    async def feed_wait(self, after: int, timeout: float) -> None:
+        """XREAD BLOCK: returns as soon as any instance appends a newer entry."""
+        block_ms = int(timeout * 1000)
+        if block_ms <= 0:
+            return
+        await self._redis.xread({self.keys.feed: f"{after}-0"}, count=1, block=block_ms)

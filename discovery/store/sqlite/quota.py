@@ -1,0 +1,92 @@
+"""Leaky buckets for quotas and rate limits in SQLite (the QuotaStore protocol).
+
+Each charge is one IMMEDIATE transaction, which holds SQLite's write lock: charges from
+every connection, thread and process on the same file are serialised, so concurrent
+requests on several instances together never overfill a bucket.
+
+A row keeps the level at the time of the last accepted charge and the time at which the
+bucket will be empty (``drained_at``; NULL when it never leaks). A drained row means the
+same as no row, so rows are pruned through an index on ``drained_at``; the table only
+holds users who looked up contacts recently.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+
+from discovery.core.model import QuotaCharge
+from discovery.store.sqlite.base import SqliteBase
+
+QUOTA_SCHEMA = """
+CREATE TABLE IF NOT EXISTS quota_buckets (
+    bucket TEXT PRIMARY KEY,
+    level REAL NOT NULL,
+    updated REAL NOT NULL,
+    drained_at REAL
+);
+CREATE INDEX IF NOT EXISTS quota_buckets_drained ON quota_buckets(drained_at) WHERE drained_at IS NOT NULL;
+"""
+
+PRUNE_INTERVAL = 60.0
+
+
+def leak(level: float, since: float, now: float, leak_per_second: float) -> float:
+    """The level left after leaking from ``since`` to ``now`` (a clock behind ``since`` leaks nothing)."""
+    return max(0.0, level - leak_per_second * max(0.0, now - since))
+
+
+def decide(level: float, cost: float, capacity: float, leak_per_second: float) -> QuotaCharge:
+    """The QuotaStore rule for a bucket at ``level`` (already leaked to now)."""
+    if level + cost <= capacity:
+        return QuotaCharge(True, level + cost, 0.0)
+    if cost > capacity or leak_per_second <= 0:
+        return QuotaCharge(False, level, math.inf)
+    return QuotaCharge(False, level, (level + cost - capacity) / leak_per_second)
+
+
+class SqliteQuota(SqliteBase):
+    _last_quota_prune = 0.0
+
+    def schema(self) -> str:
+        return super().schema() + QUOTA_SCHEMA
+
+    async def charge(
+        self, bucket: str, cost: float, capacity: float, leak_per_second: float, now: float
+    ) -> QuotaCharge:
+        return await self._run(
+            lambda: self._transaction(
+                lambda conn: self._charge_sync(conn, bucket, cost, capacity, leak_per_second, now)
+            )
+        )
+
+    def _charge_sync(
+        self,
+        conn: sqlite3.Connection,
+        bucket: str,
+        cost: float,
+        capacity: float,
+        leak_per_second: float,
+        now: float,
+    ) -> QuotaCharge:
+        self._maybe_prune_quota(conn, now)
+        row = conn.execute("SELECT level, updated FROM quota_buckets WHERE bucket = ?", (bucket,)).fetchone()
+        level = 0.0 if row is None else leak(row[0], row[1], now, leak_per_second)
+        outcome = decide(level, cost, capacity, leak_per_second)
+        if outcome.allowed and cost > 0:
+            drained_at = now + outcome.level / leak_per_second if leak_per_second > 0 else None
+            conn.execute(
+                "INSERT INTO quota_buckets(bucket, level, updated, drained_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(bucket) DO UPDATE SET level = excluded.level, updated = excluded.updated, "
+                "drained_at = excluded.drained_at",
+                (bucket, outcome.level, now, drained_at),
+            )
+        return outcome
+
+    def _maybe_prune_quota(self, conn: sqlite3.Connection, now: float) -> None:
+        wall = time.monotonic()
+        if wall - self._last_quota_prune < PRUNE_INTERVAL:
+            return
+        self._last_quota_prune = wall
+        conn.execute("DELETE FROM quota_buckets WHERE drained_at <= ?", (now,))

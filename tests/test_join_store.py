@@ -1,0 +1,154 @@
+"""The JoinStore contract, on a real store file (every backend should pass these).
+
+Directory keys here are arbitrary 16-byte values: the store never sees a contact hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from discovery.core.errors import InvalidArgument
+from discovery.core.model import NewUser, Settings
+from discovery.store.sqlite import SqliteStore
+
+WATCHING = Settings(discoverable=True, announce_join=True, notify_on_join=True)
+DAY = 86400.0
+
+
+def key(n: int) -> bytes:
+    return n.to_bytes(16, "big")
+
+
+async def open_sqlite(path: Path) -> SqliteStore:
+    store = SqliteStore(path, poll_interval=0.05)
+    await store.open()
+    return store
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = await open_sqlite(tmp_path / "store.db")
+    yield opened
+    await opened.close()
+
+
+async def add_user(store: SqliteStore, user_id: str, n: int, settings: Settings = WATCHING) -> None:
+    await store.register(NewUser(user_id, key(n), settings))
+
+
+async def test_watches_need_notify_on_and_are_capped_oldest_first(store: SqliteStore) -> None:
+    await add_user(store, "quiet", 1, Settings())
+    assert await store.add_watches("quiet", key(100), DAY, 10) == 0
+    assert await store.add_watches("stranger", key(100), DAY, 10) == 0
+    await add_user(store, "alice", 2)
+    assert await store.add_watches("alice", key(100) + key(101), DAY, 3) == 2
+    assert await store.add_watches("alice", key(102), DAY, 3) == 3
+    assert await store.add_watches("alice", key(100), DAY, 3) == 3  # refreshed: now the newest
+    assert await store.add_watches("alice", key(103), DAY, 3) == 3  # drops 101, the oldest
+    await add_user(store, "w101", 101)
+    await add_user(store, "w100", 100)
+    assert [e.joiner for e in await store.inbox_read("alice", 0, 10, DAY)] == ["w100"]
+    assert await store.count_watches("alice") == 2
+    assert await store.drop_watches("alice") == 2
+
+
+async def test_fan_out_is_part_of_the_registration(store: SqliteStore) -> None:
+    for i, user in enumerate(("alice", "bob", "off")):
+        await add_user(store, user, i + 1)
+    await store.add_watches("alice", key(50) + key(51) + key(52), DAY, 10)
+    await store.add_watches("bob", key(50), DAY, 10)
+    await store.add_watches("off", key(50), DAY, 10)
+    await store.update_settings("off", Settings())  # opted out after watching
+    await add_user(store, "joiner", 50)
+    (entry,) = await store.inbox_read("alice", 0, 10, DAY)
+    assert (entry.joiner, entry.directory_key, entry.event_id) == ("joiner", key(50), str(entry.cursor))
+    assert [e.joiner for e in await store.inbox_read("bob", 0, 10, DAY)] == ["joiner"]
+    assert await store.inbox_read("off", 0, 10, DAY) == []
+    # Silent and undiscoverable joiners consume the watches without telling anyone.
+    await add_user(store, "silent", 51, Settings(True, False, False))
+    await add_user(store, "hidden", 52, Settings(False, True, False))
+    assert await store.count_watches("alice") == 0
+    assert len(await store.inbox_read("alice", 0, 10, DAY)) == 1
+    # A failed registration rolls its fan-out back with it.
+    await store.add_watches("alice", key(53), DAY, 10)
+    with pytest.raises(Exception, match="another user"):
+        await store.register(NewUser("dup", key(50), WATCHING))
+    assert await store.count_watches("alice") == 1
+
+
+async def test_acks_are_per_device_and_inactive_devices_stop_counting(store: SqliteStore) -> None:
+    await add_user(store, "alice", 1)
+    await store.add_watches("alice", key(60) + key(61), DAY, 10)
+    await add_user(store, "x", 60)
+    await add_user(store, "y", 61)
+    first, second = (e.cursor for e in await store.inbox_read("alice", 0, 10, DAY))
+    assert await store.inbox_attach("alice", "phone", 0) == 0
+    assert await store.inbox_attach("alice", "desktop", 0) == 0
+    assert await store.inbox_ack("alice", "phone", second, DAY) == 0
+    assert await store.inbox_attach("alice", "phone", 0) == second  # resumes after its own ack
+    assert await store.inbox_ack("alice", "desktop", first, DAY) == 1
+    assert await store.inbox_ack("alice", "desktop", 0, DAY) == 0  # an ack never moves back
+    await asyncio.sleep(0.05)
+    # Counting only devices seen in the last 10 ms: the phone acks alone and the rest goes.
+    assert await store.inbox_ack("alice", "phone", second, 0.01) == 1
+    assert await store.inbox_attach("nobody", "phone", 0) is None
+    assert await store.inbox_ack("nobody", "phone", 0, DAY) is None
+
+
+async def test_cursors_ahead_of_the_store_are_rejected(store: SqliteStore) -> None:
+    await add_user(store, "alice", 1)
+    with pytest.raises(InvalidArgument) as info:
+        await store.inbox_attach("alice", "", 1)
+    assert info.value.violations[0].field == "after_cursor"
+    with pytest.raises(InvalidArgument) as info:
+        await store.inbox_ack("alice", "", 1, DAY)
+    assert info.value.violations[0].field == "cursor"
+
+
+async def test_expired_rows_are_ignored_then_purged(store: SqliteStore) -> None:
+    await add_user(store, "alice", 1)
+    await store.add_watches("alice", key(70), 0.05, 10)
+    await store.add_watches("alice", key(71), DAY, 10)
+    await add_user(store, "x", 71)
+    await store.inbox_attach("alice", "phone", 0)
+    await asyncio.sleep(0.1)
+    assert await store.count_watches("alice") == 0
+    assert await store.inbox_read("alice", 0, 10, 0.05) == []
+    assert await store.purge_expired(0.05) == 3  # one watch, one entry, one device
+    await add_user(store, "y", 70)  # the expired watch is gone: no event
+    assert await store.inbox_read("alice", 0, 10, DAY) == []
+
+
+async def test_unregister_forgets_watcher_and_joiner(store: SqliteStore) -> None:
+    await add_user(store, "alice", 1)
+    await add_user(store, "bob", 2)
+    await store.add_watches("alice", key(80) + key(81), DAY, 10)
+    await store.add_watches("bob", key(82), DAY, 10)
+    await add_user(store, "x", 80)
+    await add_user(store, "y", 82)
+    await store.inbox_attach("alice", "phone", 0)
+    assert await store.delete_user_data("alice") == 3  # a watch, an entry, a device
+    await store.unregister("y")
+    assert await store.inbox_read("bob", 0, 10, DAY) == []
+
+
+async def test_signals_name_the_notified_users(store: SqliteStore, tmp_path: Path) -> None:
+    await add_user(store, "alice", 1)
+    await add_user(store, "bob", 2)
+    await store.add_watches("alice", key(90), DAY, 10)
+    await store.add_watches("bob", key(91), DAY, 10)
+    signals = store.inbox_signals()
+    await add_user(store, "x", 90)
+    assert await asyncio.wait_for(signals.__anext__(), timeout=5) == {"alice"}
+    # Another process on the same file: found by the instance's single poll.
+    other = await open_sqlite(tmp_path / "store.db")
+    try:
+        await other.register(NewUser("y", key(91), WATCHING))
+    finally:
+        await other.close()
+    assert await asyncio.wait_for(signals.__anext__(), timeout=5) == {"bob"}
+    await signals.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,365 @@
+"""One contract for every Store backend, run against real SQLite, redis-server and Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from discovery.core.errors import ContactHashTaken, FeedTruncated, UserIdTaken, UserNotRegistered
+from discovery.core.model import ImportRejectionReason, NewUser, RegisterOutcome, Settings
+from discovery.index.sync import IndexSync
+from discovery.store import Store, open_store
+from discovery.store.redis import RedisStore
+from discovery.store.redis.base import parse_redis_url
+from discovery.store.sqlite import SqliteStore
+from tests.test_join_store import (  # the JoinStore contract, run here on every backend
+    test_acks_are_per_device_and_inactive_devices_stop_counting,
+    test_cursors_ahead_of_the_store_are_rejected,
+    test_expired_rows_are_ignored_then_purged,
+    test_fan_out_is_part_of_the_registration,
+    test_unregister_forgets_watcher_and_joiner,
+    test_watches_need_notify_on_and_are_capped_oldest_first,
+)
+
+JOIN_STORE_CONTRACT = (
+    test_acks_are_per_device_and_inactive_devices_stop_counting,
+    test_cursors_ahead_of_the_store_are_rejected,
+    test_expired_rows_are_ignored_then_purged,
+    test_fan_out_is_part_of_the_registration,
+    test_unregister_forgets_watcher_and_joiner,
+    test_watches_need_notify_on_and_are_capped_oldest_first,
+)
+
+BACKENDS = ["sqlite", "redis", "redis-cluster"]
+
+OpenStore = Callable[..., Awaitable[Store]]
+
+
+@pytest.fixture(params=BACKENDS)
+async def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenStore]:
+    """Opens stores of one backend, all on the same data; each is closed at the end.
+
+    Options: ``feed_retention``, ``feed_max_len``.
+    """
+    backend: str = request.param
+    url = ""
+    if backend == "redis":
+        url = request.getfixturevalue("redis_url")
+    elif backend == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+    opened: list[Store] = []
+
+    async def open_(feed_retention: float = 3600.0, feed_max_len: int = 1_000_000) -> Store:
+        store: Store
+        if backend == "sqlite":
+            sqlite = SqliteStore(
+                tmp_path / "store.db", feed_retention=feed_retention, feed_max_len=feed_max_len
+            )
+            await sqlite.open()
+            store = sqlite
+        else:
+            redis_store = RedisStore(
+                parse_redis_url(url), feed_retention=feed_retention, feed_max_len=feed_max_len
+            )
+            await redis_store.open()
+            store = redis_store
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(open_backend: OpenStore) -> Store:
+    return await open_backend()
+
+
+def key() -> bytes:
+    return os.urandom(16)
+
+
+def user(user_id: str, directory_key: bytes | None = None, **settings: bool) -> NewUser:
+    return NewUser(user_id, directory_key or key(), Settings(**settings))
+
+
+async def test_register_and_conflicts(store: Store) -> None:
+    alice = user("alice", notify_on_join=True)
+    assert await store.register(alice) is RegisterOutcome.CREATED
+    assert await store.register(alice) is RegisterOutcome.UNCHANGED
+    with pytest.raises(UserIdTaken):
+        await store.register(user("alice"))
+    with pytest.raises(ContactHashTaken):
+        await store.register(user("bob", alice.directory_key))
+    record = await store.get_user("alice")
+    assert record is not None
+    assert (record.user_id, record.directory_key, record.settings) == (
+        "alice",
+        alice.directory_key,
+        Settings(notify_on_join=True),
+    )
+    assert await store.get_user("bob") is None
+    assert await store.registry_size() == 1
+
+
+async def test_unicode_user_ids_round_trip(store: Store) -> None:
+    for user_id in ("zoë", "用户-1", "a}b{c", "x" * 128):
+        assert await store.register(user(user_id)) is RegisterOutcome.CREATED
+        record = await store.get_user(user_id)
+        assert record is not None and record.user_id == user_id
+    assert await store.registry_size() == 4
+
+
+async def test_unregister_frees_the_key(store: Store) -> None:
+    alice = user("alice", discoverable=False)
+    await store.register(alice)
+    removed = await store.unregister("alice")
+    assert removed is not None
+    assert removed.directory_key == alice.directory_key
+    assert removed.settings.discoverable is False
+    assert await store.unregister("alice") is None
+    assert await store.get_user("alice") is None
+    assert await store.registry_size() == 0
+    assert await store.register(user("bob", alice.directory_key)) is RegisterOutcome.CREATED
+
+
+async def test_change_number(store: Store) -> None:
+    old, new = key(), key()
+    await store.register(user("dave", old, announce_join=False))
+    taken = user("erin")
+    await store.register(taken)
+    with pytest.raises(UserNotRegistered):
+        await store.change_number("nobody", key())
+    with pytest.raises(ContactHashTaken):
+        await store.change_number("dave", taken.directory_key)
+    before = await store.change_number("dave", new)
+    assert before.directory_key == old
+    record = await store.get_user("dave")
+    assert record is not None
+    assert record.directory_key == new
+    assert record.settings == Settings(announce_join=False)
+    # The old key is free again; moving to the same key changes nothing.
+    assert await store.register(user("frank", old)) is RegisterOutcome.CREATED
+    head = await store.feed_head()
+    assert (await store.change_number("dave", new)).directory_key == new
+    assert await store.feed_head() == head
+
+
+async def test_update_settings(store: Store) -> None:
+    assert await store.update_settings("nobody", Settings()) is None
+    await store.register(user("alice"))
+    head = await store.feed_head()
+    quiet = Settings(discoverable=True, announce_join=False, notify_on_join=True)
+    record = await store.update_settings("alice", quiet)
+    assert record is not None and record.settings == quiet
+    assert await store.feed_head() == head, "only discoverability is in the feed"
+    hidden = Settings(discoverable=False, announce_join=False, notify_on_join=True)
+    await store.update_settings("alice", hidden)
+    stored = await store.get_user("alice")
+    assert stored is not None and stored.settings == hidden
+    changes = await store.feed_read(head, 10)
+    assert [(c.user_id, c.discoverable) for c in changes] == [("alice", False)]
+
+
+async def test_import_report(store: Store) -> None:
+    existing = user("existing")
+    await store.register(existing)
+    batch = [
+        user("new-1", discoverable=False),
+        NewUser("existing", existing.directory_key, Settings()),
+        user("existing"),
+        user("thief", existing.directory_key),
+        *[user(f"bulk-{i}") for i in range(1200)],
+    ]
+    report = await store.import_users(batch, 100)
+    assert (report.imported, report.unchanged, report.rejected_total) == (1201, 1, 2)
+    assert [(r.position, r.user_id, r.reason) for r in report.rejections] == [
+        (102, "existing", ImportRejectionReason.USER_ID_TAKEN),
+        (103, "thief", ImportRejectionReason.CONTACT_HASH_TAKEN),
+    ]
+    assert await store.registry_size() == 1202
+    record = await store.get_user("new-1")
+    assert record is not None and record.settings.discoverable is False
+
+
+async def test_iter_registry_yields_everyone(store: Store) -> None:
+    users = [user(f"u{i}", discoverable=i % 3 != 0) for i in range(2500)]
+    await store.import_users(users, 0)
+    await store.unregister("u7")
+    seen: dict[str, tuple[bytes, bool]] = {}
+    async for piece in store.iter_registry(1000):
+        assert len(piece.keys) == 16 * len(piece.user_ids) == 16 * len(piece.discoverable)
+        for i, user_id in enumerate(piece.user_ids):
+            seen[user_id] = (piece.keys[16 * i : 16 * i + 16], bool(piece.discoverable[i]))
+    expected = {u.user_id: (u.directory_key, u.settings.discoverable) for u in users if u.user_id != "u7"}
+    assert seen == expected
+    assert await store.registry_size() == 2499
+
+
+async def test_feed_orders_changes_and_forgets_departed_users(store: Store) -> None:
+    assert await store.feed_head() == 0
+    assert await store.feed_read(0, 10) == []
+    a, b, b2 = key(), key(), key()
+    await store.register(user("alice", a))
+    await store.register(user("bob", b))
+    await store.change_number("bob", b2)
+    await store.unregister("alice")
+    head = await store.feed_head()
+    changes = await store.feed_read(0, 100)
+    assert [c.seq for c in changes] == sorted(c.seq for c in changes)
+    assert changes[-1].seq == head
+    # alice's entry and bob's first one were superseded and are gone.
+    assert [(c.directory_key, c.user_id) for c in changes] == [(b, None), (b2, "bob"), (a, None)]
+    assert all(c.user_id != "alice" for c in changes)
+    assert await store.feed_read(head, 10) == []
+    assert len(await store.feed_read(0, 2)) == 2
+
+
+async def test_pruned_feed_raises_truncated(open_backend: OpenStore) -> None:
+    store = await open_backend(feed_retention=0.0)
+    for i in range(3):
+        await store.register(user(f"u{i}"))
+    # Prune on the next write regardless of the interval between prunes.
+    store._last_prune = 0.0  # type: ignore[attr-defined]
+    await store.register(user("last"))
+    head = await store.feed_head()
+    with pytest.raises(FeedTruncated):
+        await store.feed_read(0, 10)
+    assert await store.feed_read(head, 10) == []
+
+
+async def test_feed_length_cap(open_backend: OpenStore) -> None:
+    store = await open_backend(feed_max_len=5)
+    await store.import_users([user(f"u{i}") for i in range(20)], 0)
+    store._last_prune = 0.0  # type: ignore[attr-defined]
+    await store.register(user("last"))
+    head = await store.feed_head()
+    with pytest.raises(FeedTruncated):
+        await store.feed_read(head - 10, 100)
+    assert [c.user_id for c in await store.feed_read(head - 5, 100)] == [
+        "u16",
+        "u17",
+        "u18",
+        "u19",
+        "last",
+    ]
+
+
+async def test_index_follows_writes_of_another_instance(open_backend: OpenStore) -> None:
+    writer, reader = await open_backend(), await open_backend()
+    await writer.import_users([user(f"u{i}") for i in range(50)], 0)
+    sync = IndexSync(reader)
+    await sync.load()
+    assert len(sync.index) == 50
+    stop = asyncio.Event()
+    follower = asyncio.create_task(sync.follow(stop))
+    try:
+        newcomer = user("newcomer")
+        await writer.register(newcomer)
+        started = time.monotonic()
+        while time.monotonic() - started < 5:
+            _, ids = sync.index.lookup(newcomer.directory_key)
+            if ids:
+                break
+            await asyncio.sleep(0.02)
+        assert ids == ["newcomer"]
+        assert time.monotonic() - started < 1.0, "a registration reaches every instance within a second"
+        await writer.unregister("u3")
+        await writer.update_settings("u4", Settings(discoverable=False))
+        deadline = time.monotonic() + 5
+        while len(sync.index) != 50 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert len(sync.index) == 50
+    finally:
+        stop.set()
+        follower.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await follower
+
+
+async def test_index_reloads_when_it_fell_behind_the_feed(open_backend: OpenStore) -> None:
+    writer = await open_backend(feed_max_len=10)
+    reader = await open_backend(feed_max_len=10)
+    await writer.import_users([user(f"u{i}") for i in range(5)], 0)
+    sync = IndexSync(reader)
+    await sync.load()
+    # The reader is "down" while many registrations happen and the feed is pruned.
+    users = [user(f"late-{i}") for i in range(40)]
+    await writer.import_users(users[:30], 0)
+    writer._last_prune = 0.0  # type: ignore[attr-defined]
+    for u in users[30:]:
+        await writer.register(u)
+    await writer.unregister("u0")
+    await sync.catch_up()
+    assert len(sync.index) == 44
+    _, ids = sync.index.lookup(b"".join(u.directory_key for u in users))
+    assert sorted(ids) == sorted(u.user_id for u in users)
+
+
+async def test_feed_wait_wakes_on_another_instances_write(open_backend: OpenStore) -> None:
+    writer, waiter = await open_backend(), await open_backend()
+    head = await waiter.feed_head()
+    started = time.monotonic()
+    await waiter.feed_wait(head, timeout=0.05)
+    assert time.monotonic() - started < 1.0
+    task = asyncio.create_task(waiter.feed_wait(head, timeout=5.0))
+    await asyncio.sleep(0.05)
+    await writer.register(user("alice"))
+    await asyncio.wait_for(task, timeout=1.0)
+    assert [c.user_id for c in await waiter.feed_read(head, 10)] == ["alice"]
+
+
+async def test_open_store_selects_the_backend_by_url(tmp_path: Path, redis_url: str) -> None:
+    sqlite = await open_store(f"sqlite:///{tmp_path}/a.db")
+    redis_store = await open_store(redis_url)
+    try:
+        assert isinstance(sqlite, SqliteStore)
+        assert isinstance(redis_store, RedisStore)
+        await redis_store.ping()
+    finally:
+        await sqlite.close()
+        await redis_store.close()
+    with pytest.raises(ValueError, match="unknown store URL scheme"):
+        await open_store("mongodb://127.0.0.1/x")
+
+
+async def test_quota_charge_contract(store: Store) -> None:
+    """Each row: (bucket, cost, capacity, leak per second, now) -> (allowed, level, retry_after)."""
+    steps = [
+        (("b", 6, 10, 1.0, 100.0), (True, 6.0, 0.0)),
+        (("b", 8, 10, 1.0, 101.0), (False, 5.0, 3.0)),  # leaked to 5; 13 > 10
+        (("b", 5, 10, 1.0, 101.0), (True, 10.0, 0.0)),  # the refusal charged nothing
+        (("b", 11, 10, 1.0, 101.0), (False, 10.0, math.inf)),  # never fits
+        (("b", 0, 10, 1.0, 50.0), (True, 10.0, 0.0)),  # a clock behind the stored time leaks nothing
+        (("b", 0, 10, 1.0, 10_000.0), (True, 0.0, 0.0)),
+        (("c", 10, 10, 0.0, 0.0), (True, 10.0, 0.0)),
+        (("c", 1, 10, 0.0, 1e9), (False, 10.0, math.inf)),  # no leak
+        (("requests:alice", 0.5, 1, 2.0, 7.25), (True, 0.5, 0.0)),
+    ]
+    for (bucket, cost, capacity, rate, now), expected in steps:
+        outcome = await store.charge(bucket, cost, capacity, rate, now)
+        assert (outcome.allowed, outcome.level, outcome.retry_after) == expected, (bucket, cost, now)
+
+
+async def test_join_signals_reach_another_instance(open_backend: OpenStore) -> None:
+    writer, listener = await open_backend(), await open_backend()
+    watching = Settings(notify_on_join=True)
+    for name in ("alice", "bob"):
+        await writer.register(user(name, **{"notify_on_join": True}))
+    joiner_key = key()
+    assert await writer.add_watches("alice", joiner_key, 3600.0, 10) == 1
+    signals = listener.inbox_signals()
+    waiting = asyncio.ensure_future(signals.__anext__())
+    await asyncio.sleep(0.3)  # the listener subscribes
+    await writer.register(NewUser("carol", joiner_key, watching))
+    assert await asyncio.wait_for(waiting, timeout=5) == {"alice"}
+    (entry,) = await listener.inbox_read("alice", 0, 10, 3600.0)
+    assert (entry.joiner, entry.directory_key) == ("carol", joiner_key)
+    await signals.aclose()  # type: ignore[attr-defined]
