@@ -126,7 +126,7 @@ def run(ctx: Context) -> Report:
             spy = pyspy_start(server.pid, min(MAX_PROFILE_SECONDS, extra_users.size / rate), output)
             stream_import(server, str(profile_frames), auth.backend_metadata)
             profile = pyspy_finish(spy, output)
-            profile["tool"] = f"py-spy (server process, a second import of {extra_users.size:,} users)"
+            profile["tool"] = f"py-spy --gil (server process, a second import of {extra_users.size:,} users)"
             report.results["profile"] = profile
     report.goals.append(
         Goal("bulk import into the embedded store", GOAL_USERS_PER_S, rate, "users/s", at_most=False)

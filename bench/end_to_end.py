@@ -141,7 +141,7 @@ def profile_server(ctx: Context, server: Process, frames: Path, auth: Auth, work
     with contextlib.suppress(RuntimeError):
         load(server.target, DISCOVER_METHOD, frames, auth.client_metadata, 16, PROFILE_SECONDS + 1, 0.5)
     profile = pyspy_finish(spy, output)
-    profile["tool"] = "py-spy (server process, Discover at concurrency 16)"
+    profile["tool"] = "py-spy --gil (server process, Discover at concurrency 16)"
     return profile
 
 

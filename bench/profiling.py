@@ -56,7 +56,11 @@ def pyspy_binary() -> str | None:
 
 
 def pyspy_start(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes] | None:
-    """Start sampling ``pid`` for ``seconds`` into ``output`` (collapsed stacks); None without py-spy."""
+    """Start sampling ``pid`` for ``seconds`` into ``output`` (collapsed stacks); None without py-spy.
+
+    Only samples where a thread holds the GIL count (``--gil``): the server's Python work is
+    what bounds its throughput, and time spent waiting is left out.
+    """
     binary = pyspy_binary()
     if binary is None:
         return None
@@ -105,9 +109,7 @@ def summarize_collapsed(text: str, top: int = 12) -> Json:
         total += count
         own[_frame(raw[-1])] += count
         # Including callees, for the service's own functions only (the trunk of every stack says nothing).
-        for frame in {
-            _frame(f) for f in raw if "/discovery/" in f and "__main__" not in f and "/cli/" not in f
-        }:
+        for frame in {_frame(f) for f in raw if _is_service_frame(f)}:
             inclusive[frame] += count
     if not total:
         return {"available": True, "samples": 0}
@@ -119,6 +121,13 @@ def summarize_collapsed(text: str, top: int = 12) -> Json:
             {"function": f, "share": round(c / total, 3)} for f, c in inclusive.most_common(top)
         ],
     }
+
+
+def _is_service_frame(frame: str) -> bool:
+    """A frame of the service's own code, below its entry points."""
+    where = frame.partition(" (")[2]
+    in_service = where.startswith("discovery/") or "/discovery/" in where
+    return in_service and "site-packages" not in where and "/cli/" not in where and "__main__" not in where
 
 
 def _frame(frame: str) -> str:

@@ -6,18 +6,20 @@ import io
 import random
 
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient
+from discovery.server import DiscoveryServer
 from tests.conftest import StartServer
 from tests.helpers import e164_numbers, local_formats
 from tests.privacy_scan import Needles, find_leaks, scan_tree
 
 
-async def test_no_number_or_hash_at_rest_or_in_logs(
-    start_server: StartServer, log_capture: io.StringIO, tmp_path: object
-) -> None:
+async def privacy_workload(server: DiscoveryServer) -> list[str]:
+    """A realistic workload through the API; returns every number it used (the needles).
+
+    Shared with the same test on other stores (tests/test_redis_privacy.py).
+    """
     rng = random.Random(42)
     population = e164_numbers(20_000, seed=42)
     registered = population[:3000]
-    server = await start_server()
     target = f"127.0.0.1:{server.port}"
     async with AsyncAdminClient(target) as admin:
         await admin.import_users([(f"user-{i}", n) for i, n in enumerate(registered[:2500])])
@@ -58,6 +60,14 @@ async def test_no_number_or_hash_at_rest_or_in_logs(
     store = server.store
     assert store is not None and await store.count_watches("user-2541") > 0
     assert len(await store.inbox_read("user-2541", 0, 10, 3600)) > 0
+    return population
+
+
+async def test_no_number_or_hash_at_rest_or_in_logs(
+    start_server: StartServer, log_capture: io.StringIO, tmp_path: object
+) -> None:
+    server = await start_server()
+    population = await privacy_workload(server)
     data_dir = server.config.data_dir
     needles = Needles.of(population)
     assert scan_tree(data_dir, needles) == {}, "leak in the live data directory (db + WAL)"

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable
@@ -130,6 +129,10 @@ class JoinHub:
     def __len__(self) -> int:
         return self._count
 
+    @property
+    def open(self) -> bool:
+        return not self._closed
+
     def add(self, user_id: str) -> Subscription:
         if self._count >= self.max_subscribers:
             raise QuotaExceeded(
@@ -183,15 +186,21 @@ class JoinHub:
                 sub.close()
 
     async def run(self, store: Store, retry_delay: float = 1.0) -> None:
-        """Forward the store's wake-ups until cancelled; after a store error, wake everyone
-        once (a signal may have been lost) and resume."""
-        while True:
+        """Forward the store's wake-ups until closed or cancelled; after a store error, wake
+        everyone once (a signal may have been lost) and resume.
+
+        The closed flag ends the loop even when a client library turns the cancellation
+        into another error (a read timeout), which a bare retry loop would swallow.
+        """
+        while not self._closed:
             try:
                 async for user_ids in store.inbox_signals():
                     self.wake(user_ids)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if self._closed:
+                    return
                 log.exception("join wake-ups failed; retrying", extra={"event": "join_signals_error"})
             await asyncio.sleep(retry_delay)
             self.wake_all()
@@ -219,22 +228,29 @@ class Joins:
         """End every live stream cleanly (shutdown); clients resume from their cursor."""
         self.hub.close()
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop the background tasks; a task that ignores its cancellation is left behind
+        after ``timeout`` seconds rather than holding up the shutdown."""
         self.hub.close()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=timeout)
+            if stuck:
+                log.warning(
+                    "join tasks did not stop", extra={"event": "join_tasks_stuck", "tasks": len(stuck)}
+                )
         self._tasks = []
 
     async def _sweep(self) -> None:
         """Expired watches and inbox entries really disappear, not only from reads."""
-        while True:
+        while self.hub.open:
             await asyncio.sleep(self.policy.sweep_interval)
             try:
                 purged = await self.store.purge_expired(self.policy.inbox_ttl)
             except Exception:
+                if not self.hub.open:
+                    return
                 log.exception("join sweep failed", extra={"event": "join_sweep_error"})
                 continue
             if purged:

@@ -8,12 +8,13 @@ atomic on a cluster too; see docs/redis-keys.md for the trade-off.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
@@ -21,6 +22,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoScriptError
 
 log = logging.getLogger("discovery.store.redis")
+T = TypeVar("T")
 
 Client = Redis | RedisCluster
 Arg = bytes | int | str
@@ -37,6 +39,7 @@ LAYOUT_VERSION = 1
 #: The registry is spread over this many hashes per mapping, so each stays a small listpack.
 BUCKETS = 1 << 16
 PRUNE_INTERVAL = 5.0
+MAX_BLOCK_SECONDS = 1.0
 DEFAULT_INBOX_TTL_MS = (14 * 86_400 + 3600) * 1000
 
 
@@ -188,6 +191,7 @@ class RedisBase:
         # Inbox keys expire this long after their newest event; learnt from the max_age the
         # join service passes on every read (its inbox TTL).
         self._inbox_ttl_ms = DEFAULT_INBOX_TTL_MS
+        self._blocked: set[asyncio.Future[Any]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -206,7 +210,26 @@ class RedisBase:
         await self._redis.ping()
 
     async def close(self) -> None:
+        if self._blocked:
+            await asyncio.wait(self._blocked, timeout=MAX_BLOCK_SECONDS + 1)
         await self._redis.aclose()
+
+    async def _blocking(self, command: Awaitable[T]) -> T:
+        """Run a blocking read (XREAD BLOCK) so that cancelling the caller takes effect at once.
+
+        redis-py can swallow a cancellation that arrives while a blocking command waits
+        for its reply; the command runs in a task of its own, which ends by itself when
+        its block time (at most MAX_BLOCK_SECONDS) is over.
+        """
+        task = asyncio.ensure_future(command)
+        self._blocked.add(task)
+        task.add_done_callback(self._blocked.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
 
     # -- Lua ------------------------------------------------------------------------------------
 

@@ -20,10 +20,11 @@ from typing import Any
 
 from discovery.core.errors import InvalidArgument
 from discovery.core.model import InboxEntry
-from discovery.store.redis.base import LuaScript, RedisBase
+from discovery.store.redis.base import MAX_BLOCK_SECONDS, LuaScript, RedisBase
 from discovery.store.redis.lua import PRELUDE
 
 AHEAD, NOT_REGISTERED = -5, -4
+MAX_BLOCK_MS = int(MAX_BLOCK_SECONDS * 1000)
 PURGE_SCAN = 500
 # Inbox and device keys expire this long after their retention (a backstop to the sweeper).
 INBOX_TTL_GRACE = 3600.0
@@ -264,7 +265,9 @@ class RedisJoins(RedisBase):
         """XREAD BLOCK on the wake-up stream, from the moment of the call on."""
         last: bytes = b"$"
         while True:
-            reply: Any = await self._redis.xread({self.keys.join_signals: last}, count=100, block=1000)
+            reply: Any = await self._blocking(
+                self._redis.xread({self.keys.join_signals: last}, count=100, block=MAX_BLOCK_MS)
+            )
             users: set[str] = set()
             for _stream, entries in reply or []:
                 for entry_id, fields in entries:

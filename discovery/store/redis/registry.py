@@ -29,7 +29,7 @@ from discovery.core.model import (
     Settings,
     UserRecord,
 )
-from discovery.store.redis.base import BUCKETS, Arg, Call, LuaScript, RedisBase, pack_flags
+from discovery.store.redis.base import BUCKETS, MAX_BLOCK_SECONDS, Arg, Call, LuaScript, RedisBase, pack_flags
 from discovery.store.redis.lua import FAN_OUT, FORGET, PRELUDE
 
 IMPORT_CHUNK = 500
@@ -395,7 +395,7 @@ class RedisRegistry(RedisBase):
 
     async def feed_wait(self, after: int, timeout: float) -> None:
         """XREAD BLOCK: returns as soon as any instance appends a newer entry."""
-        block_ms = int(timeout * 1000)
+        block_ms = int(min(timeout, MAX_BLOCK_SECONDS) * 1000)
         if block_ms <= 0:
             return
-        await self._redis.xread({self.keys.feed: f"{after}-0"}, count=1, block=block_ms)
+        await self._blocking(self._redis.xread({self.keys.feed: f"{after}-0"}, count=1, block=block_ms))
