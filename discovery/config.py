@@ -86,6 +86,22 @@ class ServerConfig:
         default=60.0,
         metadata={"help": "ping idle connections this often, so streams of vanished clients are released"},
     )
+    max_connection_age_seconds: float = field(
+        default=1800.0,
+        metadata={
+            "help": "recycle connections after this long (0: never); streams resume"
+        },
+    )
+    max_connection_age_grace_seconds: float = field(
+        default=30.0, metadata={"help": "time calls on a recycled connection get to finish"}
+    )
+    # -- operations (see README, "Operations") ------------------------------------------------------
+    metrics_listen: str = field(
+        default="", metadata={"help": "host:port for Prometheus /metrics over HTTP (empty: off)"}
+    )
+    store_check_seconds: float = field(
+        default=1.0, metadata={"help": "how often the store is pinged; health is NOT_SERVING while it fails"}
+    )
     # -- join notifications (see README, "Join notifications") -------------------------------------
     join_watch_ttl_seconds: float = field(
         default=30 * 86400.0,

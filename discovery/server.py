@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,9 +30,11 @@ from discovery.core.joins import JoinPolicy, Joins
 from discovery.core.model import Settings
 from discovery.core.quota import DiscoverGate
 from discovery.index.sync import IndexSync
+from discovery.metrics import Metrics
 from discovery.security import build_authenticator, is_loopback, quota_policy, server_credentials
 from discovery.server_secret import load_or_create_secret, secret_from_env
 from discovery.store import Store, open_store
+from discovery.store.timed import timed_store
 from discovery.v1 import discovery_pb2, discovery_pb2_grpc, joins_pb2, joins_pb2_grpc
 
 log = logging.getLogger("discovery.server")
@@ -49,6 +53,11 @@ class DiscoveryServer:
         self.directory: Directory | None = None
         self.joins: Joins | None = None
         self.health = health.aio.HealthServicer()
+        self.metrics = Metrics()
+        self.metrics_port = 0
+        self.store_healthy = False
+        self._metrics_http: Any = None
+        self._monitor_task: asyncio.Task[None] | None = None
         self._server: aio.Server | None = None
         self._stop_follow = asyncio.Event()
         self._follow_task: asyncio.Task[None] | None = None
@@ -62,11 +71,16 @@ class DiscoveryServer:
         if self.authenticator is None:
             self.authenticator = build_authenticator(config)
         credentials = server_credentials(config)
-        self.store = await open_store(
-            config.store_url,
-            sqlite_synchronous=config.sqlite_synchronous,
-            feed_retention=config.feed_retention_seconds,
+        self.store = timed_store(
+            await open_store(
+                config.store_url,
+                sqlite_synchronous=config.sqlite_synchronous,
+                feed_retention=config.feed_retention_seconds,
+            ),
+            self.metrics.store_seconds,
+            self.metrics.store_errors,
         )
+        self.store_healthy = True
         self.sync = IndexSync(self.store)
         self.joins = Joins(
             self.store,
@@ -98,23 +112,17 @@ class DiscoveryServer:
             joins=self.joins,
         )
         server = aio.server(
-            interceptors=[CallInterceptor(self.authenticator)],
-            options=[
-                ("grpc.max_receive_message_length", config.max_receive_message_bytes),
-                ("grpc.max_metadata_size", config.max_metadata_bytes),
-                ("grpc.so_reuseport", 0),
-                # Ping idle connections so the streams of vanished clients are released.
-                ("grpc.keepalive_time_ms", int(config.keepalive_seconds * 1000)),
-                ("grpc.keepalive_timeout_ms", 20_000),
-                ("grpc.http2.max_pings_without_data", 0),
-            ],
+            interceptors=[CallInterceptor(self.authenticator, observers=[self.metrics.observe_call])],
+            options=self._grpc_options(),
         )
-        discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(DiscoveryService(self.directory), server)
+        discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(
+            DiscoveryService(self.directory, self.metrics), server
+        )
         discovery_pb2_grpc.add_DirectoryAdminServiceServicer_to_server(
             DirectoryAdminService(self.directory), server
         )
         joins_pb2_grpc.add_JoinNotificationServiceServicer_to_server(
-            JoinNotificationService(self.joins), server
+            JoinNotificationService(self.joins, self.metrics), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -140,7 +148,12 @@ class DiscoveryServer:
         await self.sync.load()
         self._follow_task = asyncio.create_task(self.sync.follow(self._stop_follow), name="index-follow")
         self.joins.start()
+        self._watch_gauges()
+        if config.metrics_listen:
+            self._metrics_http, self.metrics_port = self.metrics.serve_http(config.metrics_listen)
+            log.info("metrics", extra={"event": "metrics_listening", "port": self.metrics_port})
         await self._set_serving(True)
+        self._monitor_task = asyncio.create_task(self._monitor_store(), name="store-monitor")
         if config.port_file:
             Path(config.port_file).write_text(f"{self.port}\n")
         log.info("serving", extra={"event": "serving", "port": self.port, "users": len(self.sync.index)})
@@ -168,6 +181,61 @@ class DiscoveryServer:
                 extra={"event": "no_tls"},
             )
 
+    def _grpc_options(self) -> list[tuple[str, int]]:
+        config = self.config
+        options = [
+            ("grpc.max_receive_message_length", config.max_receive_message_bytes),
+            ("grpc.max_metadata_size", config.max_metadata_bytes),
+            ("grpc.so_reuseport", 0),
+            # Ping idle connections so the streams of vanished clients are released.
+            ("grpc.keepalive_time_ms", int(config.keepalive_seconds * 1000)),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+        if config.max_connection_age_seconds > 0:
+            # Connections are recycled (GOAWAY) so load spreads over new instances; the SDK
+            # resumes join streams from their cursor.
+            options += [
+                ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_seconds * 1000)),
+            ]
+        return options
+
+    def _watch_gauges(self) -> None:
+        """Gauges read at scrape time from the live objects."""
+        sync, joins, metrics = self.sync, self.joins, self.metrics
+        assert sync is not None and joins is not None
+        metrics.gauge_from(metrics.index_users, lambda: len(sync.index))
+        metrics.gauge_from(metrics.index_memory, lambda: sync.index.memory_bytes())
+        metrics.gauge_from(metrics.index_loaded, lambda: 1.0 if sync.loaded else 0.0)
+        metrics.gauge_from(
+            metrics.index_lag, lambda: time.monotonic() - sync.last_sync if sync.last_sync else 0.0
+        )
+        metrics.gauge_from(metrics.store_up, lambda: 1.0 if self.store_healthy else 0.0)
+        metrics.gauge_from(metrics.live_subscribers, lambda: len(joins.hub))
+
+    async def _monitor_store(self) -> None:
+        """Ping the store; NOT_SERVING while it cannot be reached, SERVING again once it can."""
+        assert self.store is not None
+        interval = self.config.store_check_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(self.store.ping(), timeout=max(interval, 1.0))
+                healthy = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                healthy = False
+                reason = type(error).__name__
+            if healthy != self.store_healthy:
+                self.store_healthy = healthy
+                if healthy:
+                    log.info("store reachable again", extra={"event": "store_up"})
+                else:
+                    log.warning("store unreachable", extra={"event": "store_down", "error": reason})
+                await self._set_serving(healthy)
+
     def _secret(self) -> bytes:
         if self.config.secret_env:
             return secret_from_env(self.config.secret_env)
@@ -186,6 +254,10 @@ class DiscoveryServer:
             return
         grace = self.config.grace_seconds if grace is None else grace
         log.info("stopping", extra={"event": "stopping", "grace_seconds": grace})
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor_task
         await self._set_serving(False)
         await self.health.enter_graceful_shutdown()
         if self.joins is not None:
@@ -201,6 +273,10 @@ class DiscoveryServer:
             await self.joins.close()
         if self.store is not None:
             await self.store.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
         self._stopped.set()
         log.info("stopped", extra={"event": "stopped"})
 
@@ -218,3 +294,7 @@ async def serve(config: ServerConfig) -> None:
     await server.start()
     await stop_requested.wait()
     await server.stop()
+
+
+def _age(since: float) -> float:
+    return time.monotonic() - since if since else 0.0

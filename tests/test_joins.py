@@ -45,17 +45,12 @@ def db_rows(server: DiscoveryServer, sql: str, *args: object) -> list[tuple[obje
 
 
 def rows_naming(server: DiscoveryServer, user_id: str) -> list[str]:
-    """Every stored row, in any table, with a value that contains ``user_id``.
-
-    Rate-limit counters (quota_buckets) are left to the quota's own rules.
-    """
+    """Every stored row, in any table (quota buckets included), with a value that contains ``user_id``."""
     found: list[str] = []
     conn = sqlite3.connect(server.config.data_dir / "discovery.db")
     try:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         for table in tables:
-            if table == "quota_buckets":
-                continue
             for row in conn.execute(f"SELECT * FROM {table}"):
                 if any(isinstance(v, str | bytes) and user_id in str(v) for v in row):
                     found.append(table)

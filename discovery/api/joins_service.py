@@ -14,6 +14,7 @@ from grpc import aio
 
 from discovery.api.auth import current_user_id
 from discovery.core.joins import JoinBatch, Joins
+from discovery.metrics import Metrics
 from discovery.v1 import joins_pb2 as pb
 from discovery.v1 import joins_pb2_grpc as pb_grpc
 
@@ -36,13 +37,23 @@ def batch_to_pb(batch: JoinBatch) -> pb.SubscribeJoinsResponse:
 
 
 class JoinNotificationService(pb_grpc.JoinNotificationServiceServicer):
-    def __init__(self, joins: Joins) -> None:
+    def __init__(self, joins: Joins, metrics: Metrics | None = None) -> None:
         self._joins = joins
+        self._metrics = metrics
 
     async def SubscribeJoins(
         self, request: pb.SubscribeJoinsRequest, context: aio.ServicerContext
     ) -> AsyncIterator[pb.SubscribeJoinsResponse]:
+        backlog = 0
+        replaying = True
         async for batch in self._joins.subscribe(current_user_id(), request.device_id, request.after_cursor):
+            if self._metrics is not None:
+                self._metrics.events_delivered.inc(len(batch.events))
+                if replaying:
+                    backlog += len(batch.events)
+                    if batch.caught_up:
+                        self._metrics.inbox_backlog.observe(backlog)
+                        replaying = False
             yield batch_to_pb(batch)
 
     async def AckJoins(

@@ -149,6 +149,8 @@ class Directory:
         check_user_id(user_id)
         if await self.store.unregister(user_id) is None:
             raise UserNotRegistered()
+        if self.gate is not None:
+            await self.gate.forget(user_id)
         self.joins.user_left(user_id)
         await self.sync.catch_up()
 

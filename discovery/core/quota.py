@@ -163,6 +163,9 @@ class SetTokens:
             )
 
 
+BUCKET_PURPOSES = ("requests", "contacts")
+
+
 class DiscoverGate:
     """What Discover checks before the lookup: request rate, previous set, contact quota."""
 
@@ -180,6 +183,10 @@ class DiscoverGate:
         self._max_hashes = max_hashes_per_request
         self._clock = clock
         self._tokens = SetTokens(keys.token_key, policy.token_ttl, policy.max_clock_skew)
+
+    async def forget(self, user_id: str) -> int:
+        """Drop the user's buckets: an unregistered user leaves no record that names them."""
+        return await self._store.forget_buckets([f"{purpose}:{user_id}" for purpose in BUCKET_PURPOSES])
 
     async def admit(self, caller: str) -> None:
         """Charge one request to the caller's request rate, or QuotaExceeded."""

@@ -52,7 +52,7 @@ class IndexSync:
         started = time.monotonic()
         head = await self.store.feed_head()
         total = await self.store.registry_size()
-        index = DirectoryIndex(capacity=max(1024, total * 2))
+        index = DirectoryIndex(capacity=max(1024, total))
         loaded = 0
         log.info("index load started", extra={"event": "index_load_started", "users": total})
         async for piece in self.store.iter_registry(LOAD_BATCH):

@@ -110,6 +110,10 @@ class QuotaStore(Protocol):
         """Add ``cost`` to the bucket if it fits, atomically; a refused charge changes nothing."""
         ...
 
+    async def forget_buckets(self, buckets: Sequence[str]) -> int:
+        """Delete these buckets (an unregistered user's); returns how many existed."""
+        ...
+
 
 class JoinStore(Protocol):
     """Watches, per-user inboxes and per-device acknowledgements for join notifications.

@@ -8,6 +8,7 @@ buckets share the tag ``{NS:u:USER_ID}`` (see Keys.quota).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from discovery.core.model import QuotaCharge
 from discovery.store.redis.base import LuaScript, RedisBase
@@ -52,3 +53,10 @@ class RedisQuota(RedisBase):
         )
         wait = math.inf if retry_after == b"inf" else float(retry_after)
         return QuotaCharge(bool(allowed), float(level), wait)
+
+    async def forget_buckets(self, buckets: Sequence[str]) -> int:
+        # One DEL per key: an unregistered user's buckets share a slot, other callers' may not.
+        removed = 0
+        for bucket in buckets:
+            removed += int(await self._redis.delete(self.keys.quota(bucket)))
+        return removed

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
+from collections.abc import Sequence
 
 from discovery.core.model import QuotaCharge
 from discovery.store.sqlite.base import SqliteBase
@@ -60,6 +61,14 @@ class SqliteQuota(SqliteBase):
                 lambda conn: self._charge_sync(conn, bucket, cost, capacity, leak_per_second, now)
             )
         )
+
+    async def forget_buckets(self, buckets: Sequence[str]) -> int:
+        return await self._write(lambda conn: self._forget_buckets_sync(conn, buckets))
+
+    def _forget_buckets_sync(self, conn: sqlite3.Connection, buckets: Sequence[str]) -> int:
+        before = conn.total_changes
+        conn.executemany("DELETE FROM quota_buckets WHERE bucket = ?", [(b,) for b in buckets])
+        return conn.total_changes - before
 
     def _charge_sync(
         self,
