@@ -25,6 +25,7 @@ class Sizes:
     psi_requests: int
     e2e_users: int
     e2e_seconds: float
+    e2e_rounds: int
     e2e_warmup: float
     e2e_payloads: int
     scaling_users: tuple[int, ...]
@@ -44,7 +45,8 @@ FULL = Sizes(
     psi_server_items=100_000,
     psi_requests=5,
     e2e_users=10_000_000,
-    e2e_seconds=10.0,
+    e2e_seconds=12.0,
+    e2e_rounds=3,
     e2e_warmup=1.0,
     e2e_payloads=1024,
     scaling_users=(100_000, 300_000, 1_000_000, 3_000_000, 10_000_000),
@@ -65,6 +67,7 @@ QUICK = Sizes(
     psi_requests=2,
     e2e_users=100_000,
     e2e_seconds=1.0,
+    e2e_rounds=1,
     e2e_warmup=0.3,
     e2e_payloads=64,
     scaling_users=(10_000, 30_000, 100_000),

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.context import Context
 from bench.data import Registry
 from bench.echo_server import ECHO_METHOD
@@ -96,42 +98,60 @@ def server_index_stats(server: Process, users: int) -> Json:
     return out
 
 
-def measure_discover(ctx: Context, server: Process, frames: Path, auth: Auth) -> Json:
-    sizes = ctx.sizes
-    out: Json = {}
-    for concurrency in CONCURRENCY:
-        result = load(
-            server.target,
-            DISCOVER_METHOD,
-            frames,
-            auth.client_metadata,
-            concurrency,
-            sizes.e2e_seconds,
-            sizes.e2e_warmup,
-            keep_first=concurrency == 1,
-        )
-        first = result.pop("first_response", None)
-        if first:
-            response = pb.DiscoverResponse.FromString(bytes.fromhex(first))
-            out["matches_in_first_response"] = len(response.match_user_ids)
-        result["contacts_per_s"] = round(result["rps"] * sizes.contacts)
-        out[f"c{concurrency}"] = result
-        ctx.log(f"discover c={concurrency}: {result['rps']} req/s, p50 {result['p50_us']} µs")
-    return out
+def combine(runs: list[Json]) -> Json:
+    """One load level over several rounds: totals for throughput, medians of the percentiles."""
+    requests = sum(r["requests"] for r in runs)
+    seconds = sum(r["seconds"] for r in runs)
+    return {
+        "concurrency": runs[0]["concurrency"],
+        "rounds": len(runs),
+        "requests": requests,
+        "seconds": round(seconds, 3),
+        "rps": round(requests / seconds, 1),
+        "p50_us": round(float(np.median([r["p50_us"] for r in runs])), 1),
+        "p99_us": round(float(np.median([r["p99_us"] for r in runs])), 1),
+        "mean_us": round(sum(r["mean_us"] * r["requests"] for r in runs) / max(1, requests), 1),
+        "errors": sum(r["errors"] for r in runs),
+        "first_errors": [e for r in runs for e in r["first_errors"]][:3],
+        "request_bytes": runs[0]["request_bytes"],
+        "response_bytes": runs[0]["response_bytes"],
+        "per_round_rps": [r["rps"] for r in runs],
+    }
 
 
-def measure_echo(ctx: Context, frames: Path, response_bytes: int, workdir: Path) -> Json:
+def measure(ctx: Context, server: Process, frames: Path, auth: Auth, workdir: Path) -> tuple[Json, Json]:
+    """Discover and echo at each concurrency, alternating in rounds so both see the same load
+    on the shared machine. Returns (discover, echo)."""
     sizes = ctx.sizes
-    out: Json = {"response_bytes": response_bytes}
+    probe = load(server.target, DISCOVER_METHOD, frames, auth.client_metadata, 1, 0.3, 0.1, keep_first=True)
+    first = pb.DiscoverResponse.FromString(bytes.fromhex(probe["first_response"]))
+    response_bytes = probe["response_bytes"]
+    per_round = sizes.e2e_seconds / sizes.e2e_rounds
+    runs: dict[tuple[str, int], list[Json]] = {}
     with running(echo_server(workdir, response_bytes)) as echo:
-        for concurrency in CONCURRENCY:
-            result = load(
-                echo.target, ECHO_METHOD, frames, (), concurrency, sizes.e2e_seconds, sizes.e2e_warmup
-            )
-            result.pop("first_response", None)
-            out[f"c{concurrency}"] = result
-            ctx.log(f"echo c={concurrency}: {result['rps']} req/s, p50 {result['p50_us']} µs")
-    return out
+        targets = (
+            ("discover", server.target, DISCOVER_METHOD, auth.client_metadata),
+            ("echo", echo.target, ECHO_METHOD, ()),
+        )
+        for round_ in range(sizes.e2e_rounds):
+            for concurrency in CONCURRENCY:
+                for name, target, method, metadata in targets:
+                    result = load(target, method, frames, metadata, concurrency, per_round, sizes.e2e_warmup)
+                    result.pop("first_response", None)
+                    runs.setdefault((name, concurrency), []).append(result)
+                    ctx.log(
+                        f"round {round_ + 1}: {name} c={concurrency}: {result['rps']} req/s, "
+                        f"p50 {result['p50_us']} µs"
+                    )
+    discover: Json = {"matches_in_first_response": len(first.match_user_ids)}
+    echo_out: Json = {"response_bytes": response_bytes}
+    for concurrency in CONCURRENCY:
+        discover[f"c{concurrency}"] = combine(runs[("discover", concurrency)])
+        discover[f"c{concurrency}"]["contacts_per_s"] = round(
+            discover[f"c{concurrency}"]["rps"] * sizes.contacts
+        )
+        echo_out[f"c{concurrency}"] = combine(runs[("echo", concurrency)])
+    return discover, echo_out
 
 
 def profile_server(ctx: Context, server: Process, frames: Path, auth: Auth, workdir: Path) -> Json:
@@ -165,7 +185,8 @@ def run(ctx: Context) -> Report:
             "registered_fraction": 0.5,
             "concurrency": list(CONCURRENCY),
             "seconds_per_level": sizes.e2e_seconds,
-            "warmup_seconds": sizes.e2e_warmup,
+            "rounds": sizes.e2e_rounds,
+            "warmup_seconds_per_run": sizes.e2e_warmup,
             "distinct_requests": sizes.e2e_payloads,
             "auth": auth.describe(),
             "server_flags": [*auth.serve_args, *extra],
@@ -178,9 +199,7 @@ def run(ctx: Context) -> Report:
     with running(discovery_server(data_dir, workdir, auth, extra)) as server:
         report.results["server"] = server_index_stats(server, users)
         ctx.log(f"server up with {users:,} users: {report.results['server']}")
-        discover = measure_discover(ctx, server, frames, auth)
-        response_bytes = discover["c1"]["response_bytes"]
-        echo = measure_echo(ctx, frames, response_bytes, workdir)
+        discover, echo = measure(ctx, server, frames, auth, workdir)
         memory = server.memory_kib()
         report.results["server"]["peak_rss_mib"] = round(memory.get("VmHWM", 0) / 1024, 1)
         fractions = {f"c{c}": round(discover[f"c{c}"]["rps"] / echo[f"c{c}"]["rps"], 3) for c in CONCURRENCY}

@@ -107,7 +107,7 @@ def plot(
     )
     twin.set(ylabel="ns per contact", yscale="log")
     lines = ax.get_lines() + twin.get_lines()
-    ax.legend(lines, [str(line.get_label()) for line in lines])
+    ax.legend(lines, [str(line.get_label()) for line in lines], loc="upper center")
     ax = axes[2]
     mem_users = [r["registry_users"] for r in memory_rows]
     ax.plot(mem_users, [r["peak_rss_mib"] for r in memory_rows], "o-", label="server peak RSS")

@@ -40,7 +40,11 @@ class ServerConfig:
         metadata={"help": "where the embedded store and the server secret live"},
     )
     store: str = field(
-        default="", metadata={"help": "store URL: sqlite:///path.db (default: DATA_DIR/discovery.db)"}
+        default="",
+        metadata={
+            "help": "store URL: sqlite:///path.db, redis://host:port/0 or redis+cluster://host:port,... "
+            "(default: DATA_DIR/discovery.db)"
+        },
     )
     secret_file: str = field(
         default="",

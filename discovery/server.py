@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from discovery.api.admin_service import DirectoryAdminService
 from discovery.api.auth import ADMIN_SERVICE, CLIENT_SERVICE, Authenticator
 from discovery.api.discovery_service import DiscoveryService
+from discovery.api.health import HealthServicer
 from discovery.api.interceptor import CallInterceptor
 from discovery.api.joins_service import JoinNotificationService
 from discovery.config import ServerConfig
@@ -52,7 +53,7 @@ class DiscoveryServer:
         self.sync: IndexSync | None = None
         self.directory: Directory | None = None
         self.joins: Joins | None = None
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self.metrics = Metrics()
         self.metrics_port = 0
         self.store_healthy = False
@@ -262,6 +263,7 @@ class DiscoveryServer:
         await self.health.enter_graceful_shutdown()
         if self.joins is not None:
             self.joins.end_streams()  # join streams never end by themselves; clients resume
+        self.health.end_watches()  # Watch streams got NOT_SERVING; they must not hold the drain
         await self._server.stop(grace)
         self._server = None
         self._stop_follow.set()

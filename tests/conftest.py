@@ -21,6 +21,7 @@ from tests.redis_fixtures import (  # noqa: F401  (fixtures: real redis-server p
     redis_session,
     redis_url,
 )
+from tests.serve_process import serve_processes  # noqa: F401  (fixture: `discovery serve` child processes)
 
 StartServer = Callable[..., Awaitable[DiscoveryServer]]
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -45,6 +46,22 @@ def free_port(cluster: bool = False) -> int:
         if _port_free(port) and (not cluster or _port_free(port + 10_000)):
             return port
     raise RuntimeError("no free port")
+
+
+def stop_by_pid(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM the child by its pid and wait; SIGKILL it if it is still there after ``timeout``."""
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def skip_without_redis() -> None:
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        pytest.skip(MISSING)
 
 
 @dataclass
@@ -92,15 +109,8 @@ class RedisProcess:
 
     def stop(self) -> None:
         """SIGTERM by pid (redis-server shuts down cleanly), SIGKILL if it lingers."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        if self.process is not None:
+            stop_by_pid(self.process, 10.0)
         self.process = None
 
     def kill(self) -> None:
@@ -198,8 +208,7 @@ def start_cluster(directory: Path) -> RedisClusterProcesses:
 
 @pytest.fixture(scope="session")
 def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    if REDIS_SERVER is None or REDIS_CLI is None:
-        pytest.skip(MISSING)
+    skip_without_redis()
     server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
@@ -207,8 +216,7 @@ def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisPro
 
 @pytest.fixture(scope="session")
 def redis_cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
-    if REDIS_SERVER is None or REDIS_CLI is None:
-        pytest.skip(MISSING)
+    skip_without_redis()
     cluster = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
     yield cluster
     cluster.stop()
@@ -232,8 +240,7 @@ def redis_cluster_url(redis_cluster_session: RedisClusterProcesses) -> str:
 @pytest.fixture
 def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
     """Start dedicated redis-servers (for tests that restart or kill one); stopped at the end."""
-    if REDIS_SERVER is None or REDIS_CLI is None:
-        pytest.skip(MISSING)
+    skip_without_redis()
     started: list[RedisProcess] = []
 
     def start(*args: str) -> RedisProcess:
@@ -249,7 +256,8 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
 def dump_everything(clients: list[redis.Redis]) -> bytes:
     """Every key and value of every node, raw: SCAN + DUMP, plus each value in readable form."""
     out = bytearray()
-    for client in clients:
+    for node in clients:
+        client: Any = node  # redis-py types replies as bytes | str; decode_responses is off
         for key in client.scan_iter(count=1000):
             out += key + b"\n"
             dumped = client.dump(key)

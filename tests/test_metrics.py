@@ -4,6 +4,7 @@ number, hash or user id."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import urllib.request
 
@@ -26,7 +27,9 @@ def sample(text: str, name: str, labels: str = "") -> float:
     raise AssertionError(f"no sample {prefix}")
 
 
-async def test_metrics_count_calls_and_leak_nothing(start_server: StartServer, log_capture: io.StringIO) -> None:
+async def test_metrics_count_calls_and_leak_nothing(
+    start_server: StartServer, log_capture: io.StringIO
+) -> None:
     server = await start_server(metrics_listen="127.0.0.1:0")
     assert server.metrics_port
     numbers = e164_numbers(40, seed=11)
@@ -34,17 +37,16 @@ async def test_metrics_count_calls_and_leak_nothing(start_server: StartServer, l
     async with AsyncAdminClient(target) as admin:
         for i, number in enumerate(numbers[:20]):
             await admin.register_user(f"metric-user-{i}", number)
-        try:
+        with contextlib.suppress(DiscoveryError):
             await admin.register_user("metric-user-0", numbers[30])
-        except DiscoveryError:
-            pass
     async with AsyncDiscoveryClient(target, user_id="metric-user-1") as client:
         result = await client.discover(numbers)
     assert len(result.matches) == 20
     text = await asyncio.to_thread(scrape, server.metrics_port)
 
     assert sample(text, "discovery_rpc_total", 'code="OK",method="DirectoryAdminService/RegisterUser"') == 20
-    assert sample(text, "discovery_rpc_total", 'code="ALREADY_EXISTS",method="DirectoryAdminService/RegisterUser"') == 1
+    rejected = 'code="ALREADY_EXISTS",method="DirectoryAdminService/RegisterUser"'
+    assert sample(text, "discovery_rpc_total", rejected) == 1
     assert sample(text, "discovery_contacts_checked_total") == 40
     assert sample(text, "discovery_contacts_matched_total") == 20
     assert sample(text, "discovery_index_users") == 20

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from discovery.server import DiscoveryServer
 from discovery.store.redis import RedisStore
 from discovery.store.redis.base import parse_redis_url
 from tests.helpers import e164_numbers
-from tests.redis_fixtures import RedisProcess
+from tests.redis_fixtures import RedisProcess, stop_by_pid
 
 T = TypeVar("T")
 WATCHING = Settings(discoverable=True, announce_join=True, notify_on_join=True)
@@ -82,13 +81,8 @@ class Instance:
         self.port = int(port_file.read_text())
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        if self.process is not None:
+            stop_by_pid(self.process, 20.0)
         self.process = None
 
     def log(self) -> str:

@@ -18,23 +18,20 @@ from discovery.store import Store, open_store
 from discovery.store.redis import RedisStore
 from discovery.store.redis.base import parse_redis_url
 from discovery.store.sqlite import SqliteStore
-from tests.test_join_store import (  # the JoinStore contract, run here on every backend
-    test_acks_are_per_device_and_inactive_devices_stop_counting,
-    test_cursors_ahead_of_the_store_are_rejected,
-    test_expired_rows_are_ignored_then_purged,
-    test_fan_out_is_part_of_the_registration,
-    test_unregister_forgets_watcher_and_joiner,
-    test_watches_need_notify_on_and_are_capped_oldest_first,
-)
+from tests import test_join_store
 
-JOIN_STORE_CONTRACT = (
-    test_acks_are_per_device_and_inactive_devices_stop_counting,
-    test_cursors_ahead_of_the_store_are_rejected,
-    test_expired_rows_are_ignored_then_purged,
-    test_fan_out_is_part_of_the_registration,
-    test_unregister_forgets_watcher_and_joiner,
-    test_watches_need_notify_on_and_are_capped_oldest_first,
-)
+# The JoinStore contract (tests/test_join_store.py), collected here to run on every backend
+# with this module's ``store`` fixture. Its last test needs two SQLite files; the one below
+# (test_join_signals_reach_another_instance) covers every backend.
+for _name in (
+    "test_acks_are_per_device_and_inactive_devices_stop_counting",
+    "test_cursors_ahead_of_the_store_are_rejected",
+    "test_expired_rows_are_ignored_then_purged",
+    "test_fan_out_is_part_of_the_registration",
+    "test_unregister_forgets_watcher_and_joiner",
+    "test_watches_need_notify_on_and_are_capped_oldest_first",
+):
+    globals()[_name] = getattr(test_join_store, _name)
 
 BACKENDS = ["sqlite", "redis", "redis-cluster"]
 

@@ -21,6 +21,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoScriptError
 
+from discovery.store.redis.errors import CONNECT_TIMEOUT, SOCKET_TIMEOUT, fail_fast_retry
+
 log = logging.getLogger("discovery.store.redis")
 T = TypeVar("T")
 
@@ -56,14 +58,23 @@ class RedisTarget:
     tls: bool = False
 
     def client(self) -> Client:
+        # Fail fast while Redis is down (see errors.py); URL parameters override these.
         if not self.cluster:
-            return Redis.from_url(self.url, decode_responses=False)
+            return Redis.from_url(
+                self.url,
+                decode_responses=False,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=SOCKET_TIMEOUT,
+                retry=fail_fast_retry(),
+            )
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in self.nodes],
             username=self.username,
             password=self.password,
             ssl=self.tls,
             decode_responses=False,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=SOCKET_TIMEOUT,
         )
 
 

@@ -29,6 +29,16 @@ local function inbox_time(member)
   local first = string.find(member, ':', 1, true)
   return tonumber(string.sub(member, first + 1, string.find(member, ':', first + 1, true) - 1))
 end
+-- The user's record while it still holds the key the caller read, else nil and -4 (not
+-- registered) or -3 (changed meanwhile: the caller reads again and retries).
+local function record_with(ub, uid, key)
+  local rec = redis.call('HGET', ub, uid)
+  if not rec then return nil, -4 end
+  if string.sub(rec, 1, 16) ~= key then return nil, -3 end
+  return rec
+end
+-- Deletes the feed entry that named the user (a newer one supersedes it).
+local function unfeed(rec) redis.call('XDEL', KEYS[2], string.sub(rec, 18) .. '-0') end
 -- TTLs of join keys are a backstop, an hour after their newest content expires: the sweeper
 -- (purge_expired) removes expired members within a minute, and counts them.
 local function extend_to(key, at_s)
@@ -77,6 +87,11 @@ local function signal(notified)
     redis.call('XADD', key, 'MAXLEN', '~', 1000, '*', 'u', table.concat(notified, '\\n'))
     redis.call('PEXPIRE', key, 60000)
   end
+end
+local function announce(joiner, key, flags, inbox_ttl)
+  local notified = {}
+  fan_out(joiner, key, flags, now_s(), inbox_ttl, notified)
+  signal(notified)
 end
 """
 

@@ -12,6 +12,7 @@ Record formats (docs/redis-keys.md):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ from discovery.core.model import (
     Settings,
     UserRecord,
 )
-from discovery.store.redis.base import BUCKETS, MAX_BLOCK_SECONDS, Arg, Call, LuaScript, RedisBase, pack_flags
+from discovery.store.redis.base import BUCKETS, MAX_BLOCK_SECONDS, Call, LuaScript, RedisBase, pack_flags
 from discovery.store.redis.lua import FAN_OUT, FORGET, PRELUDE
 
 IMPORT_CHUNK = 500
@@ -57,47 +58,51 @@ redis.call('XADD', KEYS[2], seq .. '-0', 'c', feed_entry(ARGV[2], ARGV[3], ARGV[
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ARGV[3] .. seq)
 redis.call('HSET', KEYS[4], field, '')
 redis.call('HINCRBY', KEYS[1], 'users', 1)
-local notified = {}
-fan_out(ARGV[1], ARGV[2], ARGV[3], now_s(), ARGV[4], notified)
-signal(notified)
+announce(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
 )
 
-# KEYS: meta, feed, then (user bucket, key bucket) per user.
-# ARGV: inbox TTL (ms), then (user id, key, flags) per user.
+# KEYS: meta, feed. ARGV: inbox TTL (ms), then the users packed as USER_BUCKET(2) KEY(16)
+# FLAGS(1) LEN(1) USER_ID each: a few large arguments cost far less to send than five per user.
 IMPORT = LuaScript(
     _WITH_JOINS
     + """
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-local now = now_s()
-local added = 0
-local out = {}
-local notified = {}
-for i = 1, (#KEYS - 2) / 2 do
-  local ub, kb = KEYS[2 * i + 1], KEYS[2 * i + 2]
-  local uid, key, flags = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
-  local rec = redis.call('HGET', ub, uid)
-  local field = string.sub(key, 3)
-  if rec then
-    if string.sub(rec, 1, 16) == key then out[i] = 0 else out[i] = -1 end
-  elseif redis.call('HEXISTS', kb, field) == 1 then
+local out, joined, watched = {}, {}, {}
+local blob = ARGV[2]
+local pos, i = 1, 0
+while pos <= #blob do
+  i = i + 1
+  local ub = TAG .. ':u:' .. string.sub(blob, pos, pos + 1)
+  local key = string.sub(blob, pos + 2, pos + 17)
+  local flags = string.sub(blob, pos + 18, pos + 18)
+  local uid = string.sub(blob, pos + 20, pos + 19 + string.byte(blob, pos + 19))
+  pos = pos + 20 + #uid
+  -- Claim the user id, then the key (undoing the claim when the key is taken).
+  if redis.call('HSETNX', ub, uid, key .. flags .. (seq + 1)) == 0 then
+    if string.sub(redis.call('HGET', ub, uid), 1, 16) == key then out[i] = 0 else out[i] = -1 end
+  elseif redis.call('HSETNX', key_bucket(key), string.sub(key, 3), '') == 0 then
+    redis.call('HDEL', ub, uid)
     out[i] = -2
   else
     seq = seq + 1
     redis.call('XADD', KEYS[2], seq .. '-0', 'c', feed_entry(key, flags, uid))
-    redis.call('HSET', ub, uid, key .. flags .. seq)
-    redis.call('HSET', kb, field, '')
-    fan_out(uid, key, flags, now, ARGV[1], notified)
-    added = added + 1
+    joined[#joined + 1] = {uid, key, flags}
+    watched[#watched + 1] = watchers_of(key)
     out[i] = 1
   end
 end
-if added > 0 then
+if #joined > 0 then
   redis.call('HSET', KEYS[1], 'seq', seq)
-  redis.call('HINCRBY', KEYS[1], 'users', added)
+  redis.call('HINCRBY', KEYS[1], 'users', #joined)
+  -- One EXISTS for the whole chunk: most imported keys are watched by nobody.
+  if redis.call('EXISTS', unpack(watched)) > 0 then
+    local now, notified = now_s(), {}
+    for _, j in ipairs(joined) do fan_out(j[1], j[2], j[3], now, ARGV[1], notified) end
+    signal(notified)
+  end
 end
-signal(notified)
 return out
 """
 )
@@ -106,10 +111,9 @@ return out
 UNREGISTER = LuaScript(
     _WITH_JOINS
     + """
-local rec = redis.call('HGET', KEYS[3], ARGV[1])
-if not rec then return -4 end
-if string.sub(rec, 1, 16) ~= ARGV[2] then return -3 end
-redis.call('XDEL', KEYS[2], string.sub(rec, 18) .. '-0')
+local rec, code = record_with(KEYS[3], ARGV[1], ARGV[2])
+if not rec then return code end
+unfeed(rec)
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], string.sub(ARGV[2], 3))
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
@@ -134,23 +138,20 @@ return forget(ARGV[1], registered ~= false)
 CHANGE_NUMBER = LuaScript(
     _WITH_JOINS
     + """
-local rec = redis.call('HGET', KEYS[3], ARGV[1])
-if not rec then return -4 end
-if string.sub(rec, 1, 16) ~= ARGV[2] then return -3 end
+local rec, code = record_with(KEYS[3], ARGV[1], ARGV[2])
+if not rec then return code end
 if ARGV[2] == ARGV[3] then return rec end
 local field = string.sub(ARGV[3], 3)
 if redis.call('HEXISTS', KEYS[5], field) == 1 then return -2 end
 local flags = string.sub(rec, 17, 17)
-redis.call('XDEL', KEYS[2], string.sub(rec, 18) .. '-0')
+unfeed(rec)
 redis.call('HDEL', KEYS[4], string.sub(ARGV[2], 3))
 redis.call('HSET', KEYS[5], field, '')
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 2)
 redis.call('XADD', KEYS[2], (seq - 1) .. '-0', 'c', ARGV[2] .. '\\0')
 redis.call('XADD', KEYS[2], seq .. '-0', 'c', feed_entry(ARGV[3], flags, ARGV[1]))
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3] .. flags .. seq)
-local notified = {}
-fan_out(ARGV[1], ARGV[3], flags, now_s(), ARGV[4], notified)
-signal(notified)
+announce(ARGV[1], ARGV[3], flags, ARGV[4])
 return rec
 """
 )
@@ -164,7 +165,7 @@ if not rec then return -4 end
 local key = string.sub(rec, 1, 16)
 local seq = string.sub(rec, 18)
 if string.byte(rec, 17) % 2 ~= string.byte(ARGV[2]) % 2 then
-  redis.call('XDEL', KEYS[2], seq .. '-0')
+  unfeed(rec)
   seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('XADD', KEYS[2], seq .. '-0', 'c', feed_entry(key, ARGV[2], ARGV[1]))
 end
@@ -211,8 +212,12 @@ def _record(user_id: str, rec: bytes) -> UserRecord:
     )
 
 
+@functools.cache
 def _flags(settings: Settings) -> bytes:
     return pack_flags(settings.discoverable, settings.announce_join, settings.notify_on_join)
+
+
+_LENGTH = [bytes((n,)) for n in range(256)]
 
 
 _REJECTION = {
@@ -305,13 +310,20 @@ class RedisRegistry(RedisBase):
         k = self.keys
         calls: list[Call] = []
         for start in range(0, len(users), IMPORT_CHUNK):
-            keys = [k.meta, k.feed]
-            args: list[Arg] = [self._inbox_ttl_ms]
+            packed: list[bytes] = []
+            add = packed.extend
             for user in users[start : start + IMPORT_CHUNK]:
                 uid = user.user_id.encode()
-                keys += (k.user_bucket(uid), k.key_bucket(user.directory_key))
-                args += (uid, user.directory_key, _flags(user.settings))
-            calls.append((keys, args))
+                add(
+                    (
+                        k.user_bucket(uid)[-2:],
+                        user.directory_key,
+                        _flags(user.settings),
+                        _LENGTH[len(uid)],
+                        uid,
+                    )
+                )
+            calls.append(([k.meta, k.feed], [self._inbox_ttl_ms, b"".join(packed)]))
         codes = [code for reply in await self._eval_many(IMPORT, calls) for code in reply]
         report = ImportReport()
         for i, (user, code) in enumerate(zip(users, codes, strict=True)):
