@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
-from discovery.client.address_book import pack_chunks
+from discovery.client.address_book import DEFAULT_MAX_PER_REQUEST, pack_chunks
+from discovery.client.credentials import call_metadata
 from discovery.client.models import CLIENT_INVALID_NUMBER, ImportRejection, ImportSummary, Settings
-from discovery.client.normalize import InvalidNumberError, normalize_number
+from discovery.client.normalize import InvalidNumberError, check_region, normalize_number
 from discovery.core.hashing import HASH_SIZE, contact_hash
 from discovery.v1 import discovery_pb2, discovery_pb2_grpc
 
@@ -187,3 +188,58 @@ def _reason_name(value: int) -> str:
         return str(discovery_pb2.RejectionReason.Name(discovery_pb2.RejectionReason.ValueType(value)))
     except ValueError:
         return f"REJECTION_REASON_{value}"
+
+
+class ClientCore:
+    """Construction shared by the sync and the asyncio clients; they differ in the channel
+    factory (``grpc`` or ``grpc.aio``) and the stub."""
+
+    channel_factory: ClassVar[Callable[..., Any]]
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        channel: Any = None,
+        user_id: str | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        default_region: str | None = None,
+        max_per_request: int = DEFAULT_MAX_PER_REQUEST,
+        timeout: float | None = None,
+        options: Sequence[tuple[str, Any]] | None = None,
+    ) -> None:
+        if (target is None) == (channel is None):
+            raise ValueError("pass exactly one of target or channel")
+        if max_per_request < 1:
+            raise ValueError("max_per_request must be at least 1")
+        self.default_region = check_region(default_region)
+        self.max_per_request = max_per_request
+        self.timeout = timeout
+        self._metadata = call_metadata(user_id, token)
+        if channel is not None:
+            self._channel = channel
+            self._owns_channel = False
+        else:
+            self._channel = type(self).channel_factory(
+                target,
+                tls=tls,
+                root_certificates=root_certificates,
+                private_key=private_key,
+                certificate_chain=certificate_chain,
+                options=options,
+            )
+            self._owns_channel = True
+        self._stub: Any = self._make_stub(self._channel)
+
+    @staticmethod
+    def _make_stub(channel: Any) -> Any:
+        raise NotImplementedError
+
+    @property
+    def channel(self) -> Any:
+        """The underlying gRPC channel."""
+        return self._channel

@@ -32,19 +32,18 @@ propagates unchanged; ``on_progress(rows_processed)`` runs in the event loop.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import grpc
 
 from discovery.client import _common
-from discovery.client.address_book import DEFAULT_MAX_PER_REQUEST, prepare_address_book
-from discovery.client.credentials import call_metadata, create_aio_channel
+from discovery.client.address_book import prepare_address_book
+from discovery.client.credentials import create_aio_channel
 from discovery.client.errors import DiscoveryError
 from discovery.client.joins import ContactMatcher, JoinSubscription, joins_stub
 from discovery.client.models import DiscoverResult, ImportSummary, Settings
-from discovery.client.normalize import check_region
 from discovery.client.resync import DiscoverRun, HasDiscoverState
 from discovery.client.sync_client import DEFAULT_IMPORT_BATCH_SIZE
 from discovery.v1 import discovery_pb2, joins_pb2
@@ -63,55 +62,8 @@ async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
             yield item
 
 
-class _AsyncBaseClient:
-    def __init__(
-        self,
-        target: str | None = None,
-        *,
-        channel: Any = None,
-        user_id: str | None = None,
-        token: str | None = None,
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        private_key: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        default_region: str | None = None,
-        max_per_request: int = DEFAULT_MAX_PER_REQUEST,
-        timeout: float | None = None,
-        options: Sequence[tuple[str, Any]] | None = None,
-    ) -> None:
-        if (target is None) == (channel is None):
-            raise ValueError("pass exactly one of target or channel")
-        if max_per_request < 1:
-            raise ValueError("max_per_request must be at least 1")
-        self.default_region = check_region(default_region)
-        self.max_per_request = max_per_request
-        self.timeout = timeout
-        self._metadata = call_metadata(user_id, token)
-        if channel is not None:
-            self._channel = channel
-            self._owns_channel = False
-        else:
-            assert target is not None
-            self._channel = create_aio_channel(
-                target,
-                tls=tls,
-                root_certificates=root_certificates,
-                private_key=private_key,
-                certificate_chain=certificate_chain,
-                options=options,
-            )
-            self._owns_channel = True
-        self._stub: Any = self._make_stub(self._channel)
-
-    @staticmethod
-    def _make_stub(channel: Any) -> Any:
-        raise NotImplementedError
-
-    @property
-    def channel(self) -> Any:
-        """The underlying ``grpc.aio.Channel``."""
-        return self._channel
+class _AsyncBaseClient(_common.ClientCore):
+    channel_factory = staticmethod(create_aio_channel)
 
     async def _unary(self, method: Any, request: Any) -> Any:
         try:

@@ -68,6 +68,22 @@ def _wants_tls(tls: bool, *material: bytes | None) -> bool:
     return tls or any(m is not None for m in material)
 
 
+def _open(
+    api: Any,
+    target: str,
+    tls: bool,
+    root_certificates: bytes | None,
+    private_key: bytes | None,
+    certificate_chain: bytes | None,
+    options: ChannelOptions | None,
+) -> Any:
+    opts = list(options or ())
+    if _wants_tls(tls, root_certificates, private_key, certificate_chain):
+        creds = channel_credentials(root_certificates, private_key, certificate_chain)
+        return api.secure_channel(target, creds, options=opts)
+    return api.insecure_channel(target, options=opts)
+
+
 def create_channel(
     target: str,
     *,
@@ -78,11 +94,7 @@ def create_channel(
     options: ChannelOptions | None = None,
 ) -> Any:
     """A sync ``grpc.Channel`` to ``target`` ("host:port")."""
-    opts = list(options or ())
-    if _wants_tls(tls, root_certificates, private_key, certificate_chain):
-        creds = channel_credentials(root_certificates, private_key, certificate_chain)
-        return grpc.secure_channel(target, creds, options=opts)
-    return grpc.insecure_channel(target, options=opts)
+    return _open(grpc, target, tls, root_certificates, private_key, certificate_chain, options)
 
 
 def create_aio_channel(
@@ -95,8 +107,4 @@ def create_aio_channel(
     options: ChannelOptions | None = None,
 ) -> Any:
     """A ``grpc.aio.Channel`` to ``target`` ("host:port"). Create it inside the running event loop."""
-    opts = list(options or ())
-    if _wants_tls(tls, root_certificates, private_key, certificate_chain):
-        creds = channel_credentials(root_certificates, private_key, certificate_chain)
-        return grpc.aio.secure_channel(target, creds, options=opts)
-    return grpc.aio.insecure_channel(target, options=opts)
+    return _open(grpc.aio, target, tls, root_certificates, private_key, certificate_chain, options)

@@ -47,19 +47,18 @@ logged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Self
 
 import grpc
 
 from discovery.client import _common
-from discovery.client.address_book import DEFAULT_MAX_PER_REQUEST, prepare_address_book
-from discovery.client.credentials import call_metadata, create_channel
+from discovery.client.address_book import prepare_address_book
+from discovery.client.credentials import create_channel
 from discovery.client.errors import DiscoveryError
 from discovery.client.joins import joins_stub
 from discovery.client.models import DiscoverResult, ImportSummary, Settings
-from discovery.client.normalize import check_region
 from discovery.client.resync import DiscoverRun, HasDiscoverState
 from discovery.v1 import discovery_pb2, joins_pb2
 
@@ -68,55 +67,8 @@ __all__ = ["AdminClient", "DiscoveryClient"]
 DEFAULT_IMPORT_BATCH_SIZE = 5000
 
 
-class _BaseClient:
-    def __init__(
-        self,
-        target: str | None = None,
-        *,
-        channel: Any = None,
-        user_id: str | None = None,
-        token: str | None = None,
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        private_key: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        default_region: str | None = None,
-        max_per_request: int = DEFAULT_MAX_PER_REQUEST,
-        timeout: float | None = None,
-        options: Sequence[tuple[str, Any]] | None = None,
-    ) -> None:
-        if (target is None) == (channel is None):
-            raise ValueError("pass exactly one of target or channel")
-        if max_per_request < 1:
-            raise ValueError("max_per_request must be at least 1")
-        self.default_region = check_region(default_region)
-        self.max_per_request = max_per_request
-        self.timeout = timeout
-        self._metadata = call_metadata(user_id, token)
-        if channel is not None:
-            self._channel = channel
-            self._owns_channel = False
-        else:
-            assert target is not None
-            self._channel = create_channel(
-                target,
-                tls=tls,
-                root_certificates=root_certificates,
-                private_key=private_key,
-                certificate_chain=certificate_chain,
-                options=options,
-            )
-            self._owns_channel = True
-        self._stub: Any = self._make_stub(self._channel)
-
-    @staticmethod
-    def _make_stub(channel: Any) -> Any:
-        raise NotImplementedError
-
-    @property
-    def channel(self) -> Any:
-        """The underlying ``grpc.Channel``."""
-        return self._channel
+class _BaseClient(_common.ClientCore):
+    channel_factory = staticmethod(create_channel)
 
     def _unary(self, method: Any, request: Any) -> Any:
         try:
