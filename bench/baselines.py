@@ -24,7 +24,7 @@ import blake3
 import numpy as np
 
 from bench.context import Context
-from bench.data import Registry, msisdns, rows_as_bytes, split_ids
+from bench.data import REGISTERED_FRACTION, Registry, msisdns, rows_as_bytes, split_ids
 from bench.hot_path import time_hot_path
 from bench.report import Goal, Report, summarize_ns
 from bench.summary import headline
@@ -280,7 +280,7 @@ def run(ctx: Context) -> Report:
         "baselines",
         {
             "contacts_per_request": sizes.contacts,
-            "registered_fraction": 0.5,
+            "registered_fraction": REGISTERED_FRACTION,
             "naive_registry_users": list(sizes.naive_users),
             "matrix_registry_users": sizes.matrix_users,
             "psi_server_items": sizes.psi_server_items,

@@ -84,7 +84,8 @@ def stream_import(
 def run(ctx: Context) -> Report:
     sizes = ctx.sizes
     users = sizes.import_users
-    registry = ctx.registry(users)
+    # Users in random order: contact hashes (and so directory keys) come in no particular order.
+    registry = ctx.registry(users).shuffled()
     workdir = ctx.work / "bulk_import"
     workdir.mkdir(parents=True, exist_ok=True)
     messages = import_messages(registry, sizes.import_batch)
@@ -100,8 +101,9 @@ def run(ctx: Context) -> Report:
         {
             "users": users,
             "users_per_message": sizes.import_batch,
+            "order": "random (shuffled users: ids and contact hashes in no particular order)",
             "store": "embedded SQLite, empty at start, default settings (synchronous=NORMAL, WAL)",
-            "auth": auth.describe(),
+            "auth": auth.mode,
             "client": "separate process, one client-streaming call, pre-serialized messages",
         },
     )
@@ -119,7 +121,7 @@ def run(ctx: Context) -> Report:
         if response.imported != users:
             report.notes.append(f"only {response.imported} of {users} users were imported")
         if ctx.profile and rate < GOAL_USERS_PER_S:
-            extra_users = make_registry(min(PROFILE_USERS, users), seed=2)
+            extra_users = make_registry(min(PROFILE_USERS, users), seed=2).shuffled()
             profile_frames = workdir / "import-profile.frames"
             write_frames(profile_frames, import_messages(extra_users, sizes.import_batch))
             output = workdir / "import-profile.txt"

@@ -34,6 +34,7 @@ I64 = npt.NDArray[np.int64]
 ALPHABET = np.frombuffer(b"234567abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)  # in ASCII order
 ID_MIN, ID_MAX = 10, 20
 DISCOVERABLE_FRACTION = 0.9
+REGISTERED_FRACTION = 0.5  # of the contacts in a request
 _UNIQUE_DIGITS = 7  # 32**7 > 3 * 10**10 distinct ids
 _V32 = np.dtype((np.void, HASH_SIZE))
 _V16 = np.dtype((np.void, 16))
@@ -72,7 +73,7 @@ class Registry:
     """n registered users, as the server holds them and as a load generator needs them."""
 
     seed: int
-    hashes: U8  # (n, 32) contact hashes, in the order of their directory keys
+    hashes: U8  # (n, 32) contact hashes, in the order of their directory keys (unless shuffled)
     id_blob: bytes
     id_lens: I64
     discoverable: npt.NDArray[np.bool_]
@@ -93,7 +94,9 @@ class Registry:
         index.bulk_load_packed(self.keys, self.id_blob, self.discoverable)
         return index
 
-    def requests(self, count: int, contacts: int, *, registered: float = 0.5, seed: int = 0) -> list[bytes]:
+    def requests(
+        self, count: int, contacts: int, *, registered: float = REGISTERED_FRACTION, seed: int = 0
+    ) -> list[bytes]:
         """``count`` packed Discover batches of ``contacts`` distinct hashes each.
 
         A ``registered`` fraction of each batch are hashes of registered users (distinct,
@@ -110,6 +113,26 @@ class Registry:
         order = rng.permuted(np.tile(np.arange(contacts), (count, 1)), axis=1)
         shuffled = np.take_along_axis(batch, order[:, :, None], axis=1)
         return rows_as_bytes(shuffled.reshape(count, contacts * HASH_SIZE))
+
+    def shuffled(self, seed: int = 0) -> Registry:
+        """The same users in a random order (as an account service would export them)."""
+        rng = np.random.default_rng([self.seed, seed, self.size])
+        order = rng.permutation(self.size)
+        lens = self.id_lens[order]
+        starts = (np.cumsum(self.id_lens + 1) - self.id_lens - 1)[order]
+        spans = lens + 1  # with the NUL
+        within = np.arange(int(spans.sum())) - np.repeat(np.cumsum(spans) - spans, spans)
+        blob = np.frombuffer(self.id_blob, dtype=np.uint8)[np.repeat(starts, spans) + within]
+        keys = np.frombuffer(self.keys, dtype=np.uint8).reshape(self.size, 16)[order]
+        return Registry(
+            seed=self.seed,
+            hashes=self.hashes[order],
+            id_blob=blob.tobytes(),
+            id_lens=lens,
+            discoverable=self.discoverable[order],
+            secret=self.secret,
+            keys=keys.tobytes(),
+        )
 
 
 def make_registry(n: int, seed: int = 1) -> Registry:

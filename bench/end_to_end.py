@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from bench.context import Context
-from bench.data import Registry
+from bench.data import REGISTERED_FRACTION, Registry
 from bench.echo_server import ECHO_METHOD
 from bench.loadgen import write_frames
 from bench.procs import (
@@ -182,13 +182,13 @@ def run(ctx: Context) -> Report:
             "registry_users": users,
             "store": "embedded SQLite (written directly, loaded by the server at start)",
             "contacts_per_request": sizes.contacts,
-            "registered_fraction": 0.5,
+            "registered_fraction": REGISTERED_FRACTION,
             "concurrency": list(CONCURRENCY),
             "seconds_per_level": sizes.e2e_seconds,
             "rounds": sizes.e2e_rounds,
             "warmup_seconds_per_run": sizes.e2e_warmup,
             "distinct_requests": sizes.e2e_payloads,
-            "auth": auth.describe(),
+            "auth": auth.mode,
             "server_flags": [*auth.serve_args, *extra],
             "load_generator": "separate process, grpc.aio, one channel, pre-serialized requests",
             "echo": "grpc.aio generic handler in its own process, the same requests, "

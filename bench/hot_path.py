@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.context import Context
+from bench.data import DISCOVERABLE_FRACTION, REGISTERED_FRACTION
 from bench.profiling import cprofile_top
 from bench.report import Goal, Report, summarize_ns
 from bench.summary import headline
@@ -81,8 +82,8 @@ def run(ctx: Context) -> Report:
         {
             "registry_users": list(sizes.hot_path_users),
             "contacts_per_request": sizes.contacts,
-            "registered_fraction": 0.5,
-            "discoverable_fraction": 0.9,
+            "registered_fraction": REGISTERED_FRACTION,
+            "discoverable_fraction": DISCOVERABLE_FRACTION,
             "requests_per_registry": sizes.hot_path_requests,
             "user_id_bytes": "10..20 ASCII (mean 15)",
             "measured": "KeyRing.directory_keys + DirectoryIndex.lookup, one thread, GC on",

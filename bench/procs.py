@@ -53,9 +53,6 @@ class Auth:
     backend_metadata: tuple[tuple[str, str], ...]
     serve_args: tuple[str, ...] = ()
 
-    def describe(self) -> str:
-        return self.mode
-
 
 def auth_for(data_dir: Path, user_id: str = "bench-user") -> Auth:
     """Real JWTs (HS256, the service's default) minted with the service's own code when it has

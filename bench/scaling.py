@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.context import Context
+from bench.data import REGISTERED_FRACTION
 from bench.end_to_end import server_index_stats
 from bench.hot_path import time_hot_path
 from bench.procs import auth_for, discovery_server, running, unthrottled_args
@@ -141,7 +142,7 @@ def run(ctx: Context) -> Report:
             "contacts_per_request": list(sizes.scaling_contacts),
             "requests_per_point": sizes.scaling_requests,
             "server_memory_users": list(sizes.server_memory_users),
-            "registered_fraction": 0.5,
+            "registered_fraction": REGISTERED_FRACTION,
         },
     )
     size_rows = by_registry_size(ctx)

@@ -133,20 +133,14 @@ async def _subscribers(conn: Connection, target: str, books: dict[str, list[str]
     while True:
         command = await loop.run_in_executor(None, conn.recv)
         if command == "count":
-            conn.send(sum(len(r) for r in received.values()))
+            conn.send((sum(len(r) for r in received.values()), sum(s.reconnects for s in subscriptions)))
             continue
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for channel in channels:
             await channel.close()
-        conn.send(
-            {
-                "received": received,
-                "errors": dict(errors),
-                "reconnects": sum(s.reconnects for s in subscriptions),
-            }
-        )
+        conn.send({"received": received, "errors": dict(errors)})
         return
 
 
@@ -163,6 +157,7 @@ class Subscribers:
             parent, child = context.Pipe()
             process = context.Process(target=subscriber_process, args=(child, target, mine), daemon=True)
             process.start()
+            child.close()  # so that a worker that dies is seen as EOF, not waited for
             self.pipes.append(parent)
             self.processes.append(process)
 
@@ -176,8 +171,10 @@ class Subscribers:
         replies = [await self._ask(p, None, timeout=300) for p in self.pipes]
         return sum(count for _, count in replies)
 
-    async def count(self) -> int:
-        return sum([await self._ask(p, "count", timeout=30) for p in self.pipes])
+    async def count(self) -> tuple[int, int]:
+        """Events received and stream reconnects so far, over every process."""
+        replies = [await self._ask(p, "count", timeout=30) for p in self.pipes]
+        return sum(events for events, _ in replies), sum(reconnects for _, reconnects in replies)
 
     async def stop(self) -> list[Json]:
         results = [await self._ask(p, "stop", timeout=60) for p in self.pipes]
@@ -197,6 +194,7 @@ class CallStats:
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     seconds: list[float] = field(default_factory=list)
+    began: list[float] = field(default_factory=list)  # time.monotonic() at each call's start
 
     def to_json(self) -> Json:
         ordered = sorted(self.seconds) or [math.nan]
@@ -214,30 +212,50 @@ class CallStats:
         }
 
 
+def latency_windows(stats: list[CallStats], since: float, every: float) -> list[Json]:
+    """Calls started in each ``every``-second window of the load, with their p99 and max:
+    shows whether slow calls cluster (connection recycling, reconnecting streams)."""
+    windows: dict[int, list[float]] = {}
+    for one in stats:
+        for began, seconds in zip(one.began, one.seconds, strict=True):
+            windows.setdefault(int((began - since) // every), []).append(seconds)
+    out = []
+    for k in sorted(windows):
+        ordered = sorted(windows[k])
+        out.append(
+            {
+                "t": round(k * every, 1),
+                "calls": len(ordered),
+                "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1),
+                "max_ms": round(ordered[-1] * 1000, 1),
+            }
+        )
+    return out
+
+
 async def paced(
-    rate: float, seconds: float, call: Callable[[int], Awaitable[bool]], stats: CallStats
+    rate: float, seconds: float, call: Callable[[int], Awaitable[None]], stats: CallStats
 ) -> None:
-    """Open loop: start call(i) every 1/rate seconds for ``seconds``, at most CONCURRENCY at once.
-    ``call`` returns False when it has nothing left to do."""
+    """Open loop: start call(i) every 1/rate seconds for ``seconds`` (i < rate * seconds), at
+    most CONCURRENCY at once."""
     started = time.monotonic()
     limit = asyncio.Semaphore(CONCURRENCY)
     pending: set[asyncio.Task[None]] = set()
-    more = True
 
     async def one(i: int) -> None:
-        nonlocal more
-        began = time.perf_counter()
+        began, began_at = time.perf_counter(), time.monotonic()
         try:
-            more = await call(i) and more
+            await call(i)
             stats.ok += 1
         except DiscoveryError as error:
             stats.errors[error.code.name] += 1
         finally:
             stats.seconds.append(time.perf_counter() - began)
+            stats.began.append(began_at)
             limit.release()
 
     i = 0
-    while more and (due := started + i / rate) < started + seconds:
+    while (due := started + i / rate) < started + seconds:
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         await limit.acquire()
         stats.made += 1
@@ -296,7 +314,7 @@ def serve_args(args: argparse.Namespace, data_dir: Path) -> list[str]:
 
 async def run(args: argparse.Namespace) -> Json:
     rng = random.Random(args.seed)
-    pool = int(args.register_rate * args.seconds * 1.2) + 10
+    pool = int(args.register_rate * args.seconds) + 1  # paced() makes fewer calls than that
     plan = make_plan(args.subscribers, pool, args.fanout, rng)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         server = Process(serve_args(args, Path(tmp) / "data"), Path(tmp), "server")
@@ -352,21 +370,17 @@ async def measure(args: argparse.Namespace, rng: random.Random, plan: Plan, serv
             for k in range(LOADERS)
         ]
 
-        async def discover(i: int) -> bool:
+        async def discover(i: int) -> None:
             nonlocal wrong_answers
             hashes, known = books[i % LOADERS]
             matches = await loaders[i % LOADERS].discover_hashes(hashes)
             if sorted(index for index, _ in matches) != list(range(known)):
                 wrong_answers += 1
-            return True
 
-        async def register(i: int) -> bool:
-            if i >= len(plan.joiners):
-                return False
+        async def register(i: int) -> None:
             joiner, joiner_number = plan.joiners[i]
             await admin.register_user(joiner, joiner_number)
             acked.add(joiner)
-            return True
 
         started = time.monotonic()
         sampling = asyncio.create_task(sampler(server, started, args.sample_every, samples, done))
@@ -380,8 +394,9 @@ async def measure(args: argparse.Namespace, rng: random.Random, plan: Plan, serv
 
     expected = {(s, j) for j in acked for s in plan.watchers[j]}
     drain_started = time.monotonic()
-    while await subscribers.count() < len(expected) and time.monotonic() - drain_started < DRAIN_TIMEOUT:
+    while (await subscribers.count())[0] < len(expected) and time.monotonic() - drain_started < DRAIN_TIMEOUT:
         await asyncio.sleep(0.25)
+    reconnects_before_shutdown = (await subscribers.count())[1]
     drain_seconds = time.monotonic() - drain_started
     after_drain = sample(server, started)
     # SIGTERM with every stream still open: they end cleanly and the iterators retry.
@@ -407,7 +422,6 @@ async def measure(args: argparse.Namespace, rng: random.Random, plan: Plan, serv
                 delivered.add((subscriber, joiner))
                 if e164 != numbers.get(joiner):
                     misattributed += 1
-    reconnects = sum(r["reconnects"] for r in results)
 
     lost = len(expected - delivered)
     unacked = len(delivered - expected)  # a registration whose reply was lost, committed anyway
@@ -444,6 +458,9 @@ async def measure(args: argparse.Namespace, rng: random.Random, plan: Plan, serv
             "discover": discover_stats.to_json(),
             "register": register_stats.to_json(),
             "discover_wrong_answers": wrong_answers,
+            "latency_by_window": latency_windows(
+                [discover_stats, register_stats], started, args.sample_every
+            ),
         },
         "events": {
             "expected": len(expected),
@@ -454,7 +471,8 @@ async def measure(args: argparse.Namespace, rng: random.Random, plan: Plan, serv
             "duplicates_seen_by_caller": duplicates,
             "drain_seconds": round(drain_seconds, 2),
             "stream_errors": dict(stream_errors),
-            "stream_reconnects": reconnects,
+            # Connection recycling (max connection age) ends streams; they resume from their cursor.
+            "stream_reconnects_under_load": reconnects_before_shutdown,
         },
         "server": {
             "before_load": before_load.to_json(),
