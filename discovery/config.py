@@ -90,11 +90,13 @@ class ServerConfig:
         default=60.0,
         metadata={"help": "ping idle connections this often, so streams of vanished clients are released"},
     )
+    shutdown_delay_seconds: float = field(
+        default=0.0,
+        metadata={"help": "on SIGTERM, report NOT_SERVING and keep serving this long before draining"},
+    )
     max_connection_age_seconds: float = field(
         default=1800.0,
-        metadata={
-            "help": "recycle connections after this long (0: never); streams resume"
-        },
+        metadata={"help": "recycle connections after this long (0: never); streams resume"},
     )
     max_connection_age_grace_seconds: float = field(
         default=30.0, metadata={"help": "time calls on a recycled connection get to finish"}

@@ -260,6 +260,9 @@ class DiscoveryServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor_task
         await self._set_serving(False)
+        if self.config.shutdown_delay_seconds > 0:
+            # Keep answering while load balancers and health polls see NOT_SERVING.
+            await asyncio.sleep(self.config.shutdown_delay_seconds)
         await self.health.enter_graceful_shutdown()
         if self.joins is not None:
             self.joins.end_streams()  # join streams never end by themselves; clients resume

@@ -28,6 +28,7 @@ import numpy.typing as npt
 from discovery.core.errors import InvalidArgument, NotFound, QuotaExceeded
 from discovery.core.hashing import KEY_SIZE, KeyRing
 from discovery.core.model import InboxEntry
+from discovery.logs import log_retry
 from discovery.store.base import Store
 
 log = logging.getLogger("discovery.joins")
@@ -201,7 +202,7 @@ class JoinHub:
             except Exception:
                 if self._closed:
                     return
-                log.exception("join wake-ups failed; retrying", extra={"event": "join_signals_error"})
+                log_retry(log, "join wake-ups failed; retrying", "join_signals_error")
             await asyncio.sleep(retry_delay)
             self.wake_all()
 
@@ -251,7 +252,7 @@ class Joins:
             except Exception:
                 if not self.hub.open:
                     return
-                log.exception("join sweep failed", extra={"event": "join_sweep_error"})
+                log_retry(log, "join sweep failed", "join_sweep_error")
                 continue
             if purged:
                 log.info("expired join data purged", extra={"event": "join_purged", "records": purged})

@@ -20,6 +20,7 @@ import numpy as np
 from discovery.core.errors import FeedTruncated
 from discovery.core.model import RegistryChange
 from discovery.index.table import DirectoryIndex
+from discovery.logs import log_retry
 from discovery.store.base import RegistryStore
 
 log = logging.getLogger("discovery.index")
@@ -109,7 +110,7 @@ class IndexSync:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("index follow failed; retrying", extra={"event": "index_follow_error"})
+                log_retry(log, "index follow failed; retrying", "index_follow_error")
                 await asyncio.sleep(0.5)
 
 
