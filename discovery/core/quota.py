@@ -210,12 +210,16 @@ class DiscoverGate:
         """Charge the contacts of ``keys`` not in the proven previous set; returns the token
         for ``keys``. Raises InvalidArgument for a bad previous set, QuotaExceeded over quota;
         either way nothing is charged."""
+        policy = self.policy
+        if policy.capacity <= 0:
+            # No contact quota: nothing to charge, and a token would prove nothing.
+            check_packed_hashes(previous_hashes, self._max_hashes, field="previous_contact_hashes")
+            return b""
         now = self._clock()
         current = sort_keys(keys)
         previous = self._previous(caller, previous_hashes, previous_token, now)
         new = count_new(current, previous) if previous is not None else len(current)
-        policy = self.policy
-        if new and policy.capacity > 0:
+        if new:
             await self._charge(
                 caller,
                 "contacts",

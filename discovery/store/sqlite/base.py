@@ -21,6 +21,7 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 _LOCK_POLL_MS = 25
+_CACHE_KIB = 256 * 1024
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -84,6 +85,10 @@ class SqliteBase:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
+        # The registry's indexes are keyed by random directory keys: a page cache that holds
+        # their inner pages keeps bulk imports from thrashing (memory, not disk, bounds it).
+        conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+        conn.execute("PRAGMA temp_store=MEMORY")
         # Lock waits are retried in _begin, where a cancelled call can stop waiting.
         conn.execute(f"PRAGMA busy_timeout={_LOCK_POLL_MS}")
         # Deleted pages are zeroed so that forgotten keys do not linger in free pages.

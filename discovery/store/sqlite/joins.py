@@ -72,6 +72,25 @@ _FAN_OUT = (
 )
 
 
+_PARAMS_PER_QUERY = 500
+
+
+def _watched(conn: sqlite3.Connection, users: list[tuple[str, bytes, bool]]) -> list[tuple[str, bytes, bool]]:
+    """The users whose directory key has a watch: one indexed IN query per 500 keys, so a
+    bulk import of keys nobody watches skips the per-user fan-out statements."""
+    if len(users) <= 1:
+        return users
+    watched: set[bytes] = set()
+    for start in range(0, len(users), _PARAMS_PER_QUERY):
+        keys = [dkey for _, dkey, _ in users[start : start + _PARAMS_PER_QUERY]]
+        marks = ",".join("?" * len(keys))
+        watched.update(
+            bytes(row[0])
+            for row in conn.execute(f"SELECT DISTINCT dkey FROM join_watches WHERE dkey IN ({marks})", keys)
+        )
+    return [user for user in users if user[1] in watched]
+
+
 def _inbox_head(conn: sqlite3.Connection) -> int:
     """The newest cursor ever issued (sqlite_sequence keeps it when rows are deleted)."""
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'join_inbox'").fetchone()
@@ -136,6 +155,7 @@ class SqliteJoins(SqliteBase):
 
     def _after_register(self, conn: sqlite3.Connection, users: list[tuple[str, bytes, bool]]) -> None:
         super()._after_register(conn, users)
+        users = _watched(conn, users)
         if not users:
             return
         now = time.time()
