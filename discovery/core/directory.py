@@ -117,6 +117,7 @@ class Directory:
         record = await self.store.update_settings(caller, updated)
         if record is None:
             raise UserNotRegistered()
+        self.joins.settings_changed(caller)
         if current.notify_on_join and not record.settings.notify_on_join:
             # Opting out drops the watches at once. No watch can be added after the update
             # committed: the store checks notify_on_join when it adds one.

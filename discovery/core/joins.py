@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ class JoinPolicy:
     page_size: int = 100
     max_subscribers: int = 20_000
     max_streams_per_user: int = 16
+    settings_cache_seconds: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +218,7 @@ class Joins:
         self.policy = policy or JoinPolicy()
         self.hub = JoinHub(self.policy.max_subscribers, self.policy.max_streams_per_user)
         self._tasks: list[asyncio.Task[None]] = []
+        self._wants = _FlagCache(self.policy.settings_cache_seconds)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -267,8 +270,12 @@ class Joins:
         positions = np.asarray(matched, dtype=np.int64)
         if positions.size >= n:
             return 0
-        record = await self.store.get_user(caller)
-        if record is None or not record.settings.notify_on_join:
+        wants = self._wants.get(caller)
+        if wants is None:
+            record = await self.store.get_user(caller)
+            wants = record is not None and record.settings.notify_on_join
+            self._wants.put(caller, wants)
+        if not wants:
             return 0
         unmatched = keys
         if positions.size:
@@ -280,8 +287,12 @@ class Joins:
     async def drop_watches(self, user_id: str) -> int:
         return await self.store.drop_watches(user_id)
 
+    def settings_changed(self, user_id: str) -> None:
+        self._wants.forget(user_id)
+
     def user_left(self, user_id: str) -> None:
         """End the local streams of an unregistered user (the store forgot their data)."""
+        self._wants.forget(user_id)
         self.hub.close_user(user_id)
 
     # -- delivery -------------------------------------------------------------------------------
@@ -347,3 +358,34 @@ class Joins:
 
 def _not_registered() -> NotFound:
     return NotFound("the caller is not a registered user", "user", "")
+
+
+class _FlagCache:
+    """Whether a user wants join notifications, remembered for a few seconds, so that most
+    Discover calls skip a store read. Staleness is safe: the store itself refuses watches for
+    a user with notify_on_join off, and a user who just turned it on elsewhere only misses
+    watches for at most ``ttl`` seconds. Changes through this instance take effect at once."""
+
+    __slots__ = ("_entries", "_ttl")
+
+    MAX_ENTRIES = 100_000
+
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._entries: dict[str, tuple[bool, float]] = {}
+
+    def get(self, user_id: str) -> bool | None:
+        entry = self._entries.get(user_id)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, user_id: str, wants: bool) -> None:
+        if self._ttl <= 0:
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[user_id] = (wants, time.monotonic() + self._ttl)
+
+    def forget(self, user_id: str) -> None:
+        self._entries.pop(user_id, None)
