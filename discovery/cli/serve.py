@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 
 from discovery.config import add_server_options, config_from_args
 from discovery.logs import configure_logging
@@ -22,6 +23,8 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    # Everything the server writes (store, WAL, secrets) is readable by its owner only.
+    os.umask(0o077)
     config = config_from_args(args)
     configure_logging(config.log_level)
     asyncio.run(serve(config))
