@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from discovery.core.hashing import KeyRing
-from discovery.core.quota import DiscoverGate, QuotaPolicy, SetTokens, count_new, sort_keys
+from discovery.core.keyset import SortedKeys, sort_keys
+from discovery.core.quota import DiscoverGate, QuotaPolicy, SetTokens, count_new
 from discovery.core.validation import check_no_duplicate_keys
 from discovery.index import DirectoryIndex
 from discovery.store.sqlite import SqliteStore
@@ -64,11 +65,12 @@ async def run(n: int, batches: list[int], rounds: int, seed: int) -> dict[str, o
 
                 async def baseline(packed: bytes = packed) -> object:
                     k = keys.directory_keys(packed)
-                    check_no_duplicate_keys(k)
+                    check_no_duplicate_keys(sort_keys(k))
                     return index.lookup(k)
 
                 dkeys = keys.directory_keys(packed)
-                token = await gate.charge("bench", dkeys, b"", b"")
+                ordered = sort_keys(dkeys)
+                token = await gate.charge("bench", ordered, b"", b"")
 
                 async def tokens_only(
                     packed: bytes = packed, token: bytes = token, dkeys: bytes = dkeys
@@ -80,15 +82,15 @@ async def run(n: int, batches: list[int], rounds: int, seed: int) -> dict[str, o
                     count_new(current, previous)
                     return tokens.issue("bench", current, time.time())
 
-                async def first_sync(dkeys: bytes = dkeys) -> object:
+                async def first_sync(ordered: SortedKeys = ordered) -> object:
                     await gate.admit("bench")
-                    return await gate.charge("bench", dkeys, b"", b"")
+                    return await gate.charge("bench", ordered, b"", b"")
 
                 async def resync(
-                    dkeys: bytes = dkeys, packed: bytes = packed, token: bytes = token
+                    ordered: SortedKeys = ordered, packed: bytes = packed, token: bytes = token
                 ) -> object:
                     await gate.admit("bench")
-                    return await gate.charge("bench", dkeys, packed, token)
+                    return await gate.charge("bench", ordered, packed, token)
 
                 base = await timed(baseline, rounds)
                 figures = {"baseline_us": round(base, 1)}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from discovery.core.errors import InvalidArgument, NotFound, UserNotRegistered
 from discovery.core.hashing import KeyRing
 from discovery.core.joins import Joins
+from discovery.core.keyset import sort_keys
 from discovery.core.model import (
     SETTING_NAMES,
     DiscoverResult,
@@ -88,10 +89,11 @@ class Directory:
             await self.gate.admit(caller)
         check_packed_hashes(packed_hashes, self.limits.max_hashes_per_request)
         keys = self.keys.directory_keys(packed_hashes)
-        check_no_duplicate_keys(keys)
+        ordered = sort_keys(keys)
+        check_no_duplicate_keys(ordered)
         token = b""
         if self.gate is not None:
-            token = await self.gate.charge(caller, keys, previous_hashes, previous_token)
+            token = await self.gate.charge(caller, ordered, previous_hashes, previous_token)
         if not keys:
             return DiscoverResult([], [], token)
         positions, user_ids = self.sync.index.lookup(keys)

@@ -39,19 +39,17 @@ from dataclasses import dataclass
 
 import blake3
 import numpy as np
-import numpy.typing as npt
 
-from discovery.core.errors import FieldViolation, InvalidArgument, QuotaExceeded
+from discovery.core.errors import InvalidArgument, QuotaExceeded
 from discovery.core.hashing import KeyRing
+from discovery.core.keyset import SortedKeys, sort_keys
 from discovery.core.model import QuotaCharge
-from discovery.core.validation import check_packed_hashes
+from discovery.core.validation import check_no_duplicate_keys, check_packed_hashes
 from discovery.store.base import QuotaStore
 
 TOKEN_VERSION = 1
 TOKEN_SIZE = 1 + 8 + 32
 MAX_RETRY_SECONDS = 365 * 86400.0
-
-Words = npt.NDArray[np.uint64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,49 +62,6 @@ class QuotaPolicy:
     rate_per_minute: float = 10.0
     token_ttl: float = 30 * 86400.0
     max_clock_skew: float = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class SortedKeys:
-    """n directory keys in byte-string order, as the numbers of their big-endian halves
-    (contiguous, so sorting and searching run at native speed); ``order[i]`` is the
-    position in the request of the i-th key."""
-
-    high: Words
-    low: Words
-    order: npt.NDArray[np.intp]
-
-    def __len__(self) -> int:
-        return int(self.high.shape[0])
-
-    def packed(self) -> bytes:
-        """The keys, 16 bytes each, in byte-string order."""
-        out = np.empty((len(self), 2), dtype=">u8")
-        out[:, 0] = self.high
-        out[:, 1] = self.low
-        return out.tobytes()
-
-    def first_duplicate(self) -> tuple[int, int] | None:
-        """Request positions (first, second) of a key that occurs twice, or None."""
-        same = np.flatnonzero((self.high[1:] == self.high[:-1]) & (self.low[1:] == self.low[:-1]))
-        if not same.size:
-            return None
-        a, b = int(self.order[same[0]]), int(self.order[same[0] + 1])
-        return min(a, b), max(a, b)
-
-
-def sort_keys(keys: bytes) -> SortedKeys:
-    """Sort packed 16-byte keys. Sorting on the high half alone is exact unless two keys
-    share it (a 2^-64 event for PRF outputs, or a duplicate); only then sort on both."""
-    words = np.frombuffer(keys, dtype=">u8").reshape(-1, 2)
-    high = words[:, 0].astype(np.uint64)
-    low = words[:, 1].astype(np.uint64)
-    order = np.argsort(high)
-    sorted_high = high[order]
-    if sorted_high.size > 1 and bool((sorted_high[1:] == sorted_high[:-1]).any()):
-        order = np.lexsort((low, high))
-        sorted_high = high[order]
-    return SortedKeys(sorted_high, low[order], order)
 
 
 def count_new(current: SortedKeys, previous: SortedKeys) -> int:
@@ -206,9 +161,11 @@ class DiscoverGate:
                 ),
             )
 
-    async def charge(self, caller: str, keys: bytes, previous_hashes: bytes, previous_token: bytes) -> bytes:
-        """Charge the contacts of ``keys`` not in the proven previous set; returns the token
-        for ``keys``. Raises InvalidArgument for a bad previous set, QuotaExceeded over quota;
+    async def charge(
+        self, caller: str, current: SortedKeys, previous_hashes: bytes, previous_token: bytes
+    ) -> bytes:
+        """Charge the contacts of ``current`` not in the proven previous set; returns the token
+        for ``current``. Raises InvalidArgument for a bad previous set, QuotaExceeded over quota;
         either way nothing is charged."""
         policy = self.policy
         if policy.capacity <= 0:
@@ -216,7 +173,6 @@ class DiscoverGate:
             check_packed_hashes(previous_hashes, self._max_hashes, field="previous_contact_hashes")
             return b""
         now = self._clock()
-        current = sort_keys(keys)
         previous = self._previous(caller, previous_hashes, previous_token, now)
         new = count_new(current, previous) if previous is not None else len(current)
         if new:
@@ -268,14 +224,7 @@ class DiscoverGate:
             return None
         check_packed_hashes(previous_hashes, self._max_hashes, field="previous_contact_hashes")
         previous = sort_keys(self._keys.directory_keys(previous_hashes))
-        duplicate = previous.first_duplicate()
-        if duplicate is not None:
-            first, second = duplicate
-            field = "previous_contact_hashes"
-            raise InvalidArgument(
-                "duplicate contact hashes in previous_contact_hashes",
-                [FieldViolation(f"{field}[{second}]", f"duplicates {field}[{first}]")],
-            )
+        check_no_duplicate_keys(previous, field="previous_contact_hashes")
         self._tokens.verify(caller, previous, previous_token, now)
         return previous
 

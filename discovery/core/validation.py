@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from discovery.core.errors import FieldViolation, InvalidArgument
-from discovery.core.hashing import HASH_SIZE, KEY_SIZE
+from discovery.core.hashing import HASH_SIZE
+from discovery.core.keyset import SortedKeys
 
 MAX_USER_ID_BYTES = 128
 
@@ -57,25 +56,12 @@ def check_packed_hashes(packed: bytes, max_count: int, field: str = "contact_has
     return count
 
 
-def check_no_duplicate_keys(keys: bytes, field: str = "contact_hashes") -> None:
-    """Reject a batch in which two entries share a directory key, i.e. a contact hash.
-
-    Vectorised: sort the low words, and only where two are equal compare whole keys.
-    """
-    n = len(keys) // KEY_SIZE
-    if n < 2:
-        return
-    words = np.frombuffer(keys, dtype="<u8").reshape(n, 2)
-    order = np.argsort(words[:, 0])
-    low = words[order, 0]
-    if not bool((low[1:] == low[:-1]).any()):
-        return
-    order = np.lexsort((words[:, 1], words[:, 0]))
-    ordered = words[order]
-    same = np.flatnonzero((ordered[1:] == ordered[:-1]).all(axis=1))
-    if same.size:
-        first, second = sorted((int(order[same[0]]), int(order[same[0] + 1])))
+def check_no_duplicate_keys(keys: SortedKeys, field: str = "contact_hashes") -> None:
+    """Reject a batch in which two entries share a directory key, i.e. a contact hash."""
+    duplicate = keys.first_duplicate()
+    if duplicate is not None:
+        first, second = duplicate
         raise InvalidArgument(
-            "duplicate contact hashes in one request",
+            f"duplicate contact hashes in {field}",
             [FieldViolation(f"{field}[{second}]", f"duplicates {field}[{first}]")],
         )
