@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,16 +30,27 @@ Behaviour = Callable[..., Any]
 class CallOutcome:
     """What the interceptor learned of one call; observers (metrics) read it."""
 
-    __slots__ = ("code", "method", "request_id", "started")
+    __slots__ = ("code", "metadata", "method", "request_id", "started")
 
-    def __init__(self, method: str, request_id: str) -> None:
+    def __init__(self, method: str, metadata: dict[str, str | bytes]) -> None:
         self.method = method
-        self.request_id = request_id
+        self.metadata = metadata
+        self.request_id = _request_id(metadata.get("x-request-id"))
         self.code = grpc.StatusCode.OK
         self.started = time.perf_counter()
 
 
 CallObserver = Callable[[CallOutcome], None]
+
+_REQUEST_ID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+
+
+def _request_id(supplied: str | bytes | None) -> str:
+    """The caller's ``x-request-id`` when it is a UUID, else a new one. Request ids are logged,
+    so free text from a client (which could hold a number or a token) is never taken."""
+    if isinstance(supplied, str) and _REQUEST_ID.fullmatch(supplied):
+        return supplied
+    return uuid.uuid4().hex
 
 
 class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
@@ -120,18 +132,15 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         return call
 
     def _begin(self, method: str, context: aio.ServicerContext) -> CallOutcome:
-        request_id = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == "x-request-id" and isinstance(value, str):
-                request_id = value[:64]
-        outcome = CallOutcome(method, request_id or uuid.uuid4().hex)
+        outcome = CallOutcome(method, {key: value for key, value in context.invocation_metadata() or ()})
         context.set_trailing_metadata((("x-request-id", outcome.request_id),))
         return outcome
 
     def _authenticate(self, outcome: CallOutcome, context: aio.ServicerContext) -> None:
         """Set the call's principal, visible to the servicer through a context variable."""
-        metadata = {key: value for key, value in context.invocation_metadata() or ()}
-        set_principal(self._authenticator.authenticate(outcome.method, metadata, context.auth_context()))
+        set_principal(
+            self._authenticator.authenticate(outcome.method, outcome.metadata, context.auth_context())
+        )
 
     async def _fail(self, outcome: CallOutcome, context: aio.ServicerContext, error: Exception) -> None:
         """Abort the call with the status for ``error``; an abort already under way passes through."""
