@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 CONTACT_HASH_CONTEXT = "discovery.v1 2026-11-22 contact hash of an E.164 number"
 DIRECTORY_KEY_CONTEXT = "discovery.v1 2026-11-22 directory key AES-256 from server secret"
 TOKEN_KEY_CONTEXT = "discovery.v1 2026-11-22 previous-set token MAC key from server secret"
-NOTIFICATION_KEY_CONTEXT = "discovery.v1 2026-11-22 join notification key from server secret"
 
 HASH_SIZE = 32
 KEY_SIZE = 16
@@ -46,7 +45,6 @@ class KeyRing:
 
     directory_key: bytes
     token_key: bytes
-    notification_key: bytes
     _per_thread: threading.local = field(
         default_factory=threading.local, init=False, repr=False, compare=False
     )
@@ -58,7 +56,6 @@ class KeyRing:
         return cls(
             directory_key=derive_key(DIRECTORY_KEY_CONTEXT, secret),
             token_key=derive_key(TOKEN_KEY_CONTEXT, secret),
-            notification_key=derive_key(NOTIFICATION_KEY_CONTEXT, secret),
         )
 
     def directory_keys(self, packed_hashes: bytes | memoryview) -> bytes:
