@@ -39,7 +39,7 @@ from bench.procs import auth_for, discovery_server, running, unthrottled_args
 from discovery.core.model import NewUser, Settings
 from discovery.store import open_store
 from discovery.store.redis import RedisStore
-from tests.redis_fixtures import start_cluster, start_redis
+from tests.support.redis_fixtures import start_cluster, start_redis
 
 Json = dict[str, Any]
 IMPORT_BATCH = 10_000

@@ -26,9 +26,9 @@ from discovery.security import build_authenticator, is_loopback, jwt_secret, min
 from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.auth_helpers import as_backend, as_user, bearer, client_token
-from tests.certs import CertificateAuthority
-from tests.conftest import StartServer, status_details
+from tests.support.auth_helpers import as_backend, as_user, bearer, client_token
+from tests.support.certs import CertificateAuthority
+from tests.support.server import StartServer, status_details
 
 ALICE = contact_hash("+4915111111111")
 BOB = contact_hash("+4915122222222")

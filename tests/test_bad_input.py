@@ -13,7 +13,7 @@ from discovery.core.hashing import contact_hash
 from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import status_details, user_metadata
+from tests.support.server import status_details, user_metadata
 
 ALICE = contact_hash("+4915111111111")
 BOB = contact_hash("+4915122222222")

@@ -14,7 +14,7 @@ from discovery.core.hashing import contact_hash
 from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import user_metadata
+from tests.support.server import user_metadata
 
 
 def db_path(server: DiscoveryServer) -> str:

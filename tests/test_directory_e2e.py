@@ -8,8 +8,8 @@ import pytest
 
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, DiscoveryError, Settings
 from discovery.server import DiscoveryServer
-from tests.conftest import StartServer
-from tests.helpers import e164_numbers, hashes, local_formats
+from tests.support.helpers import e164_numbers, hashes, local_formats
+from tests.support.server import StartServer
 
 
 def target(server: DiscoveryServer) -> str:

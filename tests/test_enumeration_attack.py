@@ -18,10 +18,10 @@ from grpc import aio
 from discovery.client import AsyncAdminClient
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.auth_helpers import backend_token, bearer, client_token
-from tests.conftest import StartServer, status_details
-from tests.helpers import hashes
-from tests.privacy_scan import Needles, find_leaks
+from tests.support.auth_helpers import backend_token, bearer, client_token
+from tests.support.helpers import hashes
+from tests.support.privacy_scan import Needles, find_leaks
+from tests.support.server import StartServer, status_details
 
 RANGE = 100_000
 CAPACITY = 2_000

@@ -30,16 +30,16 @@ from discovery.core.hashing import contact_hash
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from discovery.v1 import joins_pb2, joins_pb2_grpc
-from tests.conftest import user_metadata
-from tests.helpers import e164_numbers
-from tests.redis_fixtures import RedisProcess
-from tests.serve_process import (
+from tests.support.helpers import e164_numbers
+from tests.support.redis_fixtures import RedisProcess
+from tests.support.serve_process import (
     NOT_SERVING,
     SERVING,
     ServeProcess,
     replay_joins,
     wait_health,
 )
+from tests.support.server import user_metadata
 
 WATCHING = Settings(discoverable=True, announce_join=True, notify_on_join=True)
 CALL_TIMEOUT = 5.0

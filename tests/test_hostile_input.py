@@ -32,8 +32,8 @@ from discovery.security import jwt_secret
 from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.auth_helpers import Metadata, as_backend, as_user, bearer, client_token
-from tests.conftest import StartServer, status_details
+from tests.support.auth_helpers import Metadata, as_backend, as_user, bearer, client_token
+from tests.support.server import StartServer, status_details
 
 MAX_RECEIVE = 64 * 1024
 SENTINEL = contact_hash("+4915100000002")

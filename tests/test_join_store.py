@@ -1,4 +1,4 @@
-"""The JoinStore contract, on a real store file (every backend should pass these).
+"""The JoinStore contract, run on every backend by the ``store`` fixture of tests/support/stores.py.
 
 Directory keys here are arbitrary 16-byte values: the store never sees a contact hash.
 """
@@ -13,6 +13,7 @@ import pytest
 
 from discovery.core.errors import InvalidArgument
 from discovery.core.model import NewUser, Settings
+from discovery.store import Store
 from discovery.store.sqlite import SqliteStore
 
 WATCHING = Settings(discoverable=True, announce_join=True, notify_on_join=True)
@@ -30,17 +31,17 @@ async def open_sqlite(path: Path) -> SqliteStore:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     opened = await open_sqlite(tmp_path / "store.db")
     yield opened
     await opened.close()
 
 
-async def add_user(store: SqliteStore, user_id: str, n: int, settings: Settings = WATCHING) -> None:
+async def add_user(store: Store, user_id: str, n: int, settings: Settings = WATCHING) -> None:
     await store.register(NewUser(user_id, key(n), settings))
 
 
-async def test_watches_need_notify_on_and_are_capped_oldest_first(store: SqliteStore) -> None:
+async def test_watches_need_notify_on_and_are_capped_oldest_first(store: Store) -> None:
     await add_user(store, "quiet", 1, Settings())
     assert await store.add_watches("quiet", key(100), DAY, 10) == 0
     assert await store.add_watches("stranger", key(100), DAY, 10) == 0
@@ -56,7 +57,7 @@ async def test_watches_need_notify_on_and_are_capped_oldest_first(store: SqliteS
     assert await store.drop_watches("alice") == 2
 
 
-async def test_fan_out_is_part_of_the_registration(store: SqliteStore) -> None:
+async def test_fan_out_is_part_of_the_registration(store: Store) -> None:
     for i, user in enumerate(("alice", "bob", "off")):
         await add_user(store, user, i + 1)
     await store.add_watches("alice", key(50) + key(51) + key(52), DAY, 10)
@@ -80,7 +81,7 @@ async def test_fan_out_is_part_of_the_registration(store: SqliteStore) -> None:
     assert await store.count_watches("alice") == 1
 
 
-async def test_acks_are_per_device_and_inactive_devices_stop_counting(store: SqliteStore) -> None:
+async def test_acks_are_per_device_and_inactive_devices_stop_counting(store: Store) -> None:
     await add_user(store, "alice", 1)
     await store.add_watches("alice", key(60) + key(61), DAY, 10)
     await add_user(store, "x", 60)
@@ -99,7 +100,7 @@ async def test_acks_are_per_device_and_inactive_devices_stop_counting(store: Sql
     assert await store.inbox_ack("nobody", "phone", 0, DAY) is None
 
 
-async def test_cursors_ahead_of_the_store_are_rejected(store: SqliteStore) -> None:
+async def test_cursors_ahead_of_the_store_are_rejected(store: Store) -> None:
     await add_user(store, "alice", 1)
     with pytest.raises(InvalidArgument) as info:
         await store.inbox_attach("alice", "", 1)
@@ -109,7 +110,7 @@ async def test_cursors_ahead_of_the_store_are_rejected(store: SqliteStore) -> No
     assert info.value.violations[0].field == "cursor"
 
 
-async def test_expired_rows_are_ignored_then_purged(store: SqliteStore) -> None:
+async def test_expired_rows_are_ignored_then_purged(store: Store) -> None:
     await add_user(store, "alice", 1)
     await store.add_watches("alice", key(70), 0.05, 10)
     await store.add_watches("alice", key(71), DAY, 10)
@@ -123,7 +124,7 @@ async def test_expired_rows_are_ignored_then_purged(store: SqliteStore) -> None:
     assert await store.inbox_read("alice", 0, 10, DAY) == []
 
 
-async def test_unregister_forgets_watcher_and_joiner(store: SqliteStore) -> None:
+async def test_unregister_forgets_watcher_and_joiner(store: Store) -> None:
     await add_user(store, "alice", 1)
     await add_user(store, "bob", 2)
     await store.add_watches("alice", key(80) + key(81), DAY, 10)
@@ -136,7 +137,9 @@ async def test_unregister_forgets_watcher_and_joiner(store: SqliteStore) -> None
     assert await store.inbox_read("bob", 0, 10, DAY) == []
 
 
-async def test_signals_name_the_notified_users(store: SqliteStore, tmp_path: Path) -> None:
+async def test_signals_name_the_notified_users(sqlite_store: SqliteStore, tmp_path: Path) -> None:
+    """Needs two SQLite instances on one file; tests/test_store_contract.py covers every backend."""
+    store = sqlite_store
     await add_user(store, "alice", 1)
     await add_user(store, "bob", 2)
     await store.add_watches("alice", key(90), DAY, 10)

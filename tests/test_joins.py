@@ -20,8 +20,8 @@ from grpc import aio
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, JoinEvent, JoinSubscription, Settings
 from discovery.server import DiscoveryServer
 from discovery.v1 import joins_pb2, joins_pb2_grpc
-from tests.conftest import StartServer, status_details, user_metadata
-from tests.helpers import e164_numbers
+from tests.support.helpers import e164_numbers
+from tests.support.server import StartServer, status_details, user_metadata
 
 WATCHING = Settings(discoverable=True, announce_join=True, notify_on_join=True)
 

@@ -9,9 +9,9 @@ import io
 import urllib.request
 
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, DiscoveryError
-from tests.conftest import StartServer
-from tests.helpers import e164_numbers
-from tests.privacy_scan import Needles, find_leaks
+from tests.support.helpers import e164_numbers
+from tests.support.privacy_scan import Needles, find_leaks
+from tests.support.server import StartServer
 
 
 def scrape(port: int) -> str:

@@ -7,9 +7,9 @@ import random
 
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient
 from discovery.server import DiscoveryServer
-from tests.conftest import StartServer
-from tests.helpers import e164_numbers, local_formats
-from tests.privacy_scan import Needles, find_leaks, scan_tree
+from tests.support.helpers import e164_numbers, local_formats
+from tests.support.privacy_scan import Needles, find_leaks, scan_tree
+from tests.support.server import StartServer
 
 
 async def privacy_workload(server: DiscoveryServer) -> list[str]:

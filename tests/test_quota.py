@@ -21,8 +21,8 @@ from discovery.core.quota import TOKEN_SIZE, SetTokens, count_new
 from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import StartServer, status_details, user_metadata
-from tests.helpers import e164_numbers, hashes
+from tests.support.helpers import e164_numbers, hashes
+from tests.support.server import StartServer, status_details, user_metadata
 
 NUMBERS = e164_numbers(400, seed=11)
 H = hashes(NUMBERS)

@@ -33,8 +33,8 @@ from discovery.core.model import Settings as StoredSettings
 from discovery.server import DiscoveryServer
 from discovery.store.redis import RedisStore
 from discovery.store.redis.base import parse_redis_url
-from tests.helpers import e164_numbers
-from tests.redis_fixtures import RedisProcess, stop_by_pid
+from tests.support.helpers import e164_numbers
+from tests.support.redis_fixtures import RedisProcess, stop_by_pid
 
 T = TypeVar("T")
 WATCHING = Settings(discoverable=True, announce_join=True, notify_on_join=True)

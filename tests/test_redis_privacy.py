@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import io
 
-from tests.conftest import StartServer
-from tests.privacy_scan import Needles, find_leaks, scan_tree
-from tests.redis_fixtures import RedisClusterProcesses, dump_everything
+from tests.support.privacy_scan import Needles, find_leaks, scan_tree
+from tests.support.redis_fixtures import RedisClusterProcesses, dump_everything
+from tests.support.server import StartServer
 from tests.test_privacy_at_rest import privacy_workload
 
 

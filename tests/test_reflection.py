@@ -11,8 +11,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from discovery.core.hashing import contact_hash
 from discovery.server import DiscoveryServer
-from tests.auth_helpers import as_backend, as_user
-from tests.conftest import StartServer
+from tests.support.auth_helpers import as_backend, as_user
+from tests.support.server import StartServer
 
 
 def reflected_calls(

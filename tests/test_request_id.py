@@ -9,7 +9,7 @@ from grpc import aio
 
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import user_metadata
+from tests.support.server import user_metadata
 
 
 async def trailing_request_id(channel: aio.Channel, supplied: str) -> str:

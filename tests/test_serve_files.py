@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.serve_process import ServeProcess
+from tests.support.serve_process import ServeProcess
 
 
 def test_data_files_are_private(serve_processes: Callable[..., ServeProcess]) -> None:

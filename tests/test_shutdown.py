@@ -23,12 +23,12 @@ from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, JoinEvent, 
 from discovery.core.hashing import contact_hash
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import StartServer
-from tests.helpers import e164_numbers
-from tests.serve_process import (
+from tests.support.helpers import e164_numbers
+from tests.support.serve_process import (
     ServeProcess,
     health_status,
 )
+from tests.support.server import StartServer
 
 WATCHING = Settings(discoverable=True, announce_join=True, notify_on_join=True)
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

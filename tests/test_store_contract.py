@@ -6,7 +6,6 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -16,67 +15,8 @@ from discovery.core.model import ImportRejectionReason, NewUser, RegisterOutcome
 from discovery.index.sync import IndexSync
 from discovery.store import Store, open_store
 from discovery.store.redis import RedisStore
-from discovery.store.redis.base import parse_redis_url
 from discovery.store.sqlite import SqliteStore
-from tests import test_join_store
-
-# The JoinStore contract (tests/test_join_store.py), collected here to run on every backend
-# with this module's ``store`` fixture. Its last test needs two SQLite files; the one below
-# (test_join_signals_reach_another_instance) covers every backend.
-for _name in (
-    "test_acks_are_per_device_and_inactive_devices_stop_counting",
-    "test_cursors_ahead_of_the_store_are_rejected",
-    "test_expired_rows_are_ignored_then_purged",
-    "test_fan_out_is_part_of_the_registration",
-    "test_unregister_forgets_watcher_and_joiner",
-    "test_watches_need_notify_on_and_are_capped_oldest_first",
-):
-    globals()[_name] = getattr(test_join_store, _name)
-
-BACKENDS = ["sqlite", "redis", "redis-cluster"]
-
-OpenStore = Callable[..., Awaitable[Store]]
-
-
-@pytest.fixture(params=BACKENDS)
-async def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenStore]:
-    """Opens stores of one backend, all on the same data; each is closed at the end.
-
-    Options: ``feed_retention``, ``feed_max_len``.
-    """
-    backend: str = request.param
-    url = ""
-    if backend == "redis":
-        url = request.getfixturevalue("redis_url")
-    elif backend == "redis-cluster":
-        url = request.getfixturevalue("redis_cluster_url")
-    opened: list[Store] = []
-
-    async def open_(feed_retention: float = 3600.0, feed_max_len: int = 1_000_000) -> Store:
-        store: Store
-        if backend == "sqlite":
-            sqlite = SqliteStore(
-                tmp_path / "store.db", feed_retention=feed_retention, feed_max_len=feed_max_len
-            )
-            await sqlite.open()
-            store = sqlite
-        else:
-            redis_store = RedisStore(
-                parse_redis_url(url), feed_retention=feed_retention, feed_max_len=feed_max_len
-            )
-            await redis_store.open()
-            store = redis_store
-        opened.append(store)
-        return store
-
-    yield open_
-    for store in opened:
-        await store.close()
-
-
-@pytest.fixture
-async def store(open_backend: OpenStore) -> Store:
-    return await open_backend()
+from tests.support.stores import OpenStore
 
 
 def key() -> bytes:

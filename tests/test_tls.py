@@ -9,10 +9,10 @@ import pytest
 
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, DiscoveryError
 from discovery.server import DiscoveryServer
-from tests.auth_helpers import backend_token, client_token
-from tests.certs import CertificateAuthority
-from tests.conftest import StartServer
-from tests.helpers import e164_numbers
+from tests.support.auth_helpers import backend_token, client_token
+from tests.support.certs import CertificateAuthority
+from tests.support.helpers import e164_numbers
+from tests.support.server import StartServer
 
 
 async def tls_server(

@@ -1,0 +1,61 @@
+"""A ``store`` fixture parametrised by backend: real SQLite, redis-server and Redis Cluster (pytest plugin).
+
+Tests that take ``store`` (or ``open_backend``) run once per backend: the Store contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from discovery.store import Store
+from discovery.store.redis import RedisStore
+from discovery.store.redis.base import parse_redis_url
+from discovery.store.sqlite import SqliteStore
+
+BACKENDS = ["sqlite", "redis", "redis-cluster"]
+
+OpenStore = Callable[..., Awaitable[Store]]
+
+
+@pytest.fixture(params=BACKENDS)
+async def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenStore]:
+    """Opens stores of one backend, all on the same data; each is closed at the end.
+
+    Options: ``feed_retention``, ``feed_max_len``.
+    """
+    backend: str = request.param
+    url = ""
+    if backend == "redis":
+        url = request.getfixturevalue("redis_url")
+    elif backend == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+    opened: list[Store] = []
+
+    async def open_(feed_retention: float = 3600.0, feed_max_len: int = 1_000_000) -> Store:
+        store: Store
+        if backend == "sqlite":
+            sqlite = SqliteStore(
+                tmp_path / "store.db", feed_retention=feed_retention, feed_max_len=feed_max_len
+            )
+            await sqlite.open()
+            store = sqlite
+        else:
+            redis_store = RedisStore(
+                parse_redis_url(url), feed_retention=feed_retention, feed_max_len=feed_max_len
+            )
+            await redis_store.open()
+            store = redis_store
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(open_backend: OpenStore) -> Store:
+    return await open_backend()
