@@ -27,10 +27,10 @@ from discovery.api.joins_service import JoinNotificationService
 from discovery.config import ServerConfig
 from discovery.core.directory import Directory, DirectoryLimits
 from discovery.core.hashing import KeyRing
+from discovery.core.index_sync import IndexSync
 from discovery.core.joins import JoinPolicy, Joins
 from discovery.core.model import Settings
 from discovery.core.quota import DiscoverGate
-from discovery.index.sync import IndexSync
 from discovery.metrics import Metrics
 from discovery.security import build_authenticator, is_loopback, quota_policy, server_credentials
 from discovery.server_secret import load_or_create_secret, secret_from_env
@@ -157,7 +157,7 @@ class DiscoveryServer:
         self._monitor_task = asyncio.create_task(self._monitor_store(), name="store-monitor")
         if config.port_file:
             Path(config.port_file).write_text(f"{self.port}\n")
-        log.info("serving", extra={"event": "serving", "port": self.port, "users": len(self.sync.index)})
+        log.info("serving", extra={"event": "serving", "port": self.port, "users": self.sync.users})
         self._log_security(credentials is not None)
         return self.port
 
@@ -206,8 +206,8 @@ class DiscoveryServer:
         """Gauges read at scrape time from the live objects."""
         sync, joins, metrics = self.sync, self.joins, self.metrics
         assert sync is not None and joins is not None
-        metrics.gauge_from(metrics.index_users, lambda: len(sync.index))
-        metrics.gauge_from(metrics.index_memory, lambda: sync.index.memory_bytes())
+        metrics.gauge_from(metrics.index_users, lambda: sync.users)
+        metrics.gauge_from(metrics.index_memory, lambda: sync.memory_bytes)
         metrics.gauge_from(metrics.index_loaded, lambda: 1.0 if sync.loaded else 0.0)
         metrics.gauge_from(
             metrics.index_lag, lambda: time.monotonic() - sync.last_sync if sync.last_sync else 0.0

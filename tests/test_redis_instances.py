@@ -198,7 +198,7 @@ async def test_health_is_not_serving_until_the_index_is_loaded(
         assert statuses[0] == health_pb2.HealthCheckResponse.NOT_SERVING
         assert statuses[-1] == health_pb2.HealthCheckResponse.SERVING
         await starting
-        assert server.sync is not None and len(server.sync.index) == 200_000
+        assert server.sync is not None and server.sync.users == 200_000
     finally:
         await starting
         await server.stop(grace=0.5)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from discovery.core.errors import ContactHashTaken, FeedTruncated, UserIdTaken, UserNotRegistered
+from discovery.core.index_sync import IndexSync
 from discovery.core.model import ImportRejectionReason, NewUser, RegisterOutcome, Settings
-from discovery.index.sync import IndexSync
 from discovery.store import Store, open_store
 from discovery.store.redis import RedisStore
 from discovery.store.sqlite import SqliteStore
@@ -194,7 +194,7 @@ async def test_index_follows_writes_of_another_instance(open_backend: OpenStore)
     await writer.import_users([user(f"u{i}") for i in range(50)], 0)
     sync = IndexSync(reader)
     await sync.load()
-    assert len(sync.index) == 50
+    assert sync.users == 50
     stop = asyncio.Event()
     follower = asyncio.create_task(sync.follow(stop))
     try:
@@ -202,7 +202,7 @@ async def test_index_follows_writes_of_another_instance(open_backend: OpenStore)
         await writer.register(newcomer)
         started = time.monotonic()
         while time.monotonic() - started < 5:
-            _, ids = sync.index.lookup(newcomer.directory_key)
+            _, ids = sync.lookup(newcomer.directory_key)
             if ids:
                 break
             await asyncio.sleep(0.02)
@@ -211,9 +211,9 @@ async def test_index_follows_writes_of_another_instance(open_backend: OpenStore)
         await writer.unregister("u3")
         await writer.update_settings("u4", Settings(discoverable=False))
         deadline = time.monotonic() + 5
-        while len(sync.index) != 50 and time.monotonic() < deadline:
+        while sync.users != 50 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        assert len(sync.index) == 50
+        assert sync.users == 50
     finally:
         stop.set()
         follower.cancel()
@@ -235,8 +235,8 @@ async def test_index_reloads_when_it_fell_behind_the_feed(open_backend: OpenStor
         await writer.register(u)
     await writer.unregister("u0")
     await sync.catch_up()
-    assert len(sync.index) == 44
-    _, ids = sync.index.lookup(b"".join(u.directory_key for u in users))
+    assert sync.users == 44
+    _, ids = sync.lookup(b"".join(u.directory_key for u in users))
     assert sorted(ids) == sorted(u.user_id for u in users)
 
 

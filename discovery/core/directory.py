@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from discovery.core.errors import InvalidArgument, NotFound, UserNotRegistered
 from discovery.core.hashing import KeyRing
+from discovery.core.index_sync import IndexSync
 from discovery.core.joins import Joins
 from discovery.core.keyset import sort_keys
 from discovery.core.model import (
@@ -26,6 +27,7 @@ from discovery.core.model import (
     Settings,
     UserRecord,
 )
+from discovery.core.ports import Store
 from discovery.core.quota import DiscoverGate
 from discovery.core.validation import (
     check_contact_hash,
@@ -35,8 +37,6 @@ from discovery.core.validation import (
     contact_hash_problem,
     user_id_problem,
 )
-from discovery.index.sync import IndexSync
-from discovery.store.base import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +96,7 @@ class Directory:
             token = await self.gate.charge(caller, ordered, previous_hashes, previous_token)
         if not keys:
             return DiscoverResult([], [], token)
-        positions, user_ids = self.sync.index.lookup(keys)
+        positions, user_ids = self.sync.lookup(keys)
         await self.joins.watch_unmatched(caller, keys, positions)
         return DiscoverResult(positions.tolist(), user_ids, token)
 

@@ -5,7 +5,7 @@
   when the contact is uploaded again, and a user has at most ``watch_cap`` of them (the
   ones that would expire first go first).
 * The store fans a registration out to the watchers' inboxes in the registering
-  transaction (see store.base.JoinStore); this module only reads and delivers.
+  transaction (see core.ports.JoinStore); this module only reads and delivers.
 * Delivery: a stream replays the inbox after a cursor in pages, then waits for a wake-up
   from the :class:`JoinHub` and reads again. Nothing is pushed into per-subscriber
   buffers, so an idle subscriber costs one small object and a slow one at most one page:
@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from discovery.core.background import log_retry
 from discovery.core.errors import InvalidArgument, NotFound, QuotaExceeded
 from discovery.core.hashing import KEY_SIZE, KeyRing
 from discovery.core.model import InboxEntry
-from discovery.logs import log_retry
-from discovery.store.base import Store
+from discovery.core.ports import Store
 
 log = logging.getLogger("discovery.joins")
 

@@ -123,7 +123,7 @@ class DiscoverResult:
 
 @dataclass(frozen=True, slots=True)
 class QuotaCharge:
-    """The outcome of charging a leaky bucket (see store.base.QuotaStore.charge).
+    """The outcome of charging a leaky bucket (see core.ports.QuotaStore.charge).
 
     ``level`` is the bucket's content after the call; ``retry_after`` is how many seconds
     until the refused cost would fit (0 when allowed, ``inf`` when it never fits).
@@ -136,7 +136,7 @@ class QuotaCharge:
 
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
-    """A stored join notification (see store.base.JoinStore).
+    """A stored join notification (see core.ports.JoinStore).
 
     It names the contact only by the joiner's directory key; the contact-hash prefix the
     watcher matches is recovered from it when the entry is delivered, never stored.

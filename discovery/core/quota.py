@@ -44,8 +44,8 @@ from discovery.core.errors import InvalidArgument, QuotaExceeded
 from discovery.core.hashing import KeyRing
 from discovery.core.keyset import SortedKeys, sort_keys
 from discovery.core.model import QuotaCharge
+from discovery.core.ports import QuotaStore
 from discovery.core.validation import check_no_duplicate_keys, check_packed_hashes
-from discovery.store.base import QuotaStore
 
 TOKEN_VERSION = 1
 TOKEN_SIZE = 1 + 8 + 32
