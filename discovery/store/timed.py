@@ -13,17 +13,7 @@ from typing import TypeVar
 
 from prometheus_client import Counter, Histogram
 
-from discovery.core.model import (
-    ImportReport,
-    InboxEntry,
-    NewUser,
-    QuotaCharge,
-    RegisterOutcome,
-    RegistryChange,
-    RegistrySlice,
-    Settings,
-    UserRecord,
-)
+from discovery.core import model as m
 from discovery.core.ports import Store
 
 T = TypeVar("T")
@@ -49,28 +39,28 @@ class TimedStore:
 
     # -- registry -------------------------------------------------------------------------------
 
-    async def register(self, user: NewUser) -> RegisterOutcome:
+    async def register(self, user: m.NewUser) -> m.RegisterOutcome:
         return await self._timed("register", self.inner.register(user))
 
-    async def unregister(self, user_id: str) -> UserRecord | None:
+    async def unregister(self, user_id: str) -> m.UserRecord | None:
         return await self._timed("unregister", self.inner.unregister(user_id))
 
     async def delete_user_data(self, user_id: str) -> int:
         return await self._timed("delete_user_data", self.inner.delete_user_data(user_id))
 
-    async def change_number(self, user_id: str, directory_key: bytes) -> UserRecord:
+    async def change_number(self, user_id: str, directory_key: bytes) -> m.UserRecord:
         return await self._timed("change_number", self.inner.change_number(user_id, directory_key))
 
-    async def import_users(self, users: Sequence[NewUser], first_position: int) -> ImportReport:
+    async def import_users(self, users: Sequence[m.NewUser], first_position: int) -> m.ImportReport:
         return await self._timed("import_users", self.inner.import_users(users, first_position))
 
-    async def get_user(self, user_id: str) -> UserRecord | None:
+    async def get_user(self, user_id: str) -> m.UserRecord | None:
         return await self._timed("get_user", self.inner.get_user(user_id))
 
-    async def update_settings(self, user_id: str, settings: Settings) -> UserRecord | None:
+    async def update_settings(self, user_id: str, settings: m.Settings) -> m.UserRecord | None:
         return await self._timed("update_settings", self.inner.update_settings(user_id, settings))
 
-    def iter_registry(self, batch_size: int) -> AsyncIterator[RegistrySlice]:
+    def iter_registry(self, batch_size: int) -> AsyncIterator[m.RegistrySlice]:
         return self.inner.iter_registry(batch_size)
 
     async def registry_size(self) -> int:
@@ -79,7 +69,7 @@ class TimedStore:
     async def feed_head(self) -> int:
         return await self._timed("feed_head", self.inner.feed_head())
 
-    async def feed_read(self, after: int, limit: int) -> list[RegistryChange]:
+    async def feed_read(self, after: int, limit: int) -> list[m.RegistryChange]:
         return await self._timed("feed_read", self.inner.feed_read(after, limit))
 
     async def feed_wait(self, after: int, timeout: float) -> None:
@@ -89,7 +79,7 @@ class TimedStore:
 
     async def charge(
         self, bucket: str, cost: float, capacity: float, leak_per_second: float, now: float
-    ) -> QuotaCharge:
+    ) -> m.QuotaCharge:
         return await self._timed("charge", self.inner.charge(bucket, cost, capacity, leak_per_second, now))
 
     async def forget_buckets(self, buckets: Sequence[str]) -> int:
@@ -109,7 +99,7 @@ class TimedStore:
     async def inbox_attach(self, user_id: str, device_id: str, after: int) -> int | None:
         return await self._timed("inbox_attach", self.inner.inbox_attach(user_id, device_id, after))
 
-    async def inbox_read(self, user_id: str, after: int, limit: int, max_age: float) -> list[InboxEntry]:
+    async def inbox_read(self, user_id: str, after: int, limit: int, max_age: float) -> list[m.InboxEntry]:
         return await self._timed("inbox_read", self.inner.inbox_read(user_id, after, limit, max_age))
 
     async def inbox_ack(self, user_id: str, device_id: str, cursor: int, max_age: float) -> int | None:
