@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from discovery.api.admin_service import DirectoryAdminService
-from discovery.api.auth import ADMIN_SERVICE, CLIENT_SERVICE, Authenticator
+from discovery.api.auth import API_SERVICES, Authenticator
 from discovery.api.discovery_service import DiscoveryService
 from discovery.api.health import HealthServicer
 from discovery.api.interceptor import CallInterceptor
@@ -29,19 +29,16 @@ from discovery.core.directory import Directory, DirectoryLimits
 from discovery.core.hashing import KeyRing
 from discovery.core.index_sync import IndexSync
 from discovery.core.joins import JoinPolicy, Joins
-from discovery.core.model import Settings
+from discovery.core.model import PrivacySettings
 from discovery.core.quota import DiscoverGate
 from discovery.metrics import Metrics
 from discovery.security import build_authenticator, is_loopback, quota_policy, server_credentials
 from discovery.server_secret import load_or_create_secret, secret_from_env
 from discovery.store import Store, open_store
 from discovery.store.timed import timed_store
-from discovery.v1 import discovery_pb2, discovery_pb2_grpc, joins_pb2, joins_pb2_grpc
+from discovery.v1 import discovery_pb2_grpc, joins_pb2_grpc
 
 log = logging.getLogger("discovery.server")
-
-JOIN_SERVICE = joins_pb2.DESCRIPTOR.services_by_name["JoinNotificationService"].full_name
-SERVICE_NAMES = (CLIENT_SERVICE, ADMIN_SERVICE, JOIN_SERVICE)
 
 
 class DiscoveryServer:
@@ -104,7 +101,7 @@ class DiscoveryServer:
                 max_hashes_per_request=config.max_hashes_per_request,
                 max_import_batch=config.max_import_batch,
             ),
-            default_settings=Settings(
+            default_settings=PrivacySettings(
                 discoverable=config.default_discoverable,
                 announce_join=config.default_announce_join,
                 notify_on_join=config.default_notify_on_join,
@@ -128,9 +125,7 @@ class DiscoveryServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [
-                discovery_pb2.DESCRIPTOR.services_by_name["DiscoveryService"].full_name,
-                discovery_pb2.DESCRIPTOR.services_by_name["DirectoryAdminService"].full_name,
-                JOIN_SERVICE,
+                *API_SERVICES,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
@@ -246,7 +241,7 @@ class DiscoveryServer:
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", *SERVICE_NAMES):
+        for name in ("", *API_SERVICES):
             await self.health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -299,7 +294,3 @@ async def serve(config: ServerConfig) -> None:
     await server.start()
     await stop_requested.wait()
     await server.stop()
-
-
-def _age(since: float) -> float:
-    return time.monotonic() - since if since else 0.0

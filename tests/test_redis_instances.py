@@ -29,7 +29,7 @@ from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, JoinEvent, 
 from discovery.config import ServerConfig
 from discovery.core.errors import FeedTruncated
 from discovery.core.model import NewUser
-from discovery.core.model import Settings as StoredSettings
+from discovery.core.model import PrivacySettings as StoredSettings
 from discovery.server import DiscoveryServer
 from discovery.store.redis import RedisStore
 from discovery.store.redis.base import parse_redis_url

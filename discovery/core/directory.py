@@ -11,20 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from discovery.core.errors import InvalidArgument, NotFound, UserNotRegistered
+from discovery.core.errors import InvalidArgument, UserNotRegistered
 from discovery.core.hashing import KeyRing
 from discovery.core.index_sync import IndexSync
 from discovery.core.joins import Joins
 from discovery.core.keyset import sort_keys
 from discovery.core.model import (
     SETTING_NAMES,
-    DiscoverResult,
-    ImportRejection,
+    DirectoryMatch,
     ImportRejectionReason,
     ImportReport,
     NewUser,
+    PrivacySettings,
     RegisterOutcome,
-    Settings,
+    RejectedUser,
     UserRecord,
 )
 from discovery.core.ports import Store
@@ -50,7 +50,7 @@ class DirectoryLimits:
 class ImportCandidate:
     user_id: str
     contact_hash: bytes
-    settings: Settings | None
+    settings: PrivacySettings | None
 
 
 class Directory:
@@ -61,7 +61,7 @@ class Directory:
         keys: KeyRing,
         *,
         limits: DirectoryLimits | None = None,
-        default_settings: Settings | None = None,
+        default_settings: PrivacySettings | None = None,
         gate: DiscoverGate | None = None,
         joins: Joins | None = None,
     ) -> None:
@@ -69,7 +69,7 @@ class Directory:
         self.sync = sync
         self.keys = keys
         self.limits = limits or DirectoryLimits()
-        self.default_settings = default_settings or Settings()
+        self.default_settings = default_settings or PrivacySettings()
         self.gate = gate
         self.joins = joins or Joins(store, keys)
 
@@ -77,7 +77,7 @@ class Directory:
 
     async def discover(
         self, caller: str, packed_hashes: bytes, previous_hashes: bytes = b"", previous_token: bytes = b""
-    ) -> DiscoverResult:
+    ) -> DirectoryMatch:
         """Match a batch of contact hashes against the in-memory index.
 
         The whole batch is one AES call and one vectorised probe, in the event loop.
@@ -95,17 +95,17 @@ class Directory:
         if self.gate is not None:
             token = await self.gate.charge(caller, ordered, previous_hashes, previous_token)
         if not keys:
-            return DiscoverResult([], [], token)
+            return DirectoryMatch([], [], token)
         positions, user_ids = self.sync.lookup(keys)
         await self.joins.watch_unmatched(caller, keys, positions)
-        return DiscoverResult(positions.tolist(), user_ids, token)
+        return DirectoryMatch(positions.tolist(), user_ids, token)
 
-    async def get_settings(self, caller: str) -> Settings:
+    async def get_settings(self, caller: str) -> PrivacySettings:
         return (await self._registered(caller)).settings
 
     async def update_settings(
-        self, caller: str, settings: Settings, mask: list[str] | None = None
-    ) -> Settings:
+        self, caller: str, settings: PrivacySettings, mask: list[str] | None = None
+    ) -> PrivacySettings:
         unknown = [name for name in mask or [] if name not in SETTING_NAMES]
         if unknown:
             raise InvalidArgument.field(
@@ -133,13 +133,13 @@ class Directory:
     async def _registered(self, user_id: str) -> UserRecord:
         record = await self.store.get_user(user_id)
         if record is None:
-            raise NotFound("the caller is not a registered user", "user", "")
+            raise UserNotRegistered("caller")
         return record
 
     # -- backends -------------------------------------------------------------------------------
 
     async def register(
-        self, user_id: str, contact_hash: bytes, settings: Settings | None = None
+        self, user_id: str, contact_hash: bytes, settings: PrivacySettings | None = None
     ) -> RegisterOutcome:
         check_user_id(user_id)
         check_contact_hash(contact_hash)
@@ -171,7 +171,7 @@ class Directory:
                 "users", f"{len(candidates)} users exceed the batch limit of {self.limits.max_import_batch}"
             )
         report = ImportReport()
-        rejections: list[ImportRejection] = []
+        rejections: list[RejectedUser] = []
         valid: list[tuple[int, ImportCandidate]] = []
         seen_ids: set[str] = set()
         seen_hashes: set[bytes] = set()
@@ -185,7 +185,7 @@ class Directory:
             elif candidate.user_id in seen_ids or candidate.contact_hash in seen_hashes:
                 reason = ImportRejectionReason.DUPLICATE_IN_IMPORT
             if reason is not None:
-                rejections.append(ImportRejection(position, candidate.user_id, reason))
+                rejections.append(RejectedUser(position, candidate.user_id, reason))
                 continue
             seen_ids.add(candidate.user_id)
             seen_hashes.add(candidate.contact_hash)
@@ -201,7 +201,7 @@ class Directory:
             # The store numbers the valid users 0..n-1; map back to stream positions.
             for rejection in stored.rejections:
                 rejections.append(
-                    ImportRejection(valid[rejection.position][0], rejection.user_id, rejection.reason)
+                    RejectedUser(valid[rejection.position][0], rejection.user_id, rejection.reason)
                 )
             report.imported = stored.imported
             report.unchanged = stored.unchanged

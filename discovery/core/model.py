@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class PrivacySettings:
     """A user's privacy settings."""
 
     discoverable: bool = True
@@ -22,8 +22,8 @@ class Settings:
         discoverable: bool | None = None,
         announce_join: bool | None = None,
         notify_on_join: bool | None = None,
-    ) -> Settings:
-        return Settings(
+    ) -> PrivacySettings:
+        return PrivacySettings(
             discoverable=self.discoverable if discoverable is None else discoverable,
             announce_join=self.announce_join if announce_join is None else announce_join,
             notify_on_join=self.notify_on_join if notify_on_join is None else notify_on_join,
@@ -39,7 +39,7 @@ class UserRecord:
 
     user_id: str
     directory_key: bytes
-    settings: Settings
+    settings: PrivacySettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +83,11 @@ class NewUser:
 
     user_id: str
     directory_key: bytes
-    settings: Settings
+    settings: PrivacySettings
 
 
 @dataclass(frozen=True, slots=True)
-class ImportRejection:
+class RejectedUser:
     position: int
     user_id: str
     reason: ImportRejectionReason
@@ -98,7 +98,7 @@ class ImportReport:
     imported: int = 0
     unchanged: int = 0
     rejected_total: int = 0
-    rejections: list[ImportRejection] = field(default_factory=list)
+    rejections: list[RejectedUser] = field(default_factory=list)
 
     def add(self, other: ImportReport, max_rejections: int) -> None:
         self.imported += other.imported
@@ -109,7 +109,7 @@ class ImportReport:
 
 
 @dataclass(frozen=True, slots=True)
-class DiscoverResult:
+class DirectoryMatch:
     """Positions in the request (ascending) and the matched user ids, in the same order.
 
     ``token`` proves the request's contact set on the caller's next request (see core/quota.py);

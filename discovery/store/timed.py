@@ -57,7 +57,7 @@ class TimedStore:
     async def get_user(self, user_id: str) -> m.UserRecord | None:
         return await self._timed("get_user", self.inner.get_user(user_id))
 
-    async def update_settings(self, user_id: str, settings: m.Settings) -> m.UserRecord | None:
+    async def update_settings(self, user_id: str, settings: m.PrivacySettings) -> m.UserRecord | None:
         return await self._timed("update_settings", self.inner.update_settings(user_id, settings))
 
     def iter_registry(self, batch_size: int) -> AsyncIterator[m.RegistrySlice]:
