@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+AUTH_MODES = ("jwt", "dev")
+
 
 def _bool(value: str | bool) -> bool:
     if isinstance(value, bool):

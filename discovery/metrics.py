@@ -92,6 +92,11 @@ class Metrics:
         if code == "RESOURCE_EXHAUSTED":
             self.quota_rejections.labels(label).inc()
 
+    def observe_discover(self, checked: int, matched: int) -> None:
+        """One Discover answered: how many contact hashes it held and how many matched."""
+        self.contacts_checked.inc(checked)
+        self.contacts_matched.inc(matched)
+
     def gauge_from(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """Make ``gauge`` read its value at scrape time."""
         gauge.set_function(read)

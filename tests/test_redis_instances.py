@@ -25,12 +25,12 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from discovery.app.server import DiscoveryServer
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, JoinEvent, Settings
 from discovery.config import ServerConfig
 from discovery.core.errors import FeedTruncated
 from discovery.core.model import NewUser
 from discovery.core.model import PrivacySettings as StoredSettings
-from discovery.server import DiscoveryServer
 from discovery.store.redis import RedisStore
 from discovery.store.redis.base import parse_redis_url
 from tests.support.helpers import e164_numbers

@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import os
 
+from discovery.app.server import serve
 from discovery.config import add_server_options, config_from_args
 from discovery.logs import configure_logging
-from discovery.server import serve
 
 
 def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from discovery.core.errors import InvalidArgument, UserNotRegistered
-from discovery.core.hashing import KeyRing
+from discovery.core.hashing import KEY_SIZE, KeyRing
 from discovery.core.index_sync import IndexSync
 from discovery.core.joins import Joins
 from discovery.core.keyset import sort_keys
@@ -28,7 +28,7 @@ from discovery.core.model import (
     UserRecord,
 )
 from discovery.core.ports import Store
-from discovery.core.quota import DiscoverGate
+from discovery.core.quota import ALLOW_ALL, Gate
 from discovery.core.validation import (
     check_contact_hash,
     check_no_duplicate_keys,
@@ -62,7 +62,7 @@ class Directory:
         *,
         limits: DirectoryLimits | None = None,
         default_settings: PrivacySettings | None = None,
-        gate: DiscoverGate | None = None,
+        gate: Gate = ALLOW_ALL,
         joins: Joins | None = None,
     ) -> None:
         self.store = store
@@ -85,20 +85,18 @@ class Directory:
         notify_on_join on (core/joins.py). The gate (core/quota.py) charges the request rate
         and the new contacts before the lookup, so a refused request learns nothing.
         """
-        if self.gate is not None:
-            await self.gate.admit(caller)
+        await self.gate.admit(caller)
         check_packed_hashes(packed_hashes, self.limits.max_hashes_per_request)
         keys = self.keys.directory_keys(packed_hashes)
         ordered = sort_keys(keys)
         check_no_duplicate_keys(ordered)
-        token = b""
-        if self.gate is not None:
-            token = await self.gate.charge(caller, ordered, previous_hashes, previous_token)
+        token = await self.gate.charge(caller, ordered, previous_hashes, previous_token)
+        checked = len(keys) // KEY_SIZE
         if not keys:
-            return DirectoryMatch([], [], token)
+            return DirectoryMatch([], [], token, checked)
         positions, user_ids = self.sync.lookup(keys)
         await self.joins.watch_unmatched(caller, keys, positions)
-        return DirectoryMatch(positions.tolist(), user_ids, token)
+        return DirectoryMatch(positions.tolist(), user_ids, token, checked)
 
     async def get_settings(self, caller: str) -> PrivacySettings:
         return (await self._registered(caller)).settings
@@ -152,8 +150,7 @@ class Directory:
         check_user_id(user_id)
         if await self.store.unregister(user_id) is None:
             raise UserNotRegistered()
-        if self.gate is not None:
-            await self.gate.forget(user_id)
+        await self.gate.forget(user_id)
         self.joins.user_left(user_id)
         await self.sync.catch_up()
 

@@ -119,6 +119,7 @@ class DirectoryMatch:
     positions: list[int]
     user_ids: list[str]
     token: bytes = b""
+    checked: int = 0  # how many contact hashes the request held
 
 
 @dataclass(frozen=True, slots=True)

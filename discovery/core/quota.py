@@ -36,6 +36,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import blake3
 import numpy as np
@@ -119,6 +120,36 @@ class SetTokens:
 
 
 BUCKET_PURPOSES = ("requests", "contacts")
+
+
+class Gate(Protocol):
+    """What Discover passes before the lookup (DiscoverGate, or AllowAllGate without quotas)."""
+
+    async def admit(self, caller: str) -> None: ...
+
+    async def charge(
+        self, caller: str, current: SortedKeys, previous_hashes: bytes, previous_token: bytes
+    ) -> bytes: ...
+
+    async def forget(self, user_id: str) -> int: ...
+
+
+class AllowAllGate:
+    """A gate that admits every request, charges nothing and issues no token (tests, tools)."""
+
+    async def admit(self, caller: str) -> None:
+        return None
+
+    async def charge(
+        self, caller: str, current: SortedKeys, previous_hashes: bytes, previous_token: bytes
+    ) -> bytes:
+        return b""
+
+    async def forget(self, user_id: str) -> int:
+        return 0
+
+
+ALLOW_ALL = AllowAllGate()
 
 
 class DiscoverGate:

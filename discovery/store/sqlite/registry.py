@@ -141,19 +141,7 @@ class SqliteRegistry(SqliteBase):
                 for i, u in enumerate(users)
             ],
         )
-        rejected: dict[int, ImportRejectionReason] = {}
-        unchanged: set[int] = set()
-        for pos, same_key in conn.execute(
-            "SELECT b.pos, b.dkey = u.dkey FROM import_batch b JOIN users u ON u.user_id = b.user_id"
-        ):
-            if same_key:
-                unchanged.add(pos)
-            else:
-                rejected[pos] = ImportRejectionReason.USER_ID_TAKEN
-        for (pos,) in conn.execute(
-            "SELECT b.pos FROM import_batch b JOIN users u ON u.dkey = b.dkey WHERE u.user_id != b.user_id"
-        ):
-            rejected.setdefault(pos, ImportRejectionReason.CONTACT_HASH_TAKEN)
+        rejected, unchanged = _import_conflicts(conn)
         skip = unchanged | rejected.keys()
         if skip:
             conn.executemany("DELETE FROM import_batch WHERE pos = ?", [(p,) for p in skip])
@@ -255,3 +243,21 @@ class SqliteRegistry(SqliteBase):
         changed = self._changed
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), timeout=min(timeout, self._poll_interval))
+
+
+def _import_conflicts(conn: sqlite3.Connection) -> tuple[dict[int, ImportRejectionReason], set[int]]:
+    """Rows of import_batch the registry refuses (with the reason), and rows it already holds."""
+    rejected: dict[int, ImportRejectionReason] = {}
+    unchanged: set[int] = set()
+    for pos, same_key in conn.execute(
+        "SELECT b.pos, b.dkey = u.dkey FROM import_batch b JOIN users u ON u.user_id = b.user_id"
+    ):
+        if same_key:
+            unchanged.add(pos)
+        else:
+            rejected[pos] = ImportRejectionReason.USER_ID_TAKEN
+    for (pos,) in conn.execute(
+        "SELECT b.pos FROM import_batch b JOIN users u ON u.dkey = b.dkey WHERE u.user_id != b.user_id"
+    ):
+        rejected.setdefault(pos, ImportRejectionReason.CONTACT_HASH_TAKEN)
+    return rejected, unchanged
