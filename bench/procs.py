@@ -60,8 +60,8 @@ def auth_for(data_dir: Path, user_id: str = "bench-user") -> Auth:
     flags = serve_flags()
     if "--auth" in flags:
         try:
+            from discovery.app.credentials import mint_token, signing_key
             from discovery.config import ServerConfig
-            from discovery.security import mint_token, signing_key
         except ImportError:
             pass
         else:

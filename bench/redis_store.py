@@ -36,7 +36,7 @@ from bench.data import Registry, make_registry, rows_as_bytes, split_ids, write_
 from bench.end_to_end import DISCOVER_METHOD, discover_frames, load
 from bench.loadgen import write_frames
 from bench.procs import auth_for, discovery_server, running, unthrottled_args
-from discovery.core.model import NewUser, Settings
+from discovery.core.model import NewUser, PrivacySettings
 from discovery.store import open_store
 from discovery.store.redis import RedisStore
 from tests.support.redis_fixtures import start_cluster, start_redis
@@ -53,7 +53,7 @@ GOAL_BYTES_PER_USER = 100
 def new_users(registry: Registry) -> list[NewUser]:
     ids = split_ids(registry.id_blob)
     keys = rows_as_bytes(np.frombuffer(registry.keys, dtype=np.uint8).reshape(-1, 16))
-    shown, hidden = Settings(), Settings(discoverable=False)
+    shown, hidden = PrivacySettings(), PrivacySettings(discoverable=False)
     flags = registry.discoverable.tolist()
     return [NewUser(i, k, shown if d else hidden) for i, k, d in zip(ids, keys, flags, strict=True)]
 
@@ -87,7 +87,7 @@ async def trim_feed(url: str) -> None:
     store = await open_store(url, feed_retention=0.0)
     try:
         assert isinstance(store, RedisStore)
-        await store.register(NewUser("bench-trim", bytes(16), Settings()))
+        await store.register(NewUser("bench-trim", bytes(16), PrivacySettings()))
         store._last_prune = 0.0
         await store.unregister("bench-trim")
     finally:

@@ -1,7 +1,10 @@
 """Server configuration: every option is a command-line flag and a DISCOVERY_* variable.
 
-One table (OPTIONS) declares each option once; the flag, the environment variable,
-the default and the README's configuration reference all come from it.
+``ServerConfig`` declares each option once, as a field: the flag (``--field-name``), the
+environment variable (``DISCOVERY_FIELD_NAME``), the default, the help text and the check
+its value must pass (``metadata["validate"]``, run when the config is built, so a bad
+value is refused at start with a message naming the flag). tests/test_docs.py checks that
+the README's configuration table lists every field with its default.
 """
 
 from __future__ import annotations
@@ -12,6 +15,44 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from discovery.api.jwt_auth import ALGORITHMS as JWT_ALGORITHMS
+from discovery.core.directory import DirectoryLimits
+from discovery.core.joins import JoinPolicy
+from discovery.core.model import PrivacySettings
+from discovery.core.quota import QuotaPolicy
+
+# The domain's policies declare the defaults; the options below take theirs from them.
+_LIMITS, _JOINS, _QUOTA, _SETTINGS = DirectoryLimits(), JoinPolicy(), QuotaPolicy(), PrivacySettings()
+
+AUTH_MODES = ("jwt", "dev")
+SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: A check of one option's value: raises ValueError with a message naming ``flag``.
+Check = Callable[[str, Any], None]
+
+
+def positive(flag: str, value: Any) -> None:
+    if not value > 0:
+        raise ValueError(f"{flag} must be positive, not {value!r}")
+
+
+def non_negative(flag: str, value: Any) -> None:
+    if not value >= 0:
+        raise ValueError(f"{flag} must be 0 or more, not {value!r}")
+
+
+def one_of(choices: tuple[str, ...], *, upper: bool = False, what: str = "") -> Check:
+    def check(flag: str, value: Any) -> None:
+        if (value.upper() if upper else value) not in choices:
+            raise ValueError(f"{what or 'unknown ' + flag} {value!r}; use one of {', '.join(choices)}")
+
+    return check
+
+
+def _help(text: str, validate: Check | None = None) -> dict[str, Any]:
+    return {"help": text} if validate is None else {"help": text, "validate": validate}
 
 
 def _bool(value: str | bool) -> bool:
@@ -59,87 +100,109 @@ class ServerConfig:
         },
     )
     max_hashes_per_request: int = field(
-        default=5000, metadata={"help": "cap on contact hashes in one Discover request"}
+        default=_LIMITS.max_hashes_per_request,
+        metadata=_help("cap on contact hashes in one Discover request", positive),
     )
     max_import_batch: int = field(
-        default=10_000, metadata={"help": "cap on users in one ImportUsers message"}
+        default=_LIMITS.max_import_batch, metadata=_help("cap on users in one ImportUsers message", positive)
     )
     max_receive_message_bytes: int = field(
-        default=4 * 1024 * 1024, metadata={"help": "largest request message accepted"}
+        default=4 * 1024 * 1024, metadata=_help("largest request message accepted", positive)
     )
     default_discoverable: bool = field(
-        default=True, metadata={"help": "initial 'discoverable' of a new user"}
+        default=_SETTINGS.discoverable, metadata={"help": "initial 'discoverable' of a new user"}
     )
     default_announce_join: bool = field(
-        default=True, metadata={"help": "initial 'announce_join' of a new user"}
+        default=_SETTINGS.announce_join, metadata={"help": "initial 'announce_join' of a new user"}
     )
     default_notify_on_join: bool = field(
-        default=False, metadata={"help": "initial 'notify_on_join' of a new user (opt-in)"}
+        default=_SETTINGS.notify_on_join, metadata={"help": "initial 'notify_on_join' of a new user (opt-in)"}
     )
     sqlite_synchronous: str = field(
         default="NORMAL",
-        metadata={"help": "SQLite synchronous mode: NORMAL survives process crashes; FULL also power loss"},
+        metadata=_help(
+            "SQLite synchronous mode: NORMAL survives process crashes; FULL also power loss",
+            one_of(SQLITE_SYNCHRONOUS, upper=True),
+        ),
     )
     feed_retention_seconds: float = field(
-        default=3600.0, metadata={"help": "how long registry changes stay in the change feed for followers"}
+        default=3600.0,
+        metadata=_help("how long registry changes stay in the change feed for followers", positive),
     )
     grace_seconds: float = field(
-        default=10.0, metadata={"help": "how long in-flight calls may take to finish on SIGTERM"}
+        default=10.0, metadata=_help("how long in-flight calls may take to finish on SIGTERM", non_negative)
     )
     keepalive_seconds: float = field(
         default=60.0,
-        metadata={"help": "ping idle connections this often, so streams of vanished clients are released"},
+        metadata=_help(
+            "ping idle connections this often, so streams of vanished clients are released", positive
+        ),
     )
     shutdown_delay_seconds: float = field(
         default=0.0,
-        metadata={"help": "on SIGTERM, report NOT_SERVING and keep serving this long before draining"},
+        metadata=_help(
+            "on SIGTERM, report NOT_SERVING and keep serving this long before draining", non_negative
+        ),
     )
     max_connection_age_seconds: float = field(
         default=1800.0,
-        metadata={"help": "recycle connections after this long (0: never); streams resume"},
+        metadata=_help("recycle connections after this long (0: never); streams resume", non_negative),
     )
     max_connection_age_grace_seconds: float = field(
-        default=30.0, metadata={"help": "time calls on a recycled connection get to finish"}
+        default=30.0, metadata=_help("time calls on a recycled connection get to finish", non_negative)
     )
     # -- operations (see README, "Operations") ------------------------------------------------------
     metrics_listen: str = field(
         default="", metadata={"help": "host:port for Prometheus /metrics over HTTP (empty: off)"}
     )
     store_check_seconds: float = field(
-        default=1.0, metadata={"help": "how often the store is pinged; health is NOT_SERVING while it fails"}
+        default=1.0,
+        metadata=_help("how often the store is pinged; health is NOT_SERVING while it fails", positive),
     )
     # -- join notifications (see README, "Join notifications") -------------------------------------
     join_watch_ttl_seconds: float = field(
-        default=30 * 86400.0,
-        metadata={"help": "how long a watch on an unmatched contact lives; uploading it again refreshes it"},
+        default=_JOINS.watch_ttl,
+        metadata=_help(
+            "how long a watch on an unmatched contact lives; uploading it again refreshes it", positive
+        ),
     )
     join_watch_cap: int = field(
-        default=5000, metadata={"help": "watches per user; beyond it the oldest watches are dropped"}
+        default=_JOINS.watch_cap,
+        metadata=_help("watches per user; beyond it the oldest watches are dropped", positive),
     )
     join_inbox_ttl_seconds: float = field(
-        default=14 * 86400.0,
-        metadata={"help": "how long an undelivered or unacknowledged join event is kept"},
+        default=_JOINS.inbox_ttl,
+        metadata=_help("how long an undelivered or unacknowledged join event is kept", positive),
     )
     join_sweep_interval_seconds: float = field(
-        default=60.0, metadata={"help": "how often expired watches and events are deleted from the store"}
+        default=_JOINS.sweep_interval,
+        metadata=_help("how often expired watches and events are deleted from the store", positive),
     )
     join_page_size: int = field(
-        default=100,
-        metadata={"help": "events per stream message while catching up (bounds memory per stream)"},
+        default=_JOINS.page_size,
+        metadata=_help("events per stream message while catching up (bounds memory per stream)", positive),
     )
     join_max_streams: int = field(
-        default=20_000, metadata={"help": "live SubscribeJoins streams one instance accepts"}
+        default=_JOINS.max_subscribers,
+        metadata=_help("live SubscribeJoins streams one instance accepts", positive),
     )
     join_max_streams_per_user: int = field(
-        default=16, metadata={"help": "live SubscribeJoins streams one user may hold on one instance"}
+        default=_JOINS.max_streams_per_user,
+        metadata=_help("live SubscribeJoins streams one user may hold on one instance", positive),
     )
     # -- authentication, TLS, quotas (see docs/threat-model.md) ------------------------------------
     auth: str = field(
         default="jwt",
-        metadata={"help": "jwt (bearer tokens) or dev (x-discovery-user-id header; loopback only)"},
+        metadata=_help(
+            "jwt (bearer tokens) or dev (x-discovery-user-id header; loopback only)", one_of(AUTH_MODES)
+        ),
     )
     jwt_algorithm: str = field(
-        default="HS256", metadata={"help": "the one accepted JWT algorithm: HS256, EdDSA or ES256"}
+        default="HS256",
+        metadata=_help(
+            "the one accepted JWT algorithm: HS256, EdDSA or ES256",
+            one_of(JWT_ALGORITHMS, what="unsupported JWT algorithm"),
+        ),
     )
     jwt_secret_file: str = field(
         default="",
@@ -159,7 +222,7 @@ class ServerConfig:
     jwt_issuer: str = field(default="", metadata={"help": "required 'iss' claim (empty: not checked)"})
     jwt_audience: str = field(default="", metadata={"help": "required 'aud' claim (empty: not checked)"})
     jwt_leeway_seconds: float = field(
-        default=5.0, metadata={"help": "clock skew tolerated on 'exp', 'nbf' and 'iat'"}
+        default=5.0, metadata=_help("clock skew tolerated on 'exp', 'nbf' and 'iat'", non_negative)
     )
     tls_cert: str = field(default="", metadata={"help": "PEM server certificate chain (enables TLS)"})
     tls_key: str = field(default="", metadata={"help": "PEM private key of the server certificate"})
@@ -175,29 +238,39 @@ class ServerConfig:
         },
     )
     max_metadata_bytes: int = field(
-        default=16 * 1024, metadata={"help": "largest request metadata (headers) accepted"}
+        default=16 * 1024, metadata=_help("largest request metadata (headers) accepted", positive)
     )
     quota_capacity: int = field(
-        default=50_000, metadata={"help": "new contacts a user may look up in a burst (0: no quota)"}
+        default=_QUOTA.capacity,
+        metadata=_help("new contacts a user may look up in a burst (0: no quota)", non_negative),
     )
     quota_refill_per_hour: float = field(
-        default=6.0, metadata={"help": "new contacts per hour that the quota refills"}
+        default=_QUOTA.refill_per_hour,
+        metadata=_help("new contacts per hour that the quota refills", non_negative),
     )
     rate_limit_burst: int = field(
-        default=30, metadata={"help": "Discover requests a user may make in a burst (0: no limit)"}
+        default=_QUOTA.rate_burst,
+        metadata=_help("Discover requests a user may make in a burst (0: no limit)", non_negative),
     )
     rate_limit_per_minute: float = field(
-        default=10.0, metadata={"help": "Discover requests per minute that the rate limit refills"}
+        default=_QUOTA.rate_per_minute,
+        metadata=_help("Discover requests per minute that the rate limit refills", non_negative),
     )
     previous_token_ttl_seconds: float = field(
-        default=30 * 86400.0,
-        metadata={"help": "how long a Discover token makes its contacts free on the next request"},
+        default=_QUOTA.token_ttl,
+        metadata=_help("how long a Discover token makes its contacts free on the next request", positive),
     )
-    log_level: str = field(default="INFO", metadata={"help": "log level"})
+    log_level: str = field(default="INFO", metadata=_help("log level", one_of(LOG_LEVELS, upper=True)))
     port_file: str = field(
         default="",
         metadata={"help": "write the bound port to this file once serving (for supervisors and tests)"},
     )
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check = f.metadata.get("validate")
+            if check is not None:
+                check("--" + f.name.replace("_", "-"), getattr(self, f.name))
 
     @property
     def store_url(self) -> str:

@@ -50,18 +50,3 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
     root.setLevel(level.upper())
     # grpc's own logger can print peer data at debug level.
     logging.getLogger("grpc").setLevel(max(logging.WARNING, root.level))
-
-
-def log_retry(logger: logging.Logger, message: str, event: str) -> None:
-    """Log the exception being handled by a background loop that will retry.
-
-    A store outage (``Unavailable``) is expected and reported by health and metrics, so it
-    is a one-line warning; anything else is an error with its stack.
-    """
-    from discovery.core.errors import Unavailable
-
-    error = sys.exc_info()[1]
-    if isinstance(error, Unavailable):
-        logger.warning(message, extra={"event": event, "error": type(error).__name__})
-    else:
-        logger.exception(message, extra={"event": event})

@@ -7,13 +7,10 @@ Each server instance owns a CollectorRegistry, so several instances in one proce
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-from discovery.api.interceptor import CallOutcome
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -87,12 +84,18 @@ class Metrics:
             "discovery_join_events_delivered_total", "join events sent on streams", registry=r
         )
 
-    def observe_call(self, outcome: CallOutcome) -> None:
-        method = _method_label(outcome.method)
-        self.rpcs.labels(method, outcome.code.name).inc()
-        self.rpc_seconds.labels(method).observe(time.perf_counter() - outcome.started)
-        if outcome.code.name == "RESOURCE_EXHAUSTED":
-            self.quota_rejections.labels(method).inc()
+    def observe_call(self, method: str, code: str, seconds: float) -> None:
+        """One finished call: its full method name, its status code's name and its duration."""
+        label = _method_label(method)
+        self.rpcs.labels(label, code).inc()
+        self.rpc_seconds.labels(label).observe(seconds)
+        if code == "RESOURCE_EXHAUSTED":
+            self.quota_rejections.labels(label).inc()
+
+    def observe_discover(self, checked: int, matched: int) -> None:
+        """One Discover answered: how many contact hashes it held and how many matched."""
+        self.contacts_checked.inc(checked)
+        self.contacts_matched.inc(matched)
 
     def gauge_from(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """Make ``gauge`` read its value at scrape time."""

@@ -19,11 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from google.rpc import error_details_pb2
 from grpc import aio
 
+from discovery.app.credentials import build_authenticator, is_loopback, jwt_secret, mint_token
+from discovery.app.server import DiscoveryServer
 from discovery.cli import main as cli_main
 from discovery.config import ServerConfig
 from discovery.core.hashing import contact_hash
-from discovery.security import build_authenticator, is_loopback, jwt_secret, mint_token
-from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.support.auth_helpers import as_backend, as_user, bearer, client_token

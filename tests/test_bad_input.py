@@ -9,8 +9,8 @@ from grpc import aio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from discovery.app.server import DiscoveryServer
 from discovery.core.hashing import contact_hash
-from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.support.server import status_details, user_metadata
@@ -130,7 +130,7 @@ async def test_register_conflicts(server: DiscoveryServer, admin: pb_grpc.Direct
     assert await registry_size(server) == 1
     assert server.store is not None
     record = await server.store.get_user("alice")
-    assert record is not None and record.directory_key == server.directory.keys.directory_key_of(ALICE)  # type: ignore[union-attr]
+    assert record is not None and record.directory_key == server.directory.keys.directory_key_of(ALICE)
 
 
 async def test_change_number_conflicts(

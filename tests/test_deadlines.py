@@ -10,8 +10,8 @@ import grpc
 import pytest
 from grpc import aio
 
+from discovery.app.server import DiscoveryServer
 from discovery.core.hashing import contact_hash
-from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.support.server import user_metadata

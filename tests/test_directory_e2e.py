@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from discovery.app.server import DiscoveryServer
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, DiscoveryError, Settings
-from discovery.server import DiscoveryServer
 from tests.support.helpers import e164_numbers, hashes, local_formats
 from tests.support.server import StartServer
 

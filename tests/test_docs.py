@@ -15,6 +15,47 @@ def test_every_option_is_documented() -> None:
     assert missing == [], f"add these options to the README configuration table: {missing}"
 
 
+def _readme_defaults() -> dict[str, str]:
+    """Flag -> the default column of the README's configuration table."""
+    rows = {}
+    for line in README.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`--") and cells[0].endswith("`"):
+            rows[cells[0].strip("`")[2:].replace("-", "_")] = cells[1].strip("`")
+    return rows
+
+
+#: Defaults the README states as what they resolve to (computed from other options).
+DERIVED = {
+    "data_dir": "~/.local/share/discovery",
+    "store": "sqlite:///DATA_DIR/discovery.db",
+    "secret_file": "DATA_DIR/server.secret",
+    "jwt_secret_file": "DATA_DIR/jwt.secret",
+}
+EMPTY = {"(none)", "(off)", "(all)"}
+
+
+def test_every_default_in_the_readme_is_the_declared_one() -> None:
+    documented = _readme_defaults()
+    defaults = ServerConfig()
+    wrong = {}
+    for f in fields(ServerConfig):
+        stated, actual = documented.get(f.name), getattr(defaults, f.name)
+        if f.name in DERIVED:
+            ok = stated == DERIVED[f.name]
+        elif isinstance(actual, bool):
+            ok = stated == str(actual).lower()
+        elif isinstance(actual, int | float):
+            ok = stated is not None and float(stated.replace(",", "")) == actual
+        elif actual == "":
+            ok = stated in EMPTY
+        else:
+            ok = stated == str(actual)
+        if not ok:
+            wrong[f.name] = (stated, actual)
+    assert wrong == {}, f"README configuration defaults differ from ServerConfig (readme, declared): {wrong}"
+
+
 def test_quickstart_commands_exist() -> None:
     root = Path(__file__).resolve().parent.parent
     for script in ("scripts/serve", "scripts/test"):

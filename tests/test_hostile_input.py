@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 
 import discovery.v1
 from discovery.api.auth import ADMIN_SERVICE
+from discovery.app.credentials import jwt_secret
+from discovery.app.server import DiscoveryServer
 from discovery.core.hashing import contact_hash
-from discovery.security import jwt_secret
-from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.support.auth_helpers import Metadata, as_backend, as_user, bearer, client_token

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from discovery.core.errors import InvalidArgument
-from discovery.core.model import NewUser, Settings
+from discovery.core.model import NewUser, PrivacySettings
 from discovery.store import Store
 from discovery.store.sqlite import SqliteStore
 
-WATCHING = Settings(discoverable=True, announce_join=True, notify_on_join=True)
+WATCHING = PrivacySettings(discoverable=True, announce_join=True, notify_on_join=True)
 DAY = 86400.0
 
 
@@ -37,12 +37,12 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     await opened.close()
 
 
-async def add_user(store: Store, user_id: str, n: int, settings: Settings = WATCHING) -> None:
+async def add_user(store: Store, user_id: str, n: int, settings: PrivacySettings = WATCHING) -> None:
     await store.register(NewUser(user_id, key(n), settings))
 
 
 async def test_watches_need_notify_on_and_are_capped_oldest_first(store: Store) -> None:
-    await add_user(store, "quiet", 1, Settings())
+    await add_user(store, "quiet", 1, PrivacySettings())
     assert await store.add_watches("quiet", key(100), DAY, 10) == 0
     assert await store.add_watches("stranger", key(100), DAY, 10) == 0
     await add_user(store, "alice", 2)
@@ -63,15 +63,15 @@ async def test_fan_out_is_part_of_the_registration(store: Store) -> None:
     await store.add_watches("alice", key(50) + key(51) + key(52), DAY, 10)
     await store.add_watches("bob", key(50), DAY, 10)
     await store.add_watches("off", key(50), DAY, 10)
-    await store.update_settings("off", Settings())  # opted out after watching
+    await store.update_settings("off", PrivacySettings())  # opted out after watching
     await add_user(store, "joiner", 50)
     (entry,) = await store.inbox_read("alice", 0, 10, DAY)
     assert (entry.joiner, entry.directory_key, entry.event_id) == ("joiner", key(50), str(entry.cursor))
     assert [e.joiner for e in await store.inbox_read("bob", 0, 10, DAY)] == ["joiner"]
     assert await store.inbox_read("off", 0, 10, DAY) == []
     # Silent and undiscoverable joiners consume the watches without telling anyone.
-    await add_user(store, "silent", 51, Settings(True, False, False))
-    await add_user(store, "hidden", 52, Settings(False, True, False))
+    await add_user(store, "silent", 51, PrivacySettings(True, False, False))
+    await add_user(store, "hidden", 52, PrivacySettings(False, True, False))
     assert await store.count_watches("alice") == 0
     assert len(await store.inbox_read("alice", 0, 10, DAY)) == 1
     # A failed registration rolls its fan-out back with it.

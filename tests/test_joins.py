@@ -17,8 +17,8 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc import aio
 
+from discovery.app.server import DiscoveryServer
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, JoinEvent, JoinSubscription, Settings
-from discovery.server import DiscoveryServer
 from discovery.v1 import joins_pb2, joins_pb2_grpc
 from tests.support.helpers import e164_numbers
 from tests.support.server import StartServer, status_details, user_metadata

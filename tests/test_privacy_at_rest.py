@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import random
 
+from discovery.app.server import DiscoveryServer
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient
-from discovery.server import DiscoveryServer
 from tests.support.helpers import e164_numbers, local_formats
 from tests.support.privacy_scan import Needles, find_leaks, scan_tree
 from tests.support.server import StartServer

@@ -13,12 +13,12 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc import aio
 
+from discovery.app.server import DiscoveryServer
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, DiscoverState, DiscoveryError
 from discovery.core.errors import InvalidArgument
 from discovery.core.hashing import KeyRing
 from discovery.core.keyset import sort_keys
 from discovery.core.quota import TOKEN_SIZE, SetTokens, count_new
-from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.support.helpers import e164_numbers, hashes

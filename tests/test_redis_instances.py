@@ -25,12 +25,12 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from discovery.app.server import DiscoveryServer
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, JoinEvent, Settings
 from discovery.config import ServerConfig
 from discovery.core.errors import FeedTruncated
 from discovery.core.model import NewUser
-from discovery.core.model import Settings as StoredSettings
-from discovery.server import DiscoveryServer
+from discovery.core.model import PrivacySettings as StoredSettings
 from discovery.store.redis import RedisStore
 from discovery.store.redis.base import parse_redis_url
 from tests.support.helpers import e164_numbers
@@ -198,7 +198,7 @@ async def test_health_is_not_serving_until_the_index_is_loaded(
         assert statuses[0] == health_pb2.HealthCheckResponse.NOT_SERVING
         assert statuses[-1] == health_pb2.HealthCheckResponse.SERVING
         await starting
-        assert server.sync is not None and len(server.sync.index) == 200_000
+        assert server.sync is not None and server.sync.users == 200_000
     finally:
         await starting
         await server.stop(grace=0.5)

@@ -9,8 +9,8 @@ import grpc
 from google.protobuf import descriptor_pool, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from discovery.app.server import DiscoveryServer
 from discovery.core.hashing import contact_hash
-from discovery.server import DiscoveryServer
 from tests.support.auth_helpers import as_backend, as_user
 from tests.support.server import StartServer
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from discovery.core.errors import ContactHashTaken, FeedTruncated, UserIdTaken, UserNotRegistered
-from discovery.core.model import ImportRejectionReason, NewUser, RegisterOutcome, Settings
-from discovery.index.sync import IndexSync
+from discovery.core.index_sync import IndexSync
+from discovery.core.model import ImportRejectionReason, NewUser, PrivacySettings, RegisterOutcome
 from discovery.store import Store, open_store
 from discovery.store.redis import RedisStore
 from discovery.store.sqlite import SqliteStore
@@ -24,7 +24,7 @@ def key() -> bytes:
 
 
 def user(user_id: str, directory_key: bytes | None = None, **settings: bool) -> NewUser:
-    return NewUser(user_id, directory_key or key(), Settings(**settings))
+    return NewUser(user_id, directory_key or key(), PrivacySettings(**settings))
 
 
 async def test_register_and_conflicts(store: Store) -> None:
@@ -40,7 +40,7 @@ async def test_register_and_conflicts(store: Store) -> None:
     assert (record.user_id, record.directory_key, record.settings) == (
         "alice",
         alice.directory_key,
-        Settings(notify_on_join=True),
+        PrivacySettings(notify_on_join=True),
     )
     assert await store.get_user("bob") is None
     assert await store.registry_size() == 1
@@ -81,7 +81,7 @@ async def test_change_number(store: Store) -> None:
     record = await store.get_user("dave")
     assert record is not None
     assert record.directory_key == new
-    assert record.settings == Settings(announce_join=False)
+    assert record.settings == PrivacySettings(announce_join=False)
     # The old key is free again; moving to the same key changes nothing.
     assert await store.register(user("frank", old)) is RegisterOutcome.CREATED
     head = await store.feed_head()
@@ -90,14 +90,14 @@ async def test_change_number(store: Store) -> None:
 
 
 async def test_update_settings(store: Store) -> None:
-    assert await store.update_settings("nobody", Settings()) is None
+    assert await store.update_settings("nobody", PrivacySettings()) is None
     await store.register(user("alice"))
     head = await store.feed_head()
-    quiet = Settings(discoverable=True, announce_join=False, notify_on_join=True)
+    quiet = PrivacySettings(discoverable=True, announce_join=False, notify_on_join=True)
     record = await store.update_settings("alice", quiet)
     assert record is not None and record.settings == quiet
     assert await store.feed_head() == head, "only discoverability is in the feed"
-    hidden = Settings(discoverable=False, announce_join=False, notify_on_join=True)
+    hidden = PrivacySettings(discoverable=False, announce_join=False, notify_on_join=True)
     await store.update_settings("alice", hidden)
     stored = await store.get_user("alice")
     assert stored is not None and stored.settings == hidden
@@ -110,7 +110,7 @@ async def test_import_report(store: Store) -> None:
     await store.register(existing)
     batch = [
         user("new-1", discoverable=False),
-        NewUser("existing", existing.directory_key, Settings()),
+        NewUser("existing", existing.directory_key, PrivacySettings()),
         user("existing"),
         user("thief", existing.directory_key),
         *[user(f"bulk-{i}") for i in range(1200)],
@@ -194,7 +194,7 @@ async def test_index_follows_writes_of_another_instance(open_backend: OpenStore)
     await writer.import_users([user(f"u{i}") for i in range(50)], 0)
     sync = IndexSync(reader)
     await sync.load()
-    assert len(sync.index) == 50
+    assert sync.users == 50
     stop = asyncio.Event()
     follower = asyncio.create_task(sync.follow(stop))
     try:
@@ -202,18 +202,18 @@ async def test_index_follows_writes_of_another_instance(open_backend: OpenStore)
         await writer.register(newcomer)
         started = time.monotonic()
         while time.monotonic() - started < 5:
-            _, ids = sync.index.lookup(newcomer.directory_key)
+            _, ids = sync.lookup(newcomer.directory_key)
             if ids:
                 break
             await asyncio.sleep(0.02)
         assert ids == ["newcomer"]
         assert time.monotonic() - started < 1.0, "a registration reaches every instance within a second"
         await writer.unregister("u3")
-        await writer.update_settings("u4", Settings(discoverable=False))
+        await writer.update_settings("u4", PrivacySettings(discoverable=False))
         deadline = time.monotonic() + 5
-        while len(sync.index) != 50 and time.monotonic() < deadline:
+        while sync.users != 50 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        assert len(sync.index) == 50
+        assert sync.users == 50
     finally:
         stop.set()
         follower.cancel()
@@ -235,8 +235,8 @@ async def test_index_reloads_when_it_fell_behind_the_feed(open_backend: OpenStor
         await writer.register(u)
     await writer.unregister("u0")
     await sync.catch_up()
-    assert len(sync.index) == 44
-    _, ids = sync.index.lookup(b"".join(u.directory_key for u in users))
+    assert sync.users == 44
+    _, ids = sync.lookup(b"".join(u.directory_key for u in users))
     assert sorted(ids) == sorted(u.user_id for u in users)
 
 
@@ -287,7 +287,7 @@ async def test_quota_charge_contract(store: Store) -> None:
 
 async def test_join_signals_reach_another_instance(open_backend: OpenStore) -> None:
     writer, listener = await open_backend(), await open_backend()
-    watching = Settings(notify_on_join=True)
+    watching = PrivacySettings(notify_on_join=True)
     for name in ("alice", "bob"):
         await writer.register(user(name, **{"notify_on_join": True}))
     joiner_key = key()

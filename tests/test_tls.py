@@ -7,8 +7,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from discovery.app.server import DiscoveryServer
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, DiscoveryError
-from discovery.server import DiscoveryServer
 from tests.support.auth_helpers import backend_token, client_token
 from tests.support.certs import CertificateAuthority
 from tests.support.helpers import e164_numbers

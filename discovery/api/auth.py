@@ -15,9 +15,14 @@ from typing import Protocol
 
 from discovery.core.errors import PermissionDenied, Unauthenticated
 from discovery.core.validation import user_id_problem
+from discovery.v1 import discovery_pb2, joins_pb2
 
-CLIENT_SERVICE = "discovery.v1.DiscoveryService"
-ADMIN_SERVICE = "discovery.v1.DirectoryAdminService"
+CLIENT_SERVICE = discovery_pb2.DESCRIPTOR.services_by_name["DiscoveryService"].full_name
+ADMIN_SERVICE = discovery_pb2.DESCRIPTOR.services_by_name["DirectoryAdminService"].full_name
+JOIN_SERVICE = joins_pb2.DESCRIPTOR.services_by_name["JoinNotificationService"].full_name
+#: Every service of the API; health and reflection are outside it.
+API_SERVICES = (CLIENT_SERVICE, ADMIN_SERVICE, JOIN_SERVICE)
+_PACKAGE_PREFIX = discovery_pb2.DESCRIPTOR.package + "."
 DEV_USER_ID_HEADER = "x-discovery-user-id"
 DIRECTORY_WRITE_SCOPE = "directory:write"
 
@@ -35,7 +40,7 @@ def audience_of(method: str) -> Audience:
     service = method.lstrip("/").split("/", 1)[0]
     if service == ADMIN_SERVICE:
         return Audience.BACKEND
-    if service.startswith("discovery.v1."):
+    if service.startswith(_PACKAGE_PREFIX):
         return Audience.CLIENT
     return Audience.PUBLIC
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from discovery.core.model import ImportRejectionReason, ImportReport, Settings
+from discovery.core.model import ImportRejectionReason, ImportReport, PrivacySettings
 from discovery.v1 import discovery_pb2 as pb
 
 REJECTION_REASONS = {
@@ -14,7 +14,7 @@ REJECTION_REASONS = {
 }
 
 
-def settings_to_pb(settings: Settings) -> pb.Settings:
+def settings_to_pb(settings: PrivacySettings) -> pb.Settings:
     return pb.Settings(
         discoverable=settings.discoverable,
         announce_join=settings.announce_join,
@@ -22,8 +22,8 @@ def settings_to_pb(settings: Settings) -> pb.Settings:
     )
 
 
-def settings_from_pb(message: pb.Settings) -> Settings:
-    return Settings(
+def settings_from_pb(message: pb.Settings) -> PrivacySettings:
+    return PrivacySettings(
         discoverable=message.discoverable,
         announce_join=message.announce_join,
         notify_on_join=message.notify_on_join,

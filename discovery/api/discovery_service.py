@@ -7,14 +7,13 @@ from grpc import aio
 from discovery.api.auth import current_user_id
 from discovery.api.convert import settings_from_pb, settings_to_pb
 from discovery.core.directory import Directory
-from discovery.core.hashing import HASH_SIZE
 from discovery.metrics import Metrics
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 
 
 class DiscoveryService(pb_grpc.DiscoveryServiceServicer):
-    def __init__(self, directory: Directory, metrics: Metrics | None = None) -> None:
+    def __init__(self, directory: Directory, metrics: Metrics) -> None:
         self._directory = directory
         self._metrics = metrics
 
@@ -24,9 +23,7 @@ class DiscoveryService(pb_grpc.DiscoveryServiceServicer):
         result = await self._directory.discover(
             current_user_id(), request.contact_hashes, request.previous_contact_hashes, request.previous_token
         )
-        if self._metrics is not None:
-            self._metrics.contacts_checked.inc(len(request.contact_hashes) // HASH_SIZE)
-            self._metrics.contacts_matched.inc(len(result.positions))
+        self._metrics.observe_discover(result.checked, len(result.positions))
         return pb.DiscoverResponse(
             match_indices=result.positions, match_user_ids=result.user_ids, token=result.token
         )

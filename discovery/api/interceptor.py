@@ -40,7 +40,8 @@ class CallOutcome:
         self.started = time.perf_counter()
 
 
-CallObserver = Callable[[CallOutcome], None]
+#: Told of every finished call: its full method name, its status code's name, its duration.
+CallObserver = Callable[[str, str, float], None]
 
 _REQUEST_ID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 
@@ -176,8 +177,9 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     def _observe(self, outcome: CallOutcome) -> None:
+        seconds = time.perf_counter() - outcome.started
         for observer in self._observers:
-            observer(outcome)
+            observer(outcome.method, outcome.code.name, seconds)
 
 
 class _Undecodable:

@@ -37,7 +37,7 @@ def batch_to_pb(batch: JoinBatch) -> pb.SubscribeJoinsResponse:
 
 
 class JoinNotificationService(pb_grpc.JoinNotificationServiceServicer):
-    def __init__(self, joins: Joins, metrics: Metrics | None = None) -> None:
+    def __init__(self, joins: Joins, metrics: Metrics) -> None:
         self._joins = joins
         self._metrics = metrics
 
@@ -47,13 +47,12 @@ class JoinNotificationService(pb_grpc.JoinNotificationServiceServicer):
         backlog = 0
         replaying = True
         async for batch in self._joins.subscribe(current_user_id(), request.device_id, request.after_cursor):
-            if self._metrics is not None:
-                self._metrics.events_delivered.inc(len(batch.events))
-                if replaying:
-                    backlog += len(batch.events)
-                    if batch.caught_up:
-                        self._metrics.inbox_backlog.observe(backlog)
-                        replaying = False
+            self._metrics.events_delivered.inc(len(batch.events))
+            if replaying:
+                backlog += len(batch.events)
+                if batch.caught_up:
+                    self._metrics.inbox_backlog.observe(backlog)
+                    replaying = False
             yield batch_to_pb(batch)
 
     async def AckJoins(

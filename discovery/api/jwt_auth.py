@@ -38,6 +38,13 @@ MAX_TOKEN_CHARS = 8192
 CERT_NAME_KEYS = ("x509_common_name", "x509_subject_alternative_name")
 
 
+def check_algorithm(algorithm: str) -> str:
+    """``algorithm`` if the verifier supports it, else ValueError naming those it does."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unsupported JWT algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    return algorithm
+
+
 @dataclass(frozen=True, slots=True)
 class JwtVerifier:
     """Verifies tokens of the account service with one configured algorithm and key."""
@@ -49,10 +56,7 @@ class JwtVerifier:
     leeway: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(
-                f"unsupported JWT algorithm {self.algorithm!r}; use one of {', '.join(ALGORITHMS)}"
-            )
+        check_algorithm(self.algorithm)
 
     def claims(self, token: str) -> dict[str, Any]:
         """The verified claims of ``token``, or Unauthenticated (which never quotes the token)."""

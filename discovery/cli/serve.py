@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 
+from discovery.app.server import serve
 from discovery.config import add_server_options, config_from_args
 from discovery.logs import configure_logging
-from discovery.server import serve
 
 
 def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,9 +24,13 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        print(f"discovery serve: error: {error}", file=sys.stderr)
+        return 2
     # Everything the server writes (store, WAL, secrets) is readable by its owner only.
     os.umask(0o077)
-    config = config_from_args(args)
     configure_logging(config.log_level)
     asyncio.run(serve(config))
     return 0

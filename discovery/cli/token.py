@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from discovery.app.credentials import mint_token, signing_key
 from discovery.config import add_server_options, config_from_args
 from discovery.core.validation import user_id_problem
-from discovery.security import mint_token, signing_key
 
 TOKEN_OPTIONS = (
     "data_dir",

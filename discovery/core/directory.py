@@ -11,22 +11,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from discovery.core.errors import InvalidArgument, NotFound, UserNotRegistered
-from discovery.core.hashing import KeyRing
+from discovery.core.errors import InvalidArgument, UserNotRegistered
+from discovery.core.hashing import KEY_SIZE, KeyRing
+from discovery.core.index_sync import IndexSync
 from discovery.core.joins import Joins
 from discovery.core.keyset import sort_keys
 from discovery.core.model import (
     SETTING_NAMES,
-    DiscoverResult,
-    ImportRejection,
+    DirectoryMatch,
     ImportRejectionReason,
     ImportReport,
     NewUser,
+    PrivacySettings,
     RegisterOutcome,
-    Settings,
+    RejectedUser,
     UserRecord,
 )
-from discovery.core.quota import DiscoverGate
+from discovery.core.ports import Store
+from discovery.core.quota import ALLOW_ALL, Gate
 from discovery.core.validation import (
     check_contact_hash,
     check_no_duplicate_keys,
@@ -35,8 +37,6 @@ from discovery.core.validation import (
     contact_hash_problem,
     user_id_problem,
 )
-from discovery.index.sync import IndexSync
-from discovery.store.base import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ class DirectoryLimits:
 class ImportCandidate:
     user_id: str
     contact_hash: bytes
-    settings: Settings | None
+    settings: PrivacySettings | None
 
 
 class Directory:
@@ -61,15 +61,15 @@ class Directory:
         keys: KeyRing,
         *,
         limits: DirectoryLimits | None = None,
-        default_settings: Settings | None = None,
-        gate: DiscoverGate | None = None,
+        default_settings: PrivacySettings | None = None,
+        gate: Gate = ALLOW_ALL,
         joins: Joins | None = None,
     ) -> None:
         self.store = store
         self.sync = sync
         self.keys = keys
         self.limits = limits or DirectoryLimits()
-        self.default_settings = default_settings or Settings()
+        self.default_settings = default_settings or PrivacySettings()
         self.gate = gate
         self.joins = joins or Joins(store, keys)
 
@@ -77,7 +77,7 @@ class Directory:
 
     async def discover(
         self, caller: str, packed_hashes: bytes, previous_hashes: bytes = b"", previous_token: bytes = b""
-    ) -> DiscoverResult:
+    ) -> DirectoryMatch:
         """Match a batch of contact hashes against the in-memory index.
 
         The whole batch is one AES call and one vectorised probe, in the event loop.
@@ -85,27 +85,25 @@ class Directory:
         notify_on_join on (core/joins.py). The gate (core/quota.py) charges the request rate
         and the new contacts before the lookup, so a refused request learns nothing.
         """
-        if self.gate is not None:
-            await self.gate.admit(caller)
+        await self.gate.admit(caller)
         check_packed_hashes(packed_hashes, self.limits.max_hashes_per_request)
         keys = self.keys.directory_keys(packed_hashes)
         ordered = sort_keys(keys)
         check_no_duplicate_keys(ordered)
-        token = b""
-        if self.gate is not None:
-            token = await self.gate.charge(caller, ordered, previous_hashes, previous_token)
+        token = await self.gate.charge(caller, ordered, previous_hashes, previous_token)
+        checked = len(keys) // KEY_SIZE
         if not keys:
-            return DiscoverResult([], [], token)
-        positions, user_ids = self.sync.index.lookup(keys)
+            return DirectoryMatch([], [], token, checked)
+        positions, user_ids = self.sync.lookup(keys)
         await self.joins.watch_unmatched(caller, keys, positions)
-        return DiscoverResult(positions.tolist(), user_ids, token)
+        return DirectoryMatch(positions.tolist(), user_ids, token, checked)
 
-    async def get_settings(self, caller: str) -> Settings:
+    async def get_settings(self, caller: str) -> PrivacySettings:
         return (await self._registered(caller)).settings
 
     async def update_settings(
-        self, caller: str, settings: Settings, mask: list[str] | None = None
-    ) -> Settings:
+        self, caller: str, settings: PrivacySettings, mask: list[str] | None = None
+    ) -> PrivacySettings:
         unknown = [name for name in mask or [] if name not in SETTING_NAMES]
         if unknown:
             raise InvalidArgument.field(
@@ -133,13 +131,13 @@ class Directory:
     async def _registered(self, user_id: str) -> UserRecord:
         record = await self.store.get_user(user_id)
         if record is None:
-            raise NotFound("the caller is not a registered user", "user", "")
+            raise UserNotRegistered("caller")
         return record
 
     # -- backends -------------------------------------------------------------------------------
 
     async def register(
-        self, user_id: str, contact_hash: bytes, settings: Settings | None = None
+        self, user_id: str, contact_hash: bytes, settings: PrivacySettings | None = None
     ) -> RegisterOutcome:
         check_user_id(user_id)
         check_contact_hash(contact_hash)
@@ -152,8 +150,7 @@ class Directory:
         check_user_id(user_id)
         if await self.store.unregister(user_id) is None:
             raise UserNotRegistered()
-        if self.gate is not None:
-            await self.gate.forget(user_id)
+        await self.gate.forget(user_id)
         self.joins.user_left(user_id)
         await self.sync.catch_up()
 
@@ -171,7 +168,7 @@ class Directory:
                 "users", f"{len(candidates)} users exceed the batch limit of {self.limits.max_import_batch}"
             )
         report = ImportReport()
-        rejections: list[ImportRejection] = []
+        rejections: list[RejectedUser] = []
         valid: list[tuple[int, ImportCandidate]] = []
         seen_ids: set[str] = set()
         seen_hashes: set[bytes] = set()
@@ -185,7 +182,7 @@ class Directory:
             elif candidate.user_id in seen_ids or candidate.contact_hash in seen_hashes:
                 reason = ImportRejectionReason.DUPLICATE_IN_IMPORT
             if reason is not None:
-                rejections.append(ImportRejection(position, candidate.user_id, reason))
+                rejections.append(RejectedUser(position, candidate.user_id, reason))
                 continue
             seen_ids.add(candidate.user_id)
             seen_hashes.add(candidate.contact_hash)
@@ -201,7 +198,7 @@ class Directory:
             # The store numbers the valid users 0..n-1; map back to stream positions.
             for rejection in stored.rejections:
                 rejections.append(
-                    ImportRejection(valid[rejection.position][0], rejection.user_id, rejection.reason)
+                    RejectedUser(valid[rejection.position][0], rejection.user_id, rejection.reason)
                 )
             report.imported = stored.imported
             report.unchanged = stored.unchanged

@@ -82,8 +82,10 @@ class UserIdTaken(AlreadyExists):
 
 
 class UserNotRegistered(NotFound):
-    def __init__(self) -> None:
-        super().__init__("the user is not registered", "user", "")
+    """The one "not registered": ``who`` is "user" for a backend's target, "caller" for a client."""
+
+    def __init__(self, who: str = "user") -> None:
+        super().__init__(f"the {who} is not registered", "user", "")
 
 
 class FeedTruncated(Exception):

@@ -5,7 +5,7 @@
   when the contact is uploaded again, and a user has at most ``watch_cap`` of them (the
   ones that would expire first go first).
 * The store fans a registration out to the watchers' inboxes in the registering
-  transaction (see store.base.JoinStore); this module only reads and delivers.
+  transaction (see core.ports.JoinStore); this module only reads and delivers.
 * Delivery: a stream replays the inbox after a cursor in pages, then waits for a wake-up
   from the :class:`JoinHub` and reads again. Nothing is pushed into per-subscriber
   buffers, so an idle subscriber costs one small object and a slow one at most one page:
@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from discovery.core.errors import InvalidArgument, NotFound, QuotaExceeded
+from discovery.core.background import log_retry
+from discovery.core.errors import InvalidArgument, QuotaExceeded, UserNotRegistered
 from discovery.core.hashing import KEY_SIZE, KeyRing
 from discovery.core.model import InboxEntry
-from discovery.logs import log_retry
-from discovery.store.base import Store
+from discovery.core.ports import Store
 
 log = logging.getLogger("discovery.joins")
 
@@ -53,7 +53,7 @@ class JoinPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class JoinEvent:
+class JoinNotice:
     """One delivered notification: ``user_id`` joined with the contact whose hash starts with
     ``contact_prefix`` (which the receiver uploaded)."""
 
@@ -68,7 +68,7 @@ class JoinEvent:
 class JoinBatch:
     """One stream message: events in cursor order; ``caught_up`` marks the end of the replay."""
 
-    events: list[JoinEvent]
+    events: list[JoinNotice]
     caught_up: bool
 
 
@@ -218,7 +218,7 @@ class Joins:
         self.policy = policy or JoinPolicy()
         self.hub = JoinHub(self.policy.max_subscribers, self.policy.max_streams_per_user)
         self._tasks: list[asyncio.Task[None]] = []
-        self._wants = _FlagCache(self.policy.settings_cache_seconds)
+        self._wants = _NotifyOnJoinCache(self.policy.settings_cache_seconds)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -310,7 +310,7 @@ class Joins:
         try:
             start = await self.store.inbox_attach(user_id, device_id, after)
             if start is None:
-                raise _not_registered()
+                raise UserNotRegistered("caller")
             cursor = start
             caught_up = False
             page = self.policy.page_size
@@ -327,16 +327,16 @@ class Joins:
                 if not full:
                     await sub.wait()
             if sub.gone:
-                raise _not_registered()
+                raise UserNotRegistered("caller")
         finally:
             self.hub.remove(sub)
 
-    def _events(self, entries: list[InboxEntry]) -> list[JoinEvent]:
+    def _events(self, entries: list[InboxEntry]) -> list[JoinNotice]:
         if not entries:
             return []
         prefixes = self.keys.recover_prefix(b"".join(e.directory_key for e in entries))
         return [
-            JoinEvent(
+            JoinNotice(
                 cursor=e.cursor,
                 event_id=e.event_id,
                 user_id=e.joiner,
@@ -352,15 +352,11 @@ class Joins:
         check_cursor(cursor, "cursor")
         deleted = await self.store.inbox_ack(user_id, device_id, cursor, self.policy.inbox_ttl)
         if deleted is None:
-            raise _not_registered()
+            raise UserNotRegistered("caller")
         return deleted
 
 
-def _not_registered() -> NotFound:
-    return NotFound("the caller is not a registered user", "user", "")
-
-
-class _FlagCache:
+class _NotifyOnJoinCache:
     """Whether a user wants join notifications, remembered for a few seconds, so that most
     Discover calls skip a store read. Staleness is safe: the store itself refuses watches for
     a user with notify_on_join off, and a user who just turned it on elsewhere only misses

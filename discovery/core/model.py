@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class PrivacySettings:
     """A user's privacy settings."""
 
     discoverable: bool = True
@@ -22,8 +22,8 @@ class Settings:
         discoverable: bool | None = None,
         announce_join: bool | None = None,
         notify_on_join: bool | None = None,
-    ) -> Settings:
-        return Settings(
+    ) -> PrivacySettings:
+        return PrivacySettings(
             discoverable=self.discoverable if discoverable is None else discoverable,
             announce_join=self.announce_join if announce_join is None else announce_join,
             notify_on_join=self.notify_on_join if notify_on_join is None else notify_on_join,
@@ -39,7 +39,7 @@ class UserRecord:
 
     user_id: str
     directory_key: bytes
-    settings: Settings
+    settings: PrivacySettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +83,11 @@ class NewUser:
 
     user_id: str
     directory_key: bytes
-    settings: Settings
+    settings: PrivacySettings
 
 
 @dataclass(frozen=True, slots=True)
-class ImportRejection:
+class RejectedUser:
     position: int
     user_id: str
     reason: ImportRejectionReason
@@ -98,7 +98,7 @@ class ImportReport:
     imported: int = 0
     unchanged: int = 0
     rejected_total: int = 0
-    rejections: list[ImportRejection] = field(default_factory=list)
+    rejections: list[RejectedUser] = field(default_factory=list)
 
     def add(self, other: ImportReport, max_rejections: int) -> None:
         self.imported += other.imported
@@ -109,7 +109,7 @@ class ImportReport:
 
 
 @dataclass(frozen=True, slots=True)
-class DiscoverResult:
+class DirectoryMatch:
     """Positions in the request (ascending) and the matched user ids, in the same order.
 
     ``token`` proves the request's contact set on the caller's next request (see core/quota.py);
@@ -119,11 +119,12 @@ class DiscoverResult:
     positions: list[int]
     user_ids: list[str]
     token: bytes = b""
+    checked: int = 0  # how many contact hashes the request held
 
 
 @dataclass(frozen=True, slots=True)
 class QuotaCharge:
-    """The outcome of charging a leaky bucket (see store.base.QuotaStore.charge).
+    """The outcome of charging a leaky bucket (see core.ports.QuotaStore.charge).
 
     ``level`` is the bucket's content after the call; ``retry_after`` is how many seconds
     until the refused cost would fit (0 when allowed, ``inf`` when it never fits).
@@ -136,7 +137,7 @@ class QuotaCharge:
 
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
-    """A stored join notification (see store.base.JoinStore).
+    """A stored join notification (see core.ports.JoinStore).
 
     It names the contact only by the joiner's directory key; the contact-hash prefix the
     watcher matches is recovered from it when the entry is delivered, never stored.

@@ -36,6 +36,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import blake3
 import numpy as np
@@ -44,8 +45,8 @@ from discovery.core.errors import InvalidArgument, QuotaExceeded
 from discovery.core.hashing import KeyRing
 from discovery.core.keyset import SortedKeys, sort_keys
 from discovery.core.model import QuotaCharge
+from discovery.core.ports import QuotaStore
 from discovery.core.validation import check_no_duplicate_keys, check_packed_hashes
-from discovery.store.base import QuotaStore
 
 TOKEN_VERSION = 1
 TOKEN_SIZE = 1 + 8 + 32
@@ -119,6 +120,36 @@ class SetTokens:
 
 
 BUCKET_PURPOSES = ("requests", "contacts")
+
+
+class Gate(Protocol):
+    """What Discover passes before the lookup (DiscoverGate, or AllowAllGate without quotas)."""
+
+    async def admit(self, caller: str) -> None: ...
+
+    async def charge(
+        self, caller: str, current: SortedKeys, previous_hashes: bytes, previous_token: bytes
+    ) -> bytes: ...
+
+    async def forget(self, user_id: str) -> int: ...
+
+
+class AllowAllGate:
+    """A gate that admits every request, charges nothing and issues no token (tests, tools)."""
+
+    async def admit(self, caller: str) -> None:
+        return None
+
+    async def charge(
+        self, caller: str, current: SortedKeys, previous_hashes: bytes, previous_token: bytes
+    ) -> bytes:
+        return b""
+
+    async def forget(self, user_id: str) -> int:
+        return 0
+
+
+ALLOW_ALL = AllowAllGate()
 
 
 class DiscoverGate:

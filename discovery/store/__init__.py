@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from discovery.store.base import RegistryStore, Store
+from discovery.core.ports import RegistryStore, Store
 
 
 async def open_store(

@@ -1,51 +1,124 @@
-"""A Store wrapper that times every operation for the metrics, whatever the backend."""
+"""A Store decorator that times every operation for the metrics, whatever the backend.
+
+Each operation is delegated by hand, so the type checker sees the whole Store protocol.
+Waits (``feed_wait``) and the streams (``iter_registry``, ``inbox_signals``) block or run
+by design; timing them would hide real latency, so they pass straight through.
+"""
 
 from __future__ import annotations
 
-import inspect
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import TypeVar
 
 from prometheus_client import Counter, Histogram
 
-from discovery.store.base import Store
+from discovery.core import model as m
+from discovery.core.ports import Store
+
+T = TypeVar("T")
 
 
-class _TimedStore:
+class TimedStore:
+    """Implements Store by delegating to ``store``, observing each call's duration and errors."""
+
     def __init__(self, store: Store, seconds: Histogram, errors: Counter) -> None:
-        self._store = store
+        self.inner = store
         self._seconds = seconds
         self._errors = errors
-        self._wrappers: dict[str, Any] = {}
 
-    def __getattr__(self, name: str) -> Any:
-        wrapper = self._wrappers.get(name)
-        if wrapper is not None:
-            return wrapper
-        attribute = getattr(self._store, name)
-        # Waits (feed_wait, ...) block by design; timing them would hide real latency.
-        if name.startswith("_") or "wait" in name or not inspect.iscoroutinefunction(attribute):
-            return attribute
-        wrapper = self._wrappers[name] = self._timed(name, attribute)
-        return wrapper
+    async def _timed(self, operation: str, call: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await call
+        except Exception:
+            self._errors.labels(operation).inc()
+            raise
+        finally:
+            self._seconds.labels(operation).observe(time.perf_counter() - started)
 
-    def _timed(self, name: str, operation: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        seconds = self._seconds.labels(name)
-        errors = self._errors.labels(name)
+    # -- registry -------------------------------------------------------------------------------
 
-        async def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return await operation(*args, **kwargs)
-            except Exception:
-                errors.inc()
-                raise
-            finally:
-                seconds.observe(time.perf_counter() - started)
+    async def register(self, user: m.NewUser) -> m.RegisterOutcome:
+        return await self._timed("register", self.inner.register(user))
 
-        return timed
+    async def unregister(self, user_id: str) -> m.UserRecord | None:
+        return await self._timed("unregister", self.inner.unregister(user_id))
+
+    async def delete_user_data(self, user_id: str) -> int:
+        return await self._timed("delete_user_data", self.inner.delete_user_data(user_id))
+
+    async def change_number(self, user_id: str, directory_key: bytes) -> m.UserRecord:
+        return await self._timed("change_number", self.inner.change_number(user_id, directory_key))
+
+    async def import_users(self, users: Sequence[m.NewUser], first_position: int) -> m.ImportReport:
+        return await self._timed("import_users", self.inner.import_users(users, first_position))
+
+    async def get_user(self, user_id: str) -> m.UserRecord | None:
+        return await self._timed("get_user", self.inner.get_user(user_id))
+
+    async def update_settings(self, user_id: str, settings: m.PrivacySettings) -> m.UserRecord | None:
+        return await self._timed("update_settings", self.inner.update_settings(user_id, settings))
+
+    def iter_registry(self, batch_size: int) -> AsyncIterator[m.RegistrySlice]:
+        return self.inner.iter_registry(batch_size)
+
+    async def registry_size(self) -> int:
+        return await self._timed("registry_size", self.inner.registry_size())
+
+    async def feed_head(self) -> int:
+        return await self._timed("feed_head", self.inner.feed_head())
+
+    async def feed_read(self, after: int, limit: int) -> list[m.RegistryChange]:
+        return await self._timed("feed_read", self.inner.feed_read(after, limit))
+
+    async def feed_wait(self, after: int, timeout: float) -> None:
+        await self.inner.feed_wait(after, timeout)
+
+    # -- quota ----------------------------------------------------------------------------------
+
+    async def charge(
+        self, bucket: str, cost: float, capacity: float, leak_per_second: float, now: float
+    ) -> m.QuotaCharge:
+        return await self._timed("charge", self.inner.charge(bucket, cost, capacity, leak_per_second, now))
+
+    async def forget_buckets(self, buckets: Sequence[str]) -> int:
+        return await self._timed("forget_buckets", self.inner.forget_buckets(buckets))
+
+    # -- joins ----------------------------------------------------------------------------------
+
+    async def add_watches(self, watcher: str, keys: bytes, ttl: float, cap: int) -> int:
+        return await self._timed("add_watches", self.inner.add_watches(watcher, keys, ttl, cap))
+
+    async def drop_watches(self, watcher: str) -> int:
+        return await self._timed("drop_watches", self.inner.drop_watches(watcher))
+
+    async def count_watches(self, watcher: str) -> int:
+        return await self._timed("count_watches", self.inner.count_watches(watcher))
+
+    async def inbox_attach(self, user_id: str, device_id: str, after: int) -> int | None:
+        return await self._timed("inbox_attach", self.inner.inbox_attach(user_id, device_id, after))
+
+    async def inbox_read(self, user_id: str, after: int, limit: int, max_age: float) -> list[m.InboxEntry]:
+        return await self._timed("inbox_read", self.inner.inbox_read(user_id, after, limit, max_age))
+
+    async def inbox_ack(self, user_id: str, device_id: str, cursor: int, max_age: float) -> int | None:
+        return await self._timed("inbox_ack", self.inner.inbox_ack(user_id, device_id, cursor, max_age))
+
+    async def purge_expired(self, max_age: float) -> int:
+        return await self._timed("purge_expired", self.inner.purge_expired(max_age))
+
+    def inbox_signals(self) -> AsyncIterator[set[str]]:
+        return self.inner.inbox_signals()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._timed("ping", self.inner.ping())
+
+    async def close(self) -> None:
+        await self._timed("close", self.inner.close())
 
 
 def timed_store(store: Store, seconds: Histogram, errors: Counter) -> Store:
-    return cast(Store, _TimedStore(store, seconds, errors))
+    return TimedStore(store, seconds, errors)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from discovery.api.auth import DIRECTORY_WRITE_SCOPE
-from discovery.security import jwt_secret, mint_token
-from discovery.server import DiscoveryServer
+from discovery.app.credentials import jwt_secret, mint_token
+from discovery.app.server import DiscoveryServer
 
 Metadata = tuple[tuple[str, str], ...]
 

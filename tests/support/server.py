@@ -11,9 +11,9 @@ import grpc
 import pytest
 from grpc import aio
 
+from discovery.app.server import DiscoveryServer
 from discovery.config import ServerConfig
 from discovery.logs import JsonFormatter
-from discovery.server import DiscoveryServer
 
 StartServer = Callable[..., Awaitable[DiscoveryServer]]
 

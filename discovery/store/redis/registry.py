@@ -20,14 +20,14 @@ import numpy as np
 
 from discovery.core.errors import ContactHashTaken, FeedTruncated, UserIdTaken, UserNotRegistered
 from discovery.core.model import (
-    ImportRejection,
     ImportRejectionReason,
     ImportReport,
     NewUser,
+    PrivacySettings,
     RegisterOutcome,
     RegistryChange,
     RegistrySlice,
-    Settings,
+    RejectedUser,
     UserRecord,
 )
 from discovery.store.redis.base import BUCKETS, MAX_BLOCK_SECONDS, Call, LuaScript, RedisBase, pack_flags
@@ -206,14 +206,14 @@ def _record(user_id: str, rec: bytes) -> UserRecord:
     return UserRecord(
         user_id=user_id,
         directory_key=rec[:16],
-        settings=Settings(
+        settings=PrivacySettings(
             discoverable=bool(flags & 1), announce_join=bool(flags & 2), notify_on_join=bool(flags & 4)
         ),
     )
 
 
 @functools.cache
-def _flags(settings: Settings) -> bytes:
+def _flags(settings: PrivacySettings) -> bytes:
     return pack_flags(settings.discoverable, settings.announce_join, settings.notify_on_join)
 
 
@@ -295,7 +295,7 @@ class RedisRegistry(RedisBase):
             await self._written()
         return record
 
-    async def update_settings(self, user_id: str, settings: Settings) -> UserRecord | None:
+    async def update_settings(self, user_id: str, settings: PrivacySettings) -> UserRecord | None:
         uid = user_id.encode()
         reply = await self._eval(UPDATE_SETTINGS, self._registry_keys(uid), [uid, _flags(settings)])
         if not isinstance(reply, bytes):
@@ -332,7 +332,7 @@ class RedisRegistry(RedisBase):
             elif code == UNCHANGED:
                 report.unchanged += 1
             else:
-                report.rejections.append(ImportRejection(first_position + i, user.user_id, _REJECTION[code]))
+                report.rejections.append(RejectedUser(first_position + i, user.user_id, _REJECTION[code]))
         report.rejected_total = len(report.rejections)
         if report.imported:
             await self._written()

@@ -13,14 +13,14 @@ import numpy as np
 
 from discovery.core.errors import ContactHashTaken, FeedTruncated, UserIdTaken, UserNotRegistered
 from discovery.core.model import (
-    ImportRejection,
     ImportRejectionReason,
     ImportReport,
     NewUser,
+    PrivacySettings,
     RegisterOutcome,
     RegistryChange,
     RegistrySlice,
-    Settings,
+    RejectedUser,
     UserRecord,
 )
 from discovery.store.sqlite.base import SqliteBase
@@ -32,7 +32,9 @@ def _record(row: tuple[str, bytes, int, int, int]) -> UserRecord:
     return UserRecord(
         user_id=row[0],
         directory_key=bytes(row[1]),
-        settings=Settings(discoverable=bool(row[2]), announce_join=bool(row[3]), notify_on_join=bool(row[4])),
+        settings=PrivacySettings(
+            discoverable=bool(row[2]), announce_join=bool(row[3]), notify_on_join=bool(row[4])
+        ),
     )
 
 
@@ -95,11 +97,11 @@ class SqliteRegistry(SqliteBase):
         self._after_register(conn, [(user_id, directory_key, record.settings.announce_join)])
         return record
 
-    async def update_settings(self, user_id: str, settings: Settings) -> UserRecord | None:
+    async def update_settings(self, user_id: str, settings: PrivacySettings) -> UserRecord | None:
         return await self._write(lambda conn: self._update_settings_sync(conn, user_id, settings))
 
     def _update_settings_sync(
-        self, conn: sqlite3.Connection, user_id: str, settings: Settings
+        self, conn: sqlite3.Connection, user_id: str, settings: PrivacySettings
     ) -> UserRecord | None:
         record = self._user_row(conn, user_id)
         if record is None:
@@ -139,19 +141,7 @@ class SqliteRegistry(SqliteBase):
                 for i, u in enumerate(users)
             ],
         )
-        rejected: dict[int, ImportRejectionReason] = {}
-        unchanged: set[int] = set()
-        for pos, same_key in conn.execute(
-            "SELECT b.pos, b.dkey = u.dkey FROM import_batch b JOIN users u ON u.user_id = b.user_id"
-        ):
-            if same_key:
-                unchanged.add(pos)
-            else:
-                rejected[pos] = ImportRejectionReason.USER_ID_TAKEN
-        for (pos,) in conn.execute(
-            "SELECT b.pos FROM import_batch b JOIN users u ON u.dkey = b.dkey WHERE u.user_id != b.user_id"
-        ):
-            rejected.setdefault(pos, ImportRejectionReason.CONTACT_HASH_TAKEN)
+        rejected, unchanged = _import_conflicts(conn)
         skip = unchanged | rejected.keys()
         if skip:
             conn.executemany("DELETE FROM import_batch WHERE pos = ?", [(p,) for p in skip])
@@ -175,8 +165,7 @@ class SqliteRegistry(SqliteBase):
         report.unchanged = len(unchanged)
         report.rejected_total = len(rejected)
         report.rejections = [
-            ImportRejection(pos, users[pos - first].user_id, reason)
-            for pos, reason in sorted(rejected.items())
+            RejectedUser(pos, users[pos - first].user_id, reason) for pos, reason in sorted(rejected.items())
         ]
         return report
 
@@ -254,3 +243,21 @@ class SqliteRegistry(SqliteBase):
         changed = self._changed
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), timeout=min(timeout, self._poll_interval))
+
+
+def _import_conflicts(conn: sqlite3.Connection) -> tuple[dict[int, ImportRejectionReason], set[int]]:
+    """Rows of import_batch the registry refuses (with the reason), and rows it already holds."""
+    rejected: dict[int, ImportRejectionReason] = {}
+    unchanged: set[int] = set()
+    for pos, same_key in conn.execute(
+        "SELECT b.pos, b.dkey = u.dkey FROM import_batch b JOIN users u ON u.user_id = b.user_id"
+    ):
+        if same_key:
+            unchanged.add(pos)
+        else:
+            rejected[pos] = ImportRejectionReason.USER_ID_TAKEN
+    for (pos,) in conn.execute(
+        "SELECT b.pos FROM import_batch b JOIN users u ON u.dkey = b.dkey WHERE u.user_id != b.user_id"
+    ):
+        rejected.setdefault(pos, ImportRejectionReason.CONTACT_HASH_TAKEN)
+    return rejected, unchanged

@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 
+from discovery.core.background import log_retry
 from discovery.core.errors import FeedTruncated
 from discovery.core.model import RegistryChange
+from discovery.core.ports import RegistryStore
 from discovery.index.table import DirectoryIndex
-from discovery.logs import log_retry
-from discovery.store.base import RegistryStore
 
 log = logging.getLogger("discovery.index")
 
@@ -36,13 +37,43 @@ class IndexSync:
         *,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
-        self.store = store
-        self.index = DirectoryIndex()
-        self.cursor = 0
-        self.loaded = False
-        self.last_sync = 0.0
+        self._store = store
+        self._index = DirectoryIndex()
+        self._cursor = 0
+        self._loaded = False
+        self._last_sync = 0.0
         self._lock = asyncio.Lock()
         self._on_progress = on_progress
+
+    # -- what the gauges and the health read ----------------------------------------------------
+
+    @property
+    def users(self) -> int:
+        """How many users the index holds."""
+        return len(self._index)
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._index.memory_bytes()
+
+    @property
+    def cursor(self) -> int:
+        """The sequence number of the last change applied."""
+        return self._cursor
+
+    @property
+    def loaded(self) -> bool:
+        """True once the index was loaded and follows the feed."""
+        return self._loaded
+
+    @property
+    def last_sync(self) -> float:
+        """``time.monotonic()`` of the last catch-up that reached the feed's head (0: never)."""
+        return self._last_sync
+
+    def lookup(self, keys: bytes) -> tuple[npt.NDArray[np.uint32], list[str]]:
+        """The positions of the packed directory keys that match a discoverable user, and their ids."""
+        return self._index.lookup(keys)
 
     async def load(self) -> None:
         """Build a fresh index from the whole registry, then replay the feed from before the load."""
@@ -51,12 +82,12 @@ class IndexSync:
 
     async def _reload(self) -> None:
         started = time.monotonic()
-        head = await self.store.feed_head()
-        total = await self.store.registry_size()
+        head = await self._store.feed_head()
+        total = await self._store.registry_size()
         index = DirectoryIndex(capacity=max(1024, total))
         loaded = 0
         log.info("index load started", extra={"event": "index_load_started", "users": total})
-        async for piece in self.store.iter_registry(LOAD_BATCH):
+        async for piece in self._store.iter_registry(LOAD_BATCH):
             index.bulk_load(piece.keys, piece.user_ids, piece.discoverable)
             loaded += len(piece.user_ids)
             if self._on_progress is not None:
@@ -65,11 +96,11 @@ class IndexSync:
                 "index load progress",
                 extra={"event": "index_load_progress", "loaded": loaded, "total": total},
             )
-        self.index = index
-        self.cursor = head
+        self._index = index
+        self._cursor = head
         # Changes made while loading are replayed; applying a change twice is harmless.
         await self._catch_up_locked()
-        self.loaded = True
+        self._loaded = True
         log.info(
             "index loaded",
             extra={
@@ -89,23 +120,23 @@ class IndexSync:
         applied = 0
         while True:
             try:
-                changes = await self.store.feed_read(self.cursor, FEED_BATCH)
+                changes = await self._store.feed_read(self._cursor, FEED_BATCH)
             except FeedTruncated:
                 log.warning("index fell behind the change feed; reloading", extra={"event": "index_reload"})
                 await self._reload()
                 return applied
             if not changes:
-                self.last_sync = time.monotonic()
+                self._last_sync = time.monotonic()
                 return applied
-            apply_changes(self.index, changes)
-            self.cursor = changes[-1].seq
+            apply_changes(self._index, changes)
+            self._cursor = changes[-1].seq
             applied += len(changes)
 
     async def follow(self, stop: asyncio.Event) -> None:
         """Follow the feed until ``stop`` is set. Store errors are logged and retried."""
         while not stop.is_set():
             try:
-                await self.store.feed_wait(self.cursor, timeout=0.5)
+                await self._store.feed_wait(self._cursor, timeout=0.5)
                 await self.catch_up()
             except asyncio.CancelledError:
                 raise

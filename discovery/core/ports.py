@@ -14,11 +14,11 @@ from discovery.core.model import (
     ImportReport,
     InboxEntry,
     NewUser,
+    PrivacySettings,
     QuotaCharge,
     RegisterOutcome,
     RegistryChange,
     RegistrySlice,
-    Settings,
     UserRecord,
 )
 
@@ -60,7 +60,7 @@ class RegistryStore(Protocol):
 
     async def get_user(self, user_id: str) -> UserRecord | None: ...
 
-    async def update_settings(self, user_id: str, settings: Settings) -> UserRecord | None:
+    async def update_settings(self, user_id: str, settings: PrivacySettings) -> UserRecord | None:
         """Replace a user's settings; None if not registered."""
         ...
 

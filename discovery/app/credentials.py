@@ -1,5 +1,9 @@
-"""Security settings from the configuration: authenticator, TLS credentials, quota policy,
+"""Credentials from the configuration: the server secret, the authenticator, TLS credentials,
 and the keys to mint development tokens with (``discovery token``).
+
+Secrets live outside the datastore. On first start each is generated into its own file
+with mode 0600; a deployment can instead pass it in an environment variable (from a KMS
+or a secrets manager). A dump of the datastore without the server secret reveals no number.
 
 Defaults are chosen so that ``discovery serve`` works out of the box on 127.0.0.1 and
 never runs unauthenticated elsewhere: JWT authentication is the default, its HS256
@@ -11,6 +15,8 @@ secret) and ``discovery token`` mints tokens from it. ``--auth dev`` (the truste
 from __future__ import annotations
 
 import ipaddress
+import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -20,12 +26,64 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 
 from discovery.api.auth import Authenticator, DevAuthenticator
-from discovery.api.jwt_auth import ALGORITHMS, JwtAuthenticator, JwtVerifier
-from discovery.config import ServerConfig
-from discovery.core.quota import QuotaPolicy
-from discovery.server_secret import load_or_create_secret, secret_from_env
+from discovery.api.jwt_auth import JwtAuthenticator, JwtVerifier, check_algorithm
+from discovery.config import AUTH_MODES, ServerConfig
+from discovery.core.hashing import MIN_SECRET_SIZE
 
-AUTH_MODES = ("jwt", "dev")
+SECRET_BYTES = 32
+
+
+# -- secrets --------------------------------------------------------------------------------------
+
+
+def load_secret(env: str, path: Path) -> bytes:
+    """The secret in environment variable ``env`` if one is named, else the one in ``path``
+    (generated on first start)."""
+    if env:
+        return secret_from_env(env)
+    return load_or_create_secret(path)
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise PermissionError(
+                f"{path} must not be readable by group or others (mode {mode:o}); chmod 600 it"
+            )
+        return _decode(path.read_text().strip(), str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_bytes(SECRET_BYTES)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret.hex() + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return secret
+
+
+def secret_from_env(variable: str) -> bytes:
+    value = os.environ.get(variable)
+    if not value:
+        raise ValueError(f"environment variable {variable} holds no server secret")
+    return _decode(value.strip(), variable)
+
+
+def _decode(text: str, source: str) -> bytes:
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"the server secret in {source} is not hex") from None
+    if len(secret) < MIN_SECRET_SIZE:
+        raise ValueError(f"the server secret in {source} is shorter than {MIN_SECRET_SIZE} bytes")
+    return secret
+
+
+def server_secret(config: ServerConfig) -> bytes:
+    return load_secret(config.secret_env, config.secret_path)
+
+
+# -- authentication -------------------------------------------------------------------------------
 
 
 def listen_host(listen: str) -> str:
@@ -47,17 +105,11 @@ def is_loopback(listen: str) -> bool:
 def jwt_secret(config: ServerConfig) -> bytes:
     """The HS256 shared secret: from the environment variable if named, else the file
     (generated on first start)."""
-    if config.jwt_secret_env:
-        return secret_from_env(config.jwt_secret_env)
-    return load_or_create_secret(config.jwt_secret_path)
+    return load_secret(config.jwt_secret_env, config.jwt_secret_path)
 
 
 def jwt_verification_key(config: ServerConfig) -> Any:
-    if config.jwt_algorithm not in ALGORITHMS:
-        raise ValueError(
-            f"unsupported JWT algorithm {config.jwt_algorithm!r}; use one of {', '.join(ALGORITHMS)}"
-        )
-    if config.jwt_algorithm == "HS256":
+    if check_algorithm(config.jwt_algorithm) == "HS256":
         return jwt_secret(config)
     if not config.jwt_public_key:
         raise ValueError(f"--jwt-algorithm {config.jwt_algorithm} needs --jwt-public-key")
@@ -101,16 +153,6 @@ def server_credentials(config: ServerConfig) -> Any:
     client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
-
-
-def quota_policy(config: ServerConfig) -> QuotaPolicy:
-    return QuotaPolicy(
-        capacity=config.quota_capacity,
-        refill_per_hour=config.quota_refill_per_hour,
-        rate_burst=config.rate_limit_burst,
-        rate_per_minute=config.rate_limit_per_minute,
-        token_ttl=config.previous_token_ttl_seconds,
     )
 
 

@@ -1,0 +1,212 @@
+"""The lifecycle of one service instance (``app/wiring.py`` assembles it).
+
+start(): build, bind, report NOT_SERVING, load the index, then SERVING.
+stop():  NOT_SERVING, stop accepting calls, drain within the grace period, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from grpc_health.v1 import health_pb2
+
+from discovery.api.auth import API_SERVICES, Authenticator
+from discovery.app.credentials import is_loopback
+from discovery.app.wiring import Service, build
+from discovery.config import ServerConfig
+from discovery.core.directory import Directory
+from discovery.core.index_sync import IndexSync
+from discovery.core.joins import Joins
+from discovery.core.ports import Store
+from discovery.metrics import Metrics
+
+log = logging.getLogger("discovery.server")
+
+
+class DiscoveryServer:
+    def __init__(self, config: ServerConfig, authenticator: Authenticator | None = None) -> None:
+        self.config = config
+        self._authenticator = authenticator  # None: from the config
+        self.port = 0
+        self.metrics_port = 0
+        self.store_healthy = False
+        self._service: Service | None = None
+        self._metrics_http: Any = None
+        self._running = False
+        self._follow_task: asyncio.Task[None] | None = None
+        self._monitor_task: asyncio.Task[None] | None = None
+        self._stop_follow = asyncio.Event()
+        self._stopped = asyncio.Event()
+
+    # -- the parts, once started ----------------------------------------------------------------
+
+    @property
+    def service(self) -> Service:
+        if self._service is None:
+            raise RuntimeError("the server is not started")
+        return self._service
+
+    @property
+    def store(self) -> Store:
+        return self.service.store
+
+    @property
+    def sync(self) -> IndexSync:
+        return self.service.sync
+
+    @property
+    def joins(self) -> Joins:
+        return self.service.joins
+
+    @property
+    def directory(self) -> Directory:
+        return self.service.directory
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.service.metrics
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        config = self.config
+        service = self._service = await build(config, self._authenticator)
+        self.store_healthy = True
+        await self._set_serving(False)
+        self.port = service.bind()
+        if self.port == 0:
+            raise OSError(f"could not bind {config.listen}")
+        await service.grpc_server.start()
+        self._running = True
+        log.info("listening", extra={"event": "listening", "port": self.port, "listen": config.listen})
+        await service.sync.load()
+        self._follow_task = asyncio.create_task(service.sync.follow(self._stop_follow), name="index-follow")
+        service.joins.start()
+        self._watch_gauges(service)
+        if config.metrics_listen:
+            self._metrics_http, self.metrics_port = service.metrics.serve_http(config.metrics_listen)
+            log.info("metrics", extra={"event": "metrics_listening", "port": self.metrics_port})
+        await self._set_serving(True)
+        self._monitor_task = asyncio.create_task(self._monitor_store(service.store), name="store-monitor")
+        if config.port_file:
+            Path(config.port_file).write_text(f"{self.port}\n")
+        log.info("serving", extra={"event": "serving", "port": self.port, "users": service.sync.users})
+        self._log_security(service.tls)
+        return self.port
+
+    def _log_security(self, tls: bool) -> None:
+        """Say how callers authenticate, and how to get a development token."""
+        config = self.config
+        extra: dict[str, object] = {"event": "auth", "auth": config.auth, "tls": tls}
+        if config.auth == "jwt" and config.jwt_algorithm == "HS256" and not config.jwt_secret_env:
+            where = (
+                f" --jwt-secret-file {config.jwt_secret_file}"
+                if config.jwt_secret_file
+                else f" --data-dir {config.data_dir}"
+            )
+            extra["hint"] = (
+                f"mint a development token with: discovery token --sub USER_ID{where} "
+                f"(backends: --scope directory:write)"
+            )
+        log.info("authentication", extra=extra)
+        if not tls and not is_loopback(config.listen):
+            log.warning(
+                "serving without TLS on a non-loopback address: bearer tokens cross the network in clear",
+                extra={"event": "no_tls"},
+            )
+
+    def _watch_gauges(self, service: Service) -> None:
+        """Gauges read at scrape time from the live objects."""
+        sync, joins, metrics = service.sync, service.joins, service.metrics
+        metrics.gauge_from(metrics.index_users, lambda: sync.users)
+        metrics.gauge_from(metrics.index_memory, lambda: sync.memory_bytes)
+        metrics.gauge_from(metrics.index_loaded, lambda: 1.0 if sync.loaded else 0.0)
+        metrics.gauge_from(
+            metrics.index_lag, lambda: time.monotonic() - sync.last_sync if sync.last_sync else 0.0
+        )
+        metrics.gauge_from(metrics.store_up, lambda: 1.0 if self.store_healthy else 0.0)
+        metrics.gauge_from(metrics.live_subscribers, lambda: len(joins.hub))
+
+    async def _monitor_store(self, store: Store) -> None:
+        """Ping the store; NOT_SERVING while it cannot be reached, SERVING again once it can."""
+        interval = self.config.store_check_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(store.ping(), timeout=max(interval, 1.0))
+                healthy = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                healthy = False
+                reason = type(error).__name__
+            if healthy != self.store_healthy:
+                self.store_healthy = healthy
+                if healthy:
+                    log.info("store reachable again", extra={"event": "store_up"})
+                else:
+                    log.warning("store unreachable", extra={"event": "store_down", "error": reason})
+                await self._set_serving(healthy)
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *API_SERVICES):
+            await self.service.health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful: NOT_SERVING, stop accepting, drain in-flight calls, then close the store."""
+        service = self._service
+        if service is None or not self._running:
+            return
+        self._running = False
+        grace = self.config.grace_seconds if grace is None else grace
+        log.info("stopping", extra={"event": "stopping", "grace_seconds": grace})
+        await _cancel(self._monitor_task)
+        await self._set_serving(False)
+        if self.config.shutdown_delay_seconds > 0:
+            # Keep answering while load balancers and health polls see NOT_SERVING.
+            await asyncio.sleep(self.config.shutdown_delay_seconds)
+        await service.health.enter_graceful_shutdown()
+        service.joins.end_streams()  # join streams never end by themselves; clients resume
+        service.health.end_watches()  # Watch streams got NOT_SERVING; they must not hold the drain
+        await service.grpc_server.stop(grace)
+        self._stop_follow.set()
+        await _cancel(self._follow_task)
+        await service.joins.close()
+        await service.store.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
+        self._stopped.set()
+        log.info("stopped", extra={"event": "stopped"})
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    server = DiscoveryServer(config)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    await server.start()
+    await stop_requested.wait()
+    await server.stop()
