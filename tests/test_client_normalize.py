@@ -41,7 +41,7 @@ from discovery.client import (
     prepare_address_book,
 )
 from discovery.client.contacts_file import looks_like_number
-from discovery.core.hashing import contact_hash
+from discovery.contact_hash import contact_hash
 from discovery.v1 import discovery_pb2
 
 # ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from discovery.client.address_book import DEFAULT_MAX_PER_REQUEST, pack_chunks
 from discovery.client.credentials import call_metadata
 from discovery.client.models import CLIENT_INVALID_NUMBER, ImportRejection, ImportSummary, Settings
 from discovery.client.normalize import InvalidNumberError, check_region, normalize_number
-from discovery.core.hashing import HASH_SIZE, contact_hash
+from discovery.contact_hash import HASH_SIZE, contact_hash
 from discovery.v1 import discovery_pb2, discovery_pb2_grpc
 
 ProgressCallback = Callable[[int], None]

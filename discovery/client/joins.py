@@ -41,7 +41,7 @@ import grpc
 
 from discovery.client.address_book import prepare_address_book
 from discovery.client.errors import DiscoveryError
-from discovery.core.hashing import KEY_SIZE
+from discovery.contact_hash import KEY_SIZE
 from discovery.v1 import joins_pb2, joins_pb2_grpc
 
 __all__ = ["ContactMatcher", "JoinEvent", "JoinSubscription", "joins_stub"]
