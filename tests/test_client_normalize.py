@@ -9,6 +9,7 @@ import importlib.util
 import io
 import math
 import sys
+import types
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -25,12 +26,14 @@ from discovery.client import (
     DEFAULT_MAX_PER_REQUEST,
     USER_ID_METADATA_KEY,
     DiscoverResult,
+    DiscoverState,
     DiscoveryError,
     ImportSummary,
     InvalidEntry,
     InvalidNumberError,
     InvalidReason,
     Match,
+    _calls,
     _common,
     call_metadata,
     check_region,
@@ -295,16 +298,48 @@ def test_pack_chunks_rejects_bad_input() -> None:
         prepare_address_book([], None, 0)
 
 
-def test_discover_requests_and_matches() -> None:
+def _discover_plan(
+    hashes: list[bytes], max_per_request: int
+) -> tuple[_calls.Plan[list[tuple[int, str]]], Any]:
+    """The clients' discover_hashes plan over a stub whose Discover is never called (sans IO)."""
+    stub = types.SimpleNamespace(Discover=object())
+    return _calls.discover_hashes(stub, DiscoverState(), hashes, max_per_request), stub.Discover  # type: ignore[arg-type]
+
+
+def test_discover_plan_chunks_and_maps_matches() -> None:
     hashes = [bytes([i]) * 32 for i in range(5)]
-    requests = _common.discover_requests(hashes, 2)
-    assert [(offset, len(r.contact_hashes)) for offset, r in requests] == [(0, 64), (2, 64), (4, 32)]
-    response = discovery_pb2.DiscoverResponse(match_indices=[0, 1], match_user_ids=["a", "b"])
-    assert _common.discover_matches(2, 2, response) == [(2, "a"), (3, "b")]
-    with pytest.raises(ValueError, match="out of range"):
-        _common.discover_matches(4, 1, response)
-    with pytest.raises(ValueError, match="differ"):
-        _common.discover_matches(0, 2, discovery_pb2.DiscoverResponse(match_indices=[0]))
+    plan, method = _discover_plan(hashes, 2)
+    step = _calls.start(plan)
+    sent: list[bytes] = []
+    answers = [
+        discovery_pb2.DiscoverResponse(match_indices=[1], match_user_ids=["b"]),
+        discovery_pb2.DiscoverResponse(match_indices=[0, 1], match_user_ids=["c", "d"]),
+        discovery_pb2.DiscoverResponse(match_indices=[0], match_user_ids=["e"]),
+    ]
+    for answer in answers:
+        assert isinstance(step, _calls.Call) and step.method is method
+        assert isinstance(step.request, discovery_pb2.DiscoverRequest)
+        sent.append(step.request.contact_hashes)
+        step = _calls.resume(plan, answer)
+    assert [len(packed) for packed in sent] == [64, 64, 32]
+    assert b"".join(sent) == b"".join(hashes)
+    assert step == _calls.Done([(1, "b"), (2, "c"), (3, "d"), (4, "e")])
+
+
+@pytest.mark.parametrize(
+    ("response", "match"),
+    [
+        (discovery_pb2.DiscoverResponse(match_indices=[2], match_user_ids=["a"]), "out of range"),
+        (discovery_pb2.DiscoverResponse(match_indices=[0]), "differ"),
+    ],
+)
+def test_discover_plan_rejects_malformed_responses(
+    response: discovery_pb2.DiscoverResponse, match: str
+) -> None:
+    plan, _ = _discover_plan([bytes([i]) * 32 for i in range(5)], 2)
+    assert isinstance(_calls.start(plan), _calls.Call)
+    with pytest.raises(ValueError, match=match):
+        _calls.resume(plan, response)
 
 
 # ---------------------------------------------------------------------------
@@ -472,12 +507,12 @@ def test_import_position_mapping(skips: list[bool]) -> None:
 
 
 def test_to_contact_hash() -> None:
-    assert _common.to_contact_hash("0151 23456789", "DE") == contact_hash("+4915123456789")
-    assert _common.to_contact_hash(b"\x01" * 32, None) == b"\x01" * 32
+    assert _calls.to_contact_hash("0151 23456789", "DE") == contact_hash("+4915123456789")
+    assert _calls.to_contact_hash(b"\x01" * 32, None) == b"\x01" * 32
     with pytest.raises(ValueError):
-        _common.to_contact_hash(b"\x01" * 31, None)
+        _calls.to_contact_hash(b"\x01" * 31, None)
     with pytest.raises(InvalidNumberError):
-        _common.to_contact_hash("0151 23456789", None)
+        _calls.to_contact_hash("0151 23456789", None)
 
 
 # ---------------------------------------------------------------------------
@@ -485,12 +520,12 @@ def test_to_contact_hash() -> None:
 
 
 def test_update_settings_mask() -> None:
-    request = _common.update_settings_request(None, False, True)
+    request = _calls.update_settings_request(None, False, True)
     assert list(request.update_mask) == ["announce_join", "notify_on_join"]
     assert request.settings.notify_on_join is True
     assert request.settings.announce_join is False
     with pytest.raises(ValueError):
-        _common.update_settings_request(None, None, None)
+        _calls.update_settings_request(None, None, None)
 
 
 def test_call_metadata() -> None:
