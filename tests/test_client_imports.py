@@ -1,4 +1,5 @@
-"""The SDK stands apart from the server: importing it loads no server module and no AES code."""
+"""The SDK (and the CLI's client commands) stand apart from the server: importing them loads no
+server module and no AES code."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ SERVER_MODULES = ("discovery.server", "discovery.config", "discovery.security", 
 
 def test_sdk_loads_nothing_of_the_server() -> None:
     code = (
-        "import json, sys, discovery.client, discovery.contact_hash; print(json.dumps(sorted(sys.modules)))"
+        "import json, sys, discovery.client, discovery.contact_hash, discovery.cli.client_commands; "
+        "print(json.dumps(sorted(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     loaded = json.loads(out)
