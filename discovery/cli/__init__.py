@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from discovery.cli.serve import add_serve_command
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="discovery", description="Privacy-aware contact discovery over gRPC."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Imported here, so that the client commands load no server module.
+    from discovery.cli.serve import add_serve_command
+
     add_serve_command(commands)
     from discovery.cli.token import add_token_command
 

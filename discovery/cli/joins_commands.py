@@ -13,14 +13,7 @@ import asyncio
 import json
 import sys
 
-from discovery.cli.client_commands import (
-    EXIT_OK,
-    _client_kwargs,
-    _common_parser,
-    _guarded,
-    _open_text,
-    _positive_int,
-)
+from discovery.cli import _shared
 from discovery.client.async_client import AsyncDiscoveryClient
 from discovery.client.contacts_file import parse_contacts
 from discovery.client.joins import JoinEvent
@@ -28,10 +21,10 @@ from discovery.client.joins import JoinEvent
 __all__ = ["add_joins_commands", "format_join_event"]
 
 
-def add_joins_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_joins_commands(subparsers: _shared.Subparsers) -> None:
     p = subparsers.add_parser(
         "watch-joins",
-        parents=[_common_parser()],
+        parents=[_shared.common_parser()],
         help="print join notifications as they arrive",
         description="Stream join notifications and map them to entries of your address book.",
     )
@@ -44,7 +37,9 @@ def add_joins_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     p.add_argument("--cursor", type=int, default=0, help="resume after this cursor (default: from the start)")
     p.add_argument("--device-id", default="", help="this device's id; acknowledgements are kept per device")
     p.add_argument("--ack", action="store_true", help="acknowledge events once printed")
-    p.add_argument("--max-events", type=_positive_int, default=None, help="stop after this many events")
+    p.add_argument(
+        "--max-events", type=_shared.positive_int, default=None, help="stop after this many events"
+    )
     p.set_defaults(func=_cmd_watch_joins)
 
 
@@ -55,7 +50,7 @@ def format_join_event(event: JoinEvent) -> str:
 
 
 async def _watch(args: argparse.Namespace, entries: list[str]) -> int:
-    kwargs = _client_kwargs(args)
+    kwargs = _shared.client_kwargs(args)
     kwargs["timeout"] = None  # the stream has no deadline; unary acks use gRPC's default
     seen = 0
     cursor = args.cursor
@@ -75,14 +70,14 @@ async def _watch(args: argparse.Namespace, entries: list[str]) -> int:
         finally:
             await subscription.aclose()
             print(f"resume with --cursor {cursor}", file=sys.stderr)
-    return EXIT_OK
+    return _shared.EXIT_OK
 
 
-@_guarded
+@_shared.guarded
 def _cmd_watch_joins(args: argparse.Namespace) -> int:
-    with _open_text(args.contacts) as f:
+    with _shared.open_text(args.contacts) as f:
         entries = parse_contacts(f)
     try:
         return asyncio.run(_watch(args, entries))
     except KeyboardInterrupt:
-        return EXIT_OK
+        return _shared.EXIT_OK

@@ -1,101 +1,25 @@
-"""Transport-independent pieces shared by the sync and async clients (private)."""
+"""Construction and import batching shared by the sync and async clients (private)."""
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator
+from typing import ClassVar, Generic, TypeVar
 
-from discovery.client.address_book import DEFAULT_MAX_PER_REQUEST, pack_chunks
-from discovery.client.credentials import call_metadata
-from discovery.client.models import CLIENT_INVALID_NUMBER, ImportRejection, ImportSummary, Settings
-from discovery.client.normalize import InvalidNumberError, check_region, normalize_number
-from discovery.core.hashing import HASH_SIZE, contact_hash
-from discovery.v1 import discovery_pb2, discovery_pb2_grpc
+import grpc
 
-ProgressCallback = Callable[[int], None]
+from discovery.client._calls import to_contact_hash
+from discovery.client.address_book import DEFAULT_MAX_PER_REQUEST
+from discovery.client.credentials import ChannelFactory, ChannelOptions, call_metadata
+from discovery.client.models import CLIENT_INVALID_NUMBER, ImportRejection, ImportSummary
+from discovery.client.normalize import InvalidNumberError, check_region
+from discovery.contact_hash import HASH_SIZE
+from discovery.v1 import discovery_pb2
 
-SETTINGS_FIELDS = ("discoverable", "announce_join", "notify_on_join")
+#: Users per ImportUsers stream message, by default.
+DEFAULT_IMPORT_BATCH_SIZE = 5000
 
-
-def to_contact_hash(number_or_hash: str | bytes, default_region: str | None) -> bytes:
-    """A 32-byte hash as-is, or the contact hash of a number normalised client side.
-
-    Raises :class:`InvalidNumberError` for an invalid number, ``ValueError`` for bytes of the wrong length.
-    """
-    if isinstance(number_or_hash, bytes | bytearray | memoryview):
-        data = bytes(number_or_hash)
-        if len(data) != HASH_SIZE:
-            raise ValueError(f"a contact hash must be {HASH_SIZE} bytes")
-        return data
-    if not isinstance(number_or_hash, str):
-        raise TypeError("number_or_hash must be a str (phone number) or 32 bytes (contact hash)")
-    return contact_hash(normalize_number(number_or_hash, default_region))
-
-
-def settings_from_pb(pb: discovery_pb2.Settings) -> Settings:
-    return Settings(
-        discoverable=bool(pb.discoverable),
-        announce_join=bool(pb.announce_join),
-        notify_on_join=bool(pb.notify_on_join),
-    )
-
-
-def settings_to_pb(settings: Settings) -> discovery_pb2.Settings:
-    return discovery_pb2.Settings(
-        discoverable=settings.discoverable,
-        announce_join=settings.announce_join,
-        notify_on_join=settings.notify_on_join,
-    )
-
-
-def update_settings_request(
-    discoverable: bool | None, announce_join: bool | None, notify_on_join: bool | None
-) -> discovery_pb2.UpdateSettingsRequest:
-    """An UpdateSettingsRequest whose update_mask names exactly the non-None arguments."""
-    values = {"discoverable": discoverable, "announce_join": announce_join, "notify_on_join": notify_on_join}
-    mask = [name for name in SETTINGS_FIELDS if values[name] is not None]
-    if not mask:
-        raise ValueError("update_settings needs at least one setting to change")
-    settings = discovery_pb2.Settings(**{name: bool(values[name]) for name in mask})
-    return discovery_pb2.UpdateSettingsRequest(settings=settings, update_mask=mask)
-
-
-def discovery_stub(channel: Any) -> Any:
-    """A ``DiscoveryServiceStub`` (the generated gRPC code is untyped)."""
-    factory: Any = discovery_pb2_grpc.DiscoveryServiceStub
-    return factory(channel)
-
-
-def admin_stub(channel: Any) -> Any:
-    """A ``DirectoryAdminServiceStub`` (the generated gRPC code is untyped)."""
-    factory: Any = discovery_pb2_grpc.DirectoryAdminServiceStub
-    return factory(channel)
-
-
-def discover_requests(
-    hashes: list[bytes], max_per_request: int
-) -> list[tuple[int, discovery_pb2.DiscoverRequest]]:
-    return [
-        (offset, discovery_pb2.DiscoverRequest(contact_hashes=packed))
-        for offset, packed in pack_chunks(hashes, max_per_request)
-    ]
-
-
-def discover_matches(
-    offset: int, count: int, response: discovery_pb2.DiscoverResponse
-) -> list[tuple[int, str]]:
-    """``(offset + index, user_id)`` pairs from one response, checked against the request size."""
-    indices = list(response.match_indices)
-    user_ids = list(response.match_user_ids)
-    if len(indices) != len(user_ids):
-        raise ValueError("malformed DiscoverResponse: match_indices and match_user_ids differ in length")
-    out: list[tuple[int, str]] = []
-    for index, user_id in zip(indices, user_ids, strict=True):
-        if index >= count:
-            raise ValueError("malformed DiscoverResponse: match index out of range")
-        out.append((offset + index, user_id))
-    return out
+StubT = TypeVar("StubT")
 
 
 def check_batch_size(batch_size: int) -> int:
@@ -109,18 +33,43 @@ class ImportBatcher:
 
     Rows whose number is invalid are not sent; they become client-side
     rejections, and server positions (in the stream actually sent) are mapped
-    back to positions in the caller's input.
+    back to positions in the caller's input. :meth:`feed` and :meth:`finish` also call
+    ``on_progress(rows_processed)`` once each batch they yield has been taken.
     """
 
-    def __init__(self, default_region: str | None, batch_size: int) -> None:
+    def __init__(
+        self,
+        default_region: str | None,
+        batch_size: int,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
         self.default_region = default_region
         self.batch_size = check_batch_size(batch_size)
+        self.on_progress = on_progress
         self.processed = 0
+        self._reported = -1
         self._batch: list[discovery_pb2.ImportUser] = []
         self._skipped: list[int] = []  # input positions not sent, ascending
         self.client_rejections: list[ImportRejection] = []
 
-    def add(self, row: Any) -> discovery_pb2.ImportUsersRequest | None:
+    def feed(self, row: tuple[str, str | bytes]) -> Iterator[discovery_pb2.ImportUsersRequest]:
+        """:meth:`add` for a stream: the full batch to send, if any, then progress."""
+        request = self.add(row)
+        if request is not None:
+            yield request
+            if self.on_progress is not None:
+                self._reported = self.processed
+                self.on_progress(self.processed)
+
+    def finish(self) -> Iterator[discovery_pb2.ImportUsersRequest]:
+        """The last, partial batch, if any, then the final progress if not reported yet."""
+        request = self.flush()
+        if request is not None:
+            yield request
+        if self.on_progress is not None and self.processed != self._reported:
+            self.on_progress(self.processed)
+
+    def add(self, row: tuple[str, str | bytes]) -> discovery_pb2.ImportUsersRequest | None:
         """Add one row; returns a full batch to send, or None."""
         try:
             user_id, number = row
@@ -190,17 +139,17 @@ def _reason_name(value: int) -> str:
         return f"REJECTION_REASON_{value}"
 
 
-class ClientCore:
+class ClientCore(Generic[StubT]):
     """Construction shared by the sync and the asyncio clients; they differ in the channel
     factory (``grpc`` or ``grpc.aio``) and the stub."""
 
-    channel_factory: ClassVar[Callable[..., Any]]
+    channel_factory: ClassVar[ChannelFactory]
 
     def __init__(
         self,
         target: str | None = None,
         *,
-        channel: Any = None,
+        channel: grpc.Channel | grpc.aio.Channel | None = None,
         user_id: str | None = None,
         token: str | None = None,
         tls: bool = False,
@@ -210,7 +159,7 @@ class ClientCore:
         default_region: str | None = None,
         max_per_request: int = DEFAULT_MAX_PER_REQUEST,
         timeout: float | None = None,
-        options: Sequence[tuple[str, Any]] | None = None,
+        options: ChannelOptions | None = None,
     ) -> None:
         if (target is None) == (channel is None):
             raise ValueError("pass exactly one of target or channel")
@@ -220,11 +169,9 @@ class ClientCore:
         self.max_per_request = max_per_request
         self.timeout = timeout
         self._metadata = call_metadata(user_id, token)
-        if channel is not None:
-            self._channel = channel
-            self._owns_channel = False
-        else:
-            self._channel = type(self).channel_factory(
+        if channel is None:
+            assert target is not None
+            channel = type(self).channel_factory(
                 target,
                 tls=tls,
                 root_certificates=root_certificates,
@@ -233,13 +180,15 @@ class ClientCore:
                 options=options,
             )
             self._owns_channel = True
-        self._stub: Any = self._make_stub(self._channel)
+        else:
+            self._owns_channel = False
+        self._channel = channel
+        self._stub: StubT = self._make_stub(channel)
 
-    @staticmethod
-    def _make_stub(channel: Any) -> Any:
+    def _make_stub(self, channel: grpc.Channel) -> StubT:
         raise NotImplementedError
 
     @property
-    def channel(self) -> Any:
+    def channel(self) -> grpc.Channel:
         """The underlying gRPC channel."""
         return self._channel

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from discovery.client.models import DiscoverResult, InvalidEntry, Match
 from discovery.client.normalize import InvalidNumberError, InvalidReason, check_region, normalize_number
-from discovery.core.hashing import HASH_SIZE, contact_hash
+from discovery.contact_hash import HASH_SIZE, contact_hash
 
 __all__ = ["DEFAULT_MAX_PER_REQUEST", "PreparedAddressBook", "pack_chunks", "prepare_address_book"]
 

@@ -1,28 +1,7 @@
-"""Asyncio clients over a ``grpc.aio.Channel``.
-
-API (same arguments and semantics as :mod:`discovery.client.sync_client`, methods are coroutines)::
-
-    AsyncDiscoveryClient(target: str | None = None, *, channel: grpc.aio.Channel | None = None,
-                         user_id=None, token=None, tls=False, root_certificates=None, private_key=None,
-                         certificate_chain=None, default_region=None, max_per_request=5000,
-                         timeout=None, options=None)
-        await .discover(entries: Iterable[str]) -> DiscoverResult
-        .discover_state: DiscoverState
-        await .discover_hashes(hashes: list[bytes]) -> list[tuple[int, str]]
-        await .get_settings() -> Settings
-        await .update_settings(discoverable=None, announce_join=None, notify_on_join=None) -> Settings
-        await .delete_my_data() -> int
-        .subscribe_joins(address_book, *, cursor=0, device_id="", auto_ack=False,
-                         initial_backoff=0.2, max_backoff=30.0) -> JoinSubscription  # async iterator
-        await .ack_joins(cursor, device_id="") -> int
-        await .close(); async with
-
-    AsyncAdminClient(same constructor arguments)
-        await .register_user(user_id, number_or_hash, settings=None) -> None
-        await .unregister_user(user_id) -> None
-        await .change_number(user_id, number_or_hash) -> None
-        await .import_users(users: Iterable[tuple[str, str | bytes]] | AsyncIterable[...],
-                            batch_size=5000, on_progress=None, timeout=None) -> ImportSummary
+"""Asyncio clients over a ``grpc.aio.Channel``: :class:`AsyncDiscoveryClient` and
+:class:`AsyncAdminClient`, with the arguments and semantics of
+:mod:`discovery.client.sync_client` (methods are coroutines), plus
+:meth:`AsyncDiscoveryClient.subscribe_joins`.
 
 Construct the clients inside the running event loop (grpc.aio binds the
 channel to it). ``import_users`` writes batches itself (with flow control), so
@@ -33,24 +12,28 @@ propagates unchanged; ``on_progress(rows_processed)`` runs in the event loop.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from contextlib import closing
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar, cast
 
 import grpc
 
-from discovery.client import _common
-from discovery.client.address_book import prepare_address_book
+from discovery.client import _calls, _common
 from discovery.client.credentials import create_aio_channel
 from discovery.client.errors import DiscoveryError
 from discovery.client.joins import ContactMatcher, JoinSubscription, joins_stub
 from discovery.client.models import DiscoverResult, ImportSummary, Settings
-from discovery.client.resync import DiscoverRun, HasDiscoverState
-from discovery.client.sync_client import DEFAULT_IMPORT_BATCH_SIZE
-from discovery.v1 import discovery_pb2, joins_pb2
+from discovery.client.resync import HasDiscoverState
+from discovery.v1 import discovery_pb2
+from discovery.v1.discovery_pb2_grpc import DirectoryAdminServiceStub, DiscoveryServiceStub
+
+if TYPE_CHECKING:  # the .pyi declares the asyncio stubs for type checkers only
+    from discovery.v1.discovery_pb2_grpc import DirectoryAdminServiceAsyncStub, DiscoveryServiceAsyncStub
 
 __all__ = ["AsyncAdminClient", "AsyncDiscoveryClient"]
 
 T = TypeVar("T")
+StubT = TypeVar("StubT", "DiscoveryServiceAsyncStub", "DirectoryAdminServiceAsyncStub")
 
 
 async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
@@ -62,14 +45,24 @@ async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
             yield item
 
 
-class _AsyncBaseClient(_common.ClientCore):
+class _AsyncBaseClient(_common.ClientCore[StubT]):
     channel_factory = staticmethod(create_aio_channel)
 
-    async def _unary(self, method: Any, request: Any) -> Any:
+    async def _run(self, plan: _calls.Plan[T]) -> T:
+        """Make the plan's calls one after another; its result."""
+        with closing(plan):
+            step = _calls.start(plan)
+            while isinstance(step, _calls.Call):
+                step = _calls.resume(plan, await self._attempt(step))
+            return step.value
+
+    async def _attempt(self, call: _calls.Call) -> object:
+        """The call's response, or the :class:`DiscoveryError` it failed with."""
         try:
-            return await method(request, timeout=self.timeout, metadata=self._metadata)
+            response: object = await call.method(call.request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
-            raise DiscoveryError.from_rpc_error(exc) from None
+            return DiscoveryError.from_rpc_error(exc)
+        return response
 
     async def close(self) -> None:
         """Close the channel if this client created it."""
@@ -88,17 +81,20 @@ class _AsyncBaseClient(_common.ClientCore):
         await self.close()
 
 
-class AsyncDiscoveryClient(_AsyncBaseClient, HasDiscoverState):
+class AsyncDiscoveryClient(_AsyncBaseClient["DiscoveryServiceAsyncStub"], HasDiscoverState):
     """The messenger-client API (``discovery.v1.DiscoveryService``), asyncio flavour."""
 
-    @staticmethod
-    def _make_stub(channel: Any) -> Any:
-        return _common.discovery_stub(channel)
+    def _make_stub(self, channel: grpc.aio.Channel) -> DiscoveryServiceAsyncStub:
+        # The .pyi types the stub by the channel's type, which grpc leaves untyped.
+        return cast("DiscoveryServiceAsyncStub", DiscoveryServiceStub(channel))
 
     async def discover(self, entries: Iterable[str]) -> DiscoverResult:
         """Which of ``entries`` (raw address-book strings) belong to registered, discoverable users."""
-        book = prepare_address_book(entries, self.default_region, self.max_per_request)
-        return book.result(await self.discover_hashes(book.hashes))
+        return await self._run(
+            _calls.discover(
+                self._stub, self.discover_state, entries, self.default_region, self.max_per_request
+            )
+        )
 
     async def discover_hashes(self, hashes: list[bytes]) -> list[tuple[int, str]]:
         """Low level: ``(index into hashes, user_id)`` for each matching 32-byte contact hash.
@@ -106,26 +102,13 @@ class AsyncDiscoveryClient(_AsyncBaseClient, HasDiscoverState):
         Each request chunk carries its previous set and token (see :mod:`discovery.client.resync`),
         so re-syncing an unchanged address book costs no quota.
         """
-        run = DiscoverRun(self.discover_state, hashes, self.max_per_request)
-        try:
-            for k in run:
-                response: discovery_pb2.DiscoverResponse
-                try:
-                    response = await self._unary(self._stub.Discover, run.request(k))
-                except DiscoveryError as error:
-                    if not (run.has_previous(k) and run.refused_previous(error)):
-                        raise
-                    response = await self._unary(self._stub.Discover, run.request(k, with_previous=False))
-                run.accept(k, response)
-        finally:
-            run.finish()
-        return run.matches
+        return await self._run(
+            _calls.discover_hashes(self._stub, self.discover_state, hashes, self.max_per_request)
+        )
 
     async def get_settings(self) -> Settings:
-        response: discovery_pb2.GetSettingsResponse = await self._unary(
-            self._stub.GetSettings, discovery_pb2.GetSettingsRequest()
-        )
-        return _common.settings_from_pb(response.settings)
+        """The caller's privacy settings."""
+        return await self._run(_calls.get_settings(self._stub))
 
     async def update_settings(
         self,
@@ -134,16 +117,13 @@ class AsyncDiscoveryClient(_AsyncBaseClient, HasDiscoverState):
         notify_on_join: bool | None = None,
     ) -> Settings:
         """Change the given settings (``update_mask`` = the non-None arguments); returns the new settings."""
-        request = _common.update_settings_request(discoverable, announce_join, notify_on_join)
-        response: discovery_pb2.UpdateSettingsResponse = await self._unary(self._stub.UpdateSettings, request)
-        return _common.settings_from_pb(response.settings)
+        return await self._run(
+            _calls.update_settings(self._stub, discoverable, announce_join, notify_on_join)
+        )
 
     async def delete_my_data(self) -> int:
         """Forget everything kept on behalf of the caller; returns the number of records removed."""
-        response: discovery_pb2.DeleteMyDataResponse = await self._unary(
-            self._stub.DeleteMyData, discovery_pb2.DeleteMyDataRequest()
-        )
-        return int(response.records_deleted)
+        return await self._run(_calls.delete_my_data(self._stub))
 
     def subscribe_joins(
         self,
@@ -175,68 +155,49 @@ class AsyncDiscoveryClient(_AsyncBaseClient, HasDiscoverState):
 
     async def ack_joins(self, cursor: int, device_id: str = "") -> int:
         """Acknowledge join events up to ``cursor`` for ``device_id``; returns how many the server deleted."""
-        response: joins_pb2.AckJoinsResponse = await self._unary(
-            joins_stub(self._channel).AckJoins, joins_pb2.AckJoinsRequest(cursor=cursor, device_id=device_id)
-        )
-        return int(response.events_deleted)
+        return await self._run(_calls.ack_joins(joins_stub(self._channel), cursor, device_id))
 
 
-class AsyncAdminClient(_AsyncBaseClient):
+class AsyncAdminClient(_AsyncBaseClient["DirectoryAdminServiceAsyncStub"]):
     """The backend API (``discovery.v1.DirectoryAdminService``), asyncio flavour."""
 
-    @staticmethod
-    def _make_stub(channel: Any) -> Any:
-        return _common.admin_stub(channel)
+    def _make_stub(self, channel: grpc.aio.Channel) -> DirectoryAdminServiceAsyncStub:
+        return cast("DirectoryAdminServiceAsyncStub", DirectoryAdminServiceStub(channel))
 
     async def register_user(
         self, user_id: str, number_or_hash: str | bytes, settings: Settings | None = None
     ) -> None:
         """Register ``user_id`` with a phone number (normalised and hashed here) or a 32-byte hash."""
-        request = discovery_pb2.RegisterUserRequest(
-            user_id=user_id, contact_hash=_common.to_contact_hash(number_or_hash, self.default_region)
+        await self._run(
+            _calls.register_user(self._stub, user_id, number_or_hash, settings, self.default_region)
         )
-        if settings is not None:
-            request.settings.CopyFrom(_common.settings_to_pb(settings))
-        await self._unary(self._stub.RegisterUser, request)
 
     async def unregister_user(self, user_id: str) -> None:
-        await self._unary(self._stub.UnregisterUser, discovery_pb2.UnregisterUserRequest(user_id=user_id))
+        """Remove every record that names ``user_id``."""
+        await self._run(_calls.unregister_user(self._stub, user_id))
 
     async def change_number(self, user_id: str, number_or_hash: str | bytes) -> None:
-        request = discovery_pb2.ChangeNumberRequest(
-            user_id=user_id, contact_hash=_common.to_contact_hash(number_or_hash, self.default_region)
-        )
-        await self._unary(self._stub.ChangeNumber, request)
+        """Move ``user_id`` to a new phone number (normalised and hashed here) or 32-byte hash."""
+        await self._run(_calls.change_number(self._stub, user_id, number_or_hash, self.default_region))
 
     async def import_users(
         self,
         users: Iterable[tuple[str, str | bytes]] | AsyncIterable[tuple[str, str | bytes]],
-        batch_size: int = DEFAULT_IMPORT_BATCH_SIZE,
+        batch_size: int = _common.DEFAULT_IMPORT_BATCH_SIZE,
         on_progress: Callable[[int], None] | None = None,
         timeout: float | None = None,
     ) -> ImportSummary:
-        """Bulk-register ``(user_id, number_or_hash)`` rows over one client stream.
-
-        Rows with an invalid number are not sent and are reported as
-        ``INVALID_NUMBER`` rejections; rejection positions refer to ``users``.
-        """
-        batcher = _common.ImportBatcher(self.default_region, batch_size)
+        """:meth:`AdminClient.import_users <discovery.client.AdminClient.import_users>`, with flow
+        control; ``users`` may also be an async iterable."""
+        batcher = _common.ImportBatcher(self.default_region, batch_size, on_progress)
         call = self._stub.ImportUsers(timeout=timeout, metadata=self._metadata)
-        reported = -1
         try:
             async for row in _aiter(users):
-                request = batcher.add(row)
-                if request is not None:
+                for request in batcher.feed(row):
                     await call.write(request)
-                    if on_progress is not None:
-                        reported = batcher.processed
-                        on_progress(reported)
-            request = batcher.flush()
-            if request is not None:
+            for request in batcher.finish():
                 await call.write(request)
             await call.done_writing()
-            if on_progress is not None and batcher.processed != reported:
-                on_progress(batcher.processed)
             response: discovery_pb2.ImportUsersResponse = await call
         except grpc.RpcError as exc:
             raise DiscoveryError.from_rpc_error(exc) from None

@@ -19,8 +19,8 @@ enable mutual TLS (backend services).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from types import ModuleType
 
 import grpc
 
@@ -36,7 +36,13 @@ __all__ = [
 USER_ID_METADATA_KEY = "x-discovery-user-id"
 AUTHORIZATION_METADATA_KEY = "authorization"
 
-ChannelOptions = Sequence[tuple[str, Any]]
+#: gRPC channel arguments, ``(name, value)`` with a str or int value.
+ChannelOptions = Sequence[tuple[str, object]]
+
+
+#: :func:`create_channel` or :func:`create_aio_channel`: ``(target, *, tls=..., root_certificates=...,
+#: private_key=..., certificate_chain=..., options=...)``.
+ChannelFactory = Callable[..., grpc.Channel]
 
 
 def call_metadata(user_id: str | None, token: str | None) -> tuple[tuple[str, str], ...]:
@@ -53,7 +59,7 @@ def channel_credentials(
     root_certificates: bytes | None = None,
     private_key: bytes | None = None,
     certificate_chain: bytes | None = None,
-) -> Any:
+) -> grpc.ChannelCredentials:
     """``grpc.ssl_channel_credentials``; ``private_key`` and ``certificate_chain`` go together (mTLS)."""
     if (private_key is None) != (certificate_chain is None):
         raise ValueError("private_key and certificate_chain must be given together")
@@ -69,14 +75,14 @@ def _wants_tls(tls: bool, *material: bytes | None) -> bool:
 
 
 def _open(
-    api: Any,
+    api: ModuleType,
     target: str,
     tls: bool,
     root_certificates: bytes | None,
     private_key: bytes | None,
     certificate_chain: bytes | None,
     options: ChannelOptions | None,
-) -> Any:
+) -> grpc.Channel:
     opts = list(options or ())
     if _wants_tls(tls, root_certificates, private_key, certificate_chain):
         creds = channel_credentials(root_certificates, private_key, certificate_chain)
@@ -92,7 +98,7 @@ def create_channel(
     private_key: bytes | None = None,
     certificate_chain: bytes | None = None,
     options: ChannelOptions | None = None,
-) -> Any:
+) -> grpc.Channel:
     """A sync ``grpc.Channel`` to ``target`` ("host:port")."""
     return _open(grpc, target, tls, root_certificates, private_key, certificate_chain, options)
 
@@ -105,6 +111,6 @@ def create_aio_channel(
     private_key: bytes | None = None,
     certificate_chain: bytes | None = None,
     options: ChannelOptions | None = None,
-) -> Any:
+) -> grpc.aio.Channel:
     """A ``grpc.aio.Channel`` to ``target`` ("host:port"). Create it inside the running event loop."""
     return _open(grpc.aio, target, tls, root_certificates, private_key, certificate_chain, options)

@@ -15,19 +15,20 @@ A ``RESOURCE_EXHAUSTED`` error (a quota or rate limit) carries ``quota_violation
 ``retry_after``; wait that long before sending the request again.
 
 The rich details are read from the ``grpc-status-details-bin`` trailing
-metadata (a serialised ``google.rpc.Status``) with
-:func:`grpc_status.rpc_status.from_call`. Neither the message nor the string
+metadata (a serialised ``google.rpc.Status``), even when its code or message
+disagrees with the call's (a proxy may rewrite the status); undecodable details
+count as none. Neither the message nor the string
 form of the error ever contains a phone number or a contact hash unless the
 server put one there (it does not).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 __all__ = ["DiscoveryError"]
 
@@ -45,7 +46,7 @@ class DiscoveryError(Exception):
         quota_violations: ``(subject, description)`` pairs from a ``google.rpc.QuotaFailure`` detail.
     """
 
-    code: Any  # grpc.StatusCode (grpc ships no type stubs)
+    code: grpc.StatusCode
     message: str
     field_violations: list[tuple[str, str]]
     retry_after: float | None
@@ -92,7 +93,9 @@ class DiscoveryError(Exception):
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> DiscoveryError:
         """Build a :class:`DiscoveryError` from a ``grpc.RpcError`` (sync) or ``grpc.aio.AioRpcError``."""
-        code = _call_attr(error, "code") or grpc.StatusCode.UNKNOWN
+        code = _call_attr(error, "code")
+        if not isinstance(code, grpc.StatusCode):
+            code = grpc.StatusCode.UNKNOWN
         message = _call_attr(error, "details")
         status = _rich_status(error)
         if not isinstance(message, str):
@@ -118,32 +121,28 @@ class DiscoveryError(Exception):
         return cls(code, message, field_violations, retry_after, quota_violations)
 
 
-def _call_attr(error: object, name: str) -> Any:
+def _call_attr(error: object, name: str) -> object:
+    """``error.name()`` for a method of ``grpc.Call``, or None if the error has no such method
+    (a bare ``grpc.RpcError``) or leaves it abstract."""
     method = getattr(error, name, None)
     if not callable(method):
         return None
     try:
-        return method()
-    except Exception:
+        result: object = method()
+    except NotImplementedError:
         return None
+    return result
 
 
-def _rich_status(error: object) -> Any:
+def _rich_status(error: object) -> status_pb2.Status | None:
     """The ``google.rpc.Status`` carried by the error's trailing metadata, or None."""
-    if not callable(getattr(error, "trailing_metadata", None)):
+    metadata = _call_attr(error, "trailing_metadata")
+    if not isinstance(metadata, Iterable):
         return None
-    try:
-        return rpc_status.from_call(error)
-    except ValueError:
-        # The rich status disagrees with the call's code or message (e.g. a proxy
-        # rewrote the status); still use its details.
-        pass
-    except Exception:
-        return None
-    try:
-        for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
-            if key == _DETAILS_METADATA_KEY:
+    for key, value in metadata:
+        if key == _DETAILS_METADATA_KEY:
+            try:
                 return status_pb2.Status.FromString(value)
-    except Exception:
-        return None
+            except DecodeError:
+                return None  # bytes from the wire that are not a Status: no details
     return None

@@ -35,14 +35,18 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
 from discovery.client.address_book import prepare_address_book
 from discovery.client.errors import DiscoveryError
-from discovery.core.hashing import KEY_SIZE
-from discovery.v1 import joins_pb2, joins_pb2_grpc
+from discovery.contact_hash import KEY_SIZE
+from discovery.v1 import joins_pb2
+from discovery.v1.joins_pb2_grpc import JoinNotificationServiceStub
+
+if TYPE_CHECKING:  # the .pyi declares the asyncio stub for type checkers only
+    from discovery.v1.joins_pb2_grpc import JoinNotificationServiceAsyncStub
 
 __all__ = ["ContactMatcher", "JoinEvent", "JoinSubscription", "joins_stub"]
 
@@ -62,10 +66,10 @@ RETRYABLE_CODES = frozenset(
 DEDUP_WINDOW = 10_000
 
 
-def joins_stub(channel: Any) -> Any:
-    """A ``JoinNotificationServiceStub`` (the generated gRPC code is untyped)."""
-    factory: Any = joins_pb2_grpc.JoinNotificationServiceStub
-    return factory(channel)
+def joins_stub(channel: grpc.aio.Channel) -> JoinNotificationServiceAsyncStub:
+    """A ``JoinNotificationServiceStub`` of an asyncio channel (the .pyi picks the stub's type by
+    the channel's type, which grpc leaves untyped)."""
+    return cast("JoinNotificationServiceAsyncStub", JoinNotificationServiceStub(channel))
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +123,7 @@ class JoinSubscription:
 
     def __init__(
         self,
-        stub: Any,
+        stub: JoinNotificationServiceAsyncStub,
         metadata: tuple[tuple[str, str], ...],
         matcher: ContactMatcher,
         *,

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from discovery.client.errors import DiscoveryError
-from discovery.core.hashing import HASH_SIZE
+from discovery.contact_hash import HASH_SIZE
 from discovery.v1 import discovery_pb2
 
 __all__ = ["DiscoverRun", "DiscoverState"]

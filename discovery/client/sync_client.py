@@ -1,31 +1,5 @@
-"""Blocking clients over a ``grpc.Channel``.
-
-API::
-
-    DiscoveryClient(target: str | None = None, *, channel: grpc.Channel | None = None,
-                    user_id: str | None = None, token: str | None = None, tls: bool = False,
-                    root_certificates: bytes | None = None, private_key: bytes | None = None,
-                    certificate_chain: bytes | None = None, default_region: str | None = None,
-                    max_per_request: int = 5000, timeout: float | None = None,
-                    options: Sequence[tuple[str, Any]] | None = None)
-        .discover(entries: Iterable[str]) -> DiscoverResult
-        .discover_state: DiscoverState   # previous sets and tokens (see discovery.client.resync)
-        .discover_hashes(hashes: list[bytes]) -> list[tuple[int, str]]   # (index into hashes, user_id)
-        .get_settings() -> Settings
-        .update_settings(discoverable: bool | None = None, announce_join: bool | None = None,
-                         notify_on_join: bool | None = None) -> Settings
-        .delete_my_data() -> int
-        .ack_joins(cursor: int, device_id: str = "") -> int
-        .close(); context manager
-
-    AdminClient(same constructor arguments)
-        .register_user(user_id: str, number_or_hash: str | bytes, settings: Settings | None = None) -> None
-        .unregister_user(user_id: str) -> None
-        .change_number(user_id: str, number_or_hash: str | bytes) -> None
-        .import_users(users: Iterable[tuple[str, str | bytes]], batch_size: int = 5000,
-                      on_progress: Callable[[int], None] | None = None,
-                      timeout: float | None = None) -> ImportSummary
-        .close(); context manager
+"""Blocking clients over a ``grpc.Channel``: :class:`DiscoveryClient` (messenger clients) and
+:class:`AdminClient` (backend services).
 
 Pass either ``target`` ("host:port", the client owns and closes the channel)
 or ``channel`` (an existing channel, left open by :meth:`close`). ``user_id``
@@ -43,38 +17,55 @@ address book in chunks of at most ``max_per_request`` hashes, one after
 another. ``import_users`` calls ``on_progress(rows_processed)`` after each batch
 is handed to gRPC (from gRPC's request thread). Numbers and hashes are never
 logged.
+
+Each RPC's request and response handling is written once, in :mod:`discovery.client._calls`;
+this module and :mod:`discovery.client.async_client` only drive it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from types import TracebackType
-from typing import Any, Self
+from typing import Self, TypeVar
 
 import grpc
 
-from discovery.client import _common
-from discovery.client.address_book import prepare_address_book
+from discovery.client import _calls, _common
 from discovery.client.credentials import create_channel
 from discovery.client.errors import DiscoveryError
-from discovery.client.joins import joins_stub
 from discovery.client.models import DiscoverResult, ImportSummary, Settings
-from discovery.client.resync import DiscoverRun, HasDiscoverState
-from discovery.v1 import discovery_pb2, joins_pb2
+from discovery.client.resync import HasDiscoverState
+from discovery.v1 import discovery_pb2
+from discovery.v1.discovery_pb2_grpc import DirectoryAdminServiceStub, DiscoveryServiceStub
+from discovery.v1.joins_pb2_grpc import JoinNotificationServiceStub
 
 __all__ = ["AdminClient", "DiscoveryClient"]
 
-DEFAULT_IMPORT_BATCH_SIZE = 5000
+DEFAULT_IMPORT_BATCH_SIZE = _common.DEFAULT_IMPORT_BATCH_SIZE
+
+T = TypeVar("T")
+StubT = TypeVar("StubT", DiscoveryServiceStub, DirectoryAdminServiceStub)
 
 
-class _BaseClient(_common.ClientCore):
+class _BaseClient(_common.ClientCore[StubT]):
     channel_factory = staticmethod(create_channel)
 
-    def _unary(self, method: Any, request: Any) -> Any:
+    def _run(self, plan: _calls.Plan[T]) -> T:
+        """Make the plan's calls one after another; its result."""
+        with closing(plan):
+            step = _calls.start(plan)
+            while isinstance(step, _calls.Call):
+                step = _calls.resume(plan, self._attempt(step))
+            return step.value
+
+    def _attempt(self, call: _calls.Call) -> object:
+        """The call's response, or the :class:`DiscoveryError` it failed with."""
         try:
-            return method(request, timeout=self.timeout, metadata=self._metadata)
+            response: object = call.method(call.request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
-            raise DiscoveryError.from_rpc_error(exc) from None
+            return DiscoveryError.from_rpc_error(exc)
+        return response
 
     def close(self) -> None:
         """Close the channel if this client created it."""
@@ -93,17 +84,19 @@ class _BaseClient(_common.ClientCore):
         self.close()
 
 
-class DiscoveryClient(_BaseClient, HasDiscoverState):
+class DiscoveryClient(_BaseClient[DiscoveryServiceStub], HasDiscoverState):
     """The messenger-client API (``discovery.v1.DiscoveryService``). See the module docstring."""
 
-    @staticmethod
-    def _make_stub(channel: Any) -> Any:
-        return _common.discovery_stub(channel)
+    def _make_stub(self, channel: grpc.Channel) -> DiscoveryServiceStub:
+        return DiscoveryServiceStub(channel)
 
     def discover(self, entries: Iterable[str]) -> DiscoverResult:
         """Which of ``entries`` (raw address-book strings) belong to registered, discoverable users."""
-        book = prepare_address_book(entries, self.default_region, self.max_per_request)
-        return book.result(self.discover_hashes(book.hashes))
+        return self._run(
+            _calls.discover(
+                self._stub, self.discover_state, entries, self.default_region, self.max_per_request
+            )
+        )
 
     def discover_hashes(self, hashes: list[bytes]) -> list[tuple[int, str]]:
         """Low level: ``(index into hashes, user_id)`` for each matching 32-byte contact hash.
@@ -111,26 +104,13 @@ class DiscoveryClient(_BaseClient, HasDiscoverState):
         Each request chunk carries its previous set and token (see :mod:`discovery.client.resync`),
         so re-syncing an unchanged address book costs no quota.
         """
-        run = DiscoverRun(self.discover_state, hashes, self.max_per_request)
-        try:
-            for k in run:
-                response: discovery_pb2.DiscoverResponse
-                try:
-                    response = self._unary(self._stub.Discover, run.request(k))
-                except DiscoveryError as error:
-                    if not (run.has_previous(k) and run.refused_previous(error)):
-                        raise
-                    response = self._unary(self._stub.Discover, run.request(k, with_previous=False))
-                run.accept(k, response)
-        finally:
-            run.finish()
-        return run.matches
+        return self._run(
+            _calls.discover_hashes(self._stub, self.discover_state, hashes, self.max_per_request)
+        )
 
     def get_settings(self) -> Settings:
-        response: discovery_pb2.GetSettingsResponse = self._unary(
-            self._stub.GetSettings, discovery_pb2.GetSettingsRequest()
-        )
-        return _common.settings_from_pb(response.settings)
+        """The caller's privacy settings."""
+        return self._run(_calls.get_settings(self._stub))
 
     def update_settings(
         self,
@@ -139,54 +119,39 @@ class DiscoveryClient(_BaseClient, HasDiscoverState):
         notify_on_join: bool | None = None,
     ) -> Settings:
         """Change the given settings (``update_mask`` = the non-None arguments); returns the new settings."""
-        request = _common.update_settings_request(discoverable, announce_join, notify_on_join)
-        response: discovery_pb2.UpdateSettingsResponse = self._unary(self._stub.UpdateSettings, request)
-        return _common.settings_from_pb(response.settings)
+        return self._run(_calls.update_settings(self._stub, discoverable, announce_join, notify_on_join))
 
     def delete_my_data(self) -> int:
         """Forget everything kept on behalf of the caller; returns the number of records removed."""
-        response: discovery_pb2.DeleteMyDataResponse = self._unary(
-            self._stub.DeleteMyData, discovery_pb2.DeleteMyDataRequest()
-        )
-        return int(response.records_deleted)
+        return self._run(_calls.delete_my_data(self._stub))
 
     def ack_joins(self, cursor: int, device_id: str = "") -> int:
         """Acknowledge join events up to ``cursor`` for ``device_id``; returns how many the server deleted.
 
         Streaming join events needs asyncio: see ``AsyncDiscoveryClient.subscribe_joins``.
         """
-        response: joins_pb2.AckJoinsResponse = self._unary(
-            joins_stub(self._channel).AckJoins, joins_pb2.AckJoinsRequest(cursor=cursor, device_id=device_id)
-        )
-        return int(response.events_deleted)
+        return self._run(_calls.ack_joins(JoinNotificationServiceStub(self._channel), cursor, device_id))
 
 
-class AdminClient(_BaseClient):
+class AdminClient(_BaseClient[DirectoryAdminServiceStub]):
     """The backend API (``discovery.v1.DirectoryAdminService``). See the module docstring."""
 
-    @staticmethod
-    def _make_stub(channel: Any) -> Any:
-        return _common.admin_stub(channel)
+    def _make_stub(self, channel: grpc.Channel) -> DirectoryAdminServiceStub:
+        return DirectoryAdminServiceStub(channel)
 
     def register_user(
         self, user_id: str, number_or_hash: str | bytes, settings: Settings | None = None
     ) -> None:
         """Register ``user_id`` with a phone number (normalised and hashed here) or a 32-byte hash."""
-        request = discovery_pb2.RegisterUserRequest(
-            user_id=user_id, contact_hash=_common.to_contact_hash(number_or_hash, self.default_region)
-        )
-        if settings is not None:
-            request.settings.CopyFrom(_common.settings_to_pb(settings))
-        self._unary(self._stub.RegisterUser, request)
+        self._run(_calls.register_user(self._stub, user_id, number_or_hash, settings, self.default_region))
 
     def unregister_user(self, user_id: str) -> None:
-        self._unary(self._stub.UnregisterUser, discovery_pb2.UnregisterUserRequest(user_id=user_id))
+        """Remove every record that names ``user_id``."""
+        self._run(_calls.unregister_user(self._stub, user_id))
 
     def change_number(self, user_id: str, number_or_hash: str | bytes) -> None:
-        request = discovery_pb2.ChangeNumberRequest(
-            user_id=user_id, contact_hash=_common.to_contact_hash(number_or_hash, self.default_region)
-        )
-        self._unary(self._stub.ChangeNumber, request)
+        """Move ``user_id`` to a new phone number (normalised and hashed here) or 32-byte hash."""
+        self._run(_calls.change_number(self._stub, user_id, number_or_hash, self.default_region))
 
     def import_users(
         self,
@@ -200,24 +165,14 @@ class AdminClient(_BaseClient):
         Rows with an invalid number are not sent and are reported as
         ``INVALID_NUMBER`` rejections; rejection positions refer to ``users``.
         """
-        batcher = _common.ImportBatcher(self.default_region, batch_size)
+        batcher = _common.ImportBatcher(self.default_region, batch_size, on_progress)
         failure: list[BaseException] = []
 
         def requests() -> Iterator[discovery_pb2.ImportUsersRequest]:
-            reported = -1
             try:
                 for row in users:
-                    request = batcher.add(row)
-                    if request is not None:
-                        yield request
-                        if on_progress is not None:
-                            reported = batcher.processed
-                            on_progress(reported)
-                request = batcher.flush()
-                if request is not None:
-                    yield request
-                if on_progress is not None and batcher.processed != reported:
-                    on_progress(batcher.processed)
+                    yield from batcher.feed(row)
+                yield from batcher.finish()
             except GeneratorExit:
                 raise
             except BaseException as exc:  # re-raised in the caller's thread below

@@ -1,7 +1,8 @@
 """The hashing scheme: E.164 number -> contact hash -> directory key.
 
 * The contact hash ``h`` is public: any client computes it from an E.164 string
-  with BLAKE3 in derive-key mode under :data:`CONTACT_HASH_CONTEXT`.
+  with BLAKE3 in derive-key mode under :data:`CONTACT_HASH_CONTEXT`
+  (:mod:`discovery.contact_hash`, shared with the SDK).
 * The directory key ``k`` is a PRF of ``h`` under the server secret:
   AES-256 over the first 16 bytes of ``h``, with an AES key derived from the
   secret with BLAKE3 derive-key under :data:`DIRECTORY_KEY_CONTEXT`. AES on a
@@ -19,19 +20,16 @@ import blake3
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
-CONTACT_HASH_CONTEXT = "discovery.v1 2026-11-22 contact hash of an E.164 number"
+from discovery.contact_hash import CONTACT_HASH_CONTEXT as CONTACT_HASH_CONTEXT
+from discovery.contact_hash import HASH_SIZE as HASH_SIZE
+from discovery.contact_hash import KEY_SIZE as KEY_SIZE
+from discovery.contact_hash import contact_hash as contact_hash
+
 DIRECTORY_KEY_CONTEXT = "discovery.v1 2026-11-22 directory key AES-256 from server secret"
 TOKEN_KEY_CONTEXT = "discovery.v1 2026-11-22 previous-set token MAC key from server secret"
 
-HASH_SIZE = 32
-KEY_SIZE = 16
 MIN_SECRET_SIZE = 32
 _BLOCK = np.dtype((np.void, KEY_SIZE))  # one AES block
-
-
-def contact_hash(e164: str) -> bytes:
-    """The 32-byte contact hash of an E.164 string such as ``+4915123456789``."""
-    return blake3.blake3(e164.encode("ascii"), derive_key_context=CONTACT_HASH_CONTEXT).digest()
 
 
 def derive_key(context: str, secret: bytes) -> bytes:
