@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 SERVER_SIDE = ("discovery.core", "discovery.api", "discovery.store", "discovery.index", "discovery.app")
-SERVER_MODULES = ("discovery.server", "discovery.config", "discovery.security", "discovery.logs")
+SERVER_MODULES = ("discovery.config", "discovery.logs", "discovery.metrics")
 
 
 def test_sdk_loads_nothing_of_the_server() -> None:
