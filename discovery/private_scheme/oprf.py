@@ -91,3 +91,9 @@ def finalize_batch(batch: BlindBatch, evaluated: bytes, proof: bytes, public_key
         return list(ristretto.Client.finalize_batch(list(batch.clients), output, key))
     except ValueError as exc:
         raise ProofError("the batch proof does not verify against the pinned public key") from exc
+    except BaseException as exc:
+        # voprf 0.2 unwraps the batch verification result: a bad batch proof panics in Rust, which pyo3
+        # raises as pyo3_runtime.PanicException (a BaseException that cannot be imported by name).
+        if type(exc).__name__ == "PanicException":
+            raise ProofError("the batch proof does not verify against the pinned public key") from None
+        raise
