@@ -1,0 +1,232 @@
+"""Private discovery mode: the costs that choose its structures (JSON lines on stdout).
+
+    python -m bench.private_mode                     # 100k, 1M and 10M registered users
+    python -m bench.private_mode --sizes 10000 --quick
+
+One line per figure group:
+- ``oprf``: server CPU per 1,000 evaluations (one batch, one proof; goal <= 250 ms), client CPU to blind,
+  verify and finalize 1,000, and ``y`` at registration (registrations/s of the OPRF part alone);
+- ``off_loop``: the largest gap of a 1 ms asyncio ticker while 1,000 elements are evaluated in this thread, in
+  a thread pool and in a process pool;
+- ``structure`` (per size): the Elias-Fano snapshot of 40-bit tags (the chosen structure) next to a binary
+  fuse filter (pyfusefilter Fuse16): bytes per registered user, build time, client decode and lookup cost of
+  1,000 contacts, false-positive rate; delta bytes per registration; the bucket layout and response size;
+  the first sync of 1,000 contacts with 300 registered (snapshot + one bucket per hit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from discovery.core.private import OffLoopEvaluator, OprfKey, entry_from_output, evaluate_blinded
+from discovery.private_scheme import (
+    DEFAULT_ID_PAD,
+    SMALL_DIRECTORY_MAX,
+    Delta,
+    DeltaRecord,
+    Snapshot,
+    blind_batch,
+    bucket_layout,
+    bucket_size,
+    finalize_batch,
+    sealed_size,
+)
+
+TAG_SPACE = 1 << 40
+
+
+def cpu_ms(fn: Callable[[], object], repeat: int = 3) -> float:
+    runs = []
+    for _ in range(repeat):
+        start = time.process_time()
+        fn()
+        runs.append((time.process_time() - start) * 1000)
+    return round(statistics.median(runs), 2)
+
+
+def wall_ms(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return round((time.perf_counter() - start) * 1000, 2)
+
+
+def oprf_figures(count: int) -> dict[str, Any]:
+    key = OprfKey.from_secret(b"bench private mode secret".ljust(32, b"."), 1)
+    hashes = [os.urandom(32) for _ in range(count)]
+    batch = blind_batch(hashes)
+    evaluated, proof = evaluate_blinded(key, batch.blinded, max_count=count)
+    per = 1000 / count
+    ys = [key.output_of(h) for h in hashes[:200]]
+    return {
+        "group": "oprf",
+        "elements": count,
+        "server_eval_cpu_ms_per_1000": round(
+            cpu_ms(lambda: evaluate_blinded(key, batch.blinded, count)) * per, 1
+        ),
+        "server_eval_goal_ms_per_1000": 250,
+        "client_blind_cpu_ms_per_1000": round(cpu_ms(lambda: blind_batch(hashes)) * per, 1),
+        "client_verify_finalize_cpu_ms_per_1000": round(
+            cpu_ms(lambda: finalize_batch(batch, evaluated, proof, key.public_key)) * per, 1
+        ),
+        "registration_y_per_s": round(
+            200 / (cpu_ms(lambda: [key.output_of(h) for h in hashes[:200]]) / 1000)
+        ),
+        "registration_entry_per_s": round(
+            200
+            / (
+                cpu_ms(lambda: [entry_from_output(y, 1, "user-0123456789", DEFAULT_ID_PAD) for y in ys])
+                / 1000
+            )
+        ),
+    }
+
+
+async def _max_gap(run: Callable[[], Any]) -> float:
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.02)
+    await run()
+    done.set()
+    await ticker
+    return round(max(gaps) * 1000, 1)
+
+
+async def off_loop_figures(count: int) -> dict[str, Any]:
+    key = OprfKey.from_secret(b"bench private mode secret".ljust(32, b"."), 1)
+    packed = blind_batch([os.urandom(32) for _ in range(count)]).blinded
+    out: dict[str, Any] = {"group": "off_loop", "elements": count}
+
+    async def inline() -> None:
+        evaluate_blinded(key, packed, count)
+
+    out["ticker_max_gap_ms_inline"] = await _max_gap(inline)
+    for kind in ("thread", "process"):
+        pool = OffLoopEvaluator(kind="thread" if kind == "thread" else "process")
+
+        async def evaluate(pool: OffLoopEvaluator = pool) -> None:
+            await pool.evaluate(key, packed, count)
+
+        try:
+            await pool.start(key)
+            out[f"ticker_max_gap_ms_{kind}_pool"] = await _max_gap(evaluate)
+            walls = [await _timed(evaluate) for _ in range(3)]
+            out[f"wall_ms_{kind}_pool"] = round(1000 * statistics.median(walls), 1)
+        finally:
+            pool.close()
+    return out
+
+
+async def _timed(run: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    await run()
+    return time.perf_counter() - start
+
+
+def structure_figures(n: int, contacts: int = 1000, hits: int = 300) -> dict[str, Any]:
+    rng = np.random.default_rng(n)
+    tags = np.unique(rng.integers(0, TAG_SPACE, size=n, dtype=np.uint64))
+    snapshot = Snapshot(1, n, tags)
+    start = time.perf_counter()
+    raw = snapshot.serialize()
+    ef_build = time.perf_counter() - start
+    start = time.perf_counter()
+    decoded = Snapshot.deserialize(raw)
+    ef_decode = time.perf_counter() - start
+    queries = [int(t).to_bytes(5, "big") for t in tags[:hits]] + [
+        os.urandom(5) for _ in range(contacts - hits)
+    ]
+    ef_lookup = wall_ms(lambda: decoded.contains(queries))
+    probes = rng.integers(0, TAG_SPACE, size=200_000, dtype=np.uint64)
+    ef_fp = float(np.isin(probes, tags).mean())
+    delta = Delta(1, n, n + 1000, tuple(DeltaRecord(True, os.urandom(5)) for _ in range(1000)))
+    layout = bucket_layout(n)
+    out: dict[str, Any] = {
+        "group": "structure",
+        "registered": n,
+        "snapshot_bytes_per_user": round(len(raw) / n, 3),
+        "snapshot_mb": round(len(raw) / 1e6, 2),
+        "snapshot_build_ms": round(ef_build * 1000, 1),
+        "client_decode_ms": round(ef_decode * 1000, 1),
+        "client_lookup_ms_per_1000": ef_lookup,
+        "false_positive_rate": ef_fp,
+        "false_positive_rate_theory": round(n / TAG_SPACE, 9),
+        "delta_bytes_per_registration": round(len(delta.serialize()) / 1000, 2),
+        "bucket_prefix_bits": layout.prefix_bits,
+        "bucket_mean_load": round(n / (1 << layout.prefix_bits), 1),
+        "bucket_capacity": layout.capacity,
+        "bucket_bytes_id_pad_128": bucket_size(layout, DEFAULT_ID_PAD),
+        "bucket_bytes_id_pad_36": bucket_size(layout, 36),
+        "first_sync_mb_id_pad_128": round((len(raw) + hits * bucket_size(layout, DEFAULT_ID_PAD)) / 1e6, 2),
+        "first_sync_mb_id_pad_36": round((len(raw) + hits * bucket_size(layout, 36)) / 1e6, 2),
+        "small_directory_snapshot_mb": round(min(n, SMALL_DIRECTORY_MAX) * (5 + sealed_size()) / 1e6, 2),
+    }
+    out.update(fuse_figures(tags, queries, probes))
+    return out
+
+
+def fuse_figures(
+    tags: np.ndarray[Any, Any], queries: list[bytes], probes: np.ndarray[Any, Any]
+) -> dict[str, Any]:
+    try:
+        import pyfusefilter  # type: ignore[import-untyped]
+    except ImportError:
+        return {"fuse16": "pyfusefilter is not installed (bench extra)"}
+    # pyfusefilter 1.3.0 hashes str(item) with xxhash, which xxhash 4 refuses (it wants bytes): the tags are
+    # uniform 40-bit integers already, so they go in as the filter's 64-bit keys unhashed.
+    pyfusefilter.pyfusefilter.hash = int
+    items = tags.tolist()
+    start = time.perf_counter()
+    fuse = pyfusefilter.Fuse16(items)
+    build = time.perf_counter() - start
+    raw = fuse.serialize()
+    keys = [int.from_bytes(q, "big") for q in queries]
+    lookup = wall_ms(lambda: [k in fuse for k in keys])
+    sample = probes[:20_000].tolist()
+    known = set(items)
+    fp = sum(1 for p in sample if p in fuse and p not in known) / len(sample)
+    return {
+        "fuse16_bytes_per_user": round(len(raw) / len(items), 3),
+        "fuse16_build_ms": round(build * 1000, 1),
+        "fuse16_lookup_ms_per_1000": lookup,
+        "fuse16_false_positive_rate": fp,
+        "fuse16_deltas": "none: a fuse filter is static; a delta needs a side list or a rebuild",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.private_mode", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes", default="100000,1000000,10000000", help="registered users, comma-separated"
+    )
+    parser.add_argument("--quick", action="store_true", help="200 evaluations instead of 1,000")
+    args = parser.parse_args(argv)
+    count = 200 if args.quick else 1000
+    print(json.dumps(oprf_figures(count)), flush=True)
+    print(json.dumps(asyncio.run(off_loop_figures(count))), flush=True)
+    for n in (int(s) for s in args.sizes.split(",") if s):
+        print(json.dumps(structure_figures(n)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
