@@ -83,13 +83,17 @@ class Directory:
         The whole batch is one AES call and one vectorised probe, in the event loop.
         Nothing of the batch is kept but the watches on unmatched keys of a caller with
         notify_on_join on (core/joins.py). The gate (core/quota.py) charges the request rate
-        and the new contacts before the lookup, so a refused request learns nothing.
+        and the new contacts before the lookup, in one store round trip, so a refused
+        request learns nothing.
         """
-        await self.gate.admit(caller)
-        check_packed_hashes(packed_hashes, self.limits.max_hashes_per_request)
-        keys = self.keys.directory_keys(packed_hashes)
-        ordered = sort_keys(keys)
-        check_no_duplicate_keys(ordered)
+        try:
+            check_packed_hashes(packed_hashes, self.limits.max_hashes_per_request)
+            keys = self.keys.directory_keys(packed_hashes)
+            ordered = sort_keys(keys)
+            check_no_duplicate_keys(ordered)
+        except InvalidArgument:
+            await self.gate.admit(caller)  # a refused request still counts against the rate
+            raise
         token = await self.gate.charge(caller, ordered, previous_hashes, previous_token)
         checked = len(keys) // KEY_SIZE
         if not keys:

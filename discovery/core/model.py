@@ -123,6 +123,17 @@ class DirectoryMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class BucketCharge:
+    """One charge to a leaky bucket: add ``cost`` if it fits under ``capacity`` (see
+    core.ports.QuotaStore.charge)."""
+
+    bucket: str
+    cost: float
+    capacity: float
+    leak_per_second: float
+
+
+@dataclass(frozen=True, slots=True)
 class QuotaCharge:
     """The outcome of charging a leaky bucket (see core.ports.QuotaStore.charge).
 

@@ -77,10 +77,8 @@ class TimedStore:
 
     # -- quota ----------------------------------------------------------------------------------
 
-    async def charge(
-        self, bucket: str, cost: float, capacity: float, leak_per_second: float, now: float
-    ) -> m.QuotaCharge:
-        return await self._timed("charge", self.inner.charge(bucket, cost, capacity, leak_per_second, now))
+    async def charge(self, charges: Sequence[m.BucketCharge], now: float) -> list[m.QuotaCharge]:
+        return await self._timed("charge", self.inner.charge(charges, now))
 
     async def forget_buckets(self, buckets: Sequence[str]) -> int:
         return await self._timed("forget_buckets", self.inner.forget_buckets(buckets))
