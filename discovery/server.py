@@ -36,6 +36,7 @@ from discovery.security import build_authenticator, is_loopback, quota_policy, s
 from discovery.server_secret import load_or_create_secret, secret_from_env
 from discovery.store import Store, open_store
 from discovery.store.timed import timed_store
+from discovery.tracing import Tracing
 from discovery.v1 import discovery_pb2, discovery_pb2_grpc, joins_pb2, joins_pb2_grpc
 
 log = logging.getLogger("discovery.server")
@@ -45,8 +46,11 @@ SERVICE_NAMES = (CLIENT_SERVICE, ADMIN_SERVICE, JOIN_SERVICE)
 
 
 class DiscoveryServer:
-    def __init__(self, config: ServerConfig, authenticator: Authenticator | None = None) -> None:
+    def __init__(
+        self, config: ServerConfig, authenticator: Authenticator | None = None, tracing: Tracing | None = None
+    ) -> None:
         self.config = config
+        self.tracing = tracing or Tracing()  # off
         self.authenticator = authenticator  # None: from the config, at start()
         self.port = 0
         self.store: Store | None = None
@@ -80,6 +84,7 @@ class DiscoveryServer:
             ),
             self.metrics.store_seconds,
             self.metrics.store_errors,
+            self.tracing.store_tracer(),
         )
         self.store_healthy = True
         self.sync = IndexSync(self.store)
@@ -113,7 +118,10 @@ class DiscoveryServer:
             joins=self.joins,
         )
         server = aio.server(
-            interceptors=[CallInterceptor(self.authenticator, observers=[self.metrics.observe_call])],
+            interceptors=[
+                *self.tracing.server_interceptors(),
+                CallInterceptor(self.authenticator, observers=[self.metrics.observe_call]),
+            ],
             options=self._grpc_options(),
         )
         discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(
@@ -289,9 +297,9 @@ class DiscoveryServer:
         await self._stopped.wait()
 
 
-async def serve(config: ServerConfig) -> None:
+async def serve(config: ServerConfig, tracing: Tracing | None = None) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    server = DiscoveryServer(config)
+    server = DiscoveryServer(config, tracing=tracing)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -299,6 +307,7 @@ async def serve(config: ServerConfig) -> None:
     await server.start()
     await stop_requested.wait()
     await server.stop()
+    server.tracing.shutdown()  # exports the last spans
 
 
 def _age(since: float) -> float:

@@ -9,6 +9,7 @@ import os
 from discovery.config import add_server_options, config_from_args
 from discovery.logs import configure_logging
 from discovery.server import serve
+from discovery.tracing import Tracing, add_tracing_options, tracing_options_from_args
 
 
 def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,6 +20,7 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "directory and listens on 127.0.0.1:50051.",
     )
     add_server_options(parser)
+    add_tracing_options(parser)
     parser.set_defaults(func=run_serve)
 
 
@@ -27,5 +29,5 @@ def run_serve(args: argparse.Namespace) -> int:
     os.umask(0o077)
     config = config_from_args(args)
     configure_logging(config.log_level)
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, Tracing.start(tracing_options_from_args(args))))
     return 0

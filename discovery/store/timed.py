@@ -7,14 +7,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from opentelemetry.trace import Tracer
 from prometheus_client import Counter, Histogram
 
 from discovery.store.base import Store
+from discovery.store.spans import traced_call
 
 
 class _TimedStore:
-    def __init__(self, store: Store, seconds: Histogram, errors: Counter) -> None:
+    def __init__(self, store: Store, seconds: Histogram, errors: Counter, tracer: Tracer | None) -> None:
         self._store = store
+        self._tracer = tracer
         self._seconds = seconds
         self._errors = errors
         self._wrappers: dict[str, Any] = {}
@@ -33,6 +36,7 @@ class _TimedStore:
     def _timed(self, name: str, operation: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         seconds = self._seconds.labels(name)
         errors = self._errors.labels(name)
+        operation = traced_call(self._tracer, name, operation)
 
         async def timed(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
@@ -47,5 +51,5 @@ class _TimedStore:
         return timed
 
 
-def timed_store(store: Store, seconds: Histogram, errors: Counter) -> Store:
-    return cast(Store, _TimedStore(store, seconds, errors))
+def timed_store(store: Store, seconds: Histogram, errors: Counter, tracer: Tracer | None = None) -> Store:
+    return cast(Store, _TimedStore(store, seconds, errors, tracer))
