@@ -25,14 +25,18 @@ from discovery.core.index_sync import IndexSync
 from discovery.core.joins import Joins
 from discovery.core.ports import Store
 from discovery.metrics import Metrics
+from discovery.tracing import Tracing
 
 log = logging.getLogger("discovery.server")
 
 
 class DiscoveryServer:
-    def __init__(self, config: ServerConfig, authenticator: Authenticator | None = None) -> None:
+    def __init__(
+        self, config: ServerConfig, authenticator: Authenticator | None = None, tracing: Tracing | None = None
+    ) -> None:
         self.config = config
         self._authenticator = authenticator  # None: from the config
+        self.tracing = tracing or Tracing()  # off
         self.port = 0
         self.metrics_port = 0
         self.store_healthy = False
@@ -76,7 +80,7 @@ class DiscoveryServer:
 
     async def start(self) -> int:
         config = self.config
-        service = self._service = await build(config, self._authenticator)
+        service = self._service = await build(config, self._authenticator, self.tracing)
         self.store_healthy = True
         await self._set_serving(False)
         self.port = service.bind()
@@ -200,9 +204,9 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
             await task
 
 
-async def serve(config: ServerConfig) -> None:
+async def serve(config: ServerConfig, tracing: Tracing | None = None) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    server = DiscoveryServer(config)
+    server = DiscoveryServer(config, tracing=tracing)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -210,3 +214,4 @@ async def serve(config: ServerConfig) -> None:
     await server.start()
     await stop_requested.wait()
     await server.stop()
+    server.tracing.shutdown()  # exports the last spans

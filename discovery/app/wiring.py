@@ -31,6 +31,7 @@ from discovery.core.quota import DiscoverGate, Gate, QuotaPolicy
 from discovery.metrics import Metrics
 from discovery.store import Store, open_store
 from discovery.store.timed import timed_store
+from discovery.tracing import Tracing
 from discovery.v1 import discovery_pb2_grpc, joins_pb2_grpc
 
 
@@ -52,8 +53,12 @@ class Service:
     bind: Callable[[], int]
 
 
-async def build(config: ServerConfig, authenticator: Authenticator | None = None) -> Service:
-    """Build the service of ``config``; ``authenticator`` overrides the configured one (tests)."""
+async def build(
+    config: ServerConfig, authenticator: Authenticator | None = None, tracing: Tracing | None = None
+) -> Service:
+    """Build the service of ``config``; ``authenticator`` overrides the configured one (tests),
+    ``tracing`` traces RPCs and store calls (off when None)."""
+    tracing = tracing or Tracing()
     keys = KeyRing.from_secret(server_secret(config))
     authenticator = authenticator or build_authenticator(config)
     credentials = server_credentials(config)
@@ -66,6 +71,7 @@ async def build(config: ServerConfig, authenticator: Authenticator | None = None
         ),
         metrics.store_seconds,
         metrics.store_errors,
+        tracing.store_tracer(),
     )
     sync = IndexSync(store)
     joins = Joins(store, keys, join_policy(config))
@@ -81,7 +87,11 @@ async def build(config: ServerConfig, authenticator: Authenticator | None = None
     )
     health = HealthServicer()
     server = aio.server(
-        interceptors=[CallInterceptor(authenticator, observers=[metrics.observe_call])],
+        # The tracing interceptor is outermost, so it sees the status CallInterceptor sets.
+        interceptors=[
+            *tracing.server_interceptors(),
+            CallInterceptor(authenticator, observers=[metrics.observe_call]),
+        ],
         options=grpc_options(config),
     )
     add_servicers(server, directory, joins, metrics, health)
