@@ -10,7 +10,7 @@ batch (one AES call), check duplicates, probe an index of ``--n`` users. On top 
 * ``resync``: the whole gate for an unchanged set sent with its token: the rate charge
   and the token checks (the contact charge of 0 needs no transaction).
 
-    python -m bench.quota_gate --batch 1000 5000
+    python -m bench quota_gate --batch 1000 5000
 """
 
 from __future__ import annotations
