@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import time
@@ -217,8 +218,10 @@ async def test_index_follows_writes_of_another_instance(open_backend: OpenStore)
     finally:
         stop.set()
         follower.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await follower
+        # redis-py 8 can swallow a cancellation that arrives during a command; the follower
+        # then sees ``stop`` and returns. Either way it ends.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(follower, 5)
 
 
 async def test_index_reloads_when_it_fell_behind_the_feed(open_backend: OpenStore) -> None:

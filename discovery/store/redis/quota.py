@@ -46,7 +46,7 @@ class RedisQuota(RedisBase):
     async def charge(
         self, bucket: str, cost: float, capacity: float, leak_per_second: float, now: float
     ) -> QuotaCharge:
-        allowed, level, retry_after = await self._eval(
+        allowed, level, retry_after = await self._write(
             CHARGE,
             [self.keys.quota(bucket)],
             [repr(float(cost)), repr(float(capacity)), repr(float(leak_per_second)), repr(float(now))],
@@ -58,5 +58,10 @@ class RedisQuota(RedisBase):
         # One DEL per key: an unregistered user's buckets share a slot, other callers' may not.
         removed = 0
         for bucket in buckets:
-            removed += int(await self._redis.delete(self.keys.quota(bucket)))
+            key = self.keys.quota(bucket)
+            if self.min_replicas:
+                (deleted,) = await self._confirmed(key, [("DEL", key)])
+                removed += int(deleted)
+            else:
+                removed += int(await self._redis.delete(key))
         return removed
