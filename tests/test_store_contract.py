@@ -223,6 +223,7 @@ async def test_index_follows_writes_of_another_instance(open_backend: OpenStore)
     finally:
         stop.set()
         follower.cancel()
+        # IndexSync.follow honours the cancellation even when redis-py swallows it mid-reply.
         with pytest.raises(asyncio.CancelledError):
             await follower
 

@@ -1,4 +1,6 @@
-"""A ``store`` fixture parametrised by backend: real SQLite, redis-server and Redis Cluster (pytest plugin).
+"""A ``store`` fixture parametrised by backend: real SQLite, redis-server, Redis Cluster and a
+Sentinel-managed primary with a replica, whose stores confirm every write on the replica
+(``min_replicas=1``) (pytest plugin).
 
 Tests that take ``store`` (or ``open_backend``) run once per backend: the Store contract.
 """
@@ -15,7 +17,7 @@ from discovery.store.redis import RedisStore
 from discovery.store.redis.base import parse_redis_url
 from discovery.store.sqlite import SqliteStore
 
-BACKENDS = ["sqlite", "redis", "redis-cluster"]
+BACKENDS = ["sqlite", "redis", "redis-cluster", "redis-sentinel"]
 
 OpenStore = Callable[..., Awaitable[Store]]
 
@@ -32,6 +34,8 @@ async def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         url = request.getfixturevalue("redis_url")
     elif backend == "redis-cluster":
         url = request.getfixturevalue("redis_cluster_url")
+    elif backend == "redis-sentinel":
+        url = request.getfixturevalue("redis_sentinel_url")
     opened: list[Store] = []
 
     async def open_(feed_retention: float = 3600.0, feed_max_len: int = 1_000_000) -> Store:

@@ -55,10 +55,12 @@ return out
 
 class RedisQuota(RedisBase):
     async def charge(self, charges: Sequence[BucketCharge], now: float) -> list[QuotaCharge]:
+        if not charges:
+            return []
         args = [repr(float(now))]
         for charge in charges:
             args += [repr(float(x)) for x in (charge.cost, charge.capacity, charge.leak_per_second)]
-        replies = await self._eval(CHARGE, [self.keys.quota(charge.bucket) for charge in charges], args)
+        replies = await self._write(CHARGE, [self.keys.quota(charge.bucket) for charge in charges], args)
         return [
             QuotaCharge(bool(allowed), float(level), math.inf if wait == b"inf" else float(wait))
             for allowed, level, wait in replies
@@ -68,5 +70,10 @@ class RedisQuota(RedisBase):
         # One DEL per key: an unregistered user's buckets share a slot, other callers' may not.
         removed = 0
         for bucket in buckets:
-            removed += int(await self._redis.delete(self.keys.quota(bucket)))
+            key = self.keys.quota(bucket)
+            if self.min_replicas:
+                (deleted,) = await self._confirmed(key, [("DEL", key)])
+                removed += int(deleted)
+            else:
+                removed += int(await self._redis.delete(key))
         return removed
