@@ -20,7 +20,7 @@ from collections.abc import Callable
 import pytest
 
 from discovery.core.errors import Unavailable
-from discovery.core.model import RegisterOutcome
+from discovery.core.model import BucketCharge, RegisterOutcome
 from discovery.store.redis.base import parse_redis_url
 from tests.support.failover import Drill, count_missing, drill, new_user, open_store
 from tests.support.redis_fixtures import (
@@ -91,7 +91,7 @@ async def test_replica_down_writes_fail_cleanly_reads_work_retries_are_safe(
             store.change_number("old", new_user("old-new").directory_key),
             store.add_watches("watcher", new_user("x").directory_key, 3600.0, 100),
             store.inbox_ack("watcher", "d1", 0, 3600.0),
-            store.charge("requests:watcher", 1.0, 10.0, 1.0, time.time()),
+            store.charge([BucketCharge("requests:watcher", 1.0, 10.0, 1.0)], time.time()),
         ]
         for call in failing:
             with pytest.raises(Unavailable):
@@ -122,7 +122,8 @@ async def test_replica_down_writes_fail_cleanly_reads_work_retries_are_safe(
         cursor = (await store.inbox_read("watcher", 0, 100, 3600.0))[0].cursor
         assert await store.inbox_ack("watcher", "d1", cursor, 3600.0) is not None
         assert await store.inbox_ack("watcher", "d1", cursor, 3600.0) is not None
-        assert (await store.charge("requests:watcher", 1.0, 10.0, 1.0, time.time())).allowed
+        (charged,) = await store.charge([BucketCharge("requests:watcher", 1.0, 10.0, 1.0)], time.time())
+        assert charged.allowed
     finally:
         await store.close()
 

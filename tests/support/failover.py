@@ -12,11 +12,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from discovery.core.errors import Unavailable
-from discovery.core.model import NewUser, Settings
+from discovery.core.model import NewUser, PrivacySettings
 from discovery.store.redis import RedisStore
 from discovery.store.redis.base import parse_redis_url
 
-SETTINGS = Settings(discoverable=True, announce_join=True, notify_on_join=True)
+SETTINGS = PrivacySettings(discoverable=True, announce_join=True, notify_on_join=True)
 
 
 def new_user(user_id: str) -> NewUser:
