@@ -31,6 +31,6 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     # Everything the server writes (store, WAL, secrets) is readable by its owner only.
     os.umask(0o077)
-    configure_logging(config.log_level)
+    configure_logging(config.ops.log_level)
     asyncio.run(serve(config))
     return 0
