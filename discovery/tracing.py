@@ -13,11 +13,8 @@ See docs/tracing.md.
 
 from __future__ import annotations
 
-import argparse
-import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from grpc import aio
 from opentelemetry.context import Context
@@ -35,7 +32,7 @@ from opentelemetry.semconv._incubating.attributes.rpc_attributes import (
 from opentelemetry.trace import Link, Status, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from discovery.config import env_name
+from discovery.config import TracingOptions
 from discovery.store.spans import ERROR_TYPE
 
 # Health probes come every few seconds from every load balancer: traced, they would drown the
@@ -51,43 +48,6 @@ EXCEPTION_TYPE = "exception.type"
 _CODE_NAME = re.compile(r"[A-Za-z_/][A-Za-z0-9_./]{0,199}")
 _SUSPECT = re.compile(r"\d{7}|[0-9a-fA-F]{16}")
 REDACTED = "redacted"
-
-
-@dataclass(frozen=True)
-class TracingOptions:
-    """Folded into the server's configuration; both also read DISCOVERY_* variables."""
-
-    otlp_endpoint: str = ""  # e.g. http://collector:4317 (https:// for TLS); empty: tracing off
-    trace_sample_ratio: float = 1.0  # of the traces that start here; a caller's sampled flag wins
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.trace_sample_ratio <= 1.0:
-            raise ValueError("trace_sample_ratio must be between 0 and 1")
-
-
-_HELP = {
-    "otlp_endpoint": "OTLP/gRPC collector for traces, http:// or https:// (empty: tracing off)",
-    "trace_sample_ratio": "share of new traces sampled; a caller's traceparent sampled flag wins",
-}
-
-
-def add_tracing_options(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
-    env = os.environ if env is None else env
-    defaults = TracingOptions()
-    for name, convert in (("otlp_endpoint", str), ("trace_sample_ratio", float)):
-        raw = env.get(env_name(name))
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            type=convert,
-            default=convert(raw) if raw is not None else getattr(defaults, name),
-            metavar=name.upper(),
-            help=f"{_HELP[name]} [{env_name(name)}; default {getattr(defaults, name)!r}]",
-        )
-
-
-def tracing_options_from_args(args: argparse.Namespace) -> TracingOptions:
-    return TracingOptions(otlp_endpoint=args.otlp_endpoint, trace_sample_ratio=args.trace_sample_ratio)
 
 
 def _safe(value: object) -> bool:

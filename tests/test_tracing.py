@@ -25,15 +25,12 @@ from discovery.app.credentials import load_or_create_secret
 from discovery.app.server import DiscoveryServer
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient
 from discovery.client.errors import DiscoveryError
-from discovery.config import ServerConfig
+from discovery.config import ServerConfig, TracingOptions, add_server_options, config_from_args
 from discovery.core.hashing import KeyRing, contact_hash
 from discovery.tracing import (
     ALLOWED_ATTRIBUTES,
     Tracing,
-    TracingOptions,
-    add_tracing_options,
     sanitized,
-    tracing_options_from_args,
 )
 from discovery.v1 import discovery_pb2, discovery_pb2_grpc, joins_pb2, joins_pb2_grpc
 from tests.support.auth_helpers import backend_token, bearer, client_token
@@ -72,7 +69,7 @@ async def start_traced(tmp_path: Path) -> AsyncIterator[StartTraced]:
         }
         options.update(overrides)
         tracing = Tracing.start(TracingOptions(trace_sample_ratio=ratio), exporter=exporter)
-        server = DiscoveryServer(ServerConfig(**options), tracing=tracing)  # type: ignore[arg-type]
+        server = DiscoveryServer(ServerConfig.from_options(**options), tracing=tracing)
         await server.start()
         running.append(server)
         return Traced(server, exporter)
@@ -328,8 +325,8 @@ def test_tracing_is_off_by_default_and_the_flags_read_the_environment() -> None:
     off = Tracing.start(TracingOptions())
     assert off.provider is None and off.server_interceptors() == [] and off.store_tracer() is None
     parser = argparse.ArgumentParser()
-    add_tracing_options(parser, env={"DISCOVERY_TRACE_SAMPLE_RATIO": "0.25"})
-    options = tracing_options_from_args(parser.parse_args(["--otlp-endpoint", "http://127.0.0.1:4317"]))
+    add_server_options(parser, env={"DISCOVERY_TRACE_SAMPLE_RATIO": "0.25"})
+    options = config_from_args(parser.parse_args(["--otlp-endpoint", "http://127.0.0.1:4317"])).tracing
     assert options == TracingOptions(otlp_endpoint="http://127.0.0.1:4317", trace_sample_ratio=0.25)
     on = Tracing.start(options)  # the exporter connects when it first exports
     assert on.provider is not None and len(on.server_interceptors()) == 1

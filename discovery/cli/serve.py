@@ -10,7 +10,7 @@ import sys
 from discovery.app.server import serve
 from discovery.config import add_server_options, config_from_args
 from discovery.logs import configure_logging
-from discovery.tracing import Tracing, add_tracing_options, tracing_options_from_args
+from discovery.tracing import Tracing
 
 
 def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,19 +21,17 @@ def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "directory and listens on 127.0.0.1:50051.",
     )
     add_server_options(parser)
-    add_tracing_options(parser)
     parser.set_defaults(func=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
-        tracing_options = tracing_options_from_args(args)
     except ValueError as error:
         print(f"discovery serve: error: {error}", file=sys.stderr)
         return 2
     # Everything the server writes (store, WAL, secrets) is readable by its owner only.
     os.umask(0o077)
-    configure_logging(config.log_level)
-    asyncio.run(serve(config, Tracing.start(tracing_options)))
+    configure_logging(config.ops.log_level)
+    asyncio.run(serve(config, Tracing.start(config.tracing)))
     return 0

@@ -27,6 +27,7 @@ from discovery.core.model import (
     RejectedUser,
     UserRecord,
 )
+from discovery.core.options import Options, option, positive
 from discovery.core.ports import Store
 from discovery.core.quota import ALLOW_ALL, Gate
 from discovery.core.validation import (
@@ -40,9 +41,11 @@ from discovery.core.validation import (
 
 
 @dataclass(frozen=True, slots=True)
-class DirectoryLimits:
-    max_hashes_per_request: int = 5000
-    max_import_batch: int = 10_000
+class DirectoryLimits(Options):
+    max_hashes_per_request: int = option(
+        5000, "cap on contact hashes in one Discover request", check=positive
+    )
+    max_import_batch: int = option(10_000, "cap on users in one ImportUsers message", check=positive)
     max_reported_rejections: int = 1000
 
 

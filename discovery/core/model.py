@@ -8,14 +8,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from discovery.core.options import option
+
 
 @dataclass(frozen=True, slots=True)
 class PrivacySettings:
     """A user's privacy settings."""
 
-    discoverable: bool = True
-    announce_join: bool = True
-    notify_on_join: bool = False
+    # As options, the defaults of a new user (ServerConfig.defaults).
+    discoverable: bool = option(True, "initial 'discoverable' of a new user", name="default_discoverable")
+    announce_join: bool = option(True, "initial 'announce_join' of a new user", name="default_announce_join")
+    notify_on_join: bool = option(
+        False, "initial 'notify_on_join' of a new user (opt-in)", name="default_notify_on_join"
+    )
 
     def merged(
         self,

@@ -47,6 +47,7 @@ from discovery.core.errors import InvalidArgument, QuotaExceeded
 from discovery.core.hashing import KeyRing
 from discovery.core.keyset import SortedKeys, sort_keys
 from discovery.core.model import BucketCharge, QuotaCharge
+from discovery.core.options import Options, non_negative, option, positive
 from discovery.core.ports import QuotaStore
 from discovery.core.validation import check_no_duplicate_keys, check_packed_hashes
 
@@ -56,14 +57,36 @@ MAX_RETRY_SECONDS = 365 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
-class QuotaPolicy:
+class QuotaPolicy(Options):
     """The limits of one user. A capacity or burst of 0 switches that limit off."""
 
-    capacity: int = 50_000
-    refill_per_hour: float = 6.0
-    rate_burst: int = 30
-    rate_per_minute: float = 10.0
-    token_ttl: float = 30 * 86400.0
+    capacity: int = option(
+        50_000,
+        "new contacts a user may look up in a burst (0: no quota)",
+        name="quota_capacity",
+        check=non_negative,
+    )
+    refill_per_hour: float = option(
+        6.0, "new contacts per hour that the quota refills", name="quota_refill_per_hour", check=non_negative
+    )
+    rate_burst: int = option(
+        30,
+        "Discover requests a user may make in a burst (0: no limit)",
+        name="rate_limit_burst",
+        check=non_negative,
+    )
+    rate_per_minute: float = option(
+        10.0,
+        "Discover requests per minute that the rate limit refills",
+        name="rate_limit_per_minute",
+        check=non_negative,
+    )
+    token_ttl: float = option(
+        30 * 86400.0,
+        "how long a Discover token makes its contacts free on the next request",
+        name="previous_token_ttl_seconds",
+        check=positive,
+    )
     max_clock_skew: float = 300.0
 
 

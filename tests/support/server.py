@@ -50,7 +50,7 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
             "auth": "dev",
         }
         options.update(overrides)
-        server = DiscoveryServer(ServerConfig(**options))  # type: ignore[arg-type]
+        server = DiscoveryServer(ServerConfig.from_options(**options))
         await server.start()
         running.append(server)
         return server
