@@ -41,7 +41,7 @@ from typing import Protocol
 import blake3
 import numpy as np
 
-from discovery.core.errors import InvalidArgument, QuotaExceeded
+from discovery.core.errors import InvalidArgument, QuotaExceeded, Reason
 from discovery.core.hashing import KeyRing
 from discovery.core.keyset import SortedKeys, sort_keys
 from discovery.core.model import QuotaCharge
@@ -103,19 +103,23 @@ class SetTokens:
     def verify(self, caller: str, keys: SortedKeys, token: bytes, now: float) -> None:
         """Raise InvalidArgument unless ``token`` was issued to ``caller`` for exactly this set."""
         if len(token) != TOKEN_SIZE or token[0] != TOKEN_VERSION:
-            raise InvalidArgument.field("previous_token", "is not a token this server issued")
+            raise InvalidArgument.field(
+                "previous_token", "is not a token this server issued", Reason.PREVIOUS_SET_REFUSED
+            )
         issued = token[1:9]
         if not hmac.compare_digest(self._tag(caller, issued, keys), token[9:]):
             raise InvalidArgument.field(
                 "previous_token",
                 "does not match previous_contact_hashes and the caller; "
                 "send the request without previous_token and previous_contact_hashes",
+                Reason.PREVIOUS_SET_REFUSED,
             )
         age = now - int.from_bytes(issued, "big")
         if age > self._ttl or age < -self._skew:
             raise InvalidArgument.field(
                 "previous_token",
                 "has expired; send the request without previous_token and previous_contact_hashes",
+                Reason.PREVIOUS_SET_REFUSED,
             )
 
 
@@ -190,6 +194,7 @@ class DiscoverGate:
                     f"at most {policy.rate_burst} Discover requests in a burst, "
                     f"refilling {policy.rate_per_minute:g} per minute"
                 ),
+                Reason.RATE_LIMITED,
             )
 
     async def charge(
@@ -201,7 +206,9 @@ class DiscoverGate:
         policy = self.policy
         if policy.capacity <= 0:
             # No contact quota: nothing to charge, and a token would prove nothing.
-            check_packed_hashes(previous_hashes, self._max_hashes, field="previous_contact_hashes")
+            check_packed_hashes(
+                previous_hashes, self._max_hashes, "previous_contact_hashes", Reason.PREVIOUS_SET_REFUSED
+            )
             return b""
         now = self._clock()
         previous = self._previous(caller, previous_hashes, previous_token, now)
@@ -233,6 +240,7 @@ class DiscoverGate:
         now: float,
         message: str,
         describe: Callable[[QuotaCharge], str],
+        reason: Reason = Reason.QUOTA_EXCEEDED,
     ) -> None:
         """Charge the caller's bucket for ``purpose``; QuotaExceeded (charging nothing) if it is full.
         The bucket's name holds the user id and never anything of the request."""
@@ -243,6 +251,7 @@ class DiscoverGate:
                 subject=f"user:{caller}",
                 description=describe(outcome),
                 retry_after=_bounded(outcome.retry_after, outcome.level, leak),
+                reason=reason,
             )
 
     def _previous(
@@ -251,11 +260,15 @@ class DiscoverGate:
         """The verified previous set, or None when none was sent."""
         if not previous_token:
             if previous_hashes:
-                raise InvalidArgument.field("previous_token", "is required with previous_contact_hashes")
+                raise InvalidArgument.field(
+                    "previous_token", "is required with previous_contact_hashes", Reason.PREVIOUS_SET_REFUSED
+                )
             return None
-        check_packed_hashes(previous_hashes, self._max_hashes, field="previous_contact_hashes")
+        check_packed_hashes(
+            previous_hashes, self._max_hashes, "previous_contact_hashes", Reason.PREVIOUS_SET_REFUSED
+        )
         previous = sort_keys(self._keys.directory_keys(previous_hashes))
-        check_no_duplicate_keys(previous, field="previous_contact_hashes")
+        check_no_duplicate_keys(previous, "previous_contact_hashes", Reason.PREVIOUS_SET_REFUSED)
         self._tokens.verify(caller, previous, previous_token, now)
         return previous
 
