@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.support.redis_fixtures",
     "tests.support.serve_process",
     "tests.support.stores",
+    "tests.support.error_cases",
 ]
