@@ -170,7 +170,10 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     pending, pending_hard_limit = max_pending_requests(config)
     options = [
         ("grpc.max_receive_message_length", config.max_receive_message_bytes),
+        # The soft limit alone refuses only some requests between it and gRPC's hard limit
+        # (at random); both make --max-metadata-bytes the cap it says it is.
         ("grpc.max_metadata_size", config.max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", config.max_metadata_bytes),
         ("grpc.server.max_pending_requests", pending),
         ("grpc.server.max_pending_requests_hard_limit", pending_hard_limit),
         ("grpc.so_reuseport", 0),
