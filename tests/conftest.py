@@ -6,4 +6,6 @@ pytest_plugins = [
     "tests.support.serve_process",
     "tests.support.stores",
     "tests.support.error_cases",
+    # As an application would load the SDK testing kit (tests/outside/ uses it).
+    "discovery.testing.pytest_plugin",
 ]
