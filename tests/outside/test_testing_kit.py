@@ -33,14 +33,13 @@ async def test_the_async_fixture(discovery_server: DiscoveryTestServer) -> None:
 
 
 def test_from_sync_code() -> None:
-    with ThreadedDiscoveryTestServer() as server:
-        with server.client("bob") as bob:
-            assert bob.discover([ALICE]).matches == []
-            server.register("alice", ALICE)
-            assert [m.user_id for m in bob.discover([ALICE]).matches] == ["alice"]
-            with pytest.raises(DiscoveryError) as info:
-                bob.get_settings()
-            assert info.value.reason == "NOT_REGISTERED"
+    with ThreadedDiscoveryTestServer() as server, server.client("bob") as bob:
+        assert bob.discover([ALICE]).matches == []
+        server.register("alice", ALICE)
+        assert [m.user_id for m in bob.discover([ALICE]).matches] == ["alice"]
+        with pytest.raises(DiscoveryError) as info:
+            bob.get_settings()
+        assert info.value.reason == "NOT_REGISTERED"
 
 
 def test_the_sync_fixture(discovery_server_sync: ThreadedDiscoveryTestServer) -> None:
