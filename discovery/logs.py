@@ -50,3 +50,27 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
     root.setLevel(level.upper())
     # grpc's own logger can print peer data at debug level.
     logging.getLogger("grpc").setLevel(max(logging.WARNING, root.level))
+
+
+class LogThrottle:
+    """At most one log line per ``interval`` seconds for each key; the rest are counted.
+
+    For events any unauthenticated peer can cause (garbage bytes, missing credentials): a
+    flood of them costs one line per interval, which says how many were left out.
+    """
+
+    def __init__(self, interval: float = 60.0, clock: Any = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        """None to stay silent; else the number of lines left out since the last one."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._suppressed.pop(key, 0)

@@ -79,7 +79,11 @@ async def test_enumerating_a_range_is_cut_off_at_the_quota(
         assert cut_off and all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in cut_off)
         for error in cut_off:
             kinds = {type(d) for d in status_details(error)}
-            assert kinds == {error_details_pb2.QuotaFailure, error_details_pb2.RetryInfo}
+            assert kinds == {
+                error_details_pb2.ErrorInfo,
+                error_details_pb2.QuotaFailure,
+                error_details_pb2.RetryInfo,
+            }
 
         # 2. Token tricks: a paid-for set with fresh contacts swapped in still pays for them;
         #    a paid-for token cannot vouch for another set; single numbers are refused too.

@@ -4,13 +4,11 @@ nothing crashes or wedges the server, and nothing internal leaks into logs."""
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
-import pkgutil
 import string
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +23,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import discovery.v1
 from discovery.api.auth import ADMIN_SERVICE
 from discovery.app.credentials import jwt_secret
 from discovery.app.server import DiscoveryServer
@@ -33,6 +30,7 @@ from discovery.core.hashing import contact_hash
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.support.auth_helpers import Metadata, as_backend, as_user, bearer, client_token
+from tests.support.rpc import METHODS, error_info, invoke
 from tests.support.server import StartServer, status_details
 
 MAX_RECEIVE = 64 * 1024
@@ -89,22 +87,6 @@ async def still_serving(target: Target) -> None:
     assert list(response.match_user_ids) == ["sentinel"]
 
 
-def all_methods() -> Iterator[MethodDescriptor]:
-    """Every RPC of every service in the discovery.v1 package, as generated."""
-    for module in pkgutil.iter_modules(discovery.v1.__path__):
-        if module.name.endswith("_pb2"):
-            descriptor = importlib.import_module(f"discovery.v1.{module.name}").DESCRIPTOR
-            for service in descriptor.services_by_name.values():
-                yield from service.methods
-
-
-METHODS = sorted(all_methods(), key=lambda m: m.full_name)
-
-
-def path(method: MethodDescriptor) -> str:
-    return f"/{method.containing_service.full_name}/{method.name}"
-
-
 def violations(error: aio.AioRpcError) -> list[str]:
     return [
         v.field
@@ -117,31 +99,17 @@ def violations(error: aio.AioRpcError) -> list[str]:
 async def raw_call(target: Target, method: MethodDescriptor, payload: bytes) -> grpc.StatusCode:
     """Send raw bytes as the request of ``method``; the status code it ends with."""
     metadata = target.backend if method.containing_service.full_name == ADMIN_SERVICE else target.client
-    identity = (lambda b: b), (lambda b: b)
-    try:
-        if method.server_streaming:
-            call: Any = (
-                target.channel.stream_stream(path(method), *identity)(
-                    iter([payload]), metadata=metadata, timeout=0.3
-                )
-                if method.client_streaming
-                else target.channel.unary_stream(path(method), *identity)(
-                    payload, metadata=metadata, timeout=0.3
-                )
-            )
-            async for _ in call:
-                pass
-        elif method.client_streaming:
-            await target.channel.stream_unary(path(method), *identity)(
-                iter([payload]), metadata=metadata, timeout=5
-            )
-        else:
-            await target.channel.unary_unary(path(method), *identity)(payload, metadata=metadata, timeout=5)
-    except aio.AioRpcError as error:
-        if error.code() == grpc.StatusCode.INVALID_ARGUMENT and not parses(method, payload):
-            assert violations(error) == ["request"]
-        return error.code()  # type: ignore[no-any-return]
-    return grpc.StatusCode.OK
+    timeout = 0.3 if method.server_streaming else 5.0
+    error = await invoke(target.channel, method, payload, metadata, timeout, whole_stream=True)
+    if error is None:
+        return grpc.StatusCode.OK
+    if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+        # Every error of the server keeps the contract (one ErrorInfo, a request id); a
+        # deadline the client set may end the call before the server answers.
+        info = error_info(error)
+        if not parses(method, payload):
+            assert (info.reason, violations(error)) == ("MALFORMED_REQUEST", ["request"])
+    return error.code()  # type: ignore[no-any-return]
 
 
 def parses(method: MethodDescriptor, payload: bytes) -> bool:

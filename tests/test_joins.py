@@ -417,14 +417,14 @@ async def test_bad_requests_get_clear_statuses(server: DiscoveryServer) -> None:
         with pytest.raises(aio.AioRpcError) as info:
             await bad_device.replay()
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        (details,) = status_details(info.value)
+        (_, details) = status_details(info.value)
         assert isinstance(details, error_details_pb2.BadRequest)
         assert details.field_violations[0].field == "device_id"
         ahead = RawStream(channel, "alice", after=10**9)
         with pytest.raises(aio.AioRpcError) as info:
             await ahead.replay()
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        (details,) = status_details(info.value)
+        (_, details) = status_details(info.value)
         assert isinstance(details, error_details_pb2.BadRequest)
         assert details.field_violations[0].field == "after_cursor"
         with pytest.raises(aio.AioRpcError) as info:
@@ -452,7 +452,11 @@ async def test_streams_per_user_are_capped(start_server: StartServer) -> None:
             await third.replay()
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         kinds = {type(d) for d in status_details(info.value)}
-        assert kinds == {error_details_pb2.QuotaFailure, error_details_pb2.RetryInfo}
+        assert kinds == {
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.QuotaFailure,
+            error_details_pb2.RetryInfo,
+        }
         for stream in streams:
             stream.call.cancel()
 

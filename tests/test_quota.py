@@ -95,7 +95,11 @@ async def test_only_new_contacts_are_charged(
         client.Discover(pb.DiscoverRequest(contact_hashes=packed(H[20:100])), metadata=me),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     )
-    assert {type(d) for d in details} == {error_details_pb2.QuotaFailure, error_details_pb2.RetryInfo}
+    assert {type(d) for d in details} == {
+        error_details_pb2.ErrorInfo,
+        error_details_pb2.QuotaFailure,
+        error_details_pb2.RetryInfo,
+    }
     # With it, still free.
     await client.Discover(
         pb.DiscoverRequest(

@@ -43,8 +43,10 @@ class DirectoryAdminService(pb_grpc.DirectoryAdminServiceServicer):
     async def ImportUsers(
         self, request_iterator: AsyncIterator[pb.ImportUsersRequest], context: aio.ServicerContext
     ) -> pb.ImportUsersResponse:
-        """Each streamed batch is validated and committed on its own: a rejected user never
-        blocks the others, and what was reported imported is durable."""
+        """Each streamed message is validated and committed on its own: a rejected user never
+        blocks the others, and what was reported imported is durable. A message of more than
+        ``max_import_batch`` users fails the call (IMPORT_BATCH_TOO_LARGE) before any of its
+        users is imported; the messages before it stay imported."""
         require_scope(current_principal(), DIRECTORY_WRITE_SCOPE)
         limits = self._directory.limits
         total = ImportReport()
@@ -58,8 +60,8 @@ class DirectoryAdminService(pb_grpc.DirectoryAdminServiceServicer):
                 )
                 for u in batch.users
             ]
-            for start in range(0, len(candidates), limits.max_import_batch):
-                chunk = candidates[start : start + limits.max_import_batch]
-                total.add(await self._directory.import_batch(chunk, position), limits.max_reported_rejections)
-                position += len(chunk)
+            total.add(
+                await self._directory.import_batch(candidates, position), limits.max_reported_rejections
+            )
+            position += len(candidates)
         return import_report_to_pb(total)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextvars
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from discovery.core.errors import PermissionDenied, Unauthenticated
+from discovery.core.errors import PermissionDenied, Reason, Unauthenticated
 from discovery.core.validation import user_id_problem
 from discovery.v1 import discovery_pb2, joins_pb2
 
@@ -24,6 +24,9 @@ JOIN_SERVICE = joins_pb2.DESCRIPTOR.services_by_name["JoinNotificationService"].
 API_SERVICES = (CLIENT_SERVICE, ADMIN_SERVICE, JOIN_SERVICE)
 _PACKAGE_PREFIX = discovery_pb2.DESCRIPTOR.package + "."
 DEV_USER_ID_HEADER = "x-discovery-user-id"
+AUTHORIZATION_HEADER = "authorization"
+#: Headers that name the caller: a request may carry each at most once.
+CREDENTIAL_HEADERS = frozenset({AUTHORIZATION_HEADER, DEV_USER_ID_HEADER})
 DIRECTORY_WRITE_SCOPE = "directory:write"
 
 
@@ -67,7 +70,7 @@ def current_user_id() -> str:
     """The calling user's id; only client methods are ever routed here."""
     user_id = current_principal().user_id
     if user_id is None:
-        raise Unauthenticated("this method needs a user's credentials")
+        raise Unauthenticated("this method needs a user's credentials", Reason.CREDENTIALS_MISSING)
     return user_id
 
 
@@ -101,11 +104,24 @@ class DevAuthenticator:
             return Principal(audience, scopes=frozenset({DIRECTORY_WRITE_SCOPE}))
         raw = metadata.get(DEV_USER_ID_HEADER)
         if raw is None:
-            raise Unauthenticated(f"missing {DEV_USER_ID_HEADER} metadata")
+            raise Unauthenticated(f"missing {DEV_USER_ID_HEADER} metadata", Reason.CREDENTIALS_MISSING)
         user_id = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         if user_id_problem(user_id) is not None:
-            raise Unauthenticated(f"malformed {DEV_USER_ID_HEADER} metadata")
+            raise Unauthenticated(f"malformed {DEV_USER_ID_HEADER} metadata", Reason.CREDENTIALS_MALFORMED)
         return Principal(audience, user_id=user_id)
+
+
+def check_single_credentials(keys: Iterable[str]) -> None:
+    """Refuse a request that carries a credential header more than once: a proxy that checks
+    only one of them could otherwise be made to let a request run as someone else."""
+    seen: set[str] = set()
+    for key in keys:
+        if key in CREDENTIAL_HEADERS:
+            if key in seen:
+                raise Unauthenticated(
+                    f"the request carries more than one {key} header", Reason.CREDENTIALS_DUPLICATED
+                )
+            seen.add(key)
 
 
 def require_scope(principal: Principal, scope: str) -> None:

@@ -1,4 +1,9 @@
-"""The one place that turns domain errors into gRPC statuses with google.rpc details."""
+"""The one place that turns domain errors into gRPC statuses with google.rpc details.
+
+Every status carries exactly one ``google.rpc.ErrorInfo`` (domain ``discovery.v1``, the
+error's :class:`~discovery.core.errors.Reason`), next to the BadRequest, QuotaFailure,
+RetryInfo or ResourceInfo detail of its kind: the contract of docs/errors.md.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from discovery.core.errors import (
     NotFound,
     PermissionDenied,
     QuotaExceeded,
+    Reason,
     Unauthenticated,
     Unavailable,
 )
@@ -42,13 +48,13 @@ def _bad_request(violations: list[tuple[str, str]]) -> error_details_pb2.BadRequ
     )
 
 
-def _error_info(reason: str) -> error_details_pb2.ErrorInfo:
-    return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
+def _error_info(reason: Reason) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason.value, domain=ERROR_DOMAIN)
 
 
 def status_for(error: DomainError) -> grpc.Status:
     """The gRPC status, with google.rpc details, for a domain error."""
-    details: list[object]
+    details: list[object] = []
     if isinstance(error, InvalidArgument):
         code = code_pb2.INVALID_ARGUMENT
         details = [_bad_request([(v.field, v.description) for v in error.violations])]
@@ -78,23 +84,22 @@ def status_for(error: DomainError) -> grpc.Status:
         ]
     elif isinstance(error, Unauthenticated):
         code = code_pb2.UNAUTHENTICATED
-        details = [_error_info("UNAUTHENTICATED")]
     elif isinstance(error, PermissionDenied):
         code = code_pb2.PERMISSION_DENIED
-        details = [_error_info("PERMISSION_DENIED")]
     elif isinstance(error, DeadlineExceeded):
         code = code_pb2.DEADLINE_EXCEEDED
-        details = [_error_info("DEADLINE_EXCEEDED")]
     elif isinstance(error, Unavailable):
         code = code_pb2.UNAVAILABLE
         details = [_retry_info(error.retry_after)]
     else:
         code = code_pb2.INTERNAL
-        details = []
-    return rpc_status.to_status(
-        status_pb2.Status(code=code, message=error.message, details=[_pack(d) for d in details])
-    )
+    return _status(code, error.message, error.reason, details)
 
 
 def internal_status() -> grpc.Status:
-    return rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))
+    return _status(code_pb2.INTERNAL, "internal error", Reason.INTERNAL, [])
+
+
+def _status(code: int, message: str, reason: Reason, details: list[object]) -> grpc.Status:
+    packed = [_pack(_error_info(reason))] + [_pack(d) for d in details]
+    return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=packed))

@@ -3,11 +3,19 @@
 It wraps each handler's behaviour instead of short-circuiting with a separate
 handler, so the principal it sets in a context variable is visible to the
 servicer, and domain errors raised anywhere below become one clear status.
+
+Every call, the public health and reflection services included, gets the same
+treatment: undecodable request bytes are INVALID_ARGUMENT (reason MALFORMED_REQUEST),
+every error carries one ErrorInfo (api/errors.py), and ``x-request-id`` is in the
+trailing metadata of every answer, success or error. Rejections of callers who did not
+authenticate are logged through a throttle (one line a minute per method and code,
+counting the rest), so an unauthenticated socket cannot fill the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
 import time
@@ -18,9 +26,10 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from discovery.api.auth import Audience, Authenticator, audience_of, set_principal
+from discovery.api.auth import Audience, Authenticator, audience_of, check_single_credentials, set_principal
 from discovery.api.errors import internal_status, status_for
-from discovery.core.errors import DeadlineExceeded, DomainError, InvalidArgument
+from discovery.core.errors import DeadlineExceeded, DomainError, InvalidArgument, Reason
+from discovery.logs import LogThrottle
 
 log = logging.getLogger("discovery.api")
 
@@ -30,19 +39,22 @@ Behaviour = Callable[..., Any]
 class CallOutcome:
     """What the interceptor learned of one call; observers (metrics) read it."""
 
-    __slots__ = ("code", "metadata", "method", "request_id", "started")
+    __slots__ = ("authenticated", "code", "keys", "metadata", "method", "request_id", "started")
 
-    def __init__(self, method: str, metadata: dict[str, str | bytes]) -> None:
+    def __init__(self, method: str, pairs: tuple[tuple[str, str | bytes], ...]) -> None:
         self.method = method
-        self.metadata = metadata
-        self.request_id = _request_id(metadata.get("x-request-id"))
+        self.keys = tuple(key for key, _ in pairs)
+        self.metadata: dict[str, str | bytes] = dict(pairs)
+        self.request_id = _request_id(self.metadata.get(REQUEST_ID_HEADER))
         self.code = grpc.StatusCode.OK
         self.started = time.perf_counter()
+        self.authenticated = False
 
 
 #: Told of every finished call: its full method name, its status code's name, its duration.
 CallObserver = Callable[[str, str, float], None]
 
+REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 
 
@@ -55,9 +67,15 @@ def _request_id(supplied: str | bytes | None) -> str:
 
 
 class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, authenticator: Authenticator, observers: list[CallObserver] | None = None) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        observers: list[CallObserver] | None = None,
+        throttle: LogThrottle | None = None,
+    ) -> None:
         self._authenticator = authenticator
         self._observers = observers or []
+        self._throttle = throttle or LogThrottle()
 
     async def intercept_service(
         self,
@@ -65,8 +83,8 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
-        if handler is None or audience_of(details.method) is Audience.PUBLIC:
-            return handler
+        if handler is None:
+            return None
         return self._wrap(handler, details.method)
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
@@ -86,15 +104,30 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._streaming(_checked_unary_streaming(handler.unary_stream), method),
+                self._stream_behaviour(
+                    handler.unary_stream, _checked_unary_streaming, _checked_unary, method
+                ),
                 request_deserializer=decode,
                 response_serializer=encode,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._streaming(_checked_stream_streaming(handler.stream_stream), method),
+            self._stream_behaviour(handler.stream_stream, _checked_stream_streaming, _checked_stream, method),
             request_deserializer=decode,
             response_serializer=encode,
         )
+
+    def _stream_behaviour(
+        self,
+        behaviour: Behaviour,
+        as_generator: Callable[[Behaviour], Behaviour],
+        as_coroutine: Callable[[Behaviour], Behaviour],
+        method: str,
+    ) -> Behaviour:
+        """A streaming handler is an async generator, or a coroutine that writes with
+        ``context.write`` (the health service's Watch); each keeps its form."""
+        if inspect.isasyncgenfunction(behaviour):
+            return self._streaming(as_generator(behaviour), method)
+        return self._unary(as_coroutine(behaviour), method)
 
     def _unary(self, behaviour: Behaviour, method: str) -> Behaviour:
         async def call(request: Any, context: aio.ServicerContext) -> Any:
@@ -133,15 +166,20 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         return call
 
     def _begin(self, method: str, context: aio.ServicerContext) -> CallOutcome:
-        outcome = CallOutcome(method, {key: value for key, value in context.invocation_metadata() or ()})
-        context.set_trailing_metadata((("x-request-id", outcome.request_id),))
+        outcome = CallOutcome(method, tuple(context.invocation_metadata() or ()))
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, outcome.request_id),))
         return outcome
 
     def _authenticate(self, outcome: CallOutcome, context: aio.ServicerContext) -> None:
-        """Set the call's principal, visible to the servicer through a context variable."""
+        """Set the call's principal, visible to the servicer through a context variable.
+        Health and reflection need no credentials (and read none)."""
+        if audience_of(outcome.method) is Audience.PUBLIC:
+            return
+        check_single_credentials(outcome.keys)
         set_principal(
             self._authenticator.authenticate(outcome.method, outcome.metadata, context.auth_context())
         )
+        outcome.authenticated = True
 
     async def _fail(self, outcome: CallOutcome, context: aio.ServicerContext, error: Exception) -> None:
         """Abort the call with the status for ``error``; an abort already under way passes through."""
@@ -151,16 +189,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             error = DeadlineExceeded("the call's deadline passed before it completed")
         if isinstance(error, DomainError):
             status = status_for(error)
-            log.info(
-                "call rejected",
-                extra={
-                    "event": "call_rejected",
-                    "method": outcome.method,
-                    "request_id": outcome.request_id,
-                    "code": status.code.name,
-                    "error": type(error).__name__,
-                },
-            )
+            self._log_rejection(outcome, status.code, error)
         else:
             status = internal_status()
             log.error(
@@ -174,7 +203,26 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                 exc_info=True,
             )
         outcome.code = status.code
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        trailing = (*status.trailing_metadata, (REQUEST_ID_HEADER, outcome.request_id))
+        await context.abort(status.code, status.details, trailing)
+
+    def _log_rejection(self, outcome: CallOutcome, code: grpc.StatusCode, error: DomainError) -> None:
+        """One line per rejected call of an authenticated caller (it names the request id);
+        rejections of anyone else go through the throttle."""
+        extra: dict[str, object] = {
+            "event": "call_rejected",
+            "method": outcome.method,
+            "request_id": outcome.request_id,
+            "code": code.name,
+            "reason": error.reason.value,
+            "error": type(error).__name__,
+        }
+        if not outcome.authenticated:
+            suppressed = self._throttle.allow(f"{outcome.method} {code.name}")
+            if suppressed is None:
+                return
+            extra["suppressed"] = suppressed
+        log.info("call rejected", extra=extra)
 
     def _observe(self, outcome: CallOutcome) -> None:
         seconds = time.perf_counter() - outcome.started
@@ -206,7 +254,9 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 def _check(request: Any) -> Any:
     if request is UNDECODABLE:
-        raise InvalidArgument.field("request", "the request bytes are not a valid message of this method")
+        raise InvalidArgument.field(
+            "request", "the request bytes are not a valid message of this method", Reason.MALFORMED_REQUEST
+        )
     return request
 
 

@@ -32,17 +32,17 @@ from typing import Any
 import jwt
 
 from discovery.api.auth import (
+    AUTHORIZATION_HEADER,
     DIRECTORY_WRITE_SCOPE,
     Audience,
     AuthContext,
     Principal,
     audience_of,
 )
-from discovery.core.errors import PermissionDenied, Unauthenticated
+from discovery.core.errors import PermissionDenied, Reason, Unauthenticated
 from discovery.core.validation import user_id_problem
 
 ALGORITHMS = ("HS256", "EdDSA", "ES256")
-AUTHORIZATION_HEADER = "authorization"
 BEARER_PREFIX = "bearer "
 MAX_TOKEN_CHARS = 8192
 CERT_NAME_KEYS = ("x509_common_name", "x509_subject_alternative_name")
@@ -133,11 +133,15 @@ class JwtVerifier:
                 options={"require": required, "verify_aud": bool(self.audience)},
             )
         except jwt.ExpiredSignatureError:
-            raise Unauthenticated("the bearer token has expired") from None
+            raise Unauthenticated("the bearer token has expired", Reason.TOKEN_EXPIRED) from None
         except Exception:
             # PyJWT raises InvalidTokenError subclasses; anything else on hostile input is
             # refused the same way rather than becoming INTERNAL.
-            raise Unauthenticated("the bearer token is not valid") from None
+            raise Unauthenticated("the bearer token is not valid", Reason.TOKEN_INVALID) from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject.strip():
+            # Every caller has a name: a backend's is logged, a client's is the user id.
+            raise Unauthenticated("the token's sub claim is empty", Reason.SUBJECT_INVALID)
         return claims
 
 
@@ -148,19 +152,23 @@ def bearer_token(metadata: Mapping[str, str | bytes]) -> str | None:
         return None
     value = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     if len(value) > MAX_TOKEN_CHARS + len(BEARER_PREFIX):
-        raise Unauthenticated("the authorization header is too long")
+        raise Unauthenticated("the authorization header is too long", Reason.CREDENTIALS_MALFORMED)
     if value[: len(BEARER_PREFIX)].lower() != BEARER_PREFIX:
-        raise Unauthenticated("the authorization header must be 'Bearer <token>'")
+        raise Unauthenticated(
+            "the authorization header must be 'Bearer <token>'", Reason.CREDENTIALS_MALFORMED
+        )
     token = value[len(BEARER_PREFIX) :].strip()
     if not token:
-        raise Unauthenticated("the authorization header holds no token")
+        raise Unauthenticated("the authorization header holds no token", Reason.CREDENTIALS_MALFORMED)
     return token
 
 
 def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
     scope = claims.get("scope", "")
     if not isinstance(scope, str):
-        raise Unauthenticated("the token's scope claim must be a space-separated string")
+        raise Unauthenticated(
+            "the token's scope claim must be a space-separated string", Reason.TOKEN_INVALID
+        )
     return frozenset(scope.split())
 
 
@@ -204,10 +212,12 @@ class JwtAuthenticator:
         if audience is Audience.BACKEND:
             return self._backend(claims, auth_context)
         if claims is None:
-            raise Unauthenticated("client calls need 'authorization: Bearer <token>' metadata")
+            raise Unauthenticated(
+                "client calls need 'authorization: Bearer <token>' metadata", Reason.CREDENTIALS_MISSING
+            )
         subject = claims["sub"]
         if not isinstance(subject, str) or user_id_problem(subject) is not None:
-            raise Unauthenticated("the token's subject is not a valid user id")
+            raise Unauthenticated("the token's subject is not a valid user id", Reason.SUBJECT_INVALID)
         return Principal(audience, user_id=subject, scopes=scopes_of(claims))
 
     def _backend(self, claims: dict[str, Any] | None, auth_context: AuthContext) -> Principal:
@@ -218,7 +228,8 @@ class JwtAuthenticator:
         if claims is None and not certified:
             raise Unauthenticated(
                 f"backend calls need a bearer token with the {DIRECTORY_WRITE_SCOPE} scope "
-                "or a client certificate"
+                "or a client certificate",
+                Reason.CREDENTIALS_MISSING,
             )
         if DIRECTORY_WRITE_SCOPE not in scopes:
             raise PermissionDenied(f"backend calls need the {DIRECTORY_WRITE_SCOPE} scope")

@@ -9,10 +9,19 @@ Every failed gRPC call made through :mod:`discovery.client` raises
         field_violations: list[tuple[str, str]] = [],   # (field, description) from google.rpc.BadRequest
         retry_after: float | None = None,               # seconds, from google.rpc.RetryInfo
         quota_violations: list[tuple[str, str]] = [],   # (subject, description) from google.rpc.QuotaFailure
+        reason: str = "",                               # google.rpc.ErrorInfo reason (domain discovery.v1)
+        request_id: str | None = None,                  # the x-request-id trailing metadata
     )
+    .reason_is(errors_pb2.PREVIOUS_SET_REFUSED) -> bool
+
+Branch on ``reason``: every error of the server carries one ``ErrorInfo`` whose reason is
+the name of a ``discovery.v1.ErrorReason`` value (docs/errors.md lists them, with what to
+do for each). It is "" when the error came from gRPC itself (a broken connection, a
+deadline the client set) or from a server that sent none.
 
 A ``RESOURCE_EXHAUSTED`` error (a quota or rate limit) carries ``quota_violations`` and
-``retry_after``; wait that long before sending the request again.
+``retry_after``; wait that long before sending the request again. ``request_id`` names
+the call in the server's logs.
 
 The rich details are read from the ``grpc-status-details-bin`` trailing
 metadata (a serialised ``google.rpc.Status``), even when its code or message
@@ -30,9 +39,14 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
-__all__ = ["DiscoveryError"]
+from discovery.v1 import errors_pb2
+
+__all__ = ["ERROR_DOMAIN", "DiscoveryError"]
 
 _DETAILS_METADATA_KEY = "grpc-status-details-bin"
+_REQUEST_ID_METADATA_KEY = "x-request-id"
+#: The ErrorInfo domain of the discovery service's reasons.
+ERROR_DOMAIN = "discovery.v1"
 
 
 class DiscoveryError(Exception):
@@ -44,6 +58,8 @@ class DiscoveryError(Exception):
         field_violations: ``(field, description)`` pairs from a ``google.rpc.BadRequest`` detail.
         retry_after: seconds to wait before retrying, from a ``google.rpc.RetryInfo`` detail.
         quota_violations: ``(subject, description)`` pairs from a ``google.rpc.QuotaFailure`` detail.
+        reason: the ``google.rpc.ErrorInfo`` reason of domain ``discovery.v1`` ("" if none).
+        request_id: the call's ``x-request-id`` from the trailing metadata, if any.
     """
 
     code: grpc.StatusCode
@@ -51,6 +67,8 @@ class DiscoveryError(Exception):
     field_violations: list[tuple[str, str]]
     retry_after: float | None
     quota_violations: list[tuple[str, str]]
+    reason: str
+    request_id: str | None
 
     def __init__(
         self,
@@ -59,6 +77,8 @@ class DiscoveryError(Exception):
         field_violations: list[tuple[str, str]] | None = None,
         retry_after: float | None = None,
         quota_violations: list[tuple[str, str]] | None = None,
+        reason: str = "",
+        request_id: str | None = None,
     ) -> None:
         super().__init__(code, message)
         self.code = code
@@ -66,6 +86,12 @@ class DiscoveryError(Exception):
         self.field_violations = list(field_violations or [])
         self.retry_after = retry_after
         self.quota_violations = list(quota_violations or [])
+        self.reason = reason
+        self.request_id = request_id
+
+    def reason_is(self, reason: errors_pb2.ErrorReason.ValueType) -> bool:
+        """Whether the server gave this reason, e.g. ``reason_is(errors_pb2.QUOTA_EXCEEDED)``."""
+        return self.reason == errors_pb2.ErrorReason.Name(reason)
 
     @property
     def code_name(self) -> str:
@@ -75,6 +101,8 @@ class DiscoveryError(Exception):
 
     def __str__(self) -> str:
         text = f"{self.code_name}: {self.message}"
+        if self.reason:
+            text += f" [{self.reason}]"
         if self.field_violations:
             text += " (" + "; ".join(f"{field}: {desc}" for field, desc in self.field_violations) + ")"
         if self.quota_violations:
@@ -87,7 +115,8 @@ class DiscoveryError(Exception):
         return (
             f"DiscoveryError(code={self.code_name}, message={self.message!r}, "
             f"field_violations={self.field_violations!r}, retry_after={self.retry_after!r}, "
-            f"quota_violations={self.quota_violations!r})"
+            f"quota_violations={self.quota_violations!r}, reason={self.reason!r}, "
+            f"request_id={self.request_id!r})"
         )
 
     @classmethod
@@ -97,12 +126,14 @@ class DiscoveryError(Exception):
         if not isinstance(code, grpc.StatusCode):
             code = grpc.StatusCode.UNKNOWN
         message = _call_attr(error, "details")
-        status = _rich_status(error)
+        trailing = _trailing(error)
+        status = _rich_status(trailing)
         if not isinstance(message, str):
             message = status.message if status is not None else ""
         field_violations: list[tuple[str, str]] = []
         quota_violations: list[tuple[str, str]] = []
         retry_after: float | None = None
+        reason = ""
         if status is not None:
             for detail in status.details:
                 if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
@@ -118,7 +149,13 @@ class DiscoveryError(Exception):
                     quota_failure = error_details_pb2.QuotaFailure()
                     detail.Unpack(quota_failure)
                     quota_violations.extend((v.subject, v.description) for v in quota_failure.violations)
-        return cls(code, message, field_violations, retry_after, quota_violations)
+                elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    if info.domain == ERROR_DOMAIN:
+                        reason = info.reason
+        request_id = next((str(v) for k, v in trailing if k == _REQUEST_ID_METADATA_KEY), None)
+        return cls(code, message, field_violations, retry_after, quota_violations, reason, request_id)
 
 
 def _call_attr(error: object, name: str) -> object:
@@ -134,11 +171,16 @@ def _call_attr(error: object, name: str) -> object:
     return result
 
 
-def _rich_status(error: object) -> status_pb2.Status | None:
-    """The ``google.rpc.Status`` carried by the error's trailing metadata, or None."""
+def _trailing(error: object) -> list[tuple[str, str | bytes]]:
+    """The error's trailing metadata as ``(key, value)`` pairs; empty when it has none."""
     metadata = _call_attr(error, "trailing_metadata")
     if not isinstance(metadata, Iterable):
-        return None
+        return []
+    return [(item[0], item[1]) for item in metadata]
+
+
+def _rich_status(metadata: list[tuple[str, str | bytes]]) -> status_pb2.Status | None:
+    """The ``google.rpc.Status`` carried by the trailing metadata, or None."""
     for key, value in metadata:
         if key == _DETAILS_METADATA_KEY:
             try:

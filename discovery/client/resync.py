@@ -31,12 +31,11 @@ from dataclasses import dataclass
 
 from discovery.client.errors import DiscoveryError
 from discovery.contact_hash import HASH_SIZE
-from discovery.v1 import discovery_pb2
+from discovery.v1 import discovery_pb2, errors_pb2
 
 __all__ = ["DiscoverRun", "DiscoverState"]
 
 _STATE_MAGIC = b"DSS1"
-PREVIOUS_FIELDS = ("previous_token", "previous_contact_hashes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +139,7 @@ class DiscoverRun:
     @staticmethod
     def refused_previous(error: DiscoveryError) -> bool:
         """Whether the server refused the previous set (then resend without it)."""
-        return error.code_name == "INVALID_ARGUMENT" and any(
-            field in PREVIOUS_FIELDS for field, _ in error.field_violations
-        )
+        return error.reason_is(errors_pb2.PREVIOUS_SET_REFUSED)
 
     def accept(self, k: int, response: discovery_pb2.DiscoverResponse) -> None:
         planned = self._planned[k]

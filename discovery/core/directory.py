@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from discovery.core.errors import InvalidArgument, UserNotRegistered
+from discovery.core.errors import InvalidArgument, Reason, UserNotRegistered
 from discovery.core.hashing import KEY_SIZE, KeyRing
 from discovery.core.index_sync import IndexSync
 from discovery.core.joins import Joins
@@ -114,7 +114,9 @@ class Directory:
         unknown = [name for name in mask or [] if name not in SETTING_NAMES]
         if unknown:
             raise InvalidArgument.field(
-                "update_mask", f"unknown setting {unknown[0]!r}; known: {', '.join(SETTING_NAMES)}"
+                "update_mask",
+                f"unknown setting {unknown[0]!r}; known: {', '.join(SETTING_NAMES)}",
+                Reason.INVALID_UPDATE_MASK,
             )
         current = (await self._registered(caller)).settings
         fields = set(mask or SETTING_NAMES)
@@ -172,7 +174,9 @@ class Directory:
         conflicts with the registry by the store; the rest is registered in one transaction."""
         if len(candidates) > self.limits.max_import_batch:
             raise InvalidArgument.field(
-                "users", f"{len(candidates)} users exceed the batch limit of {self.limits.max_import_batch}"
+                "users",
+                f"{len(candidates)} users exceed the batch limit of {self.limits.max_import_batch}",
+                Reason.IMPORT_BATCH_TOO_LARGE,
             )
         report = ImportReport()
         rejections: list[RejectedUser] = []

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from discovery.core.background import log_retry
-from discovery.core.errors import InvalidArgument, QuotaExceeded, UserNotRegistered
+from discovery.core.errors import InvalidArgument, QuotaExceeded, Reason, UserNotRegistered
 from discovery.core.hashing import KEY_SIZE, KeyRing
 from discovery.core.model import InboxEntry
 from discovery.core.options import Options, option, positive
@@ -109,14 +109,16 @@ def check_device_id(device_id: str) -> str:
     """Empty (the shared default device) or 1 to 64 of ``[A-Za-z0-9._:-]``."""
     if device_id and not _DEVICE_ID.fullmatch(device_id):
         raise InvalidArgument.field(
-            "device_id", f"must be empty or 1 to {MAX_DEVICE_ID} characters of A-Z a-z 0-9 . _ : -"
+            "device_id",
+            f"must be empty or 1 to {MAX_DEVICE_ID} characters of A-Z a-z 0-9 . _ : -",
+            Reason.INVALID_DEVICE_ID,
         )
     return device_id
 
 
 def check_cursor(cursor: int, field: str) -> int:
     if not 0 <= cursor <= MAX_CURSOR:
-        raise InvalidArgument.field(field, f"must be between 0 and {MAX_CURSOR}")
+        raise InvalidArgument.field(field, f"must be between 0 and {MAX_CURSOR}", Reason.CURSOR_OUT_OF_RANGE)
     return cursor
 
 
@@ -176,6 +178,7 @@ class JoinHub:
                 "join-streams:instance",
                 f"at most {self.max_subscribers} live join streams per instance",
                 retry_after=5.0,
+                reason=Reason.SERVER_STREAMS_FULL,
             )
         subs = self._subs.setdefault(user_id, set())
         if len(subs) >= self.max_streams_per_user:
@@ -184,6 +187,7 @@ class JoinHub:
                 "join-streams:user",
                 f"at most {self.max_streams_per_user} live join streams per user and instance",
                 retry_after=5.0,
+                reason=Reason.TOO_MANY_STREAMS,
             )
         sub = Subscription(user_id)
         if self._closed:

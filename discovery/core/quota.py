@@ -43,7 +43,7 @@ from typing import Protocol
 import blake3
 import numpy as np
 
-from discovery.core.errors import InvalidArgument, QuotaExceeded
+from discovery.core.errors import InvalidArgument, QuotaExceeded, Reason
 from discovery.core.hashing import KeyRing
 from discovery.core.keyset import SortedKeys, sort_keys
 from discovery.core.model import BucketCharge, QuotaCharge
@@ -128,19 +128,23 @@ class SetTokens:
     def verify(self, caller: str, keys: SortedKeys, token: bytes, now: float) -> None:
         """Raise InvalidArgument unless ``token`` was issued to ``caller`` for exactly this set."""
         if len(token) != TOKEN_SIZE or token[0] != TOKEN_VERSION:
-            raise InvalidArgument.field("previous_token", "is not a token this server issued")
+            raise InvalidArgument.field(
+                "previous_token", "is not a token this server issued", Reason.PREVIOUS_SET_REFUSED
+            )
         issued = token[1:9]
         if not hmac.compare_digest(self._tag(caller, issued, keys), token[9:]):
             raise InvalidArgument.field(
                 "previous_token",
                 "does not match previous_contact_hashes and the caller; "
                 "send the request without previous_token and previous_contact_hashes",
+                Reason.PREVIOUS_SET_REFUSED,
             )
         age = now - int.from_bytes(issued, "big")
         if age > self._ttl or age < -self._skew:
             raise InvalidArgument.field(
                 "previous_token",
                 "has expired; send the request without previous_token and previous_contact_hashes",
+                Reason.PREVIOUS_SET_REFUSED,
             )
 
 
@@ -185,6 +189,7 @@ ALLOW_ALL = AllowAllGate()
 class _Refusal:
     """What QuotaExceeded says when one bucket refuses."""
 
+    reason: Reason
     message: str
     describe: Callable[[QuotaCharge], str]
 
@@ -232,7 +237,9 @@ class DiscoverGate:
         try:
             if policy.capacity <= 0:
                 # No contact quota: nothing to charge, and a token would prove nothing.
-                check_packed_hashes(previous_hashes, self._max_hashes, field="previous_contact_hashes")
+                check_packed_hashes(
+                    previous_hashes, self._max_hashes, "previous_contact_hashes", Reason.PREVIOUS_SET_REFUSED
+                )
             else:
                 previous = self._previous(caller, previous_hashes, previous_token, now)
         except InvalidArgument:
@@ -250,6 +257,7 @@ class DiscoverGate:
         if policy.rate_burst <= 0:
             return []
         refusal = _Refusal(
+            Reason.RATE_LIMITED,
             "too many Discover requests",
             lambda _: (
                 f"at most {policy.rate_burst} Discover requests in a burst, "
@@ -264,6 +272,7 @@ class DiscoverGate:
         if not new:
             return []
         refusal = _Refusal(
+            Reason.QUOTA_EXCEEDED,
             "the quota of new contacts is exhausted",
             lambda outcome: (
                 f"this request has {new} new contacts and the quota allows "
@@ -287,6 +296,7 @@ class DiscoverGate:
                     subject=f"user:{caller}",
                     description=refusal.describe(outcome),
                     retry_after=_bounded(outcome.retry_after, outcome.level, charge.leak_per_second),
+                    reason=refusal.reason,
                 )
 
     def _previous(
@@ -295,11 +305,15 @@ class DiscoverGate:
         """The verified previous set, or None when none was sent."""
         if not previous_token:
             if previous_hashes:
-                raise InvalidArgument.field("previous_token", "is required with previous_contact_hashes")
+                raise InvalidArgument.field(
+                    "previous_token", "is required with previous_contact_hashes", Reason.PREVIOUS_SET_REFUSED
+                )
             return None
-        check_packed_hashes(previous_hashes, self._max_hashes, field="previous_contact_hashes")
+        check_packed_hashes(
+            previous_hashes, self._max_hashes, "previous_contact_hashes", Reason.PREVIOUS_SET_REFUSED
+        )
         previous = sort_keys(self._keys.directory_keys(previous_hashes))
-        check_no_duplicate_keys(previous, field="previous_contact_hashes")
+        check_no_duplicate_keys(previous, "previous_contact_hashes", Reason.PREVIOUS_SET_REFUSED)
         self._tokens.verify(caller, previous, previous_token, now)
         return previous
 

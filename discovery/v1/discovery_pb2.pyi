@@ -423,7 +423,11 @@ class ImportUsersRequest(_message.Message):
     USERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportUser]:
-        """A batch of users. Batches of 1,000 to 10,000 are efficient."""
+        """A batch of users. Batches of 1,000 to 10,000 are efficient. A message of
+        more users than the server's max_import_batch (10,000 by default) fails
+        the call with INVALID_ARGUMENT, reason IMPORT_BATCH_TOO_LARGE, before any
+        of its users is imported; the messages before it stay imported.
+        """
 
     def __init__(
         self,

@@ -29,6 +29,10 @@ class DiscoveryServiceStub:
     """DiscoveryService is called by messenger clients. The caller is always the
     authenticated principal of the call (see README, "Authentication"); no
     message carries the caller's user id.
+
+    Errors carry one google.rpc.ErrorInfo each; errors.proto lists the reasons
+    and which of them a client retries (UNAVAILABLE and RESOURCE_EXHAUSTED with
+    RetryInfo, after the delay it gives, with exponential backoff).
     """
 
     def __init__(self, channel):
@@ -63,6 +67,10 @@ class DiscoveryServiceServicer:
     """DiscoveryService is called by messenger clients. The caller is always the
     authenticated principal of the call (see README, "Authentication"); no
     message carries the caller's user id.
+
+    Errors carry one google.rpc.ErrorInfo each; errors.proto lists the reasons
+    and which of them a client retries (UNAVAILABLE and RESOURCE_EXHAUSTED with
+    RetryInfo, after the delay it gives, with exponential backoff).
     """
 
     def Discover(self, request, context):
@@ -131,6 +139,10 @@ class DiscoveryService:
     """DiscoveryService is called by messenger clients. The caller is always the
     authenticated principal of the call (see README, "Authentication"); no
     message carries the caller's user id.
+
+    Errors carry one google.rpc.ErrorInfo each; errors.proto lists the reasons
+    and which of them a client retries (UNAVAILABLE and RESOURCE_EXHAUSTED with
+    RetryInfo, after the delay it gives, with exponential backoff).
     """
 
     @staticmethod
@@ -244,6 +256,8 @@ class DiscoveryService:
 
 class DirectoryAdminServiceStub:
     """DirectoryAdminService is called by backend services (the account service).
+    Its calls are idempotent: retry UNAVAILABLE with exponential backoff (see
+    errors.proto for every reason).
     """
 
     def __init__(self, channel):
@@ -276,6 +290,8 @@ class DirectoryAdminServiceStub:
 
 class DirectoryAdminServiceServicer:
     """DirectoryAdminService is called by backend services (the account service).
+    Its calls are idempotent: retry UNAVAILABLE with exponential backoff (see
+    errors.proto for every reason).
     """
 
     def RegisterUser(self, request, context):
@@ -339,6 +355,8 @@ def add_DirectoryAdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class DirectoryAdminService:
     """DirectoryAdminService is called by backend services (the account service).
+    Its calls are idempotent: retry UNAVAILABLE with exponential backoff (see
+    errors.proto for every reason).
     """
 
     @staticmethod

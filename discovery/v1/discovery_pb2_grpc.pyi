@@ -30,6 +30,10 @@ class DiscoveryServiceStub:
     """DiscoveryService is called by messenger clients. The caller is always the
     authenticated principal of the call (see README, "Authentication"); no
     message carries the caller's user id.
+
+    Errors carry one google.rpc.ErrorInfo each; errors.proto lists the reasons
+    and which of them a client retries (UNAVAILABLE and RESOURCE_EXHAUSTED with
+    RetryInfo, after the delay it gives, with exponential backoff).
     """
 
     @_typing.overload
@@ -55,6 +59,10 @@ class DiscoveryServiceAsyncStub(DiscoveryServiceStub):
     """DiscoveryService is called by messenger clients. The caller is always the
     authenticated principal of the call (see README, "Authentication"); no
     message carries the caller's user id.
+
+    Errors carry one google.rpc.ErrorInfo each; errors.proto lists the reasons
+    and which of them a client retries (UNAVAILABLE and RESOURCE_EXHAUSTED with
+    RetryInfo, after the delay it gives, with exponential backoff).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -76,6 +84,10 @@ class DiscoveryServiceServicer(metaclass=_abc_1.ABCMeta):
     """DiscoveryService is called by messenger clients. The caller is always the
     authenticated principal of the call (see README, "Authentication"); no
     message carries the caller's user id.
+
+    Errors carry one google.rpc.ErrorInfo each; errors.proto lists the reasons
+    and which of them a client retries (UNAVAILABLE and RESOURCE_EXHAUSTED with
+    RetryInfo, after the delay it gives, with exponential backoff).
     """
 
     @_abc_1.abstractmethod
@@ -118,7 +130,10 @@ class DiscoveryServiceServicer(metaclass=_abc_1.ABCMeta):
 def add_DiscoveryServiceServicer_to_server(servicer: DiscoveryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class DirectoryAdminServiceStub:
-    """DirectoryAdminService is called by backend services (the account service)."""
+    """DirectoryAdminService is called by backend services (the account service).
+    Its calls are idempotent: retry UNAVAILABLE with exponential backoff (see
+    errors.proto for every reason).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -135,7 +150,10 @@ class DirectoryAdminServiceStub:
 
 @_typing.type_check_only
 class DirectoryAdminServiceAsyncStub(DirectoryAdminServiceStub):
-    """DirectoryAdminService is called by backend services (the account service)."""
+    """DirectoryAdminService is called by backend services (the account service).
+    Its calls are idempotent: retry UNAVAILABLE with exponential backoff (see
+    errors.proto for every reason).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RegisterUser: _aio.UnaryUnaryMultiCallable[_discovery_pb2.RegisterUserRequest, _discovery_pb2.RegisterUserResponse]  # type: ignore[assignment]
@@ -148,7 +166,10 @@ class DirectoryAdminServiceAsyncStub(DirectoryAdminServiceStub):
     """ImportUsers registers an existing user base in bulk."""
 
 class DirectoryAdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """DirectoryAdminService is called by backend services (the account service)."""
+    """DirectoryAdminService is called by backend services (the account service).
+    Its calls are idempotent: retry UNAVAILABLE with exponential backoff (see
+    errors.proto for every reason).
+    """
 
     @_abc_1.abstractmethod
     def RegisterUser(

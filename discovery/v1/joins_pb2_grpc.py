@@ -37,6 +37,9 @@ class JoinNotificationServiceStub:
     default). Delivery is at least once: a stream replays every stored event
     after the given cursor, then sends live events as they happen, in cursor
     order. Clients remove duplicates by event_id.
+
+    Errors carry one google.rpc.ErrorInfo each; errors.proto lists the reasons
+    and which of them a client retries.
     """
 
     def __init__(self, channel):
@@ -69,6 +72,9 @@ class JoinNotificationServiceServicer:
     default). Delivery is at least once: a stream replays every stored event
     after the given cursor, then sends live events as they happen, in cursor
     order. Clients remove duplicates by event_id.
+
+    Errors carry one google.rpc.ErrorInfo each; errors.proto lists the reasons
+    and which of them a client retries.
     """
 
     def SubscribeJoins(self, request, context):
@@ -76,6 +82,13 @@ class JoinNotificationServiceServicer:
         ones. The stream does not end by itself; when it breaks (network, server
         restart, shutdown), resubscribe with the cursor of the last event
         received. Every stream of a user gets every event.
+
+        Resubscribe, with exponential backoff (0.5 s doubling to at most 60 s,
+        with jitter, and never sooner than a RetryInfo.retry_delay), after: OK
+        (server shutdown), UNAVAILABLE, CANCELLED that the client did not cause,
+        and RESOURCE_EXHAUSTED with RetryInfo (TOO_MANY_STREAMS,
+        SERVER_STREAMS_FULL). Other errors are not retried unchanged; see
+        ErrorReason in errors.proto.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +137,9 @@ class JoinNotificationService:
     default). Delivery is at least once: a stream replays every stored event
     after the given cursor, then sends live events as they happen, in cursor
     order. Clients remove duplicates by event_id.
+
+    Errors carry one google.rpc.ErrorInfo each; errors.proto lists the reasons
+    and which of them a client retries.
     """
 
     @staticmethod

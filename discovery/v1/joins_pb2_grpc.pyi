@@ -38,6 +38,9 @@ class JoinNotificationServiceStub:
     default). Delivery is at least once: a stream replays every stored event
     after the given cursor, then sends live events as they happen, in cursor
     order. Clients remove duplicates by event_id.
+
+    Errors carry one google.rpc.ErrorInfo each; errors.proto lists the reasons
+    and which of them a client retries.
     """
 
     @_typing.overload
@@ -49,6 +52,13 @@ class JoinNotificationServiceStub:
     ones. The stream does not end by itself; when it breaks (network, server
     restart, shutdown), resubscribe with the cursor of the last event
     received. Every stream of a user gets every event.
+
+    Resubscribe, with exponential backoff (0.5 s doubling to at most 60 s,
+    with jitter, and never sooner than a RetryInfo.retry_delay), after: OK
+    (server shutdown), UNAVAILABLE, CANCELLED that the client did not cause,
+    and RESOURCE_EXHAUSTED with RetryInfo (TOO_MANY_STREAMS,
+    SERVER_STREAMS_FULL). Other errors are not retried unchanged; see
+    ErrorReason in errors.proto.
     """
     AckJoins: _grpc.UnaryUnaryMultiCallable[_joins_pb2.AckJoinsRequest, _joins_pb2.AckJoinsResponse]
     """AckJoins tells the server that a device has processed every event up to
@@ -70,6 +80,9 @@ class JoinNotificationServiceAsyncStub(JoinNotificationServiceStub):
     default). Delivery is at least once: a stream replays every stored event
     after the given cursor, then sends live events as they happen, in cursor
     order. Clients remove duplicates by event_id.
+
+    Errors carry one google.rpc.ErrorInfo each; errors.proto lists the reasons
+    and which of them a client retries.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -78,6 +91,13 @@ class JoinNotificationServiceAsyncStub(JoinNotificationServiceStub):
     ones. The stream does not end by itself; when it breaks (network, server
     restart, shutdown), resubscribe with the cursor of the last event
     received. Every stream of a user gets every event.
+
+    Resubscribe, with exponential backoff (0.5 s doubling to at most 60 s,
+    with jitter, and never sooner than a RetryInfo.retry_delay), after: OK
+    (server shutdown), UNAVAILABLE, CANCELLED that the client did not cause,
+    and RESOURCE_EXHAUSTED with RetryInfo (TOO_MANY_STREAMS,
+    SERVER_STREAMS_FULL). Other errors are not retried unchanged; see
+    ErrorReason in errors.proto.
     """
     AckJoins: _aio.UnaryUnaryMultiCallable[_joins_pb2.AckJoinsRequest, _joins_pb2.AckJoinsResponse]  # type: ignore[assignment]
     """AckJoins tells the server that a device has processed every event up to
@@ -98,6 +118,9 @@ class JoinNotificationServiceServicer(metaclass=_abc_1.ABCMeta):
     default). Delivery is at least once: a stream replays every stored event
     after the given cursor, then sends live events as they happen, in cursor
     order. Clients remove duplicates by event_id.
+
+    Errors carry one google.rpc.ErrorInfo each; errors.proto lists the reasons
+    and which of them a client retries.
     """
 
     @_abc_1.abstractmethod
@@ -110,6 +133,13 @@ class JoinNotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         ones. The stream does not end by itself; when it breaks (network, server
         restart, shutdown), resubscribe with the cursor of the last event
         received. Every stream of a user gets every event.
+
+        Resubscribe, with exponential backoff (0.5 s doubling to at most 60 s,
+        with jitter, and never sooner than a RetryInfo.retry_delay), after: OK
+        (server shutdown), UNAVAILABLE, CANCELLED that the client did not cause,
+        and RESOURCE_EXHAUSTED with RetryInfo (TOO_MANY_STREAMS,
+        SERVER_STREAMS_FULL). Other errors are not retried unchanged; see
+        ErrorReason in errors.proto.
         """
 
     @_abc_1.abstractmethod

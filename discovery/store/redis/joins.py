@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from discovery.core.errors import InvalidArgument
+from discovery.core.errors import InvalidArgument, Reason
 from discovery.core.model import InboxEntry
 from discovery.store.redis.base import MAX_BLOCK_SECONDS, LuaScript, RedisBase
 from discovery.store.redis.lua import PRELUDE
@@ -199,7 +199,9 @@ class RedisJoins(RedisBase):
 
     async def _checked(self, reply: int, field: str) -> int | None:
         if reply == AHEAD:
-            raise InvalidArgument.field(field, "is ahead of every event this server has issued")
+            raise InvalidArgument.field(
+                field, "is ahead of every event this server has issued", Reason.CURSOR_OUT_OF_RANGE
+            )
         return None if reply == NOT_REGISTERED else int(reply)
 
     # -- watches --------------------------------------------------------------------------------
@@ -219,7 +221,7 @@ class RedisJoins(RedisBase):
 
     async def inbox_attach(self, user_id: str, device_id: str, after: int) -> int | None:
         if after < 0:
-            raise InvalidArgument.field("after_cursor", "must not be negative")
+            raise InvalidArgument.field("after_cursor", "must not be negative", Reason.CURSOR_OUT_OF_RANGE)
         reply = await self._eval(
             ATTACH, [self.keys.meta], [user_id.encode(), device_id.encode(), after, self._inbox_ttl_ms]
         )
@@ -238,7 +240,7 @@ class RedisJoins(RedisBase):
 
     async def inbox_ack(self, user_id: str, device_id: str, cursor: int, max_age: float) -> int | None:
         if cursor < 0:
-            raise InvalidArgument.field("cursor", "must not be negative")
+            raise InvalidArgument.field("cursor", "must not be negative", Reason.CURSOR_OUT_OF_RANGE)
         self._learn_inbox_ttl(max_age)
         reply = await self._write(
             ACK,

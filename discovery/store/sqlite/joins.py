@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from discovery.core.errors import InvalidArgument
+from discovery.core.errors import InvalidArgument, Reason
 from discovery.core.hashing import KEY_SIZE
 from discovery.core.model import InboxEntry
 from discovery.store.sqlite.base import SqliteBase
@@ -99,9 +99,11 @@ def _inbox_head(conn: sqlite3.Connection) -> int:
 
 def _check_cursor(conn: sqlite3.Connection, cursor: int, field: str) -> None:
     if cursor < 0:
-        raise InvalidArgument.field(field, "must not be negative")
+        raise InvalidArgument.field(field, "must not be negative", Reason.CURSOR_OUT_OF_RANGE)
     if cursor > _inbox_head(conn):
-        raise InvalidArgument.field(field, "is ahead of every event this server has issued")
+        raise InvalidArgument.field(
+            field, "is ahead of every event this server has issued", Reason.CURSOR_OUT_OF_RANGE
+        )
 
 
 _Read = tuple[str, int, int, float, "asyncio.Future[list[InboxEntry]]"]
