@@ -4,6 +4,9 @@
   acknowledgement of a registration, in several rounds of different lengths: every
   acknowledged registration is found after the restart. A store that acknowledged before
   its commit, or committed only every few writes, loses the last ones.
+* The same from inside the acknowledgement path: the child kills itself the moment the
+  RegisterUser servicer returns, before the reply is sent (a sitecustomize hook), so the
+  check does not depend on timing.
 * The SQLite connection the server really opened runs in WAL mode, with the configured
   ``synchronous`` (never OFF) and ``secure_delete`` on (forgotten keys do not linger in
   free pages). The connection is found among the live objects of the test process, so the
@@ -13,13 +16,15 @@
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from discovery.client import AsyncAdminClient, AsyncDiscoveryClient
+from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, DiscoveryError
 from tests.support.helpers import e164_numbers
 from tests.support.serve_process import ServeProcess
 from tests.support.server import StartServer
@@ -46,6 +51,52 @@ async def test_every_acknowledged_registration_survives_sigkill(
         result = await client.discover([number for _, number in acknowledged])
     process.stop()
     assert sorted(m.user_id for m in result.matches) == sorted(user_id for user_id, _ in acknowledged)
+
+
+#: Loaded by the child's interpreter (sitecustomize): the moment the RegisterUser servicer has
+#: returned, before gRPC sends its reply, the process kills itself. Whatever the store calls
+#: acknowledged must be on disk by then: a store that replied before its commit, or committed
+#: only every few writes, loses the registration.
+CRASH_AFTER_ACK = """
+import os, signal
+import discovery.api.admin_service as admin
+
+_register = admin.DirectoryAdminService.RegisterUser
+
+async def _register_then_crash(self, request, context):
+    response = await _register(self, request, context)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return response
+
+admin.DirectoryAdminService.RegisterUser = _register_then_crash
+"""
+
+
+async def test_a_registration_is_committed_before_its_reply_leaves(
+    serve_processes: Callable[..., ServeProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CRASH_AFTER_ACK)
+    process = serve_processes()
+    number, other = e164_numbers(2, seed=702)
+    process.start()  # once, to know it serves; the hook is loaded by the next start only
+    async with AsyncAdminClient(process.target) as admin:
+        await admin.register_user("reader", other)
+    process.stop()
+    with monkeypatch.context() as patched:
+        patched.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+        process.start()
+        async with AsyncAdminClient(process.target) as admin:
+            with pytest.raises(DiscoveryError):  # the process died inside the acknowledgement
+                await admin.register_user("crashed", number)
+        assert process.process is not None
+        assert process.process.wait(timeout=30) == -signal.SIGKILL
+    process.start()
+    async with AsyncDiscoveryClient(process.target, user_id="reader") as client:
+        result = await client.discover([number])
+    process.stop()
+    assert [m.user_id for m in result.matches] == ["crashed"]
 
 
 def open_connections(path: Path) -> list[sqlite3.Connection]:
