@@ -260,6 +260,23 @@ class ServerConfig:
         default=_QUOTA.token_ttl,
         metadata=_help("how long a Discover token makes its contacts free on the next request", positive),
     )
+    # -- private discovery mode (docs/private-mode.md) ------------------------------------------
+    private_mode: bool = field(
+        default=False,
+        metadata={"help": "serve PrivateDiscoveryService and keep each registered user's private entry"},
+    )
+    private_jitter_seconds: float = field(
+        default=30.0,
+        metadata=_help("release private-mode changes after a random delay of up to this", non_negative),
+    )
+    private_id_pad: int = field(
+        default=128,
+        metadata=_help("the padded length of a user id in a sealed id (1 to 255 bytes)", positive),
+    )
+    private_snapshot_ids_max: int = field(
+        default=16_384,
+        metadata=_help("up to this many users, the private snapshot carries the sealed ids", non_negative),
+    )
     log_level: str = field(default="INFO", metadata=_help("log level", one_of(LOG_LEVELS, upper=True)))
     port_file: str = field(
         default="",

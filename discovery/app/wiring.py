@@ -15,11 +15,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from discovery.api.admin_service import DirectoryAdminService
-from discovery.api.auth import API_SERVICES, Authenticator
+from discovery.api.auth import API_SERVICES, PRIVATE_SERVICE, Authenticator
 from discovery.api.discovery_service import DiscoveryService
 from discovery.api.health import HealthServicer
 from discovery.api.interceptor import CallInterceptor
 from discovery.api.joins_service import JoinNotificationService
+from discovery.api.private_service import PrivateDiscoveryService
 from discovery.app.credentials import build_authenticator, server_credentials, server_secret
 from discovery.config import ServerConfig
 from discovery.core.directory import Directory, DirectoryLimits
@@ -27,11 +28,17 @@ from discovery.core.hashing import KeyRing
 from discovery.core.index_sync import IndexSync
 from discovery.core.joins import JoinPolicy, Joins
 from discovery.core.model import PrivacySettings
+from discovery.core.private import OffLoopEvaluator, OprfKey
+from discovery.core.private_index import PrivateDiscovery, PrivateIndex, PrivateRegistrar
 from discovery.core.quota import DiscoverGate, Gate, QuotaPolicy
 from discovery.metrics import Metrics
 from discovery.store import Store, open_store
 from discovery.store.timed import timed_store
-from discovery.v1 import discovery_pb2_grpc, joins_pb2_grpc
+from discovery.v1 import discovery_pb2_grpc, joins_pb2_grpc, private_pb2_grpc
+
+#: The key epoch of private mode. A new epoch is a new key: every entry must then be computed again, from
+#: the contact hashes that only registration and ImportUsers carry (docs/private-mode.md, "Key epochs").
+PRIVATE_EPOCH = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +55,18 @@ class Service:
     health: HealthServicer
     grpc_server: aio.Server
     tls: bool
+    #: Private discovery mode, when the config turns it on.
+    private: PrivateDiscovery | None
+    #: The API services served (health reports each of them).
+    services: tuple[str, ...]
     #: Adds the configured port (TLS or plaintext) to ``grpc_server``; returns it (0: failed).
     bind: Callable[[], int]
 
 
 async def build(config: ServerConfig, authenticator: Authenticator | None = None) -> Service:
     """Build the service of ``config``; ``authenticator`` overrides the configured one (tests)."""
-    keys = KeyRing.from_secret(server_secret(config))
+    secret = server_secret(config)
+    keys = KeyRing.from_secret(secret)
     authenticator = authenticator or build_authenticator(config)
     credentials = server_credentials(config)
     metrics = Metrics()
@@ -70,6 +82,7 @@ async def build(config: ServerConfig, authenticator: Authenticator | None = None
     sync = IndexSync(store)
     joins = Joins(store, keys, join_policy(config))
     gate = DiscoverGate(store, keys, quota_policy(config), config.max_hashes_per_request)
+    private = build_private(config, store, secret, gate)
     directory = Directory(
         store,
         sync,
@@ -78,35 +91,78 @@ async def build(config: ServerConfig, authenticator: Authenticator | None = None
         default_settings=default_settings(config),
         gate=gate,
         joins=joins,
+        private=None if private is None else private_registrar(config, private),
     )
     health = HealthServicer()
     server = aio.server(
         interceptors=[CallInterceptor(authenticator, observers=[metrics.observe_call])],
         options=grpc_options(config),
     )
-    add_servicers(server, directory, joins, metrics, health)
+    add_servicers(server, directory, joins, metrics, health, private)
 
     def bind() -> int:
         if credentials is not None:
             return int(server.add_secure_port(config.listen, credentials))
         return int(server.add_insecure_port(config.listen))
 
+    services = API_SERVICES if private is None else (*API_SERVICES, PRIVATE_SERVICE)
     return Service(
-        config, store, sync, joins, directory, gate, metrics, health, server, credentials is not None, bind
+        config,
+        store,
+        sync,
+        joins,
+        directory,
+        gate,
+        metrics,
+        health,
+        server,
+        credentials is not None,
+        private,
+        services,
+        bind,
     )
 
 
+def build_private(config: ServerConfig, store: Store, secret: bytes, gate: Gate) -> PrivateDiscovery | None:
+    if not config.private_mode:
+        return None
+    key = OprfKey.from_secret(secret, PRIVATE_EPOCH)
+    index = PrivateIndex(
+        store,
+        key.epoch,
+        id_pad=config.private_id_pad,
+        jitter=config.private_jitter_seconds,
+        small_directory_max=config.private_snapshot_ids_max,
+    )
+    return PrivateDiscovery(index, key, OffLoopEvaluator(), gate)
+
+
+def private_registrar(config: ServerConfig, private: PrivateDiscovery) -> PrivateRegistrar:
+    return PrivateRegistrar(private.key, private.evaluator, config.private_id_pad)
+
+
 def add_servicers(
-    server: aio.Server, directory: Directory, joins: Joins, metrics: Metrics, health: HealthServicer
+    server: aio.Server,
+    directory: Directory,
+    joins: Joins,
+    metrics: Metrics,
+    health: HealthServicer,
+    private: PrivateDiscovery | None = None,
 ) -> None:
     discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(DiscoveryService(directory, metrics), server)
     discovery_pb2_grpc.add_DirectoryAdminServiceServicer_to_server(DirectoryAdminService(directory), server)
     joins_pb2_grpc.add_JoinNotificationServiceServicer_to_server(
         JoinNotificationService(joins, metrics), server
     )
+    services = list(API_SERVICES)
+    if private is not None:
+        private_pb2_grpc.add_PrivateDiscoveryServiceServicer_to_server(
+            PrivateDiscoveryService(private), server
+        )
+        services.append(PRIVATE_SERVICE)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        [*API_SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
 

@@ -25,6 +25,7 @@ from discovery.private_scheme import (
     DEFAULT_ID_PAD,
     ELEMENT_SIZE,
     SMALL_DIRECTORY_MAX,
+    TAG_SIZE,
     Bucket,
     BucketLayout,
     Delta,
@@ -128,6 +129,14 @@ def _outputs(seed: bytes, epoch: int, hashes: Sequence[bytes]) -> list[bytes]:
     return [evaluator.evaluate_known_input(bytes(h)) for h in hashes]
 
 
+def _entries(seed: bytes, epoch: int, hashes: Sequence[bytes], user_ids: Sequence[str], id_pad: int) -> bytes:
+    """The packed private-mode entries (tag || sealed id) of registered users, computed in a worker."""
+    return b"".join(
+        tag_of(y) + seal_user_id(y, epoch, user_id, id_pad)
+        for y, user_id in zip(_outputs(seed, epoch, hashes), user_ids, strict=True)
+    )
+
+
 def _checked(result: tuple[bytes, bytes] | int, field: str) -> tuple[bytes, bytes]:
     if isinstance(result, int):
         raise InvalidArgument(
@@ -188,6 +197,23 @@ class OffLoopEvaluator:
             self._executor, _outputs, key.seed, key.epoch, [bytes(h) for h in contact_hashes]
         )
 
+    async def entries_of(
+        self, key: OprfKey, contact_hashes: Sequence[bytes], user_ids: Sequence[str], id_pad: int
+    ) -> list[bytes]:
+        """The stored entry (tag || sealed id) of each registered user, ``y`` computed and dropped off
+        the loop: one worker call for a whole import batch."""
+        packed = await asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            _entries,
+            key.seed,
+            key.epoch,
+            [bytes(h) for h in contact_hashes],
+            list(user_ids),
+            id_pad,
+        )
+        size = len(packed) // len(user_ids) if user_ids else 0
+        return [packed[i : i + size] for i in range(0, len(packed), size)] if size else []
+
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
@@ -201,6 +227,14 @@ class PrivateEntry:
 
     def prefix(self, prefix_bits: int) -> bytes:
         return bucket_prefix(self.tag, prefix_bits)
+
+    def pack(self) -> bytes:
+        """The stored form (``NewUser.private``): tag || sealed id."""
+        return self.tag + self.sealed
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> PrivateEntry:
+        return cls(bytes(raw[:TAG_SIZE]), bytes(raw[TAG_SIZE:]))
 
 
 def entry_from_output(y: bytes, epoch: int, user_id: str, id_pad: int = DEFAULT_ID_PAD) -> PrivateEntry:

@@ -131,6 +131,10 @@ class Gate(Protocol):
         self, caller: str, current: SortedKeys, previous_hashes: bytes, previous_token: bytes
     ) -> bytes: ...
 
+    async def charge_count(self, caller: str, count: int) -> None:
+        """Charge ``count`` new contacts (private mode: blinded elements cannot be tied to a previous set)."""
+        ...
+
     async def forget(self, user_id: str) -> int: ...
 
 
@@ -144,6 +148,9 @@ class AllowAllGate:
         self, caller: str, current: SortedKeys, previous_hashes: bytes, previous_token: bytes
     ) -> bytes:
         return b""
+
+    async def charge_count(self, caller: str, count: int) -> None:
+        return None
 
     async def forget(self, user_id: str) -> int:
         return 0
@@ -206,6 +213,15 @@ class DiscoverGate:
         now = self._clock()
         previous = self._previous(caller, previous_hashes, previous_token, now)
         new = count_new(current, previous) if previous is not None else len(current)
+        await self._charge_new(caller, new, now)
+        return self._tokens.issue(caller, current, now)
+
+    async def charge_count(self, caller: str, count: int) -> None:
+        if self.policy.capacity > 0:
+            await self._charge_new(caller, count, self._clock())
+
+    async def _charge_new(self, caller: str, new: int, now: float) -> None:
+        policy = self.policy
         if new:
             await self._charge(
                 caller,
@@ -221,7 +237,6 @@ class DiscoverGate:
                     f"and refills {policy.refill_per_hour:g} per hour"
                 ),
             )
-        return self._tokens.issue(caller, current, now)
 
     async def _charge(
         self,

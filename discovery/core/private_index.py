@@ -1,0 +1,426 @@
+"""Private mode on a running instance: the entries written at registration, the in-memory set, the calls.
+
+* `PrivateRegistrar` computes the stored entry (tag, sealed id) of each registered user off the event loop;
+  `Directory` passes it to the store with the registration, in the same atomic step.
+* `PrivateIndex` is this instance's copy of the registered set in OPRF form: loaded from the store at start,
+  then kept fresh by following the registry feed, whose changes carry the entries (like `IndexSync`). Changes
+  are *released* after a random delay of up to `jitter` seconds, in feed order, so a snapshot, a delta or a
+  bucket never tells a join time to the second. Cursors are the registry feed's sequence numbers, the same on
+  every instance of a store.
+* `PrivateDiscovery` is what `PrivateDiscoveryService` calls: params, evaluation (charged to the new-contact
+  quota), snapshot, deltas, buckets, every input checked before anything is charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from discovery.core.background import log_retry
+from discovery.core.errors import FeedTruncated, InvalidArgument
+from discovery.core.ports import Store
+from discovery.core.private import (
+    MAX_BLINDED_PER_REQUEST,
+    OffLoopEvaluator,
+    OprfKey,
+    PrivateEntry,
+    check_blinded_shape,
+    check_bucket_prefix,
+)
+from discovery.core.quota import Gate
+from discovery.private_scheme import (
+    DEFAULT_ID_PAD,
+    SMALL_DIRECTORY_MAX,
+    SUITE,
+    TAG_SIZE,
+    Bucket,
+    BucketLayout,
+    BucketOverflow,
+    Delta,
+    DeltaRecord,
+    Snapshot,
+    bucket_layout,
+)
+from discovery.private_scheme.derive import TAG_BITS, tag_value
+
+log = logging.getLogger("discovery.private")
+
+LOAD_BATCH = 10_000
+FEED_PAGE = 1000
+MAX_BUCKETS_PER_REQUEST = 1000
+SNAPSHOT_CHUNK = 1 << 20
+SNAPSHOT_MAX_AGE = 30.0  # seconds a built snapshot is served while changes arrive (deltas cover the rest)
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateRegistrar:
+    """Computes the private-mode entries of registered users, off the event loop (one worker call a batch)."""
+
+    key: OprfKey
+    evaluator: OffLoopEvaluator
+    id_pad: int = DEFAULT_ID_PAD
+
+    async def entries(self, contact_hashes: Sequence[bytes], user_ids: Sequence[str]) -> list[bytes]:
+        if not user_ids:
+            return []
+        return await self.evaluator.entries_of(self.key, contact_hashes, user_ids, self.id_pad)
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateParams:
+    epoch: int
+    public_key: bytes
+    suite: str
+    layout: BucketLayout
+    id_pad: int
+    with_sealed_ids: bool
+    max_blinded: int
+    cursor: int
+
+
+class PrivateIndex:
+    """The released registered set of one epoch: tag -> sealed ids, with a log of changes since load."""
+
+    def __init__(
+        self,
+        store: Store,
+        epoch: int,
+        *,
+        id_pad: int = DEFAULT_ID_PAD,
+        jitter: float = 0.0,
+        small_directory_max: int = SMALL_DIRECTORY_MAX,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._store = store
+        self.epoch = epoch
+        self.id_pad = id_pad
+        self.jitter = jitter
+        self.small_directory_max = small_directory_max
+        self._clock = clock
+        self._rng = rng
+        self._entries: dict[bytes, set[bytes]] = {}
+        self.count = 0
+        self.cursor = 0  # the newest released feed seq
+        self._base = 0  # the feed seq the set was loaded at: older cursors are read from the store
+        self._read = 0  # the newest feed seq read (released or pending)
+        self._log_seqs: list[int] = []
+        self._log: list[bytes] = []  # released entries touched after _base, parallel to _log_seqs
+        self._pending: deque[tuple[float, int, bytes | None, bool]] = deque()
+        self._released = asyncio.Event()
+        self._snapshot: tuple[int, bool, bytes, float] | None = None
+        self._sorted_tags = np.zeros(0, dtype=np.uint64)
+        self._recent_tags: set[bytes] = set()
+        self._max_load = 0
+        self._closed = asyncio.Event()
+        self.loaded = False
+
+    # -- loading and following ------------------------------------------------------------------
+
+    async def load(self) -> None:
+        head = await self._store.feed_head()
+        entries: dict[bytes, set[bytes]] = {}
+        count = 0
+        async for batch in self._store.iter_private(LOAD_BATCH):
+            for raw in batch:
+                entry = PrivateEntry.unpack(raw)
+                entries.setdefault(entry.tag, set()).add(entry.sealed)
+                count += 1
+        self._entries, self.count = entries, count
+        self.cursor = self._base = self._read = head
+        self._log_seqs, self._log = [], []
+        self._pending.clear()
+        self._snapshot = None
+        self.loaded = True
+        self._wake()
+
+    async def follow(self, stop: asyncio.Event, poll: float = 1.0) -> None:
+        """Read the feed and release its changes until `stop` is set; reload when the feed was pruned."""
+        while not stop.is_set():
+            try:
+                await self.catch_up()
+                wait = poll if not self._pending else max(0.0, min(poll, self._pending[0][0] - self._clock()))
+                if wait > 0:
+                    await self._store.feed_wait(self._read, wait)
+            except asyncio.CancelledError:
+                raise
+            except FeedTruncated:
+                log.info("private feed truncated: reloading", extra={"event": "private_reload"})
+                await self.load()
+            except Exception:  # the store is down: keep serving the released set
+                log_retry(log, "private index follow failed; retrying", "private_follow_error")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=poll)
+
+    async def catch_up(self) -> None:
+        """Read every change committed so far, then release those that are due."""
+        while True:
+            changes = await self._store.feed_read(self._read, FEED_PAGE)
+            now = self._clock()
+            last = self._pending[-1][0] if self._pending else now
+            for change in changes:
+                release = max(last, now + self.jitter * self._rng()) if self.jitter > 0 else now
+                present = change.user_id is not None and change.discoverable
+                self._pending.append((release, change.seq, change.private, present))
+                last = release
+                self._read = change.seq
+            if len(changes) < FEED_PAGE:
+                break
+        self.release_due()
+
+    def release_due(self) -> None:
+        now = self._clock()
+        released = False
+        while self._pending and self._pending[0][0] <= now:
+            _, seq, raw, present = self._pending.popleft()
+            if raw is not None:
+                self._apply(PrivateEntry.unpack(raw), present)
+                self._log_seqs.append(seq)
+                self._log.append(raw)
+            self.cursor = seq
+            released = True
+        if not self._pending and self._read > self.cursor:
+            self.cursor = self._read
+            released = True
+        if released:
+            self._wake()
+
+    def _apply(self, entry: PrivateEntry, present: bool) -> None:
+        sealed = self._entries.get(entry.tag)
+        if present:
+            if sealed is None:
+                sealed = self._entries[entry.tag] = set()
+                self._recent_tags.add(entry.tag)
+            if entry.sealed not in sealed:
+                sealed.add(entry.sealed)
+                self.count += 1
+        elif sealed is not None and entry.sealed in sealed:
+            sealed.discard(entry.sealed)
+            self.count -= 1
+            if not sealed:
+                del self._entries[entry.tag]
+
+    def _wake(self) -> None:
+        self._released.set()
+        self._released = asyncio.Event()
+
+    async def wait_release(self, after: int, timeout: float) -> None:
+        if self.cursor > after:
+            return
+        released, closed = self._released, self._closed
+        waits = [asyncio.ensure_future(released.wait()), asyncio.ensure_future(closed.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def store_head(self) -> int:
+        return await self._store.feed_head()
+
+    def end_streams(self) -> None:
+        self._closed.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    # -- what clients read ----------------------------------------------------------------------
+
+    @property
+    def with_sealed_ids(self) -> bool:
+        return self.count <= self.small_directory_max
+
+    def layout(self) -> BucketLayout:
+        return bucket_layout(self.count, observed_max_load=self._max_load)
+
+    def snapshot_bytes(self) -> bytes:
+        """The snapshot as of a recent released cursor (rebuilt at most every SNAPSHOT_MAX_AGE seconds)."""
+        now = self._clock()
+        cached = self._snapshot
+        ids = self.with_sealed_ids
+        if (
+            cached is not None
+            and cached[1] == ids
+            and (cached[0] == self.cursor or now - cached[3] < SNAPSHOT_MAX_AGE)
+        ):
+            return cached[2]
+        pairs = [(tag, sealed) for tag, all_sealed in self._entries.items() for sealed in all_sealed]
+        snapshot = Snapshot.build(self.epoch, self.cursor, pairs, ids, self.id_pad)
+        self._sorted_tags = np.unique(snapshot.tags)
+        self._recent_tags = set()
+        bits = bucket_layout(self.count).prefix_bits
+        self._max_load = (
+            int(np.bincount((snapshot.tags >> np.uint64(TAG_BITS - bits)).astype(np.int64)).max())
+            if len(snapshot.tags)
+            else 0
+        )
+        data = snapshot.serialize()
+        self._snapshot = (self.cursor, ids, data, now)
+        return data
+
+    def delta_records(self, touched: Sequence[bytes]) -> tuple[tuple[DeltaRecord, ...], bool]:
+        """States of the entries touched, against the released set: (records, with sealed ids)."""
+        ids = self.with_sealed_ids
+        records: list[DeltaRecord] = []
+        if ids:
+            for raw in dict.fromkeys(touched):
+                entry = PrivateEntry.unpack(raw)
+                records.append(
+                    DeltaRecord(entry.sealed in self._entries.get(entry.tag, ()), entry.tag, entry.sealed)
+                )
+        else:
+            for tag in dict.fromkeys(bytes(raw[:TAG_SIZE]) for raw in touched):
+                records.append(DeltaRecord(tag in self._entries, tag))
+        return tuple(records), ids
+
+    async def touched_since(self, cursor: int) -> list[bytes] | None:
+        """Entries touched by released changes after `cursor`, or None when they are no longer known."""
+        older: list[bytes] = []
+        if cursor < self._base:
+            after = cursor
+            try:
+                while after < self._base:
+                    changes = await self._store.feed_read(after, FEED_PAGE)
+                    if not changes:
+                        break
+                    older += [c.private for c in changes if c.private is not None and c.seq <= self._base]
+                    after = changes[-1].seq
+            except FeedTruncated:
+                return None
+        start = bisect.bisect_right(self._log_seqs, cursor)
+        touched = older + self._log[start:]
+        if len(touched) > max(1000, self.count // 4):
+            return None  # a fresh snapshot is cheaper
+        return touched
+
+    def bucket(self, prefix: bytes, layout: BucketLayout) -> Bucket:
+        bits = layout.prefix_bits
+        low = (int.from_bytes(prefix, "big") >> ((-bits) % 8)) << (TAG_BITS - bits) if bits else 0
+        high = low + (1 << (TAG_BITS - bits))
+        sorted_tags = self._sorted_tags
+        lo, hi = np.searchsorted(sorted_tags, [low, high])
+        candidates = {int(v).to_bytes(TAG_SIZE, "big") for v in sorted_tags[lo:hi]}
+        candidates |= {t for t in self._recent_tags if low <= tag_value(t) < high}
+        real = [(tag, sealed) for tag in candidates for sealed in self._entries.get(tag, ())]
+        return Bucket.build(self.epoch, layout, prefix, real, self.id_pad)
+
+
+class PrivateDiscovery:
+    """The calls of PrivateDiscoveryService (the caller is the call's principal)."""
+
+    def __init__(
+        self,
+        index: PrivateIndex,
+        key: OprfKey,
+        evaluator: OffLoopEvaluator,
+        gate: Gate,
+        max_blinded: int = MAX_BLINDED_PER_REQUEST,
+    ) -> None:
+        self.index = index
+        self.key = key
+        self.evaluator = evaluator
+        self.gate = gate
+        self.max_blinded = max_blinded
+
+    def params(self) -> PrivateParams:
+        index = self.index
+        index.snapshot_bytes()  # the layout's capacity follows the fullest bucket of the current set
+        return PrivateParams(
+            self.key.epoch,
+            self.key.public_key,
+            SUITE,
+            index.layout(),
+            index.id_pad,
+            index.with_sealed_ids,
+            self.max_blinded,
+            index.cursor,
+        )
+
+    async def evaluate(self, caller: str, packed: bytes) -> tuple[bytes, bytes]:
+        """Check the shape, charge one new contact per element, evaluate off the loop."""
+        count = check_blinded_shape(packed, self.max_blinded)
+        await self.gate.admit(caller)
+        # The worker checks every encoding: a batch that cannot be evaluated is refused and costs nothing;
+        # one over the quota is evaluated and thrown away, so a refused request learns nothing.
+        result = await self.evaluator.evaluate(self.key, packed, self.max_blinded)
+        if count:
+            await self.gate.charge_count(caller, count)
+        return result
+
+    def snapshot_chunks(self, max_chunk: int = 0) -> tuple[int, list[bytes]]:
+        data = self.index.snapshot_bytes()
+        size = max_chunk if max_chunk > 0 else SNAPSHOT_CHUNK
+        return len(data), [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+    async def _checked_cursor(self, epoch: int, cursor: int) -> bool:
+        """True: the cursor is known here; False: ahead of this instance but not of the store."""
+        if epoch != self.key.epoch:
+            raise InvalidArgument.field(
+                "epoch", f"epoch {epoch} is not the current key epoch {self.key.epoch}"
+            )
+        if cursor <= self.index.cursor:
+            return True
+        if cursor <= await self.index.store_head():
+            return False
+        raise InvalidArgument.field("cursor", "the cursor is ahead of the directory")
+
+    async def delta(self, epoch: int, cursor: int) -> Delta | None:
+        """The delta from `cursor` to the released head; None: fetch a snapshot."""
+        index = self.index
+        if not await self._checked_cursor(epoch, cursor):
+            return Delta(index.epoch, cursor, cursor, (), index.with_sealed_ids, index.id_pad)
+        head = index.cursor
+        touched = await index.touched_since(cursor)
+        if touched is None:
+            return None
+        records, ids = index.delta_records(touched)
+        return Delta(index.epoch, cursor, head, records, ids, index.id_pad)
+
+    async def deltas(self, epoch: int, cursor: int, poll: float = 15.0) -> AsyncIterator[Delta | None]:
+        """Deltas from `cursor`, then live ones, until the instance stops; None: fetch a snapshot."""
+        if not await self._checked_cursor(epoch, cursor):
+            cursor = min(cursor, self.index.cursor)
+        index = self.index
+        first = True
+        while not index.closed:
+            if first or index.cursor > cursor:
+                delta = await self.delta(epoch, cursor)
+                if delta is None:
+                    yield None
+                    return
+                if delta.records or first:
+                    yield delta
+                cursor = delta.to_cursor
+                first = False
+            await index.wait_release(cursor, poll)
+
+    def buckets(self, prefixes: Sequence[bytes]) -> list[bytes]:
+        if len(prefixes) > MAX_BUCKETS_PER_REQUEST:
+            raise InvalidArgument.field(
+                "prefixes", f"{len(prefixes)} prefixes exceed the limit of {MAX_BUCKETS_PER_REQUEST}"
+            )
+        index = self.index
+        index.snapshot_bytes()
+        layout = index.layout()
+        for i, prefix in enumerate(prefixes):
+            check_bucket_prefix(prefix, layout, field=f"prefixes[{i}]")
+        out: list[bytes] = []
+        for prefix in prefixes:
+            try:
+                bucket = index.bucket(prefix, layout)
+            except BucketOverflow:  # fuller than the fullest at the last build: rebuild the layout
+                index._snapshot = None
+                index.snapshot_bytes()
+                return self.buckets(prefixes)
+            out.append(bucket.serialize())
+        return out
