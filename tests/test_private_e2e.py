@@ -1,0 +1,384 @@
+"""Private discovery mode end to end: a real gRPC server on 127.0.0.1, real SQLite, redis-server and Redis
+Cluster, driven through the SDK (and raw stubs for bad input)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc import aio
+
+from discovery.app.server import DiscoveryServer
+from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, DiscoveryClient
+from discovery.client.private import PrivateKeyMismatch, PrivateState
+from discovery.contact_hash import contact_hash
+from discovery.private_scheme import Bucket, ProofError, bucket_size, tag_of
+from discovery.v1 import private_pb2, private_pb2_grpc
+from tests.support.helpers import e164_numbers
+from tests.support.server import StartServer, status_details, user_metadata
+
+BACKENDS = ["sqlite", "redis", "redis_cluster"]
+
+
+def target(server: DiscoveryServer) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture
+def start_private(
+    start_server: StartServer, request: pytest.FixtureRequest
+) -> Callable[..., Awaitable[DiscoveryServer]]:
+    async def start(**overrides: object) -> DiscoveryServer:
+        options: dict[str, object] = {"private_mode": True, "private_jitter_seconds": 0.0}
+        options.update(overrides)
+        return await start_server(**options)
+
+    return start
+
+
+def store_url(request: pytest.FixtureRequest, backend: str) -> str:
+    if backend == "sqlite":
+        return ""
+    value = request.getfixturevalue("redis_url" if backend == "redis" else "redis_cluster_url")
+    return str(value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ids_in_snapshot", [True, False])
+async def test_private_discover_matches_like_standard_mode(
+    start_private: Callable[..., Awaitable[DiscoveryServer]],
+    request: pytest.FixtureRequest,
+    backend: str,
+    ids_in_snapshot: bool,
+) -> None:
+    server = await start_private(
+        store=store_url(request, backend), private_snapshot_ids_max=16_384 if ids_in_snapshot else 0
+    )
+    numbers = e164_numbers(8, seed=41)
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.register_user("alice", numbers[0])
+        await admin.register_user("bob", numbers[1])
+        await admin.import_users([(f"imp{i}", numbers[2 + i]) for i in range(3)])
+    book = [numbers[0], numbers[1], numbers[3], numbers[6], numbers[7], "not a number"]
+    async with AsyncDiscoveryClient(target(server), user_id="carol") as client:
+        await until(lambda: _count(server, 5))
+        private = await client.discover_private(book)
+        standard = await client.discover(book)
+        assert sorted((m.entry, m.user_id) for m in private.matches) == sorted(
+            (m.entry, m.user_id) for m in standard.matches
+        )
+        assert {m.user_id for m in private.matches} == {"alice", "bob", "imp1"}
+        assert [i.entry for i in private.invalid] == ["not a number"]
+        evaluated = client.private_state.evaluations
+        assert evaluated == 5
+        again = await client.discover_private(book)  # warm: nothing evaluated, nothing sent
+        assert client.private_state.evaluations == evaluated
+        assert again.to_dict() == private.to_dict()
+
+
+async def _count(server: DiscoveryServer, n: int) -> bool:
+    private = server.service.private
+    assert private is not None
+    return private.index.count == n
+
+
+async def test_sync_client_and_persisted_state(
+    start_private: Callable[..., Awaitable[DiscoveryServer]],
+) -> None:
+    server = await start_private()
+    alice, bob = e164_numbers(2, seed=43)
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.register_user("alice", alice)
+    await until(lambda: _count(server, 1))
+
+    def run() -> tuple[int, bytes, list[str]]:
+        with DiscoveryClient(target(server), user_id="carol") as client:
+            result = client.discover_private([alice, bob])
+            return (
+                client.private_state.evaluations,
+                client.private_state.to_bytes(),
+                [m.user_id for m in result.matches],
+            )
+
+    evaluations, saved, users = await asyncio.to_thread(run)
+    assert (evaluations, users) == (2, ["alice"])
+
+    def warm() -> tuple[int, list[str]]:
+        with DiscoveryClient(target(server), user_id="carol") as client:
+            client.private_state = PrivateState.from_bytes(saved)
+            result = client.discover_private([alice, bob])
+            return client.private_state.evaluations, [m.user_id for m in result.matches]
+
+    assert await asyncio.to_thread(warm) == (2, ["alice"])
+
+
+async def test_wrong_pinned_key_is_refused(start_private: Callable[..., Awaitable[DiscoveryServer]]) -> None:
+    server = await start_private()
+    (alice,) = e164_numbers(1, seed=44)
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.register_user("alice", alice)
+    async with AsyncDiscoveryClient(target(server), user_id="carol") as client:
+        client.private_state = PrivateState(pinned_key=bytes(range(32)))
+        with pytest.raises(PrivateKeyMismatch):
+            await client.discover_private([alice])
+        assert client.private_state.outputs == {}
+
+
+async def test_forged_proof_is_an_error_never_a_match(
+    start_private: Callable[..., Awaitable[DiscoveryServer]],
+) -> None:
+    server = await start_private()
+    (alice,) = e164_numbers(1, seed=45)
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.register_user("alice", alice)
+    async with AsyncDiscoveryClient(target(server), user_id="carol") as client:
+        stub = private_pb2_grpc.PrivateDiscoveryServiceStub(client._channel)
+        real = stub.EvaluateBlinded
+
+        async def forged(request: private_pb2.EvaluateBlindedRequest, **kwargs: object) -> object:
+            response = await real(request, **kwargs)
+            proof = bytearray(response.proof)
+            proof[5] ^= 1
+            return private_pb2.EvaluateBlindedResponse(
+                evaluated_elements=response.evaluated_elements, proof=bytes(proof), epoch=response.epoch
+            )
+
+        stub.EvaluateBlinded = forged  # type: ignore[method-assign]
+        client._private_stub = lambda: stub  # type: ignore[method-assign]
+        with pytest.raises(ProofError):
+            await client.discover_private([alice])
+        assert client.private_state.outputs == {}
+
+
+async def _charged(server: DiscoveryServer, user: str) -> float:
+    charge = await server.store.charge(f"contacts:{user}", 0, 1e9, 0.0, 0.0)
+    return charge.level
+
+
+BAD = [
+    ("length", b"\x01" * 33, "blinded_elements"),
+    ("identity", bytes(32), "blinded_elements[0]"),
+    ("not canonical", b"\xff" * 32, "blinded_elements[0]"),
+    ("over the cap", b"", "blinded_elements"),
+]
+
+
+@pytest.mark.parametrize(("name", "payload", "field"), BAD, ids=[b[0] for b in BAD])
+async def test_bad_blinded_elements_are_refused_and_cost_nothing(
+    start_private: Callable[..., Awaitable[DiscoveryServer]], name: str, payload: bytes, field: str
+) -> None:
+    server = await start_private(quota_capacity=5000)
+    if name == "over the cap":
+        from discovery.private_scheme import blind_batch
+
+        payload = blind_batch([bytes([i % 256, i // 256]) * 16 for i in range(1001)]).blinded
+    async with aio.insecure_channel(target(server)) as channel:
+        stub = private_pb2_grpc.PrivateDiscoveryServiceStub(channel)
+        with pytest.raises(aio.AioRpcError) as caught:
+            await stub.EvaluateBlinded(
+                private_pb2.EvaluateBlindedRequest(blinded_elements=payload),
+                metadata=user_metadata("mallory"),
+            )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = status_details(caught.value)
+    fields = [v.field for d in details for v in getattr(d, "field_violations", [])]
+    assert field in fields
+    assert await _charged(server, "mallory") == 0
+
+
+async def test_bad_prefix_and_cursors_are_refused(
+    start_private: Callable[..., Awaitable[DiscoveryServer]],
+) -> None:
+    server = await start_private(private_snapshot_ids_max=0)
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.import_users([(f"u{i}", n) for i, n in enumerate(e164_numbers(100, seed=46))])
+    await until(lambda: _count(server, 100))
+    async with aio.insecure_channel(target(server)) as channel:
+        stub = private_pb2_grpc.PrivateDiscoveryServiceStub(channel)
+        md = user_metadata("mallory")
+        params = await stub.GetPrivateParams(private_pb2.GetPrivateParamsRequest(), metadata=md)
+        assert params.prefix_bits == 1
+        cases = [
+            stub.GetPrivateBuckets(private_pb2.GetPrivateBucketsRequest(prefixes=[b"\x80\x00"]), metadata=md),
+            stub.GetPrivateBuckets(private_pb2.GetPrivateBucketsRequest(prefixes=[b"\x40"]), metadata=md),
+            stub.GetPrivateDelta(
+                private_pb2.GetPrivateDeltaRequest(epoch=params.epoch, cursor=params.cursor + 1000),
+                metadata=md,
+            ),
+            stub.GetPrivateDelta(
+                private_pb2.GetPrivateDeltaRequest(epoch=params.epoch + 1, cursor=0), metadata=md
+            ),
+        ]
+        for call in cases:
+            with pytest.raises(aio.AioRpcError) as caught:
+                await call
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert status_details(caught.value)
+        # Buckets are all one size, whatever they hold.
+        response = await stub.GetPrivateBuckets(
+            private_pb2.GetPrivateBucketsRequest(prefixes=[b"\x00", b"\x80"]), metadata=md
+        )
+        sizes = {len(b) for b in response.buckets}
+        layout = Bucket.deserialize(response.buckets[0]).layout
+        assert sizes == {bucket_size(layout, params.id_pad)}
+        real = [
+            sum(1 for t, _ in Bucket.deserialize(b).entries if t in _tags(server)) for b in response.buckets
+        ]
+        assert sum(real) == 100
+    assert await _charged(server, "mallory") == 0
+
+
+def _tags(server: DiscoveryServer) -> set[bytes]:
+    private = server.service.private
+    assert private is not None
+    return set(private.index._entries)
+
+
+async def test_enumeration_through_private_mode_is_cut_off_at_the_quota(
+    start_private: Callable[..., Awaitable[DiscoveryServer]],
+) -> None:
+    server = await start_private(quota_capacity=2500, quota_refill_per_hour=0.0001, rate_limit_burst=0)
+    from discovery.private_scheme import blind_batch
+
+    evaluated = 0
+    async with aio.insecure_channel(target(server)) as channel:
+        stub = private_pb2_grpc.PrivateDiscoveryServiceStub(channel)
+        for round_ in range(10):
+            batch = blind_batch([bytes([round_, i % 256, i // 256]) * 10 + b"xx" for i in range(1000)])
+            try:
+                await stub.EvaluateBlinded(
+                    private_pb2.EvaluateBlindedRequest(blinded_elements=batch.blinded),
+                    metadata=user_metadata("mallory"),
+                )
+            except aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                break
+            evaluated += 1000
+    assert evaluated == 2000
+
+
+async def test_changes_reach_snapshot_buckets_and_deltas_on_every_instance(
+    start_private: Callable[..., Awaitable[DiscoveryServer]], redis_cluster_url: str, tmp_path: Path
+) -> None:
+    secret = tmp_path / "shared.secret"
+    secret.write_text(bytes(range(32)).hex())
+    secret.chmod(0o600)
+    common = {"store": redis_cluster_url, "secret_file": str(secret), "private_snapshot_ids_max": 0}
+    a = await start_private(**common)
+    b = await start_private(**common, data_dir=tmp_path / "b")
+    alice, bob, bob2 = e164_numbers(3, seed=47)
+    async with AsyncDiscoveryClient(target(b), user_id="carol") as client:
+        assert (await client.discover_private([alice, bob, bob2])).matches == []
+        start = client.private_state.snapshot
+        assert start is not None
+        async with AsyncAdminClient(target(a)) as admin:
+            await admin.register_user("alice", alice)
+            await admin.register_user("bob", bob)
+        await until(lambda: _count(b, 2))
+        assert {m.user_id for m in (await client.discover_private([alice, bob, bob2])).matches} == {
+            "alice",
+            "bob",
+        }
+        async with AsyncAdminClient(target(a)) as admin:
+            await admin.change_number("bob", bob2)
+            await admin.unregister_user("alice")
+        async with AsyncDiscoveryClient(target(a), user_id="bob") as bob_client:
+            await bob_client.update_settings(discoverable=False)
+        await until(lambda: _count(b, 0))
+        assert (await client.discover_private([alice, bob, bob2])).matches == []
+        async with AsyncDiscoveryClient(target(a), user_id="bob") as bob_client:
+            await bob_client.update_settings(discoverable=True)
+        await until(lambda: _count(b, 1))
+        result = await client.discover_private([alice, bob, bob2])
+        assert [(m.entry, m.user_id) for m in result.matches] == [(bob2, "bob")]
+        assert client.private_state.evaluations == 3
+    # The delta stream on instance b: from the first snapshot, every change, ending with bob2 present.
+    async with aio.insecure_channel(target(b)) as channel:
+        stub = private_pb2_grpc.PrivateDiscoveryServiceStub(channel)
+        stream = stub.SubscribePrivateDeltas(
+            private_pb2.SubscribePrivateDeltasRequest(epoch=start.epoch, cursor=start.cursor),
+            metadata=user_metadata("carol"),
+        )
+        message = await stream.read()
+        stream.cancel()
+    from discovery.private_scheme import Delta
+
+    delta = Delta.deserialize(message.delta)
+    assert delta.from_cursor == start.cursor
+    y_tags = {r.tag: r.present for r in delta.records}
+    assert len(y_tags) == 3 and sum(y_tags.values()) == 1
+
+
+async def test_private_join_events_from_deltas(
+    start_private: Callable[..., Awaitable[DiscoveryServer]],
+) -> None:
+    server = await start_private()
+    alice, bob = e164_numbers(2, seed=48)
+    async with AsyncDiscoveryClient(target(server), user_id="carol") as client:
+        events: list[tuple[str, str, int]] = []
+
+        async def watch() -> None:
+            async for event in client.private_joins([alice, bob]):
+                events.append(event)
+                return
+
+        task = asyncio.create_task(watch())
+        await until(lambda: _evaluated(client, 2))
+        async with AsyncAdminClient(target(server)) as admin:
+            await admin.register_user("bob", bob)
+        await asyncio.wait_for(task, 10)
+    assert [(e, u) for e, u, _ in events] == [(bob, "bob")]
+
+
+async def _evaluated(client: AsyncDiscoveryClient, n: int) -> bool:
+    return client.private_state.evaluations == n and client.private_state.snapshot is not None
+
+
+async def test_servicers_and_store_see_no_hash_no_key_no_output(
+    start_private: Callable[..., Awaitable[DiscoveryServer]], tmp_path: Path
+) -> None:
+    """Every byte the private-mode servicers receive, and every stored row, holds no h, no 16-byte prefix
+    of h, no directory key and no OPRF output of any contact, matched or not."""
+    server = await start_private()
+    numbers = e164_numbers(6, seed=49)
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.register_user("alice", numbers[0])
+    received: list[bytes] = []
+    private = server.service.private
+    assert private is not None
+    for name in ("evaluate", "delta", "buckets"):
+        original = getattr(private, name)
+
+        def recorder(*args: object, _original: Callable[..., object] = original) -> object:
+            received.extend(a if isinstance(a, bytes) else repr(a).encode() for a in args)
+            return _original(*args)
+
+        setattr(private, name, recorder)
+    async with AsyncDiscoveryClient(target(server), user_id="carol") as client:
+        await until(lambda: _count(server, 1))
+        result = await client.discover_private(numbers)
+        outputs = list(client.private_state.outputs.values())
+    assert [m.user_id for m in result.matches] == ["alice"]
+    hashes = [contact_hash(n) for n in numbers]
+    keys = [server.service.directory.keys.directory_key_of(h) for h in hashes]
+    secrets = hashes + [h[:16] for h in hashes] + keys + outputs + [o[:16] for o in outputs]
+    blob = b"".join(received)
+    assert blob and not [s for s in secrets if s in blob]
+    stored = (tmp_path / "data" / "discovery.db").read_bytes()
+    for wal in (tmp_path / "data").glob("discovery.db-wal"):
+        stored += wal.read_bytes()
+    registered = keys[0]  # the standard registry keeps the registered user's own directory key
+    assert not [s for s in secrets if s in stored and s != registered]
+    alice_y = outputs[0]
+    assert tag_of(alice_y) in stored  # what private mode keeps: the tag and the sealed id
