@@ -382,3 +382,57 @@ async def test_servicers_and_store_see_no_hash_no_key_no_output(
     assert not [s for s in secrets if s in stored and s != registered]
     alice_y = outputs[0]
     assert tag_of(alice_y) in stored  # what private mode keeps: the tag and the sealed id
+
+
+async def test_cli_discover_private(
+    start_private: Callable[..., Awaitable[DiscoveryServer]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from discovery.cli import main
+
+    server = await start_private()
+    alice, bob = e164_numbers(2, seed=50)
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.register_user("alice", alice)
+    await until(lambda: _count(server, 1))
+    contacts = tmp_path / "book.txt"
+    contacts.write_text(f"{alice}\n{bob}\n")
+    private = server.service.private
+    assert private is not None
+    common = ["--target", target(server), "--user-id", "carol", "--json", "--contacts", str(contacts)]
+    code = await asyncio.to_thread(
+        main, ["discover", *common, "--private", "--private-key", private.key.public_key.hex()]
+    )
+    assert code == 0
+    assert '"user_id": "alice"' in capsys.readouterr().out
+    wrong = await asyncio.to_thread(main, ["discover", *common, "--private", "--private-key", "00" * 32])
+    assert wrong != 0
+
+
+async def test_nothing_lost_across_sigkill(tmp_path: Path) -> None:
+    """Registrations acknowledged before a SIGKILL reach the private set and the deltas after the restart."""
+    from tests.support.serve_process import ServeProcess
+
+    numbers = e164_numbers(20, seed=51)
+    proc = ServeProcess(
+        tmp_path / "data", ["--private-mode", "true", "--private-jitter-seconds", "0"]
+    ).start()
+    try:
+        async with AsyncDiscoveryClient(proc.target, user_id="carol") as client:
+            assert (await client.discover_private(numbers)).matches == []
+            state = client.private_state
+        async with AsyncAdminClient(proc.target) as admin:
+            for i, number in enumerate(numbers[:10]):
+                await admin.register_user(f"u{i}", number)
+        proc.kill()
+        proc.start()
+        async with AsyncDiscoveryClient(proc.target, user_id="carol") as client:
+            client.private_state = (
+                state  # its snapshot is older than the restart: the delta comes from the store
+            )
+            after = await client.discover_private(numbers)
+            assert client.private_state.evaluations == 20
+    finally:
+        proc.stop()
+    assert sorted(m.user_id for m in after.matches) == sorted(f"u{i}" for i in range(10))

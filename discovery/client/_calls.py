@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 
@@ -24,22 +24,13 @@ from discovery.client.normalize import normalize_number
 from discovery.client.private import PrivateState
 from discovery.client.resync import DiscoverRun, DiscoverState
 from discovery.contact_hash import HASH_SIZE, contact_hash
-from discovery.private_scheme import (
-    SUITE,
-    Bucket,
-    Delta,
-    SchemeError,
-    Snapshot,
-    blind_batch,
-    bucket_prefix,
-    finalize_batch,
-    open_sealed,
-    tag_of,
-)
 from discovery.v1 import discovery_pb2, joins_pb2, private_pb2
 from discovery.v1.discovery_pb2_grpc import DirectoryAdminServiceStub, DiscoveryServiceStub
 from discovery.v1.joins_pb2_grpc import JoinNotificationServiceStub
 from discovery.v1.private_pb2_grpc import PrivateDiscoveryServiceStub
+
+if TYPE_CHECKING:
+    from discovery.private_scheme import Snapshot
 
 T = TypeVar("T")
 
@@ -212,6 +203,8 @@ def private_params(
     stub: PrivateDiscoveryServiceStub, state: PrivateState
 ) -> Plan[private_pb2.GetPrivateParamsResponse]:
     """The server's parameters, with its key checked against the pinned one (PrivateKeyMismatch)."""
+    from discovery.private_scheme import SUITE, SchemeError
+
     params: private_pb2.GetPrivateParamsResponse = yield Call(
         stub.GetPrivateParams, private_pb2.GetPrivateParamsRequest()
     )
@@ -228,6 +221,8 @@ def private_evaluate(
     hashes: list[bytes],
 ) -> Plan[None]:
     """Blind, evaluate, verify the proof and unblind the hashes without a cached output (none: no call)."""
+    from discovery.private_scheme import SchemeError, blind_batch, finalize_batch
+
     missing = state.missing(hashes)
     cap = max(1, params.max_blinded_per_request)
     for start in range(0, len(missing), cap):
@@ -247,6 +242,8 @@ def private_sync(
     stub: PrivateDiscoveryServiceStub, state: PrivateState, params: private_pb2.GetPrivateParamsResponse
 ) -> Plan[Snapshot]:
     """Bring the snapshot up to date: a delta from its cursor, or a whole snapshot when there is none."""
+    from discovery.private_scheme import Delta, SchemeError, Snapshot
+
     if state.snapshot is not None and state.snapshot.cursor < params.cursor:
         response: private_pb2.GetPrivateDeltaResponse = yield Call(
             stub.GetPrivateDelta,
@@ -278,6 +275,8 @@ def private_open(
 ) -> Plan[list[list[str]]]:
     """The user ids of each output: none unless its tag is in the snapshot; then from the snapshot's sealed
     ids or the bucket of its prefix (fetched once per prefix, skipped for tags opened before)."""
+    from discovery.private_scheme import Bucket, SchemeError, bucket_prefix, open_sealed, tag_of
+
     tags = [tag_of(y) for y in outputs]
     hits = [i for i, present in enumerate(snapshot.contains(tags)) if present]
     found: list[list[str]] = [[] for _ in outputs]

@@ -26,7 +26,6 @@ from discovery.client.joins import ContactMatcher, JoinSubscription, joins_stub
 from discovery.client.models import DiscoverResult, ImportSummary, Settings
 from discovery.client.private import HasPrivateState
 from discovery.client.resync import HasDiscoverState
-from discovery.private_scheme import Delta
 from discovery.v1 import discovery_pb2, private_pb2
 from discovery.v1.discovery_pb2_grpc import DirectoryAdminServiceStub, DiscoveryServiceStub
 from discovery.v1.private_pb2_grpc import PrivateDiscoveryServiceStub
@@ -133,6 +132,8 @@ class AsyncDiscoveryClient(_AsyncBaseClient["DiscoveryServiceAsyncStub"], HasDis
         becomes registered and discoverable, matched on this client against the delta stream (the server
         never learns who waits for whom). Syncs first (so ``entries`` are evaluated); runs until cancelled
         or the stream breaks (call again: it resumes from the state's cursor)."""
+        from discovery.private_scheme import Delta
+
         book = prepare_address_book(entries, self.default_region)
         await self.discover_hashes_private(book.hashes)
         state = self.private_state

@@ -11,22 +11,19 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from discovery.private_scheme import (
-    OUTPUT_SIZE,
-    Delta,
-    SchemeError,
-    Snapshot,
-    apply_delta,
-    tag_of,
-)
-from discovery.private_scheme.errors import ProofError
+if TYPE_CHECKING:
+    from discovery.private_scheme import Delta, Snapshot
 
 _MAGIC = b"DPC1"
 _HASH = 32
 
 
-class PrivateKeyMismatch(ProofError):
+_OUTPUT_SIZE = 64
+
+
+class PrivateKeyMismatch(ValueError):
     """The server's public key is not the pinned one: its evaluations could tag this client."""
 
 
@@ -63,6 +60,8 @@ class PrivateState:
 
     def apply(self, delta: Delta) -> None:
         """Bring the snapshot to the delta's cursor (SchemeError: fetch a new snapshot)."""
+        from discovery.private_scheme import SchemeError, apply_delta
+
         if self.snapshot is None:
             raise SchemeError("no snapshot to apply a delta to")
         self.snapshot = apply_delta(self.snapshot, delta)
@@ -71,6 +70,8 @@ class PrivateState:
 
     def joined(self, delta: Delta) -> list[bytes]:
         """The evaluated contacts (hashes) whose tag a delta reports present: join events, from deltas."""
+        from discovery.private_scheme import tag_of
+
         present = {record.tag for record in delta.records if record.present}
         return [h for h, y in self.outputs.items() if tag_of(y) in present]
 
@@ -95,12 +96,14 @@ class PrivateState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PrivateState:
+        from discovery.private_scheme import SchemeError, Snapshot
+
         if data[:4] != _MAGIC:
             raise SchemeError("not a private-mode state")
         head = struct.Struct(">B32sqI")
         has_key, key, epoch, n = head.unpack_from(data, 4)
         at = 4 + head.size
-        step = _HASH + OUTPUT_SIZE
+        step = _HASH + _OUTPUT_SIZE
         outputs = {
             bytes(data[i : i + _HASH]): bytes(data[i + _HASH : i + step])
             for i in range(at, at + n * step, step)
