@@ -18,7 +18,7 @@ from discovery.contact_hash import contact_hash
 from discovery.private_scheme import Bucket, ProofError, bucket_size, tag_of
 from discovery.v1 import private_pb2, private_pb2_grpc
 from tests.support.helpers import e164_numbers
-from tests.support.server import StartServer, status_details, user_metadata
+from tests.support.server import StartServer, bucket_level, status_details, user_metadata
 
 BACKENDS = ["sqlite", "redis", "redis_cluster"]
 
@@ -161,11 +161,6 @@ async def test_forged_proof_is_an_error_never_a_match(
         assert client.private_state.outputs == {}
 
 
-async def _charged(server: DiscoveryServer, user: str) -> float:
-    charge = await server.store.charge(f"contacts:{user}", 0, 1e9, 0.0, 0.0)
-    return charge.level
-
-
 BAD = [
     ("length", b"\x01" * 33, "blinded_elements"),
     ("identity", bytes(32), "blinded_elements[0]"),
@@ -194,7 +189,7 @@ async def test_bad_blinded_elements_are_refused_and_cost_nothing(
     details = status_details(caught.value)
     fields = [v.field for d in details for v in getattr(d, "field_violations", [])]
     assert field in fields
-    assert await _charged(server, "mallory") == 0
+    assert await bucket_level(server, "mallory") == 0
 
 
 async def test_bad_prefix_and_cursors_are_refused(
@@ -236,7 +231,7 @@ async def test_bad_prefix_and_cursors_are_refused(
             sum(1 for t, _ in Bucket.deserialize(b).entries if t in _tags(server)) for b in response.buckets
         ]
         assert sum(real) == 100
-    assert await _charged(server, "mallory") == 0
+    assert await bucket_level(server, "mallory") == 0
 
 
 def _tags(server: DiscoveryServer) -> set[bytes]:

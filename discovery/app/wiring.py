@@ -22,18 +22,18 @@ from discovery.api.interceptor import CallInterceptor
 from discovery.api.joins_service import JoinNotificationService
 from discovery.api.private_service import PrivateDiscoveryService
 from discovery.app.credentials import build_authenticator, server_credentials, server_secret
-from discovery.config import ServerConfig
-from discovery.core.directory import Directory, DirectoryLimits
+from discovery.config import NetworkOptions, PrivateOptions, ServerConfig
+from discovery.core.directory import Directory
 from discovery.core.hashing import KeyRing
 from discovery.core.index_sync import IndexSync
-from discovery.core.joins import JoinPolicy, Joins
-from discovery.core.model import PrivacySettings
+from discovery.core.joins import Joins
 from discovery.core.private import OffLoopEvaluator, OprfKey
-from discovery.core.private_index import PrivateDiscovery, PrivateIndex, PrivateRegistrar
-from discovery.core.quota import DiscoverGate, Gate, QuotaPolicy
+from discovery.core.private_index import PrivateDiscovery, PrivateIndex
+from discovery.core.quota import DiscoverGate, Gate
 from discovery.metrics import Metrics
 from discovery.store import Store, open_store
 from discovery.store.timed import timed_store
+from discovery.tracing import Tracing
 from discovery.v1 import discovery_pb2_grpc, joins_pb2_grpc, private_pb2_grpc
 
 #: The key epoch of private mode. A new epoch is a new key: every entry must then be computed again, from
@@ -63,47 +63,56 @@ class Service:
     bind: Callable[[], int]
 
 
-async def build(config: ServerConfig, authenticator: Authenticator | None = None) -> Service:
-    """Build the service of ``config``; ``authenticator`` overrides the configured one (tests)."""
+async def build(
+    config: ServerConfig, authenticator: Authenticator | None = None, tracing: Tracing | None = None
+) -> Service:
+    """Build the service of ``config``; ``authenticator`` overrides the configured one (tests),
+    ``tracing`` traces RPCs and store calls (off when None)."""
+    tracing = tracing or Tracing()
     secret = server_secret(config)
     keys = KeyRing.from_secret(secret)
     authenticator = authenticator or build_authenticator(config)
-    credentials = server_credentials(config)
+    credentials = server_credentials(config.tls)
     metrics = Metrics()
     store = timed_store(
         await open_store(
             config.store_url,
-            sqlite_synchronous=config.sqlite_synchronous,
-            feed_retention=config.feed_retention_seconds,
+            sqlite_synchronous=config.store.sqlite_synchronous,
+            feed_retention=config.store.feed_retention_seconds,
         ),
         metrics.store_seconds,
         metrics.store_errors,
+        tracing.store_tracer(),
     )
     sync = IndexSync(store)
-    joins = Joins(store, keys, join_policy(config))
-    gate = DiscoverGate(store, keys, quota_policy(config), config.max_hashes_per_request)
-    private = build_private(config, store, secret, gate)
+    joins = Joins(store, keys, config.joins)
+    gate = DiscoverGate(store, keys, config.quota, config.limits.max_hashes_per_request)
+    private = build_private(config.private, store, secret, gate)
     directory = Directory(
         store,
         sync,
         keys,
-        limits=directory_limits(config),
-        default_settings=default_settings(config),
+        limits=config.limits,
+        default_settings=config.defaults,
         gate=gate,
         joins=joins,
-        private=None if private is None else private_registrar(config, private),
+        private=None if private is None else private.registrar(),
     )
     health = HealthServicer()
     server = aio.server(
-        interceptors=[CallInterceptor(authenticator, observers=[metrics.observe_call])],
-        options=grpc_options(config),
+        # The tracing interceptor is outermost, so it sees the status CallInterceptor sets.
+        interceptors=[
+            *tracing.server_interceptors(),
+            CallInterceptor(authenticator, observers=[metrics.observe_call]),
+        ],
+        options=grpc_options(config.network),
     )
     add_servicers(server, directory, joins, metrics, health, private)
 
     def bind() -> int:
         if credentials is not None:
-            return int(server.add_secure_port(config.listen, credentials))
-        return int(server.add_insecure_port(config.listen))
+            return int(server.add_secure_port(config.network.listen, credentials))
+        return int(server.add_insecure_port(config.network.listen))
 
     services = API_SERVICES if private is None else (*API_SERVICES, PRIVATE_SERVICE)
     return Service(
@@ -123,22 +132,20 @@ async def build(config: ServerConfig, authenticator: Authenticator | None = None
     )
 
 
-def build_private(config: ServerConfig, store: Store, secret: bytes, gate: Gate) -> PrivateDiscovery | None:
-    if not config.private_mode:
+def build_private(
+    options: PrivateOptions, store: Store, secret: bytes, gate: Gate
+) -> PrivateDiscovery | None:
+    if not options.enabled:
         return None
     key = OprfKey.from_secret(secret, PRIVATE_EPOCH)
     index = PrivateIndex(
         store,
         key.epoch,
-        id_pad=config.private_id_pad,
-        jitter=config.private_jitter_seconds,
-        small_directory_max=config.private_snapshot_ids_max,
+        id_pad=options.id_pad,
+        jitter=options.jitter_seconds,
+        small_directory_max=options.snapshot_ids_max,
     )
     return PrivateDiscovery(index, key, OffLoopEvaluator(), gate)
-
-
-def private_registrar(config: ServerConfig, private: PrivateDiscovery) -> PrivateRegistrar:
-    return PrivateRegistrar(private.key, private.evaluator, config.private_id_pad)
 
 
 def add_servicers(
@@ -167,43 +174,7 @@ def add_servicers(
     )
 
 
-def join_policy(config: ServerConfig) -> JoinPolicy:
-    return JoinPolicy(
-        watch_ttl=config.join_watch_ttl_seconds,
-        watch_cap=config.join_watch_cap,
-        inbox_ttl=config.join_inbox_ttl_seconds,
-        sweep_interval=config.join_sweep_interval_seconds,
-        page_size=config.join_page_size,
-        max_subscribers=config.join_max_streams,
-        max_streams_per_user=config.join_max_streams_per_user,
-    )
-
-
-def quota_policy(config: ServerConfig) -> QuotaPolicy:
-    return QuotaPolicy(
-        capacity=config.quota_capacity,
-        refill_per_hour=config.quota_refill_per_hour,
-        rate_burst=config.rate_limit_burst,
-        rate_per_minute=config.rate_limit_per_minute,
-        token_ttl=config.previous_token_ttl_seconds,
-    )
-
-
-def directory_limits(config: ServerConfig) -> DirectoryLimits:
-    return DirectoryLimits(
-        max_hashes_per_request=config.max_hashes_per_request, max_import_batch=config.max_import_batch
-    )
-
-
-def default_settings(config: ServerConfig) -> PrivacySettings:
-    return PrivacySettings(
-        discoverable=config.default_discoverable,
-        announce_join=config.default_announce_join,
-        notify_on_join=config.default_notify_on_join,
-    )
-
-
-def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+def grpc_options(config: NetworkOptions) -> list[tuple[str, int]]:
     options = [
         ("grpc.max_receive_message_length", config.max_receive_message_bytes),
         ("grpc.max_metadata_size", config.max_metadata_bytes),

@@ -8,14 +8,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from discovery.core.options import option
+
 
 @dataclass(frozen=True, slots=True)
 class PrivacySettings:
     """A user's privacy settings."""
 
-    discoverable: bool = True
-    announce_join: bool = True
-    notify_on_join: bool = False
+    # As options, the defaults of a new user (ServerConfig.defaults).
+    discoverable: bool = option(True, "initial 'discoverable' of a new user", name="default_discoverable")
+    announce_join: bool = option(True, "initial 'announce_join' of a new user", name="default_announce_join")
+    notify_on_join: bool = option(
+        False, "initial 'notify_on_join' of a new user (opt-in)", name="default_notify_on_join"
+    )
 
     def merged(
         self,
@@ -125,6 +130,17 @@ class DirectoryMatch:
     user_ids: list[str]
     token: bytes = b""
     checked: int = 0  # how many contact hashes the request held
+
+
+@dataclass(frozen=True, slots=True)
+class BucketCharge:
+    """One charge to a leaky bucket: add ``cost`` if it fits under ``capacity`` (see
+    core.ports.QuotaStore.charge)."""
+
+    bucket: str
+    cost: float
+    capacity: float
+    leak_per_second: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,17 +96,31 @@ def check_blinded_shape(
     return count
 
 
-def _evaluate(seed: bytes, epoch: int, packed: bytes) -> tuple[bytes, bytes] | int:
-    """(evaluated elements, batch proof), or the index of the first element that is not a valid encoding.
-
-    Runs in a worker; returns plain values so that nothing but bytes crosses the process boundary.
-    """
+def _decode(packed: bytes) -> list[ristretto.BlindedInput] | int:
+    """The elements, or the index of the first one that is not a valid encoding (about 7 us each)."""
     elements = []
     for i in range(0, len(packed), ELEMENT_SIZE):
         try:
             elements.append(ristretto.BlindedInput.deserialize(packed[i : i + ELEMENT_SIZE]))
         except ValueError:  # not a canonical ristretto255 encoding, or the identity
             return i // ELEMENT_SIZE
+    return elements
+
+
+def _first_invalid(packed: bytes) -> int | None:
+    """The index of the first invalid element, or None; runs in a worker."""
+    elements = _decode(packed)
+    return elements if isinstance(elements, int) else None
+
+
+def _evaluate(seed: bytes, epoch: int, packed: bytes) -> tuple[bytes, bytes] | int:
+    """(evaluated elements, batch proof), or the index of the first element that is not a valid encoding.
+
+    Runs in a worker; returns plain values so that nothing but bytes crosses the process boundary.
+    """
+    elements = _decode(packed)
+    if isinstance(elements, int):
+        return elements
     if not elements:
         return b"", b""
     out = _evaluator(seed, epoch).evaluate_batch(elements).serialize()
@@ -137,12 +151,16 @@ def _entries(seed: bytes, epoch: int, hashes: Sequence[bytes], user_ids: Sequenc
     )
 
 
+def _invalid_element(index: int, field: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"invalid {field}: element {index} is not a valid ristretto255 encoding or is the identity",
+        [FieldViolation(f"{field}[{index}]", "not a valid, non-identity ristretto255 element")],
+    )
+
+
 def _checked(result: tuple[bytes, bytes] | int, field: str) -> tuple[bytes, bytes]:
     if isinstance(result, int):
-        raise InvalidArgument(
-            f"invalid {field}: element {result} is not a valid ristretto255 encoding or is the identity",
-            [FieldViolation(f"{field}[{result}]", "not a valid, non-identity ristretto255 element")],
-        )
+        raise _invalid_element(result, field)
     return result
 
 
@@ -177,6 +195,19 @@ class OffLoopEvaluator:
         await asyncio.get_running_loop().run_in_executor(
             self._executor, _outputs, key.seed, key.epoch, [b"\0"]
         )
+
+    async def check(
+        self, packed: bytes, max_count: int = MAX_BLINDED_PER_REQUEST, field: str = BLINDED_FIELD
+    ) -> int:
+        """The number of elements of a valid batch (shape here, encodings in a worker), or InvalidArgument:
+        about 7 us an element, against about 0.2 ms to evaluate it, so it runs before the quota is charged."""
+        count = check_blinded_shape(packed, max_count, field)
+        if count:
+            loop = asyncio.get_running_loop()
+            bad = await loop.run_in_executor(self._executor, _first_invalid, bytes(packed))
+            if bad is not None:
+                raise _invalid_element(bad, field)
+        return count
 
     async def evaluate(
         self,

@@ -33,7 +33,6 @@ from discovery.core.private import (
     OffLoopEvaluator,
     OprfKey,
     PrivateEntry,
-    check_blinded_shape,
     check_bucket_prefix,
 )
 from discovery.core.quota import Gate
@@ -332,6 +331,10 @@ class PrivateDiscovery:
         self.gate = gate
         self.max_blinded = max_blinded
 
+    def registrar(self) -> PrivateRegistrar:
+        """What registration calls to compute entries: same key, worker pool and id padding."""
+        return PrivateRegistrar(self.key, self.evaluator, self.index.id_pad)
+
     def params(self) -> PrivateParams:
         index = self.index
         index.snapshot_bytes()  # the layout's capacity follows the fullest bucket of the current set
@@ -347,15 +350,18 @@ class PrivateDiscovery:
         )
 
     async def evaluate(self, caller: str, packed: bytes) -> tuple[bytes, bytes]:
-        """Check the shape, charge one new contact per element, evaluate off the loop."""
-        count = check_blinded_shape(packed, self.max_blinded)
-        await self.gate.admit(caller)
-        # The worker checks every encoding: a batch that cannot be evaluated is refused and costs nothing;
-        # one over the quota is evaluated and thrown away, so a refused request learns nothing.
-        result = await self.evaluator.evaluate(self.key, packed, self.max_blinded)
-        if count:
-            await self.gate.charge_count(caller, count)
-        return result
+        """Check the batch, charge the request and one new contact per element, evaluate off the loop.
+
+        As in Discover: a valid batch costs one quota round trip (the rate and its elements together); an
+        invalid one is charged the request rate alone; one over a quota is refused before it is evaluated.
+        """
+        try:
+            count = await self.evaluator.check(packed, self.max_blinded)
+        except InvalidArgument:
+            await self.gate.admit(caller)
+            raise
+        await self.gate.charge_count(caller, count)
+        return await self.evaluator.evaluate(self.key, packed, self.max_blinded)
 
     def snapshot_chunks(self, max_chunk: int = 0) -> tuple[int, list[bytes]]:
         data = self.index.snapshot_bytes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from grpc import aio
 
 from discovery.app.server import DiscoveryServer
 from discovery.config import ServerConfig
+from discovery.core.model import BucketCharge
 from discovery.logs import JsonFormatter
 
 StartServer = Callable[..., Awaitable[DiscoveryServer]]
@@ -50,7 +52,7 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
             "auth": "dev",
         }
         options.update(overrides)
-        server = DiscoveryServer(ServerConfig(**options))  # type: ignore[arg-type]
+        server = DiscoveryServer(ServerConfig.from_options(**options))
         await server.start()
         running.append(server)
         return server
@@ -96,3 +98,10 @@ def status_details(error: grpc.aio.AioRpcError) -> list[object]:
                 detail.Unpack(message)
                 out.append(message)
     return out
+
+
+async def bucket_level(server: DiscoveryServer, user: str, bucket: str = "contacts") -> float:
+    """The level of the user's quota bucket now; a zero-cost charge changes nothing."""
+    assert server.store is not None
+    (outcome,) = await server.store.charge([BucketCharge(f"{bucket}:{user}", 0, 1e12, 0.0)], time.time())
+    return outcome.level

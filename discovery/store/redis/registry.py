@@ -248,7 +248,7 @@ class RedisRegistry(RedisBase):
 
     async def register(self, user: NewUser) -> RegisterOutcome:
         uid = user.user_id.encode()
-        code = await self._eval(
+        code = await self._write(
             REGISTER,
             self._registry_keys(uid, user.directory_key),
             [uid, user.directory_key, _flags(user.settings), self._inbox_ttl_ms, user.private or b""],
@@ -270,7 +270,7 @@ class RedisRegistry(RedisBase):
         uid = user_id.encode()
         reply: Any = NOT_REGISTERED
         while (key := await self._current_key(uid)) is not None:
-            reply = await self._eval(UNREGISTER, self._registry_keys(uid, key), [uid, key])
+            reply = await self._write(UNREGISTER, self._registry_keys(uid, key), [uid, key])
             if reply != RETRY:
                 break
         if not isinstance(reply, bytes):
@@ -281,7 +281,7 @@ class RedisRegistry(RedisBase):
         return _record(user_id, reply)
 
     async def delete_user_data(self, user_id: str) -> int:
-        return int(await self._eval(FORGET_USER, [self.keys.meta], [user_id.encode()]))
+        return int(await self._write(FORGET_USER, [self.keys.meta], [user_id.encode()]))
 
     async def change_number(
         self, user_id: str, directory_key: bytes, private: bytes | None = None
@@ -291,7 +291,7 @@ class RedisRegistry(RedisBase):
             key = await self._current_key(uid)
             if key is None:
                 raise UserNotRegistered()
-            reply = await self._eval(
+            reply = await self._write(
                 CHANGE_NUMBER,
                 self._registry_keys(uid, key, directory_key),
                 [uid, key, directory_key, self._inbox_ttl_ms, private or b""],
@@ -309,7 +309,7 @@ class RedisRegistry(RedisBase):
 
     async def update_settings(self, user_id: str, settings: PrivacySettings) -> UserRecord | None:
         uid = user_id.encode()
-        reply = await self._eval(UPDATE_SETTINGS, self._registry_keys(uid), [uid, _flags(settings)])
+        reply = await self._write(UPDATE_SETTINGS, self._registry_keys(uid), [uid, _flags(settings)])
         if not isinstance(reply, bytes):
             return None
         await self._written()
@@ -341,7 +341,7 @@ class RedisRegistry(RedisBase):
             if any(len(entry) != size for entry in entries):
                 raise ValueError("the private-mode entries of an import are all of one size, or none")
             calls.append(([k.meta, k.feed], [self._inbox_ttl_ms, b"".join(packed), size, b"".join(entries)]))
-        codes = [code for reply in await self._eval_many(IMPORT, calls) for code in reply]
+        codes = [code for reply in await self._write_many(IMPORT, calls) for code in reply]
         report = ImportReport()
         for i, (user, code) in enumerate(zip(users, codes, strict=True)):
             if code == CREATED:
