@@ -140,6 +140,37 @@ async def off_loop_figures(count: int) -> dict[str, Any]:
     return out
 
 
+async def snapshot_rebuild_figures(n: int) -> dict[str, Any]:
+    """A stale snapshot of `n` users rebuilt: on the loop (before) and in a worker thread (the server)."""
+    from discovery.core.private_index import PrivateIndex
+
+    index = PrivateIndex(None, 1)  # type: ignore[arg-type]
+    index._entries = _random_entries(n, DEFAULT_ID_PAD)
+    index.count = n
+    out: dict[str, Any] = {"group": "snapshot_rebuild", "registered": n}
+
+    async def inline() -> None:
+        index._snapshot = None
+        index.snapshot_bytes()
+
+    async def threaded() -> None:
+        await index.rebuild()
+
+    out["ticker_max_gap_ms_inline"] = await _max_gap(inline)
+    out["ticker_max_gap_ms_thread"] = await _max_gap(threaded)
+    out["rebuild_wall_ms_thread"] = round(
+        1000 * statistics.median([await _timed(threaded) for _ in range(3)]), 1
+    )
+    return out
+
+
+def _random_entries(n: int, id_pad: int) -> dict[bytes, set[bytes]]:
+    """`n` registered users' entries with random tags (one shared filler sealed id)."""
+    rng = np.random.default_rng(7)
+    filler = os.urandom(sealed_size(id_pad))
+    return {int(t).to_bytes(5, "big"): {filler} for t in rng.integers(0, TAG_SPACE, size=n, dtype=np.uint64)}
+
+
 async def _timed(run: Callable[[], Any]) -> float:
     start = time.perf_counter()
     await run()
@@ -232,7 +263,7 @@ class _Direct:
 
     def GetPrivateParams(self, request: Any, **_: Any) -> Any:
         t = time.process_time()
-        p = self.private.params()
+        p = asyncio.run(self.private.params())
         return self._count(
             self.pb.GetPrivateParamsResponse(
                 epoch=p.epoch,
@@ -257,7 +288,7 @@ class _Direct:
 
     def GetPrivateSnapshot(self, request: Any, **_: Any) -> Any:
         t = time.process_time()
-        total, chunks = self.private.snapshot_chunks()
+        total, chunks = asyncio.run(self.private.snapshot_chunks())
         return [
             self._count(self.pb.GetPrivateSnapshotResponse(chunk=c, total_bytes=total), t) for c in chunks
         ]
@@ -265,7 +296,10 @@ class _Direct:
     def GetPrivateBuckets(self, request: Any, **_: Any) -> Any:
         t = time.process_time()
         return self._count(
-            self.pb.GetPrivateBucketsResponse(buckets=self.private.buckets(list(request.prefixes))), t
+            self.pb.GetPrivateBucketsResponse(
+                buckets=asyncio.run(self.private.buckets(list(request.prefixes)))
+            ),
+            t,
         )
 
 
@@ -281,19 +315,14 @@ def first_sync_figures(
 
     key = OprfKey(1, bytes(32))
     index = PrivateIndex(None, 1, id_pad=id_pad)  # type: ignore[arg-type]
-    rng = np.random.default_rng(7)
-    filler = os.urandom(sealed_size(id_pad))
-    entries: dict[bytes, set[bytes]] = {
-        int(t).to_bytes(5, "big"): {filler}
-        for t in rng.integers(0, TAG_SPACE, size=n - hits, dtype=np.uint64)
-    }
+    entries = _random_entries(n - hits, id_pad)
     hashes = [os.urandom(32) for _ in range(contacts)]
     for i, h in enumerate(hashes[:hits]):
         entry = entry_from_output(key.output_of(h), 1, f"user-{i:06d}", id_pad)
         entries.setdefault(entry.tag, set()).add(entry.sealed)
     index._entries, index.count = entries, sum(len(v) for v in entries.values())
     private = PrivateDiscovery(index, key, None, ALLOW_ALL)  # type: ignore[arg-type]
-    private.params()  # the server builds its snapshot before the client asks
+    asyncio.run(private.params())  # the server builds its snapshot before the client asks
     stub = _Direct(private)
     state = PrivateState()
 
@@ -374,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     count = 200 if args.quick else 1000
     print(json.dumps(oprf_figures(count)), flush=True)
     print(json.dumps(asyncio.run(off_loop_figures(count))), flush=True)
+    print(json.dumps(asyncio.run(snapshot_rebuild_figures(args.sync_size))), flush=True)
     for n in (int(s) for s in args.sizes.split(",") if s):
         print(json.dumps(structure_figures(n)), flush=True)
     return 0

@@ -11,14 +11,24 @@ import grpc
 import pytest
 from grpc import aio
 
+from discovery.api.auth import PRIVATE_SERVICE
 from discovery.app.server import DiscoveryServer
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, DiscoveryClient
 from discovery.client.private import PrivateKeyMismatch, PrivateState
 from discovery.contact_hash import contact_hash
+from discovery.core.hashing import KEY_SIZE
 from discovery.private_scheme import Bucket, ProofError, bucket_size, tag_of
 from discovery.v1 import private_pb2, private_pb2_grpc
 from tests.support.helpers import e164_numbers
-from tests.support.server import StartServer, bucket_level, status_details, user_metadata
+from tests.support.privacy_scan import Needles, find_leaks, scan_tree
+from tests.support.server import (
+    RequestRecorder,
+    StartServer,
+    bucket_level,
+    recorded_port,
+    status_details,
+    user_metadata,
+)
 
 BACKENDS = ["sqlite", "redis", "redis_cluster"]
 
@@ -343,40 +353,37 @@ async def _evaluated(client: AsyncDiscoveryClient, n: int) -> bool:
 async def test_servicers_and_store_see_no_hash_no_key_no_output(
     start_private: Callable[..., Awaitable[DiscoveryServer]], tmp_path: Path
 ) -> None:
-    """Every byte the private-mode servicers receive, and every stored row, holds no h, no 16-byte prefix
-    of h, no directory key and no OPRF output of any contact, matched or not."""
+    """Every byte the private-mode servicers receive (request messages as they arrive, before parsing, and
+    metadata), and every stored byte, holds no h, no 8-byte window of h (so no 16-byte prefix), no directory
+    key and no OPRF output of any contact, matched or not, in any encoding the privacy scanner knows."""
     server = await start_private()
     numbers = e164_numbers(6, seed=49)
     async with AsyncAdminClient(target(server)) as admin:
         await admin.register_user("alice", numbers[0])
-    received: list[bytes] = []
-    private = server.service.private
-    assert private is not None
-    for name in ("evaluate", "delta", "buckets"):
-        original = getattr(private, name)
-
-        def recorder(*args: object, _original: Callable[..., object] = original) -> object:
-            received.extend(a if isinstance(a, bytes) else repr(a).encode() for a in args)
-            return _original(*args)
-
-        setattr(private, name, recorder)
-    async with AsyncDiscoveryClient(target(server), user_id="carol") as client:
-        await until(lambda: _count(server, 1))
+    await until(lambda: _count(server, 1))
+    recorder = RequestRecorder(PRIVATE_SERVICE)
+    async with (
+        recorded_port(server, recorder) as recorded,
+        AsyncDiscoveryClient(recorded, user_id="carol") as client,
+    ):
         result = await client.discover_private(numbers)
+        await client.discover_private(numbers)  # a warm re-sync: a delta, nothing evaluated
         outputs = list(client.private_state.outputs.values())
     assert [m.user_id for m in result.matches] == ["alice"]
-    hashes = [contact_hash(n) for n in numbers]
-    keys = [server.service.directory.keys.directory_key_of(h) for h in hashes]
-    secrets = hashes + [h[:16] for h in hashes] + keys + outputs + [o[:16] for o in outputs]
-    blob = b"".join(received)
-    assert blob and not [s for s in secrets if s in blob]
-    stored = (tmp_path / "data" / "discovery.db").read_bytes()
-    for wal in (tmp_path / "data").glob("discovery.db-wal"):
-        stored += wal.read_bytes()
-    registered = keys[0]  # the standard registry keeps the registered user's own directory key
-    assert not [s for s in secrets if s in stored and s != registered]
-    alice_y = outputs[0]
-    assert tag_of(alice_y) in stored  # what private mode keeps: the tag and the sealed id
+    assert len(outputs) == len(numbers) and len(recorder.received) > 3
+    keys = server.service.directory.keys
+    received = Needles.of(numbers, keys)
+    received.add_secrets(b"".join(outputs), len(outputs[0]))
+    assert find_leaks(b"\0".join(recorder.received), received) == []
+    # At rest: the registry keeps alice's own directory key (the standard mode needs it), nothing else.
+    stored = Needles.of(numbers)
+    stored.add_secrets(keys.directory_keys(b"".join(contact_hash(n) for n in numbers[1:])), KEY_SIZE)
+    stored.add_secrets(b"".join(outputs), len(outputs[0]))
+    assert scan_tree(tmp_path / "data", stored) == {}
+    alice_y = client.private_state.outputs[contact_hash(numbers[0])]
+    assert tag_of(alice_y) in (tmp_path / "data" / "discovery.db").read_bytes() + b"".join(
+        p.read_bytes() for p in (tmp_path / "data").glob("discovery.db-wal")
+    )  # what private mode keeps: the tag and the sealed id
 
 
 async def test_cli_discover_private(

@@ -24,7 +24,7 @@ class PrivateDiscoveryService(pb_grpc.PrivateDiscoveryServiceServicer):
         self, request: pb.GetPrivateParamsRequest, context: aio.ServicerContext
     ) -> pb.GetPrivateParamsResponse:
         current_user_id()
-        p = self._private.params()
+        p = await self._private.params()
         return pb.GetPrivateParamsResponse(
             epoch=p.epoch,
             public_key=p.public_key,
@@ -49,7 +49,7 @@ class PrivateDiscoveryService(pb_grpc.PrivateDiscoveryServiceServicer):
         self, request: pb.GetPrivateSnapshotRequest, context: aio.ServicerContext
     ) -> AsyncIterator[pb.GetPrivateSnapshotResponse]:
         current_user_id()
-        total, chunks = self._private.snapshot_chunks(request.max_chunk_bytes)
+        total, chunks = await self._private.snapshot_chunks(request.max_chunk_bytes)
         for chunk in chunks:
             yield pb.GetPrivateSnapshotResponse(chunk=chunk, total_bytes=total)
 
@@ -76,4 +76,4 @@ class PrivateDiscoveryService(pb_grpc.PrivateDiscoveryServiceServicer):
         self, request: pb.GetPrivateBucketsRequest, context: aio.ServicerContext
     ) -> pb.GetPrivateBucketsResponse:
         current_user_id()
-        return pb.GetPrivateBucketsResponse(buckets=self._private.buckets(list(request.prefixes)))
+        return pb.GetPrivateBucketsResponse(buckets=await self._private.buckets(list(request.prefixes)))
