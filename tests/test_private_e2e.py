@@ -4,6 +4,7 @@ Cluster, driven through the SDK (and raw stubs for bad input)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -410,6 +411,38 @@ async def test_cli_discover_private(
     assert '"user_id": "alice"' in capsys.readouterr().out
     wrong = await asyncio.to_thread(main, ["discover", *common, "--private", "--private-key", "00" * 32])
     assert wrong != 0
+
+
+async def test_cli_watch_joins_private(
+    start_private: Callable[..., Awaitable[DiscoveryServer]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`watch-joins --private` prints a contact that registers after the watch began, as it was entered."""
+    from discovery.cli import main
+
+    server = await start_private()
+    alice, bob = e164_numbers(2, seed=52)
+    contacts = tmp_path / "book.txt"
+    contacts.write_text(f"{alice}\n{bob}\n")
+    private = server.service.private
+    assert private is not None
+    argv = ["watch-joins", "--target", target(server), "--user-id", "carol", "--contacts", str(contacts)]
+    argv += ["--private", "--private-key", private.key.public_key.hex(), "--json", "--max-events", "1"]
+    watcher = asyncio.create_task(asyncio.to_thread(main, argv))
+
+    async def evaluated() -> bool:
+        return watcher.done() or await bucket_level(server, "carol") == 2
+
+    # Once both contacts are evaluated the client holds a snapshot as of its first params call (a young
+    # snapshot is served as built), so bob's registration reaches it as a delta.
+    await until(evaluated, timeout=30.0)
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.register_user("bob", bob)
+    assert await asyncio.wait_for(watcher, 30.0) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    event = json.loads(line)
+    assert (event["entry"], event["user_id"]) == (bob, "bob") and event["cursor"] > 0
 
 
 async def test_nothing_lost_across_sigkill(tmp_path: Path) -> None:
