@@ -359,6 +359,37 @@ def first_sync_figures(
     }
 
 
+def first_sync_options(n: int, hits: int = 300) -> list[dict[str, Any]]:
+    """The first sync's bytes at `n` users for each bucket k (users per prefix) and id_pad, from the real
+    snapshot and bucket layouts; and what general-purpose compression takes off the snapshot."""
+    import lzma
+    import zlib
+
+    rng = np.random.default_rng(n)
+    raw = Snapshot(1, n, np.unique(rng.integers(0, TAG_SPACE, size=n, dtype=np.uint64))).serialize()
+    compressed = {"zlib_9": len(zlib.compress(raw, 9)), "lzma": len(lzma.compress(raw))}
+    rows: list[dict[str, Any]] = []
+    for k in (32, 16, 8):
+        layout = bucket_layout(n, k)
+        for pad in (128, 36, 16):
+            total = len(raw) + hits * bucket_size(layout, pad)
+            rows.append(
+                {
+                    "group": "first_sync_options",
+                    "registered": n,
+                    "bucket_min_users": k,
+                    "mean_users_per_prefix": round(n / (1 << layout.prefix_bits), 1),
+                    "id_pad": pad,
+                    "bucket_bytes": bucket_size(layout, pad),
+                    "first_sync_mb": round(total / 1e6, 2),
+                    "meets_4_mb": total <= 4_000_000,
+                    "snapshot_mb": round(len(raw) / 1e6, 3),
+                    "snapshot_compressed_mb": {name: round(v / 1e6, 3) for name, v in compressed.items()},
+                }
+            )
+    return rows
+
+
 async def registration_figures(batch: int = 10_000) -> dict[str, Any]:
     """What private mode adds to a registration and to ImportUsers: the entries, off the loop."""
     from discovery.core.private_index import PrivateRegistrar
@@ -397,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for pad in (DEFAULT_ID_PAD, 36):
         print(json.dumps(first_sync_figures(args.sync_size, id_pad=pad)), flush=True)
+    for row in first_sync_options(args.sync_size):
+        print(json.dumps(row), flush=True)
     print(json.dumps(asyncio.run(registration_figures())), flush=True)
     if args.only_sync:
         return 0

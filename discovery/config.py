@@ -41,6 +41,7 @@ from discovery.core.options import (
     positive,
 )
 from discovery.core.quota import QuotaPolicy
+from discovery.private_scheme.bucket import MIN_LOAD
 from discovery.private_scheme.derive import DEFAULT_ID_PAD
 
 AUTH_MODES = ("jwt", "dev")
@@ -200,6 +201,12 @@ class PrivateOptions(Options):
         "up to this many users, the private snapshot carries the sealed ids",
         name="private_snapshot_ids_max",
         check=non_negative,
+    )
+    bucket_min_users: int = option(
+        MIN_LOAD,
+        "registered users a bucket prefix stands for, at least, on average (the k-anonymity of a fetch)",
+        name="private_bucket_min_users",
+        check=positive,
     )
 
 

@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from discovery.core.directory import Directory
+from discovery.core.directory import Directory, ImportCandidate
+from discovery.core.errors import InvalidArgument
 from discovery.core.hashing import KeyRing
 from discovery.core.index_sync import IndexSync
-from discovery.core.model import PrivacySettings
+from discovery.core.model import ImportRejectionReason, PrivacySettings
 from discovery.core.private import OffLoopEvaluator, OprfKey
-from discovery.core.private_index import PrivateDiscovery, PrivateIndex
+from discovery.core.private_index import PrivateDiscovery, PrivateIndex, PrivateRegistrar
 from discovery.core.quota import ALLOW_ALL
 from discovery.private_scheme import Snapshot, open_sealed, sealed_size, tag_of
 from tests.support.domain import SECRET, number
@@ -81,3 +82,29 @@ async def test_a_stale_snapshot_is_rebuilt_off_the_loop_once_for_every_caller() 
     assert await first is await second, "one build served both callers"
     assert len(Snapshot.deserialize(await first)) == len(index._entries)
     assert index.snapshot_bytes() is await first, "a fresh snapshot is served as built"
+
+
+async def test_user_ids_longer_than_the_id_pad_are_refused_at_registration() -> None:
+    store = MemoryStore()
+    key = OprfKey.from_secret(SECRET, 1)
+    evaluator = OffLoopEvaluator(kind="thread")
+    sync = IndexSync(store)
+    await sync.load()
+    directory = Directory(
+        store, sync, KeyRing.from_secret(SECRET), private=PrivateRegistrar(key, evaluator, id_pad=8)
+    )
+    try:
+        with pytest.raises(InvalidArgument, match="up to 8 bytes") as refused:
+            await directory.register("longer-than-8", number(1))
+        assert [v.field for v in refused.value.violations] == ["user_id"]
+        report = await directory.import_batch(
+            [ImportCandidate("short", number(2), None), ImportCandidate("longer-than-8", number(3), None)], 0
+        )
+        assert report.imported == 1
+        assert [(r.position, r.reason) for r in report.rejections] == [
+            (1, ImportRejectionReason.INVALID_USER_ID)
+        ]
+        with pytest.raises(InvalidArgument):
+            await directory.change_number("longer-than-8", number(4))
+    finally:
+        evaluator.close()

@@ -144,6 +144,7 @@ def build_private(
         id_pad=options.id_pad,
         jitter=options.jitter_seconds,
         small_directory_max=options.snapshot_ids_max,
+        bucket_min_users=options.bucket_min_users,
     )
     return PrivateDiscovery(index, key, OffLoopEvaluator(), gate)
 

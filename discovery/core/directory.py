@@ -150,7 +150,7 @@ class Directory:
     async def register(
         self, user_id: str, contact_hash: bytes, settings: PrivacySettings | None = None
     ) -> RegisterOutcome:
-        check_user_id(user_id)
+        self._check_new_user_id(user_id)
         check_contact_hash(contact_hash)
         user = NewUser(
             user_id,
@@ -171,7 +171,7 @@ class Directory:
         await self.sync.catch_up()
 
     async def change_number(self, user_id: str, contact_hash: bytes) -> None:
-        check_user_id(user_id)
+        self._check_new_user_id(user_id)
         check_contact_hash(contact_hash)
         await self.store.change_number(
             user_id,
@@ -179,6 +179,18 @@ class Directory:
             await self._private_entry(contact_hash, user_id),
         )
         await self.sync.catch_up()
+
+    def _new_user_id_problem(self, user_id: str) -> str | None:
+        """What is wrong with the id of a user to register (private mode seals ids of a bounded length)."""
+        problem = user_id_problem(user_id)
+        if problem is None and self.private is not None:
+            problem = self.private.id_problem(user_id)
+        return problem
+
+    def _check_new_user_id(self, user_id: str) -> None:
+        problem = self._new_user_id_problem(user_id)
+        if problem is not None:
+            raise InvalidArgument.field("user_id", problem)
 
     async def _private_entry(self, contact_hash: bytes, user_id: str) -> bytes | None:
         if self.private is None:
@@ -200,7 +212,7 @@ class Directory:
         for offset, candidate in enumerate(candidates):
             position = first_position + offset
             reason: ImportRejectionReason | None = None
-            if user_id_problem(candidate.user_id) is not None:
+            if self._new_user_id_problem(candidate.user_id) is not None:
                 reason = ImportRejectionReason.INVALID_USER_ID
             elif contact_hash_problem(candidate.contact_hash) is not None:
                 reason = ImportRejectionReason.INVALID_CONTACT_HASH

@@ -50,6 +50,7 @@ from discovery.private_scheme import (
     Snapshot,
     bucket_layout,
 )
+from discovery.private_scheme.bucket import MIN_LOAD
 from discovery.private_scheme.derive import TAG_BITS, tag_value
 from discovery.private_scheme.tagset import sorted_unique
 
@@ -69,6 +70,12 @@ class PrivateRegistrar:
     key: OprfKey
     evaluator: OffLoopEvaluator
     id_pad: int = DEFAULT_ID_PAD
+
+    def id_problem(self, user_id: str) -> str | None:
+        size = len(user_id.encode("utf-8"))
+        if size > self.id_pad:
+            return f"is {size} bytes; private mode seals ids of up to {self.id_pad} bytes (--private-id-pad)"
+        return None
 
     async def entries(self, contact_hashes: Sequence[bytes], user_ids: Sequence[str]) -> list[bytes]:
         if not user_ids:
@@ -112,6 +119,7 @@ class PrivateIndex:
         id_pad: int = DEFAULT_ID_PAD,
         jitter: float = 0.0,
         small_directory_max: int = SMALL_DIRECTORY_MAX,
+        bucket_min_users: int = MIN_LOAD,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -120,6 +128,7 @@ class PrivateIndex:
         self.id_pad = id_pad
         self.jitter = jitter
         self.small_directory_max = small_directory_max
+        self.bucket_min_users = bucket_min_users
         self._clock = clock
         self._rng = rng
         self._entries: dict[bytes, set[bytes]] = {}
@@ -256,7 +265,7 @@ class PrivateIndex:
         return self.count <= self.small_directory_max
 
     def layout(self) -> BucketLayout:
-        return bucket_layout(self.count, observed_max_load=self._max_load)
+        return bucket_layout(self.count, self.bucket_min_users, self._max_load)
 
     def _fresh_snapshot(self) -> bytes | None:
         """The built snapshot while it may be served (same cursor, or younger than SNAPSHOT_MAX_AGE)."""
@@ -299,7 +308,7 @@ class PrivateIndex:
         """Takes (on the loop) what the snapshot is made of; the function returned builds it in any thread."""
         epoch, cursor, id_pad, ids = self.epoch, self.cursor, self.id_pad, self.with_sealed_ids
         entries, recent, taken = self._entries, frozenset(self._recent_tags), self._clock()
-        bits = bucket_layout(self.count).prefix_bits
+        bits = bucket_layout(self.count, self.bucket_min_users).prefix_bits
         # A small directory's pairs are few; a large one's snapshot needs only the tags (the keys).
         pairs = [(tag, sealed) for tag, found in entries.items() for sealed in found] if ids else None
 
