@@ -263,21 +263,9 @@ class _Direct:
 
     def GetPrivateParams(self, request: Any, **_: Any) -> Any:
         t = time.process_time()
-        p = asyncio.run(self.private.params())
-        return self._count(
-            self.pb.GetPrivateParamsResponse(
-                epoch=p.epoch,
-                public_key=p.public_key,
-                suite=p.suite,
-                prefix_bits=p.layout.prefix_bits,
-                bucket_capacity=p.layout.capacity,
-                id_pad=p.id_pad,
-                snapshot_has_sealed_ids=p.with_sealed_ids,
-                max_blinded_per_request=p.max_blinded,
-                cursor=p.cursor,
-            ),
-            t,
-        )
+        from discovery.api.private_service import params_response
+
+        return self._count(params_response(asyncio.run(self.private.params())), t)
 
     def EvaluateBlinded(self, request: Any, **_: Any) -> Any:
         t = time.process_time()

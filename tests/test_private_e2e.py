@@ -387,6 +387,15 @@ async def test_servicers_and_store_see_no_hash_no_key_no_output(
     )  # what private mode keeps: the tag and the sealed id
 
 
+def cli_args(server: DiscoveryServer, book: Path, numbers: list[str]) -> list[str]:
+    """Carol's CLI arguments in private mode (the server's key pinned), with ``numbers`` in ``book``."""
+    book.write_text("".join(f"{n}\n" for n in numbers))
+    private = server.service.private
+    assert private is not None
+    pinned = ["--private", "--private-key", private.key.public_key.hex()]
+    return ["--target", target(server), "--user-id", "carol", "--json", "--contacts", str(book), *pinned]
+
+
 async def test_cli_discover_private(
     start_private: Callable[..., Awaitable[DiscoveryServer]],
     tmp_path: Path,
@@ -399,17 +408,10 @@ async def test_cli_discover_private(
     async with AsyncAdminClient(target(server)) as admin:
         await admin.register_user("alice", alice)
     await until(lambda: _count(server, 1))
-    contacts = tmp_path / "book.txt"
-    contacts.write_text(f"{alice}\n{bob}\n")
-    private = server.service.private
-    assert private is not None
-    common = ["--target", target(server), "--user-id", "carol", "--json", "--contacts", str(contacts)]
-    code = await asyncio.to_thread(
-        main, ["discover", *common, "--private", "--private-key", private.key.public_key.hex()]
-    )
-    assert code == 0
+    args = cli_args(server, tmp_path / "book.txt", [alice, bob])
+    assert await asyncio.to_thread(main, ["discover", *args]) == 0
     assert '"user_id": "alice"' in capsys.readouterr().out
-    wrong = await asyncio.to_thread(main, ["discover", *common, "--private", "--private-key", "00" * 32])
+    wrong = await asyncio.to_thread(main, ["discover", *args, "--private-key", "00" * 32])
     assert wrong != 0
 
 
@@ -423,12 +425,7 @@ async def test_cli_watch_joins_private(
 
     server = await start_private()
     alice, bob = e164_numbers(2, seed=52)
-    contacts = tmp_path / "book.txt"
-    contacts.write_text(f"{alice}\n{bob}\n")
-    private = server.service.private
-    assert private is not None
-    argv = ["watch-joins", "--target", target(server), "--user-id", "carol", "--contacts", str(contacts)]
-    argv += ["--private", "--private-key", private.key.public_key.hex(), "--json", "--max-events", "1"]
+    argv = ["watch-joins", *cli_args(server, tmp_path / "book.txt", [alice, bob]), "--max-events", "1"]
     watcher = asyncio.create_task(asyncio.to_thread(main, argv))
 
     async def evaluated() -> bool:

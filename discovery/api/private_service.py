@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from grpc import aio
 
 from discovery.api.auth import current_user_id
-from discovery.core.private_index import PrivateDiscovery
+from discovery.core.private_index import PrivateDiscovery, PrivateParams
 from discovery.v1 import private_pb2 as pb
 from discovery.v1 import private_pb2_grpc as pb_grpc
 
@@ -24,18 +24,7 @@ class PrivateDiscoveryService(pb_grpc.PrivateDiscoveryServiceServicer):
         self, request: pb.GetPrivateParamsRequest, context: aio.ServicerContext
     ) -> pb.GetPrivateParamsResponse:
         current_user_id()
-        p = await self._private.params()
-        return pb.GetPrivateParamsResponse(
-            epoch=p.epoch,
-            public_key=p.public_key,
-            suite=p.suite,
-            prefix_bits=p.layout.prefix_bits,
-            bucket_capacity=p.layout.capacity,
-            id_pad=p.id_pad,
-            snapshot_has_sealed_ids=p.with_sealed_ids,
-            max_blinded_per_request=p.max_blinded,
-            cursor=p.cursor,
-        )
+        return params_response(await self._private.params())
 
     async def EvaluateBlinded(
         self, request: pb.EvaluateBlindedRequest, context: aio.ServicerContext
@@ -77,3 +66,17 @@ class PrivateDiscoveryService(pb_grpc.PrivateDiscoveryServiceServicer):
     ) -> pb.GetPrivateBucketsResponse:
         current_user_id()
         return pb.GetPrivateBucketsResponse(buckets=await self._private.buckets(list(request.prefixes)))
+
+
+def params_response(p: PrivateParams) -> pb.GetPrivateParamsResponse:
+    return pb.GetPrivateParamsResponse(
+        epoch=p.epoch,
+        public_key=p.public_key,
+        suite=p.suite,
+        prefix_bits=p.layout.prefix_bits,
+        bucket_capacity=p.layout.capacity,
+        id_pad=p.id_pad,
+        snapshot_has_sealed_ids=p.with_sealed_ids,
+        max_blinded_per_request=p.max_blinded,
+        cursor=p.cursor,
+    )
