@@ -11,7 +11,11 @@ One line per figure group:
 - ``structure`` (per size): the Elias-Fano snapshot of 40-bit tags (the chosen structure) next to a binary
   fuse filter (pyfusefilter Fuse16): bytes per registered user, build time, client decode and lookup cost of
   1,000 contacts, false-positive rate; delta bytes per registration; the bucket layout and response size;
-  the first sync of 1,000 contacts with 300 registered (snapshot + one bucket per hit).
+  the first sync of 1,000 contacts with 300 registered (snapshot + one bucket per hit);
+- ``first_sync``: the SDK's private-mode plan run against the server's domain in this process with
+  ``--sync-size`` registered users: bytes downloaded (goal <= 4 MB), client CPU (goal <= 1 s), and the
+  evaluations of a warm re-sync (goal 0);
+- ``registration``: the private-mode entries of an import batch and of one registration, in the worker pool.
 """
 
 from __future__ import annotations
@@ -136,6 +140,37 @@ async def off_loop_figures(count: int) -> dict[str, Any]:
     return out
 
 
+async def snapshot_rebuild_figures(n: int) -> dict[str, Any]:
+    """A stale snapshot of `n` users rebuilt: on the loop (before) and in a worker thread (the server)."""
+    from discovery.core.private_index import PrivateIndex
+
+    index = PrivateIndex(None, 1)  # type: ignore[arg-type]
+    index._entries = _random_entries(n, DEFAULT_ID_PAD)
+    index.count = n
+    out: dict[str, Any] = {"group": "snapshot_rebuild", "registered": n}
+
+    async def inline() -> None:
+        index._snapshot = None
+        index.snapshot_bytes()
+
+    async def threaded() -> None:
+        await index.rebuild()
+
+    out["ticker_max_gap_ms_inline"] = await _max_gap(inline)
+    out["ticker_max_gap_ms_thread"] = await _max_gap(threaded)
+    out["rebuild_wall_ms_thread"] = round(
+        1000 * statistics.median([await _timed(threaded) for _ in range(3)]), 1
+    )
+    return out
+
+
+def _random_entries(n: int, id_pad: int) -> dict[bytes, set[bytes]]:
+    """`n` registered users' entries with random tags (one shared filler sealed id)."""
+    rng = np.random.default_rng(7)
+    filler = os.urandom(sealed_size(id_pad))
+    return {int(t).to_bytes(5, "big"): {filler} for t in rng.integers(0, TAG_SPACE, size=n, dtype=np.uint64)}
+
+
 async def _timed(run: Callable[[], Any]) -> float:
     start = time.perf_counter()
     await run()
@@ -213,16 +248,183 @@ def fuse_figures(
     }
 
 
+class _Direct:
+    """A PrivateDiscoveryService stub that calls the domain in this process and counts response bytes."""
+
+    def __init__(self, private: Any) -> None:
+        from discovery.v1 import private_pb2 as pb
+
+        self.pb, self.private, self.downloaded, self.server_s = pb, private, 0, 0.0
+
+    def _count(self, message: Any, started: float) -> Any:
+        self.downloaded += message.ByteSize()
+        self.server_s += time.process_time() - started
+        return message
+
+    def GetPrivateParams(self, request: Any, **_: Any) -> Any:
+        t = time.process_time()
+        from discovery.api.private_service import params_response
+
+        return self._count(params_response(asyncio.run(self.private.params())), t)
+
+    def EvaluateBlinded(self, request: Any, **_: Any) -> Any:
+        t = time.process_time()
+        evaluated, proof = evaluate_blinded(self.private.key, request.blinded_elements)
+        return self._count(
+            self.pb.EvaluateBlindedResponse(evaluated_elements=evaluated, proof=proof, epoch=1), t
+        )
+
+    def GetPrivateSnapshot(self, request: Any, **_: Any) -> Any:
+        t = time.process_time()
+        total, chunks = asyncio.run(self.private.snapshot_chunks())
+        return [
+            self._count(self.pb.GetPrivateSnapshotResponse(chunk=c, total_bytes=total), t) for c in chunks
+        ]
+
+    def GetPrivateBuckets(self, request: Any, **_: Any) -> Any:
+        t = time.process_time()
+        return self._count(
+            self.pb.GetPrivateBucketsResponse(
+                buckets=asyncio.run(self.private.buckets(list(request.prefixes)))
+            ),
+            t,
+        )
+
+
+def first_sync_figures(
+    n: int, contacts: int = 1000, hits: int = 300, id_pad: int = DEFAULT_ID_PAD
+) -> dict[str, Any]:
+    """The SDK plan in private mode against `n` registered users: bytes, client CPU, warm re-sync."""
+    from discovery.client import _calls
+    from discovery.client.private import PrivateState
+    from discovery.core.private_index import PrivateDiscovery, PrivateIndex
+    from discovery.core.quota import ALLOW_ALL
+    from discovery.private_scheme import tag_of
+
+    key = OprfKey(1, bytes(32))
+    index = PrivateIndex(None, 1, id_pad=id_pad)  # type: ignore[arg-type]
+    entries = _random_entries(n - hits, id_pad)
+    hashes = [os.urandom(32) for _ in range(contacts)]
+    for i, h in enumerate(hashes[:hits]):
+        entry = entry_from_output(key.output_of(h), 1, f"user-{i:06d}", id_pad)
+        entries.setdefault(entry.tag, set()).add(entry.sealed)
+    index._entries, index.count = entries, sum(len(v) for v in entries.values())
+    private = PrivateDiscovery(index, key, None, ALLOW_ALL)  # type: ignore[arg-type]
+    asyncio.run(private.params())  # the server builds its snapshot before the client asks
+    stub = _Direct(private)
+    state = PrivateState()
+
+    def run() -> list[tuple[int, str]]:
+        plan = _calls.private_discover_hashes(stub, state, hashes)  # type: ignore[arg-type]
+        step = _calls.start(plan)
+        while isinstance(step, _calls.Call):
+            response = step.method(step.request)
+            step = _calls.resume(plan, response)
+        return step.value
+
+    started = time.process_time()
+    matches = run()
+    total = time.process_time() - started
+    first_bytes, first_evaluations = stub.downloaded, state.evaluations
+    client_s = total - stub.server_s
+    stub.downloaded = 0
+    warm = run()
+    assert len(matches) == hits and warm == matches, (len(matches), hits)
+    return {
+        "group": "first_sync",
+        "registered": n,
+        "contacts": contacts,
+        "registered_contacts": hits,
+        "id_pad": id_pad,
+        "downloaded_mb": round(first_bytes / 1e6, 2),
+        "goal_downloaded_mb": 4.0,
+        "client_cpu_s": round(client_s, 3),
+        "goal_client_cpu_s": 1.0,
+        "evaluations_first": first_evaluations,
+        "evaluations_warm": state.evaluations - first_evaluations,
+        "warm_downloaded_kb": round(stub.downloaded / 1e3, 1),
+        "tags_matched": sum(1 for h in hashes[:hits] if tag_of(state.outputs[h])),
+    }
+
+
+def first_sync_options(n: int, hits: int = 300) -> list[dict[str, Any]]:
+    """The first sync's bytes at `n` users for each bucket k (users per prefix) and id_pad, from the real
+    snapshot and bucket layouts; and what general-purpose compression takes off the snapshot."""
+    import lzma
+    import zlib
+
+    rng = np.random.default_rng(n)
+    raw = Snapshot(1, n, np.unique(rng.integers(0, TAG_SPACE, size=n, dtype=np.uint64))).serialize()
+    compressed = {"zlib_9": len(zlib.compress(raw, 9)), "lzma": len(lzma.compress(raw))}
+    rows: list[dict[str, Any]] = []
+    for k in (32, 16, 8):
+        layout = bucket_layout(n, k)
+        for pad in (128, 36, 16):
+            total = len(raw) + hits * bucket_size(layout, pad)
+            rows.append(
+                {
+                    "group": "first_sync_options",
+                    "registered": n,
+                    "bucket_min_users": k,
+                    "mean_users_per_prefix": round(n / (1 << layout.prefix_bits), 1),
+                    "id_pad": pad,
+                    "bucket_bytes": bucket_size(layout, pad),
+                    "first_sync_mb": round(total / 1e6, 2),
+                    "meets_4_mb": total <= 4_000_000,
+                    "snapshot_mb": round(len(raw) / 1e6, 3),
+                    "snapshot_compressed_mb": {name: round(v / 1e6, 3) for name, v in compressed.items()},
+                }
+            )
+    return rows
+
+
+async def registration_figures(batch: int = 10_000) -> dict[str, Any]:
+    """What private mode adds to a registration and to ImportUsers: the entries, off the loop."""
+    from discovery.core.private_index import PrivateRegistrar
+
+    evaluator = OffLoopEvaluator()
+    key = OprfKey(1, bytes(32))
+    await evaluator.start(key)
+    registrar = PrivateRegistrar(key, evaluator)
+    hashes = [os.urandom(32) for _ in range(batch)]
+    ids = [f"user-{i:08d}" for i in range(batch)]
+    start = time.perf_counter()
+    await registrar.entries(hashes, ids)
+    bulk = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(200):
+        await registrar.entries(hashes[i : i + 1], ids[i : i + 1])
+    single = (time.perf_counter() - start) / 200
+    evaluator.close()
+    return {
+        "group": "registration",
+        "import_entries_per_s": round(batch / bulk),
+        "register_entry_ms": round(single * 1000, 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.private_mode", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--sizes", default="100000,1000000,10000000", help="registered users, comma-separated"
     )
     parser.add_argument("--quick", action="store_true", help="200 evaluations instead of 1,000")
+    parser.add_argument("--sync-size", type=int, default=1_000_000, help="registered users of the first sync")
+    parser.add_argument(
+        "--only-sync", action="store_true", help="only the first_sync and registration groups"
+    )
     args = parser.parse_args(argv)
+    for pad in (DEFAULT_ID_PAD, 36):
+        print(json.dumps(first_sync_figures(args.sync_size, id_pad=pad)), flush=True)
+    for row in first_sync_options(args.sync_size):
+        print(json.dumps(row), flush=True)
+    print(json.dumps(asyncio.run(registration_figures())), flush=True)
+    if args.only_sync:
+        return 0
     count = 200 if args.quick else 1000
     print(json.dumps(oprf_figures(count)), flush=True)
     print(json.dumps(asyncio.run(off_loop_figures(count))), flush=True)
+    print(json.dumps(asyncio.run(snapshot_rebuild_figures(args.sync_size))), flush=True)
     for n in (int(s) for s in args.sizes.split(",") if s):
         print(json.dumps(structure_figures(n)), flush=True)
     return 0

@@ -41,6 +41,8 @@ from discovery.core.options import (
     positive,
 )
 from discovery.core.quota import QuotaPolicy
+from discovery.private_scheme.bucket import MIN_LOAD
+from discovery.private_scheme.derive import DEFAULT_ID_PAD
 
 AUTH_MODES = ("jwt", "dev")
 SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -174,6 +176,41 @@ class TracingOptions(Options):
 
 
 @dataclass(frozen=True, slots=True)
+class PrivateOptions(Options):
+    """Private discovery mode (docs/private-mode.md): off unless turned on."""
+
+    enabled: bool = option(
+        False,
+        "serve PrivateDiscoveryService and keep each registered user's private entry",
+        name="private_mode",
+    )
+    jitter_seconds: float = option(
+        30.0,
+        "release private-mode changes after a random delay of up to this",
+        name="private_jitter_seconds",
+        check=non_negative,
+    )
+    id_pad: int = option(
+        DEFAULT_ID_PAD,
+        "the padded length of a user id in a sealed id (1 to 255 bytes)",
+        name="private_id_pad",
+        check=between(1, 255),
+    )
+    snapshot_ids_max: int = option(
+        16_384,
+        "up to this many users, the private snapshot carries the sealed ids",
+        name="private_snapshot_ids_max",
+        check=non_negative,
+    )
+    bucket_min_users: int = option(
+        MIN_LOAD,
+        "registered users a bucket prefix stands for, at least, on average (the k-anonymity of a fetch)",
+        name="private_bucket_min_users",
+        check=positive,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig(Options):
     """The whole configuration: where state lives, then one group per capability."""
 
@@ -196,6 +233,7 @@ class ServerConfig(Options):
     quota: QuotaPolicy = field(default_factory=QuotaPolicy)
     ops: OpsOptions = field(default_factory=OpsOptions)
     tracing: TracingOptions = field(default_factory=TracingOptions)
+    private: PrivateOptions = field(default_factory=PrivateOptions)
 
     @classmethod
     def from_options(cls, **values: Any) -> ServerConfig:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from discovery.core.errors import InvalidArgument, QuotaExceeded
+from discovery.core.model import BucketCharge, QuotaCharge
 from discovery.core.quota import QuotaPolicy
 from tests.support.domain import Domain, build_domain, packed
 
@@ -115,3 +118,23 @@ async def test_no_contact_quota_means_no_token_and_no_charge() -> None:
     d = await build_domain(quota=QuotaPolicy(capacity=0, **NO_RATE))
     match = await d.directory.discover("alice", packed(*range(50)))
     assert match.token == b"" and d.store.data.buckets == {}
+
+
+async def test_private_mode_charges_the_rate_and_every_element_in_one_round_trip() -> None:
+    policy = QuotaPolicy(capacity=10, refill_per_hour=0, rate_burst=2, rate_per_minute=60.0)
+    d = await build_domain(quota=policy)
+    calls: list[list[str]] = []
+    charge = d.store.charge
+
+    async def counted(charges: Sequence[BucketCharge], now: float) -> list[QuotaCharge]:
+        calls.append([c.bucket for c in charges])
+        return await charge(charges, now)
+
+    d.store.charge = counted  # type: ignore[method-assign]
+    await d.gate.charge_count("alice", 4)
+    assert calls == [["requests:alice", "contacts:alice"]] and contacts_level(d) == 4
+    with pytest.raises(QuotaExceeded, match="new contacts"):
+        await d.gate.charge_count("alice", 7)
+    with pytest.raises(QuotaExceeded, match="too many Discover requests"):
+        await d.gate.charge_count("alice", 1)
+    assert contacts_level(d) == 4 and len(calls) == 3

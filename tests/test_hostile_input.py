@@ -58,7 +58,12 @@ class Target:
 @pytest.fixture
 async def target(start_server: StartServer) -> AsyncIterator[Target]:
     server = await start_server(
-        auth="jwt", max_receive_message_bytes=MAX_RECEIVE, max_hashes_per_request=100, rate_limit_burst=0
+        auth="jwt",
+        max_receive_message_bytes=MAX_RECEIVE,
+        max_hashes_per_request=100,
+        rate_limit_burst=0,
+        private_mode=True,
+        private_jitter_seconds=0.0,
     )
     async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         target = Target(server, channel, as_user(server, "fuzzer"), as_backend(server))

@@ -4,7 +4,6 @@ rate per user; both atomic in the store and shared by every instance."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,12 +17,11 @@ from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, DiscoverSta
 from discovery.core.errors import InvalidArgument
 from discovery.core.hashing import KeyRing
 from discovery.core.keyset import sort_keys
-from discovery.core.model import BucketCharge
 from discovery.core.quota import TOKEN_SIZE, SetTokens, count_new
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.support.helpers import e164_numbers, hashes
-from tests.support.server import StartServer, status_details, user_metadata
+from tests.support.server import StartServer, bucket_level, status_details, user_metadata
 
 NUMBERS = e164_numbers(400, seed=11)
 H = hashes(NUMBERS)
@@ -31,13 +29,6 @@ H = hashes(NUMBERS)
 
 def packed(items: list[bytes]) -> bytes:
     return b"".join(items)
-
-
-async def level(server: DiscoveryServer, user: str, bucket: str = "contacts") -> float:
-    """The bucket's level now; a zero-cost charge changes nothing."""
-    assert server.store is not None
-    (outcome,) = await server.store.charge([BucketCharge(f"{bucket}:{user}", 0, 1e12, 0.0)], time.time())
-    return outcome.level
 
 
 async def expect(call: object, code: grpc.StatusCode) -> list[object]:
@@ -69,7 +60,7 @@ async def test_only_new_contacts_are_charged(
 ) -> None:
     me = user_metadata("u")
     first = await client.Discover(pb.DiscoverRequest(contact_hashes=packed(H[:60])), metadata=me)
-    assert len(first.token) == TOKEN_SIZE and await level(quota_server, "u") == 60
+    assert len(first.token) == TOKEN_SIZE and await bucket_level(quota_server, "u") == 60
     # The same set again, proven by the token: free. In another order too.
     again = await client.Discover(
         pb.DiscoverRequest(
@@ -79,7 +70,7 @@ async def test_only_new_contacts_are_charged(
         ),
         metadata=me,
     )
-    assert await level(quota_server, "u") == 60
+    assert await bucket_level(quota_server, "u") == 60
     # 20 removed, 40 added: only the 40 are charged.
     grown = await client.Discover(
         pb.DiscoverRequest(
@@ -89,7 +80,7 @@ async def test_only_new_contacts_are_charged(
         ),
         metadata=me,
     )
-    assert await level(quota_server, "u") == 100
+    assert await bucket_level(quota_server, "u") == 100
     # Without the token the same request pays in full, and the bucket is full.
     details = await expect(
         client.Discover(pb.DiscoverRequest(contact_hashes=packed(H[20:100])), metadata=me),
@@ -109,8 +100,8 @@ async def test_only_new_contacts_are_charged(
         ),
         metadata=me,
     )
-    assert await level(quota_server, "u") == 100
-    assert await level(quota_server, "someone else") == 0
+    assert await bucket_level(quota_server, "u") == 100
+    assert await bucket_level(quota_server, "someone else") == 0
 
 
 async def test_a_wrong_token_is_invalid_and_charges_nothing(
@@ -147,7 +138,7 @@ async def test_a_wrong_token_is_invalid_and_charges_nothing(
             grpc.StatusCode.INVALID_ARGUMENT,
         )
         assert violations(details) == [field]
-    assert await level(quota_server, "u") == 10
+    assert await bucket_level(quota_server, "u") == 10
 
 
 def test_tokens_expire_and_bind_the_caller() -> None:
@@ -207,7 +198,7 @@ async def test_over_quota_details_and_nothing_revealed(start_server: StartServer
         # 40 + 20 - 50 = 10 contacts over, at one per second.
         assert 5 < retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9 <= 10
         # The rejected request was not charged, and its match was not revealed anywhere.
-        assert 39 < await level(server, "u") <= 40
+        assert 39 < await bucket_level(server, "u") <= 40
         assert "target" not in (error.details() or "") and "target" not in str(error.trailing_metadata())
     async with AsyncDiscoveryClient(f"127.0.0.1:{server.port}", user_id="u") as sdk:
         with pytest.raises(DiscoveryError) as sdk_info:
@@ -240,7 +231,7 @@ async def test_concurrent_requests_never_exceed_the_bucket(start_server: StartSe
         for ch in channels:
             await ch.close()
     assert sum(outcomes) == 10
-    assert await level(first, "racer") == 500
+    assert await bucket_level(first, "racer") == 500
 
 
 async def test_request_rate_limit(start_server: StartServer) -> None:
@@ -260,7 +251,7 @@ async def test_request_rate_limit(start_server: StartServer) -> None:
             client.Discover(pb.DiscoverRequest(contact_hashes=b"x"), metadata=user_metadata("flood")),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
-        assert await level(server, "flood", "requests") == pytest.approx(1, abs=0.01)
+        assert await bucket_level(server, "flood", "requests") == pytest.approx(1, abs=0.01)
         await client.Discover(pb.DiscoverRequest(), metadata=user_metadata("calm"))
 
 
@@ -274,16 +265,16 @@ async def test_sdk_resync_of_an_unchanged_book_costs_nothing(
     async with AsyncDiscoveryClient(target, user_id="u", max_per_request=40) as client:
         first = await client.discover(book)
         assert [m.user_id for m in first.matches] == ["friend"]
-        assert await level(quota_server, "u") == 90
+        assert await bucket_level(quota_server, "u") == 90
         assert len(client.discover_state) == 3
         # Daily re-sync, unchanged book in another order: free, same answer.
         again = await client.discover(book[::-1])
         assert [m.e164 for m in again.matches] == [book[17]]
-        assert await level(quota_server, "u") == 90
+        assert await bucket_level(quota_server, "u") == 90
         # Two contacts removed, four added: the four are charged.
         changed = [n for n in book if n not in (book[3], book[50])] + NUMBERS[200:204]
         await client.discover(changed)
-        assert await level(quota_server, "u") == 94
+        assert await bucket_level(quota_server, "u") == 94
         saved = client.discover_state.to_bytes()
     # The state survives a restart of the app.
     (tmp_path / "state").write_bytes(saved)
@@ -291,7 +282,7 @@ async def test_sdk_resync_of_an_unchanged_book_costs_nothing(
         client.discover_state = DiscoverState.from_bytes((tmp_path / "state").read_bytes())
         result = await client.discover(changed)
         assert [m.user_id for m in result.matches] == ["friend"]
-        assert await level(quota_server, "u") == 94
+        assert await bucket_level(quota_server, "u") == 94
 
 
 async def test_sdk_recovers_from_a_refused_token(start_server: StartServer) -> None:
@@ -304,9 +295,9 @@ async def test_sdk_recovers_from_a_refused_token(start_server: StartServer) -> N
         client.discover_state = DiscoverState.from_bytes(bytes(tampered))
         await client.discover_hashes(H[:50])
         # The first chunk was free; the second paid once more for its 20 contacts.
-        assert await level(server, "u") == 70
+        assert await bucket_level(server, "u") == 70
         await client.discover_hashes(H[:50])
-        assert await level(server, "u") == 70
+        assert await bucket_level(server, "u") == 70
 
 
 def test_saved_state_round_trip_and_rejects_garbage() -> None:

@@ -15,12 +15,14 @@ from typing import Protocol
 
 from discovery.core.errors import PermissionDenied, Reason, Unauthenticated
 from discovery.core.validation import user_id_problem
-from discovery.v1 import discovery_pb2, joins_pb2
+from discovery.v1 import discovery_pb2, joins_pb2, private_pb2
 
 CLIENT_SERVICE = discovery_pb2.DESCRIPTOR.services_by_name["DiscoveryService"].full_name
 ADMIN_SERVICE = discovery_pb2.DESCRIPTOR.services_by_name["DirectoryAdminService"].full_name
 JOIN_SERVICE = joins_pb2.DESCRIPTOR.services_by_name["JoinNotificationService"].full_name
-#: Every service of the API; health and reflection are outside it.
+PRIVATE_SERVICE = private_pb2.DESCRIPTOR.services_by_name["PrivateDiscoveryService"].full_name
+#: Every service of the API; health and reflection are outside it. PRIVATE_SERVICE is served too
+#: with private mode on.
 API_SERVICES = (CLIENT_SERVICE, ADMIN_SERVICE, JOIN_SERVICE)
 _PACKAGE_PREFIX = discovery_pb2.DESCRIPTOR.package + "."
 DEV_USER_ID_HEADER = "x-discovery-user-id"

@@ -16,7 +16,7 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2
 
-from discovery.api.auth import API_SERVICES, Authenticator
+from discovery.api.auth import Authenticator
 from discovery.app.credentials import is_loopback
 from discovery.app.wiring import Service, build
 from discovery.config import ServerConfig
@@ -44,6 +44,7 @@ class DiscoveryServer:
         self._metrics_http: Any = None
         self._running = False
         self._follow_task: asyncio.Task[None] | None = None
+        self._private_task: asyncio.Task[None] | None = None
         self._monitor_task: asyncio.Task[None] | None = None
         self._stop_follow = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -93,6 +94,12 @@ class DiscoveryServer:
         )
         await service.sync.load()
         self._follow_task = asyncio.create_task(service.sync.follow(self._stop_follow), name="index-follow")
+        if service.private is not None:
+            await service.private.evaluator.start(service.private.key)
+            await service.private.index.load()
+            self._private_task = asyncio.create_task(
+                service.private.index.follow(self._stop_follow), name="private-follow"
+            )
         service.joins.start()
         self._watch_gauges(service)
         if config.ops.metrics_listen:
@@ -164,7 +171,7 @@ class DiscoveryServer:
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", *API_SERVICES):
+        for name in ("", *self.service.services):
             await self.service.health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -184,9 +191,14 @@ class DiscoveryServer:
         await service.health.enter_graceful_shutdown()
         service.joins.end_streams()  # join streams never end by themselves; clients resume
         service.health.end_watches()  # Watch streams got NOT_SERVING; they must not hold the drain
+        if service.private is not None:
+            service.private.index.end_streams()
         await service.grpc_server.stop(grace)
         self._stop_follow.set()
         await _cancel(self._follow_task)
+        await _cancel(self._private_task)
+        if service.private is not None:
+            service.private.evaluator.close()
         await service.joins.close()
         await service.store.close()
         if self._metrics_http is not None:

@@ -15,23 +15,30 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from discovery.api.admin_service import DirectoryAdminService
-from discovery.api.auth import API_SERVICES, Authenticator
+from discovery.api.auth import API_SERVICES, PRIVATE_SERVICE, Authenticator
 from discovery.api.discovery_service import DiscoveryService
 from discovery.api.health import HealthServicer
 from discovery.api.interceptor import CallInterceptor
 from discovery.api.joins_service import JoinNotificationService
+from discovery.api.private_service import PrivateDiscoveryService
 from discovery.app.credentials import build_authenticator, server_credentials, server_secret
-from discovery.config import NetworkOptions, ServerConfig
+from discovery.config import NetworkOptions, PrivateOptions, ServerConfig
 from discovery.core.directory import Directory
 from discovery.core.hashing import KeyRing
 from discovery.core.index_sync import IndexSync
 from discovery.core.joins import Joins
+from discovery.core.private import OffLoopEvaluator, OprfKey
+from discovery.core.private_index import PrivateDiscovery, PrivateIndex
 from discovery.core.quota import DiscoverGate, Gate
 from discovery.metrics import Metrics
 from discovery.store import Store, open_store
 from discovery.store.timed import timed_store
 from discovery.tracing import Tracing
-from discovery.v1 import discovery_pb2_grpc, joins_pb2_grpc
+from discovery.v1 import discovery_pb2_grpc, joins_pb2_grpc, private_pb2_grpc
+
+#: The key epoch of private mode. A new epoch is a new key: every entry must then be computed again, from
+#: the contact hashes that only registration and ImportUsers carry (docs/private-mode.md, "Key epochs").
+PRIVATE_EPOCH = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +55,10 @@ class Service:
     health: HealthServicer
     grpc_server: aio.Server
     tls: bool
+    #: Private discovery mode, when the config turns it on.
+    private: PrivateDiscovery | None
+    #: The API services served (health reports each of them).
+    services: tuple[str, ...]
     #: Adds the configured port (TLS or plaintext) to ``grpc_server``; returns it (0: failed).
     bind: Callable[[], int]
 
@@ -58,7 +69,8 @@ async def build(
     """Build the service of ``config``; ``authenticator`` overrides the configured one (tests),
     ``tracing`` traces RPCs and store calls (off when None)."""
     tracing = tracing or Tracing()
-    keys = KeyRing.from_secret(server_secret(config))
+    secret = server_secret(config)
+    keys = KeyRing.from_secret(secret)
     authenticator = authenticator or build_authenticator(config)
     credentials = server_credentials(config.tls)
     metrics = Metrics()
@@ -75,8 +87,16 @@ async def build(
     sync = IndexSync(store)
     joins = Joins(store, keys, config.joins)
     gate = DiscoverGate(store, keys, config.quota, config.limits.max_hashes_per_request)
+    private = build_private(config.private, store, secret, gate)
     directory = Directory(
-        store, sync, keys, limits=config.limits, default_settings=config.defaults, gate=gate, joins=joins
+        store,
+        sync,
+        keys,
+        limits=config.limits,
+        default_settings=config.defaults,
+        gate=gate,
+        joins=joins,
+        private=None if private is None else private.registrar(),
     )
     health = HealthServicer()
     server = aio.server(
@@ -87,29 +107,70 @@ async def build(
         ],
         options=grpc_options(config.network, config.joins.max_subscribers),
     )
-    add_servicers(server, directory, joins, metrics, health)
+    add_servicers(server, directory, joins, metrics, health, private)
 
     def bind() -> int:
         if credentials is not None:
             return int(server.add_secure_port(config.network.listen, credentials))
         return int(server.add_insecure_port(config.network.listen))
 
+    services = API_SERVICES if private is None else (*API_SERVICES, PRIVATE_SERVICE)
     return Service(
-        config, store, sync, joins, directory, gate, metrics, health, server, credentials is not None, bind
+        config,
+        store,
+        sync,
+        joins,
+        directory,
+        gate,
+        metrics,
+        health,
+        server,
+        credentials is not None,
+        private,
+        services,
+        bind,
     )
 
 
+def build_private(
+    options: PrivateOptions, store: Store, secret: bytes, gate: Gate
+) -> PrivateDiscovery | None:
+    if not options.enabled:
+        return None
+    key = OprfKey.from_secret(secret, PRIVATE_EPOCH)
+    index = PrivateIndex(
+        store,
+        key.epoch,
+        id_pad=options.id_pad,
+        jitter=options.jitter_seconds,
+        small_directory_max=options.snapshot_ids_max,
+        bucket_min_users=options.bucket_min_users,
+    )
+    return PrivateDiscovery(index, key, OffLoopEvaluator(), gate)
+
+
 def add_servicers(
-    server: aio.Server, directory: Directory, joins: Joins, metrics: Metrics, health: HealthServicer
+    server: aio.Server,
+    directory: Directory,
+    joins: Joins,
+    metrics: Metrics,
+    health: HealthServicer,
+    private: PrivateDiscovery | None = None,
 ) -> None:
     discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(DiscoveryService(directory, metrics), server)
     discovery_pb2_grpc.add_DirectoryAdminServiceServicer_to_server(DirectoryAdminService(directory), server)
     joins_pb2_grpc.add_JoinNotificationServiceServicer_to_server(
         JoinNotificationService(joins, metrics), server
     )
+    services = list(API_SERVICES)
+    if private is not None:
+        private_pb2_grpc.add_PrivateDiscoveryServiceServicer_to_server(
+            PrivateDiscoveryService(private), server
+        )
+        services.append(PRIVATE_SERVICE)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        [*API_SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
 

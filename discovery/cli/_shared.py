@@ -23,6 +23,7 @@ from typing import Any, TextIO, TypeAlias
 
 from discovery.client.errors import DiscoveryError
 from discovery.client.normalize import InvalidNumberError, InvalidReason
+from discovery.client.private import PrivateKeyMismatch, PrivateState
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 EXIT_OK = 0
@@ -130,6 +131,9 @@ def guarded(handler: Handler) -> Handler:
         except DiscoveryError as exc:
             print_service_error(exc)
             return EXIT_SERVICE_ERROR
+        except PrivateKeyMismatch as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_SERVICE_ERROR
         except InvalidNumberError as exc:
             # The message never contains the number itself.
             missing = exc.reason is InvalidReason.MISSING_REGION
@@ -137,6 +141,9 @@ def guarded(handler: Handler) -> Handler:
             print(f"error: {exc}{hint}", file=sys.stderr)
             return EXIT_INPUT_ERROR
         except (InputError, ValueError, UnicodeDecodeError) as exc:
+            if type(exc).__module__.startswith("discovery.private_scheme"):  # a bad proof or response
+                print(f"error: private mode: {exc}", file=sys.stderr)
+                return EXIT_SERVICE_ERROR
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_INPUT_ERROR
 
@@ -147,3 +154,29 @@ def guarded(handler: Handler) -> Handler:
 
 def print_json(data: object) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def add_private_arguments(p: argparse.ArgumentParser) -> None:
+    """``--private`` and the key to pin (docs/private-mode.md)."""
+    p.add_argument(
+        "--private",
+        action="store_true",
+        help="private discovery mode: the server learns nothing about unmatched contacts",
+    )
+    p.add_argument(
+        "--private-key",
+        metavar="HEX",
+        default="",
+        help="the published private-mode public key (64 hex digits) to pin; another key is refused",
+    )
+
+
+def private_state(args: argparse.Namespace) -> PrivateState:
+    """The SDK's private-mode state, with the key of ``--private-key`` pinned."""
+    try:
+        key = bytes.fromhex(args.private_key) if args.private_key else None
+    except ValueError:
+        raise InputError("--private-key must be hex") from None
+    if key is not None and len(key) != 32:
+        raise InputError("--private-key must be 32 bytes (64 hex digits)")
+    return PrivateState(pinned_key=key)

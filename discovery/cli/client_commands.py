@@ -18,12 +18,14 @@ from discovery.cli._shared import (
     EXIT_OK,
     Handler,
     Subparsers,
+    add_private_arguments,
     client_kwargs,
     common_parser,
     guarded,
     open_text,
     positive_int,
     print_json,
+    private_state,
 )
 from discovery.cli.progress import ProgressReporter
 from discovery.client.address_book import DEFAULT_MAX_PER_REQUEST
@@ -67,7 +69,11 @@ def _cmd_discover(args: argparse.Namespace) -> int:
     with open_text(args.contacts) as f:
         entries = parse_contacts(f)
     with DiscoveryClient(args.target, max_per_request=args.max_per_request, **client_kwargs(args)) as client:
-        result = client.discover(entries)
+        if args.private:
+            client.private_state = private_state(args)
+            result = client.discover_private(entries)
+        else:
+            result = client.discover(entries)
     if args.json:
         print_json(result.to_dict())
     else:
@@ -196,6 +202,7 @@ def _discover_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_PER_REQUEST,
         help="contact hashes per request (default %(default)s)",
     )
+    add_private_arguments(p)
 
 
 def _settings_arguments(p: argparse.ArgumentParser) -> None:

@@ -40,6 +40,7 @@ def add_joins_commands(subparsers: _shared.Subparsers) -> None:
     p.add_argument(
         "--max-events", type=_shared.positive_int, default=None, help="stop after this many events"
     )
+    _shared.add_private_arguments(p)
     p.set_defaults(func=_cmd_watch_joins)
 
 
@@ -47,6 +48,25 @@ def format_join_event(event: JoinEvent) -> str:
     who = event.entry if event.entry is not None else "(a contact no longer in this address book)"
     when = event.joined_at.strftime("%Y-%m-%d %H:%M:%S UTC")
     return f"{who} joined as {event.user_id} at {when} (cursor {event.cursor})"
+
+
+async def _watch_private(args: argparse.Namespace, entries: list[str]) -> int:
+    """Private mode: joins matched on this machine against the delta stream (no cursor, no ack)."""
+    kwargs = _shared.client_kwargs(args)
+    kwargs["timeout"] = None
+    seen = 0
+    async with AsyncDiscoveryClient(args.target, **kwargs) as client:
+        client.private_state = _shared.private_state(args)
+        async for entry, user_id, cursor in client.private_joins(entries):
+            event = {"entry": entry, "user_id": user_id, "cursor": cursor}
+            print(
+                json.dumps(event) if args.json else f"{entry} joined as {user_id} (cursor {cursor})",
+                flush=True,
+            )
+            seen += 1
+            if args.max_events is not None and seen >= args.max_events:
+                break
+    return _shared.EXIT_OK
 
 
 async def _watch(args: argparse.Namespace, entries: list[str]) -> int:
@@ -78,6 +98,6 @@ def _cmd_watch_joins(args: argparse.Namespace) -> int:
     with _shared.open_text(args.contacts) as f:
         entries = parse_contacts(f)
     try:
-        return asyncio.run(_watch(args, entries))
+        return asyncio.run((_watch_private if args.private else _watch)(args, entries))
     except KeyboardInterrupt:
         return _shared.EXIT_OK

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 
@@ -21,11 +21,16 @@ from discovery.client.address_book import prepare_address_book
 from discovery.client.errors import DiscoveryError
 from discovery.client.models import DiscoverResult, Settings
 from discovery.client.normalize import normalize_number
+from discovery.client.private import PrivateState
 from discovery.client.resync import DiscoverRun, DiscoverState
 from discovery.contact_hash import HASH_SIZE, contact_hash
-from discovery.v1 import discovery_pb2, joins_pb2
+from discovery.v1 import discovery_pb2, joins_pb2, private_pb2
 from discovery.v1.discovery_pb2_grpc import DirectoryAdminServiceStub, DiscoveryServiceStub
 from discovery.v1.joins_pb2_grpc import JoinNotificationServiceStub
+from discovery.v1.private_pb2_grpc import PrivateDiscoveryServiceStub
+
+if TYPE_CHECKING:
+    from discovery.private_scheme import Snapshot
 
 T = TypeVar("T")
 
@@ -38,10 +43,12 @@ UnaryMethod = Callable[..., Any]
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One unary call for a client to make."""
+    """One call for a client to make: unary, or server-streaming (``stream``: the response is the list of
+    the stream's messages)."""
 
     method: UnaryMethod
     request: Message
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +191,142 @@ def ack_joins(stub: JoinNotificationServiceStub, cursor: int, device_id: str) ->
     request = joins_pb2.AckJoinsRequest(cursor=cursor, device_id=device_id)
     response: joins_pb2.AckJoinsResponse = yield Call(stub.AckJoins, request)
     return int(response.events_deleted)
+
+
+# ---------------------------------------------------------------------------
+# PrivateDiscoveryService (docs/private-mode.md)
+
+MAX_PREFIXES_PER_REQUEST = 1000
+
+
+def private_params(
+    stub: PrivateDiscoveryServiceStub, state: PrivateState
+) -> Plan[private_pb2.GetPrivateParamsResponse]:
+    """The server's parameters, with its key checked against the pinned one (PrivateKeyMismatch)."""
+    from discovery.private_scheme import SUITE, SchemeError
+
+    params: private_pb2.GetPrivateParamsResponse = yield Call(
+        stub.GetPrivateParams, private_pb2.GetPrivateParamsRequest()
+    )
+    if params.suite != SUITE:
+        raise SchemeError(f"unsupported private-mode suite {params.suite!r}")
+    state.check_key(params.epoch, params.public_key)
+    return params
+
+
+def private_evaluate(
+    stub: PrivateDiscoveryServiceStub,
+    state: PrivateState,
+    params: private_pb2.GetPrivateParamsResponse,
+    hashes: list[bytes],
+) -> Plan[None]:
+    """Blind, evaluate, verify the proof and unblind the hashes without a cached output (none: no call)."""
+    from discovery.private_scheme import SchemeError, blind_batch, finalize_batch
+
+    missing = state.missing(hashes)
+    cap = max(1, params.max_blinded_per_request)
+    for start in range(0, len(missing), cap):
+        chunk = missing[start : start + cap]
+        batch = blind_batch(chunk)
+        response: private_pb2.EvaluateBlindedResponse = yield Call(
+            stub.EvaluateBlinded, private_pb2.EvaluateBlindedRequest(blinded_elements=batch.blinded)
+        )
+        if response.epoch != params.epoch:
+            raise SchemeError("the evaluation is of another key epoch")
+        outputs = finalize_batch(batch, response.evaluated_elements, response.proof, params.public_key)
+        state.evaluations += len(chunk)
+        state.outputs.update(zip(chunk, outputs, strict=True))
+
+
+def private_sync(
+    stub: PrivateDiscoveryServiceStub, state: PrivateState, params: private_pb2.GetPrivateParamsResponse
+) -> Plan[Snapshot]:
+    """Bring the snapshot up to date: a delta from its cursor, or a whole snapshot when there is none."""
+    from discovery.private_scheme import Delta, SchemeError, Snapshot
+
+    if state.snapshot is not None and state.snapshot.cursor < params.cursor:
+        response: private_pb2.GetPrivateDeltaResponse = yield Call(
+            stub.GetPrivateDelta,
+            private_pb2.GetPrivateDeltaRequest(epoch=state.snapshot.epoch, cursor=state.snapshot.cursor),
+        )
+        try:
+            if response.reset:
+                raise SchemeError("the server asks for a new snapshot")
+            state.apply(Delta.deserialize(response.delta))
+        except SchemeError:
+            state.snapshot = None
+    if state.snapshot is None or bool(state.snapshot.sealed is not None) != params.snapshot_has_sealed_ids:
+        chunks: list[private_pb2.GetPrivateSnapshotResponse] = yield Call(
+            stub.GetPrivateSnapshot, private_pb2.GetPrivateSnapshotRequest(), stream=True
+        )
+        state.snapshot = Snapshot.deserialize(b"".join(c.chunk for c in chunks))
+        state.opened.clear()
+        if state.snapshot.epoch != params.epoch:
+            raise SchemeError("the snapshot is of another key epoch")
+    return state.snapshot
+
+
+def private_open(
+    stub: PrivateDiscoveryServiceStub,
+    state: PrivateState,
+    params: private_pb2.GetPrivateParamsResponse,
+    snapshot: Snapshot,
+    outputs: list[bytes],
+) -> Plan[list[list[str]]]:
+    """The user ids of each output: none unless its tag is in the snapshot; then from the snapshot's sealed
+    ids or the bucket of its prefix (fetched once per prefix, skipped for tags opened before)."""
+    from discovery.private_scheme import Bucket, SchemeError, bucket_prefix, open_sealed, tag_of
+
+    tags = [tag_of(y) for y in outputs]
+    hits = [i for i, present in enumerate(snapshot.contains(tags)) if present]
+    found: list[list[str]] = [[] for _ in outputs]
+    if snapshot.sealed is not None:
+        for i in hits:
+            opened = (
+                open_sealed(outputs[i], snapshot.epoch, s, snapshot.id_pad)
+                for s in snapshot.sealed_for(tags[i])
+            )
+            found[i] = [user_id for user_id in opened if user_id is not None]
+        return found
+    todo = [i for i in hits if tags[i] not in state.opened]
+    prefixes = list(dict.fromkeys(bucket_prefix(tags[i], params.prefix_bits) for i in todo))
+    buckets: dict[bytes, Bucket] = {}
+    for start in range(0, len(prefixes), MAX_PREFIXES_PER_REQUEST):
+        chunk = prefixes[start : start + MAX_PREFIXES_PER_REQUEST]
+        response: private_pb2.GetPrivateBucketsResponse = yield Call(
+            stub.GetPrivateBuckets, private_pb2.GetPrivateBucketsRequest(prefixes=chunk)
+        )
+        if len(response.buckets) != len(chunk):
+            raise SchemeError("the server returned the wrong number of buckets")
+        for prefix, raw in zip(chunk, response.buckets, strict=True):
+            bucket = Bucket.deserialize(raw)
+            if bucket.prefix != prefix or bucket.epoch != params.epoch:
+                raise SchemeError("the server returned a bucket of another prefix or epoch")
+            buckets[prefix] = bucket
+    for i in todo:
+        state.opened[tags[i]] = tuple(buckets[bucket_prefix(tags[i], params.prefix_bits)].open(outputs[i]))
+    for i in hits:
+        found[i] = list(state.opened.get(tags[i], ()))
+    return found
+
+
+def private_discover_hashes(
+    stub: PrivateDiscoveryServiceStub, state: PrivateState, hashes: list[bytes]
+) -> Plan[list[tuple[int, str]]]:
+    """``(index into hashes, user_id)`` for each registered, discoverable contact, in private mode."""
+    params = yield from private_params(stub, state)
+    yield from private_evaluate(stub, state, params, hashes)
+    snapshot = yield from private_sync(stub, state, params)
+    found = yield from private_open(stub, state, params, snapshot, [state.outputs[h] for h in hashes])
+    return [(i, user_id) for i, user_ids in enumerate(found) for user_id in user_ids[:1]]
+
+
+def private_discover(
+    stub: PrivateDiscoveryServiceStub, state: PrivateState, entries: Iterable[str], default_region: str | None
+) -> Plan[DiscoverResult]:
+    book = prepare_address_book(entries, default_region)
+    matches = yield from private_discover_hashes(stub, state, book.hashes)
+    return book.result(matches)
 
 
 # ---------------------------------------------------------------------------

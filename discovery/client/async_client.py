@@ -19,13 +19,16 @@ from typing import TYPE_CHECKING, Self, TypeVar, cast
 import grpc
 
 from discovery.client import _calls, _common
+from discovery.client.address_book import prepare_address_book
 from discovery.client.credentials import create_aio_channel
 from discovery.client.errors import DiscoveryError
 from discovery.client.joins import ContactMatcher, JoinSubscription, joins_stub
 from discovery.client.models import DiscoverResult, ImportSummary, Settings
+from discovery.client.private import HasPrivateState
 from discovery.client.resync import HasDiscoverState
-from discovery.v1 import discovery_pb2
+from discovery.v1 import discovery_pb2, private_pb2
 from discovery.v1.discovery_pb2_grpc import DirectoryAdminServiceStub, DiscoveryServiceStub
+from discovery.v1.private_pb2_grpc import PrivateDiscoveryServiceStub
 
 if TYPE_CHECKING:  # the .pyi declares the asyncio stubs for type checkers only
     from discovery.v1.discovery_pb2_grpc import DirectoryAdminServiceAsyncStub, DiscoveryServiceAsyncStub
@@ -59,6 +62,9 @@ class _AsyncBaseClient(_common.ClientCore[StubT]):
     async def _attempt(self, call: _calls.Call) -> object:
         """The call's response, or the :class:`DiscoveryError` it failed with."""
         try:
+            if call.stream:
+                stream = call.method(call.request, timeout=self.timeout, metadata=self._metadata)
+                return [message async for message in stream]
             response: object = await call.method(call.request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             return DiscoveryError.from_rpc_error(exc)
@@ -81,7 +87,7 @@ class _AsyncBaseClient(_common.ClientCore[StubT]):
         await self.close()
 
 
-class AsyncDiscoveryClient(_AsyncBaseClient["DiscoveryServiceAsyncStub"], HasDiscoverState):
+class AsyncDiscoveryClient(_AsyncBaseClient["DiscoveryServiceAsyncStub"], HasDiscoverState, HasPrivateState):
     """The messenger-client API (``discovery.v1.DiscoveryService``), asyncio flavour."""
 
     def _make_stub(self, channel: grpc.aio.Channel) -> DiscoveryServiceAsyncStub:
@@ -105,6 +111,50 @@ class AsyncDiscoveryClient(_AsyncBaseClient["DiscoveryServiceAsyncStub"], HasDis
         return await self._run(
             _calls.discover_hashes(self._stub, self.discover_state, hashes, self.max_per_request)
         )
+
+    async def discover_private(self, entries: Iterable[str]) -> DiscoverResult:
+        """As :meth:`discover`, in private mode (see the blocking client's ``discover_private``)."""
+        return await self._run(
+            _calls.private_discover(self._private_stub(), self.private_state, entries, self.default_region)
+        )
+
+    async def discover_hashes_private(self, hashes: list[bytes]) -> list[tuple[int, str]]:
+        """Low level: :meth:`discover_hashes` in private mode."""
+        return await self._run(
+            _calls.private_discover_hashes(self._private_stub(), self.private_state, hashes)
+        )
+
+    def _private_stub(self) -> PrivateDiscoveryServiceStub:
+        return PrivateDiscoveryServiceStub(self._channel)
+
+    async def private_joins(self, entries: Iterable[str]) -> AsyncIterator[tuple[str, str, int]]:
+        """Join events in private mode: ``(entry, user_id, cursor)`` for each contact of ``entries`` that
+        becomes registered and discoverable, matched on this client against the delta stream (the server
+        never learns who waits for whom). Syncs first (so ``entries`` are evaluated); runs until cancelled
+        or the stream breaks (call again: it resumes from the state's cursor)."""
+        from discovery.private_scheme import Delta
+
+        book = prepare_address_book(entries, self.default_region)
+        await self.discover_hashes_private(book.hashes)
+        state = self.private_state
+        stub = self._private_stub()
+        index_of = {h: i for i, h in enumerate(book.hashes)}
+        assert state.snapshot is not None
+        request = private_pb2.SubscribePrivateDeltasRequest(
+            epoch=state.snapshot.epoch, cursor=state.snapshot.cursor
+        )
+        async for message in stub.SubscribePrivateDeltas(request, metadata=self._metadata):
+            if message.reset:
+                return
+            delta = Delta.deserialize(message.delta)
+            state.apply(delta)
+            joined = [h for h in state.joined(delta) if h in index_of]
+            if not joined:
+                continue
+            found = await self.discover_hashes_private(joined)
+            for i, user_id in found:
+                for position in book.positions[index_of[joined[i]]]:
+                    yield book.entries[position], user_id, delta.to_cursor
 
     async def get_settings(self) -> Settings:
         """The caller's privacy settings."""

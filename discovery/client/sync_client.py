@@ -35,10 +35,12 @@ from discovery.client import _calls, _common
 from discovery.client.credentials import create_channel
 from discovery.client.errors import DiscoveryError
 from discovery.client.models import DiscoverResult, ImportSummary, Settings
+from discovery.client.private import HasPrivateState
 from discovery.client.resync import HasDiscoverState
 from discovery.v1 import discovery_pb2
 from discovery.v1.discovery_pb2_grpc import DirectoryAdminServiceStub, DiscoveryServiceStub
 from discovery.v1.joins_pb2_grpc import JoinNotificationServiceStub
+from discovery.v1.private_pb2_grpc import PrivateDiscoveryServiceStub
 
 __all__ = ["AdminClient", "DiscoveryClient"]
 
@@ -63,6 +65,8 @@ class _BaseClient(_common.ClientCore[StubT]):
         """The call's response, or the :class:`DiscoveryError` it failed with."""
         try:
             response: object = call.method(call.request, timeout=self.timeout, metadata=self._metadata)
+            if call.stream:
+                response = list(response)  # type: ignore[call-overload]
         except grpc.RpcError as exc:
             return DiscoveryError.from_rpc_error(exc)
         return response
@@ -84,7 +88,7 @@ class _BaseClient(_common.ClientCore[StubT]):
         self.close()
 
 
-class DiscoveryClient(_BaseClient[DiscoveryServiceStub], HasDiscoverState):
+class DiscoveryClient(_BaseClient[DiscoveryServiceStub], HasDiscoverState, HasPrivateState):
     """The messenger-client API (``discovery.v1.DiscoveryService``). See the module docstring."""
 
     def _make_stub(self, channel: grpc.Channel) -> DiscoveryServiceStub:
@@ -106,6 +110,25 @@ class DiscoveryClient(_BaseClient[DiscoveryServiceStub], HasDiscoverState):
         """
         return self._run(
             _calls.discover_hashes(self._stub, self.discover_state, hashes, self.max_per_request)
+        )
+
+    def discover_private(self, entries: Iterable[str]) -> DiscoverResult:
+        """As :meth:`discover`, in private mode (docs/private-mode.md): the server learns nothing about
+        unmatched contacts. Outputs are cached in :attr:`private_state`, so an unchanged book re-syncs
+        without evaluating anything. Raises ``ProofError`` (or ``PrivateKeyMismatch``) for a forged proof
+        or a key other than the pinned one."""
+        return self._run(
+            _calls.private_discover(
+                PrivateDiscoveryServiceStub(self._channel), self.private_state, entries, self.default_region
+            )
+        )
+
+    def discover_hashes_private(self, hashes: list[bytes]) -> list[tuple[int, str]]:
+        """Low level: :meth:`discover_hashes` in private mode."""
+        return self._run(
+            _calls.private_discover_hashes(
+                PrivateDiscoveryServiceStub(self._channel), self.private_state, hashes
+            )
         )
 
     def get_settings(self) -> Settings:

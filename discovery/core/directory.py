@@ -29,6 +29,7 @@ from discovery.core.model import (
 )
 from discovery.core.options import Options, option, positive
 from discovery.core.ports import Store
+from discovery.core.private_index import PrivateRegistrar
 from discovery.core.quota import ALLOW_ALL, Gate
 from discovery.core.validation import (
     check_contact_hash,
@@ -67,6 +68,7 @@ class Directory:
         default_settings: PrivacySettings | None = None,
         gate: Gate = ALLOW_ALL,
         joins: Joins | None = None,
+        private: PrivateRegistrar | None = None,
     ) -> None:
         self.store = store
         self.sync = sync
@@ -75,6 +77,8 @@ class Directory:
         self.default_settings = default_settings or PrivacySettings()
         self.gate = gate
         self.joins = joins or Joins(store, keys)
+        #: Private mode: computes each registered user's entry (tag, sealed id) off the loop.
+        self.private = private
 
     # -- clients --------------------------------------------------------------------------------
 
@@ -148,9 +152,14 @@ class Directory:
     async def register(
         self, user_id: str, contact_hash: bytes, settings: PrivacySettings | None = None
     ) -> RegisterOutcome:
-        check_user_id(user_id)
+        self._check_new_user_id(user_id)
         check_contact_hash(contact_hash)
-        user = NewUser(user_id, self.keys.directory_key_of(contact_hash), settings or self.default_settings)
+        user = NewUser(
+            user_id,
+            self.keys.directory_key_of(contact_hash),
+            settings or self.default_settings,
+            await self._private_entry(contact_hash, user_id),
+        )
         outcome = await self.store.register(user)
         await self.sync.catch_up()
         return outcome
@@ -164,10 +173,31 @@ class Directory:
         await self.sync.catch_up()
 
     async def change_number(self, user_id: str, contact_hash: bytes) -> None:
-        check_user_id(user_id)
+        self._check_new_user_id(user_id)
         check_contact_hash(contact_hash)
-        await self.store.change_number(user_id, self.keys.directory_key_of(contact_hash))
+        await self.store.change_number(
+            user_id,
+            self.keys.directory_key_of(contact_hash),
+            await self._private_entry(contact_hash, user_id),
+        )
         await self.sync.catch_up()
+
+    def _new_user_id_problem(self, user_id: str) -> str | None:
+        """What is wrong with the id of a user to register (private mode seals ids of a bounded length)."""
+        problem = user_id_problem(user_id)
+        if problem is None and self.private is not None:
+            problem = self.private.id_problem(user_id)
+        return problem
+
+    def _check_new_user_id(self, user_id: str) -> None:
+        problem = self._new_user_id_problem(user_id)
+        if problem is not None:
+            raise InvalidArgument.field("user_id", problem)
+
+    async def _private_entry(self, contact_hash: bytes, user_id: str) -> bytes | None:
+        if self.private is None:
+            return None
+        return (await self.private.entries([contact_hash], [user_id]))[0]
 
     async def import_batch(self, candidates: list[ImportCandidate], first_position: int) -> ImportReport:
         """Import one batch. Invalid entries and duplicates within the batch are rejected here,
@@ -186,7 +216,7 @@ class Directory:
         for offset, candidate in enumerate(candidates):
             position = first_position + offset
             reason: ImportRejectionReason | None = None
-            if user_id_problem(candidate.user_id) is not None:
+            if self._new_user_id_problem(candidate.user_id) is not None:
                 reason = ImportRejectionReason.INVALID_USER_ID
             elif contact_hash_problem(candidate.contact_hash) is not None:
                 reason = ImportRejectionReason.INVALID_CONTACT_HASH
@@ -201,8 +231,19 @@ class Directory:
         seen_hashes.clear()
         if valid:
             keys = self.keys.directory_keys(b"".join(c.contact_hash for _, c in valid))
+            entries: list[bytes | None] = (
+                list(
+                    await self.private.entries(
+                        [c.contact_hash for _, c in valid], [c.user_id for _, c in valid]
+                    )
+                )
+                if self.private is not None
+                else [None] * len(valid)
+            )
             users = [
-                NewUser(c.user_id, keys[i * 16 : (i + 1) * 16], c.settings or self.default_settings)
+                NewUser(
+                    c.user_id, keys[i * 16 : (i + 1) * 16], c.settings or self.default_settings, entries[i]
+                )
                 for i, (_, c) in enumerate(valid)
             ]
             stored = await self.store.import_users(users, 0)

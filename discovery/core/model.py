@@ -58,6 +58,9 @@ class RegistryChange:
     directory_key: bytes
     user_id: str | None
     discoverable: bool
+    #: The user's private-mode entry (tag and sealed id, see core/private.py), when it has one:
+    #: it is in the private set after this change if ``user_id`` is set and ``discoverable``.
+    private: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -89,6 +92,8 @@ class NewUser:
     user_id: str
     directory_key: bytes
     settings: PrivacySettings
+    #: The private-mode entry (tag and sealed id, no h, no y); None when private mode is off.
+    private: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,8 +48,10 @@ class RegistryStore(Protocol):
         """
         ...
 
-    async def change_number(self, user_id: str, directory_key: bytes) -> UserRecord:
-        """Move a user to a new key; returns the record as it was before.
+    async def change_number(
+        self, user_id: str, directory_key: bytes, private: bytes | None = None
+    ) -> UserRecord:
+        """Move a user to a new key (and private-mode entry); returns the record as it was before.
 
         Raises UserNotRegistered or ContactHashTaken.
         """
@@ -70,6 +72,15 @@ class RegistryStore(Protocol):
         ...
 
     async def registry_size(self) -> int: ...
+
+    def iter_private(self, batch_size: int) -> AsyncIterator[list[bytes]]:
+        """The private-mode entries of every discoverable user, in batches (private mode's set).
+
+        Each user's entry (``NewUser.private``, ``change_number``'s ``private``) is kept with the
+        registration, in the same atomic step, and every feed change that names or removes a user
+        with an entry carries it in ``RegistryChange.private``: the feed is private mode's feed.
+        """
+        ...
 
     async def feed_head(self) -> int:
         """The sequence number of the newest change (0 when there is none)."""

@@ -25,6 +25,7 @@ from discovery.private_scheme import (
     DEFAULT_ID_PAD,
     ELEMENT_SIZE,
     SMALL_DIRECTORY_MAX,
+    TAG_SIZE,
     Bucket,
     BucketLayout,
     Delta,
@@ -95,17 +96,31 @@ def check_blinded_shape(
     return count
 
 
-def _evaluate(seed: bytes, epoch: int, packed: bytes) -> tuple[bytes, bytes] | int:
-    """(evaluated elements, batch proof), or the index of the first element that is not a valid encoding.
-
-    Runs in a worker; returns plain values so that nothing but bytes crosses the process boundary.
-    """
+def _decode(packed: bytes) -> list[ristretto.BlindedInput] | int:
+    """The elements, or the index of the first one that is not a valid encoding (about 7 us each)."""
     elements = []
     for i in range(0, len(packed), ELEMENT_SIZE):
         try:
             elements.append(ristretto.BlindedInput.deserialize(packed[i : i + ELEMENT_SIZE]))
         except ValueError:  # not a canonical ristretto255 encoding, or the identity
             return i // ELEMENT_SIZE
+    return elements
+
+
+def _first_invalid(packed: bytes) -> int | None:
+    """The index of the first invalid element, or None; runs in a worker."""
+    elements = _decode(packed)
+    return elements if isinstance(elements, int) else None
+
+
+def _evaluate(seed: bytes, epoch: int, packed: bytes) -> tuple[bytes, bytes] | int:
+    """(evaluated elements, batch proof), or the index of the first element that is not a valid encoding.
+
+    Runs in a worker; returns plain values so that nothing but bytes crosses the process boundary.
+    """
+    elements = _decode(packed)
+    if isinstance(elements, int):
+        return elements
     if not elements:
         return b"", b""
     out = _evaluator(seed, epoch).evaluate_batch(elements).serialize()
@@ -128,12 +143,24 @@ def _outputs(seed: bytes, epoch: int, hashes: Sequence[bytes]) -> list[bytes]:
     return [evaluator.evaluate_known_input(bytes(h)) for h in hashes]
 
 
+def _entries(seed: bytes, epoch: int, hashes: Sequence[bytes], user_ids: Sequence[str], id_pad: int) -> bytes:
+    """The packed private-mode entries (tag || sealed id) of registered users, computed in a worker."""
+    return b"".join(
+        tag_of(y) + seal_user_id(y, epoch, user_id, id_pad)
+        for y, user_id in zip(_outputs(seed, epoch, hashes), user_ids, strict=True)
+    )
+
+
+def _invalid_element(index: int, field: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"invalid {field}: element {index} is not a valid ristretto255 encoding or is the identity",
+        [FieldViolation(f"{field}[{index}]", "not a valid, non-identity ristretto255 element")],
+    )
+
+
 def _checked(result: tuple[bytes, bytes] | int, field: str) -> tuple[bytes, bytes]:
     if isinstance(result, int):
-        raise InvalidArgument(
-            f"invalid {field}: element {result} is not a valid ristretto255 encoding or is the identity",
-            [FieldViolation(f"{field}[{result}]", "not a valid, non-identity ristretto255 element")],
-        )
+        raise _invalid_element(result, field)
     return result
 
 
@@ -169,6 +196,19 @@ class OffLoopEvaluator:
             self._executor, _outputs, key.seed, key.epoch, [b"\0"]
         )
 
+    async def check(
+        self, packed: bytes, max_count: int = MAX_BLINDED_PER_REQUEST, field: str = BLINDED_FIELD
+    ) -> int:
+        """The number of elements of a valid batch (shape here, encodings in a worker), or InvalidArgument:
+        about 7 us an element, against about 0.2 ms to evaluate it, so it runs before the quota is charged."""
+        count = check_blinded_shape(packed, max_count, field)
+        if count:
+            loop = asyncio.get_running_loop()
+            bad = await loop.run_in_executor(self._executor, _first_invalid, bytes(packed))
+            if bad is not None:
+                raise _invalid_element(bad, field)
+        return count
+
     async def evaluate(
         self,
         key: OprfKey,
@@ -188,6 +228,23 @@ class OffLoopEvaluator:
             self._executor, _outputs, key.seed, key.epoch, [bytes(h) for h in contact_hashes]
         )
 
+    async def entries_of(
+        self, key: OprfKey, contact_hashes: Sequence[bytes], user_ids: Sequence[str], id_pad: int
+    ) -> list[bytes]:
+        """The stored entry (tag || sealed id) of each registered user, ``y`` computed and dropped off
+        the loop: one worker call for a whole import batch."""
+        packed = await asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            _entries,
+            key.seed,
+            key.epoch,
+            [bytes(h) for h in contact_hashes],
+            list(user_ids),
+            id_pad,
+        )
+        size = len(packed) // len(user_ids) if user_ids else 0
+        return [packed[i : i + size] for i in range(0, len(packed), size)] if size else []
+
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
@@ -201,6 +258,14 @@ class PrivateEntry:
 
     def prefix(self, prefix_bits: int) -> bytes:
         return bucket_prefix(self.tag, prefix_bits)
+
+    def pack(self) -> bytes:
+        """The stored form (``NewUser.private``): tag || sealed id."""
+        return self.tag + self.sealed
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> PrivateEntry:
+        return cls(bytes(raw[:TAG_SIZE]), bytes(raw[TAG_SIZE:]))
 
 
 def entry_from_output(y: bytes, epoch: int, user_id: str, id_pad: int = DEFAULT_ID_PAD) -> PrivateEntry:

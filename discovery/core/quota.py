@@ -164,6 +164,11 @@ class Gate(Protocol):
         """Charge the request rate and the new contacts of a valid request; returns its token."""
         ...
 
+    async def charge_count(self, caller: str, count: int) -> None:
+        """Charge the request rate and ``count`` new contacts of a valid request, in one round trip
+        (private mode: blinded elements cannot be tied to a previous set, so each one is new)."""
+        ...
+
     async def forget(self, user_id: str) -> int: ...
 
 
@@ -177,6 +182,9 @@ class AllowAllGate:
         self, caller: str, current: SortedKeys, previous_hashes: bytes, previous_token: bytes
     ) -> bytes:
         return b""
+
+    async def charge_count(self, caller: str, count: int) -> None:
+        return None
 
     async def forget(self, user_id: str) -> int:
         return 0
@@ -251,6 +259,10 @@ class DiscoverGate:
         new = count_new(current, previous) if previous is not None else len(current)
         await self._charge(caller, self._rate(caller) + self._contacts(caller, new), now)
         return self._tokens.issue(caller, current, now)
+
+    async def charge_count(self, caller: str, count: int) -> None:
+        contacts = self._contacts(caller, count) if self.policy.capacity > 0 else []
+        await self._charge(caller, self._rate(caller) + contacts, self._clock())
 
     def _rate(self, caller: str) -> list[tuple[BucketCharge, _Refusal]]:
         policy = self.policy

@@ -54,8 +54,10 @@ class TimedStore:
     async def delete_user_data(self, user_id: str) -> int:
         return await self._timed("delete_user_data", self.inner.delete_user_data(user_id))
 
-    async def change_number(self, user_id: str, directory_key: bytes) -> m.UserRecord:
-        return await self._timed("change_number", self.inner.change_number(user_id, directory_key))
+    async def change_number(
+        self, user_id: str, directory_key: bytes, private: bytes | None = None
+    ) -> m.UserRecord:
+        return await self._timed("change_number", self.inner.change_number(user_id, directory_key, private))
 
     async def import_users(self, users: Sequence[m.NewUser], first_position: int) -> m.ImportReport:
         return await self._timed("import_users", self.inner.import_users(users, first_position))
@@ -68,6 +70,9 @@ class TimedStore:
 
     def iter_registry(self, batch_size: int) -> AsyncIterator[m.RegistrySlice]:
         return self.inner.iter_registry(batch_size)
+
+    def iter_private(self, batch_size: int) -> AsyncIterator[list[bytes]]:
+        return self.inner.iter_private(batch_size)
 
     async def registry_size(self) -> int:
         return await self._timed("registry_size", self.inner.registry_size())

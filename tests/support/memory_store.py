@@ -44,6 +44,7 @@ class MemoryData:
 
     users: dict[str, m.UserRecord] = field(default_factory=dict)  # in registration order
     owners: dict[bytes, str] = field(default_factory=dict)  # directory key -> user id
+    private: dict[str, bytes] = field(default_factory=dict)  # user id -> private-mode entry
     feed: dict[int, tuple[m.RegistryChange, float]] = field(default_factory=dict)  # seq -> (change, created)
     feed_seq: int = 0
     feed_floor: int = 0
@@ -100,14 +101,16 @@ class MemoryStore:
             return None
         del self.data.owners[record.directory_key]
         self._scrub_feed(user_id)
-        self._append_change(record.directory_key, None, False)
+        self._append_change(record.directory_key, None, False, self.data.private.pop(user_id, None))
         self._wrote()
         return record
 
     async def delete_user_data(self, user_id: str) -> int:
         return self._forget_user(user_id)
 
-    async def change_number(self, user_id: str, directory_key: bytes) -> m.UserRecord:
+    async def change_number(
+        self, user_id: str, directory_key: bytes, private: bytes | None = None
+    ) -> m.UserRecord:
         record = self.data.users.get(user_id)
         if record is None:
             raise UserNotRegistered()
@@ -118,9 +121,10 @@ class MemoryStore:
         del self.data.owners[record.directory_key]
         self.data.owners[directory_key] = user_id
         self.data.users[user_id] = m.UserRecord(user_id, directory_key, record.settings)
+        old_private = self._set_private(user_id, private)
         self._scrub_feed(user_id)
-        self._append_change(record.directory_key, None, False)
-        self._append_change(directory_key, user_id, record.settings.discoverable)
+        self._append_change(record.directory_key, None, False, old_private)
+        self._append_change(directory_key, user_id, record.settings.discoverable, private)
         self._registered([user_id])
         return record
 
@@ -156,7 +160,9 @@ class MemoryStore:
             return None
         updated = self.data.users[user_id] = m.UserRecord(user_id, record.directory_key, settings)
         if settings.discoverable != record.settings.discoverable:
-            self._append_change(record.directory_key, user_id, settings.discoverable)
+            self._append_change(
+                record.directory_key, user_id, settings.discoverable, self.data.private.get(user_id)
+            )
             self._wrote()
         return updated
 
@@ -169,6 +175,14 @@ class MemoryStore:
                 user_ids=[r.user_id for r in page],
                 discoverable=np.fromiter((r.settings.discoverable for r in page), np.bool_, len(page)),
             )
+
+    async def iter_private(self, batch_size: int) -> AsyncIterator[list[bytes]]:
+        data = self.data
+        entries = [
+            data.private[u] for u, r in data.users.items() if r.settings.discoverable and u in data.private
+        ]
+        for start in range(0, len(entries), batch_size):
+            yield entries[start : start + batch_size]
 
     async def registry_size(self) -> int:
         return len(self.data.users)
@@ -193,12 +207,23 @@ class MemoryStore:
     def _add(self, user: m.NewUser) -> None:
         self.data.users[user.user_id] = m.UserRecord(user.user_id, user.directory_key, user.settings)
         self.data.owners[user.directory_key] = user.user_id
-        self._append_change(user.directory_key, user.user_id, user.settings.discoverable)
+        self._set_private(user.user_id, user.private)
+        self._append_change(user.directory_key, user.user_id, user.settings.discoverable, user.private)
 
-    def _append_change(self, key: bytes, user_id: str | None, discoverable: bool) -> None:
+    def _set_private(self, user_id: str, entry: bytes | None) -> bytes | None:
+        """Keep (or drop, for None) the user's private-mode entry; returns the one it replaces."""
+        old = self.data.private.pop(user_id, None)
+        if entry is not None:
+            self.data.private[user_id] = entry
+        return old
+
+    def _append_change(
+        self, key: bytes, user_id: str | None, discoverable: bool, private: bytes | None = None
+    ) -> None:
         data = self.data
         data.feed_seq += 1
-        data.feed[data.feed_seq] = (m.RegistryChange(data.feed_seq, key, user_id, discoverable), self.clock())
+        change = m.RegistryChange(data.feed_seq, key, user_id, discoverable, private)
+        data.feed[data.feed_seq] = (change, self.clock())
 
     def _scrub_feed(self, user_id: str) -> None:
         """Past entries that name the user go: a later entry supersedes them."""

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc import aio
 
+from discovery.api.interceptor import CallInterceptor
+from discovery.app.credentials import build_authenticator
 from discovery.app.server import DiscoveryServer
+from discovery.app.wiring import add_servicers
 from discovery.config import ServerConfig
+from discovery.core.model import BucketCharge
 from discovery.logs import JsonFormatter
 
 StartServer = Callable[..., Awaitable[DiscoveryServer]]
@@ -96,3 +102,53 @@ def status_details(error: grpc.aio.AioRpcError) -> list[object]:
                 detail.Unpack(message)
                 out.append(message)
     return out
+
+
+async def bucket_level(server: DiscoveryServer, user: str, bucket: str = "contacts") -> float:
+    """The level of the user's quota bucket now; a zero-cost charge changes nothing."""
+    assert server.store is not None
+    (outcome,) = await server.store.charge([BucketCharge(f"{bucket}:{user}", 0, 1e12, 0.0)], time.time())
+    return outcome.level
+
+
+class RequestRecorder(aio.ServerInterceptor):  # type: ignore[misc]
+    """Records the raw bytes of every request message (before it is parsed) and the metadata of each call
+    to the services named ``service_prefix``: what those servicers receive, byte for byte."""
+
+    def __init__(self, service_prefix: str) -> None:
+        self.service_prefix = service_prefix
+        self.received: list[bytes] = []
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(f"/{self.service_prefix}"):
+            return handler
+        for key, value in details.invocation_metadata or ():
+            raw = value if isinstance(value, bytes) else value.encode()
+            self.received.append(key.encode() + b"=" + raw)
+        parse = handler.request_deserializer
+
+        def recorded(raw: bytes) -> object:
+            self.received.append(bytes(raw))
+            return parse(raw) if parse is not None else raw
+
+        return handler._replace(request_deserializer=recorded)
+
+
+@asynccontextmanager
+async def recorded_port(server: DiscoveryServer, recorder: RequestRecorder) -> AsyncIterator[str]:
+    """A second listener on 127.0.0.1 serving ``server``'s own servicers (same directory, index, store)
+    behind ``recorder`` and the same authentication; yields its target."""
+    service = server.service
+    mirror = aio.server(interceptors=[recorder, CallInterceptor(build_authenticator(server.config))])
+    add_servicers(mirror, service.directory, service.joins, service.metrics, service.health, service.private)
+    port = mirror.add_insecure_port("127.0.0.1:0")
+    await mirror.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await mirror.stop(0)

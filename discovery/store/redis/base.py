@@ -233,6 +233,8 @@ class Keys:
         self.meta = tag + b":meta"
         self.feed = tag + b":feed"
         self.feed_times = tag + b":feedtime"
+        #: Private mode: user id -> DISCOVERABLE(1) ENTRY (tag and sealed id; no h, no y).
+        self.private = tag + b":pe"
         self._user_bucket = tag + b":u:"
         self._key_bucket = tag + b":d:"
         self._user_tag = b"{" + namespace.encode() + b":u:"

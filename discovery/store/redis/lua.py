@@ -37,6 +37,27 @@ local function record_with(ub, uid, key)
   if string.sub(rec, 1, 16) ~= key then return nil, -3 end
   return rec
 end
+-- Appends a feed entry; a user's private-mode entry rides along in field 'p'.
+local function add_feed(seq, value, private)
+  if private ~= '' then
+    redis.call('XADD', KEYS[2], seq .. '-0', 'c', value, 'p', private)
+  else
+    redis.call('XADD', KEYS[2], seq .. '-0', 'c', value)
+  end
+end
+-- The user's private-mode entry, or ''; kept with the discoverable bit of the user's flags.
+local function private_of(uid)
+  local p = redis.call('HGET', TAG .. ':pe', uid)
+  if p then return string.sub(p, 2) end
+  return ''
+end
+local function set_private(uid, flags, entry)
+  if entry == '' then
+    redis.call('HDEL', TAG .. ':pe', uid)
+  else
+    redis.call('HSET', TAG .. ':pe', uid, string.char(string.byte(flags) % 2) .. entry)
+  end
+end
 -- Deletes the feed entry that named the user (a newer one supersedes it).
 local function unfeed(rec) redis.call('XDEL', KEYS[2], string.sub(rec, 18) .. '-0') end
 -- TTLs of join keys are a backstop, an hour after their newest content expires: the sweeper

@@ -42,7 +42,8 @@ UNCHANGED, CREATED, USER_ID_TAKEN, CONTACT_HASH_TAKEN, RETRY, NOT_REGISTERED = 0
 
 _WITH_JOINS = PRELUDE + FAN_OUT + FORGET
 
-# KEYS: meta, feed, user bucket, key bucket. ARGV: user id, directory key, flags, inbox TTL (ms).
+# KEYS: meta, feed, user bucket, key bucket. ARGV: user id, directory key, flags, inbox TTL (ms),
+# private-mode entry ('' for none).
 REGISTER = LuaScript(
     _WITH_JOINS
     + """
@@ -54,7 +55,8 @@ end
 local field = string.sub(ARGV[2], 3)
 if redis.call('HEXISTS', KEYS[4], field) == 1 then return -2 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('XADD', KEYS[2], seq .. '-0', 'c', feed_entry(ARGV[2], ARGV[3], ARGV[1]))
+add_feed(seq, feed_entry(ARGV[2], ARGV[3], ARGV[1]), ARGV[5])
+set_private(ARGV[1], ARGV[3], ARGV[5])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ARGV[3] .. seq)
 redis.call('HSET', KEYS[4], field, '')
 redis.call('HINCRBY', KEYS[1], 'users', 1)
@@ -64,13 +66,15 @@ return 1
 )
 
 # KEYS: meta, feed. ARGV: inbox TTL (ms), then the users packed as USER_BUCKET(2) KEY(16)
-# FLAGS(1) LEN(1) USER_ID each: a few large arguments cost far less to send than five per user.
+# FLAGS(1) LEN(1) USER_ID each: a few large arguments cost far less to send than five per user;
+# then the private-mode entry size (0: none) and the entries, in user order.
 IMPORT = LuaScript(
     _WITH_JOINS
     + """
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 local out, joined, watched = {}, {}, {}
 local blob = ARGV[2]
+local psize, pentries = tonumber(ARGV[3]), ARGV[4]
 local pos, i = 1, 0
 while pos <= #blob do
   i = i + 1
@@ -87,7 +91,9 @@ while pos <= #blob do
     out[i] = -2
   else
     seq = seq + 1
-    redis.call('XADD', KEYS[2], seq .. '-0', 'c', feed_entry(key, flags, uid))
+    local private = string.sub(pentries, (i - 1) * psize + 1, i * psize)
+    add_feed(seq, feed_entry(key, flags, uid), private)
+    set_private(uid, flags, private)
     joined[#joined + 1] = {uid, key, flags}
     watched[#watched + 1] = watchers_of(key)
     out[i] = 1
@@ -117,7 +123,8 @@ unfeed(rec)
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], string.sub(ARGV[2], 3))
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('XADD', KEYS[2], seq .. '-0', 'c', ARGV[2] .. '\\0')
+add_feed(seq, ARGV[2] .. '\\0', private_of(ARGV[1]))
+redis.call('HDEL', TAG .. ':pe', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'users', -1)
 forget(ARGV[1], false)
 return rec
@@ -134,7 +141,7 @@ return forget(ARGV[1], registered ~= false)
 )
 
 # KEYS: meta, feed, user bucket, old key bucket, new key bucket.
-# ARGV: user id, old key, new key, inbox TTL (ms).
+# ARGV: user id, old key, new key, inbox TTL (ms), new private-mode entry ('' for none).
 CHANGE_NUMBER = LuaScript(
     _WITH_JOINS
     + """
@@ -148,8 +155,9 @@ unfeed(rec)
 redis.call('HDEL', KEYS[4], string.sub(ARGV[2], 3))
 redis.call('HSET', KEYS[5], field, '')
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 2)
-redis.call('XADD', KEYS[2], (seq - 1) .. '-0', 'c', ARGV[2] .. '\\0')
-redis.call('XADD', KEYS[2], seq .. '-0', 'c', feed_entry(ARGV[3], flags, ARGV[1]))
+add_feed(seq - 1, ARGV[2] .. '\\0', private_of(ARGV[1]))
+add_feed(seq, feed_entry(ARGV[3], flags, ARGV[1]), ARGV[5])
+set_private(ARGV[1], flags, ARGV[5])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3] .. flags .. seq)
 announce(ARGV[1], ARGV[3], flags, ARGV[4])
 return rec
@@ -167,7 +175,9 @@ local seq = string.sub(rec, 18)
 if string.byte(rec, 17) % 2 ~= string.byte(ARGV[2]) % 2 then
   unfeed(rec)
   seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-  redis.call('XADD', KEYS[2], seq .. '-0', 'c', feed_entry(key, ARGV[2], ARGV[1]))
+  local private = private_of(ARGV[1])
+  add_feed(seq, feed_entry(key, ARGV[2], ARGV[1]), private)
+  if private ~= '' then set_private(ARGV[1], ARGV[2], private) end
 end
 redis.call('HSET', KEYS[3], ARGV[1], key .. ARGV[2] .. seq)
 return rec
@@ -241,7 +251,7 @@ class RedisRegistry(RedisBase):
         code = await self._write(
             REGISTER,
             self._registry_keys(uid, user.directory_key),
-            [uid, user.directory_key, _flags(user.settings), self._inbox_ttl_ms],
+            [uid, user.directory_key, _flags(user.settings), self._inbox_ttl_ms, user.private or b""],
         )
         if code == UNCHANGED:
             return RegisterOutcome.UNCHANGED
@@ -273,7 +283,9 @@ class RedisRegistry(RedisBase):
     async def delete_user_data(self, user_id: str) -> int:
         return int(await self._write(FORGET_USER, [self.keys.meta], [user_id.encode()]))
 
-    async def change_number(self, user_id: str, directory_key: bytes) -> UserRecord:
+    async def change_number(
+        self, user_id: str, directory_key: bytes, private: bytes | None = None
+    ) -> UserRecord:
         uid = user_id.encode()
         while True:
             key = await self._current_key(uid)
@@ -282,7 +294,7 @@ class RedisRegistry(RedisBase):
             reply = await self._write(
                 CHANGE_NUMBER,
                 self._registry_keys(uid, key, directory_key),
-                [uid, key, directory_key, self._inbox_ttl_ms],
+                [uid, key, directory_key, self._inbox_ttl_ms, private or b""],
             )
             if reply == NOT_REGISTERED:
                 raise UserNotRegistered()
@@ -310,9 +322,10 @@ class RedisRegistry(RedisBase):
         k = self.keys
         calls: list[Call] = []
         for start in range(0, len(users), IMPORT_CHUNK):
+            chunk = users[start : start + IMPORT_CHUNK]
             packed: list[bytes] = []
             add = packed.extend
-            for user in users[start : start + IMPORT_CHUNK]:
+            for user in chunk:
                 uid = user.user_id.encode()
                 add(
                     (
@@ -323,7 +336,11 @@ class RedisRegistry(RedisBase):
                         uid,
                     )
                 )
-            calls.append(([k.meta, k.feed], [self._inbox_ttl_ms, b"".join(packed)]))
+            entries = [user.private or b"" for user in chunk]
+            size = len(entries[0]) if entries else 0
+            if any(len(entry) != size for entry in entries):
+                raise ValueError("the private-mode entries of an import are all of one size, or none")
+            calls.append(([k.meta, k.feed], [self._inbox_ttl_ms, b"".join(packed), size, b"".join(entries)]))
         codes = [code for reply in await self._write_many(IMPORT, calls) for code in reply]
         report = ImportReport()
         for i, (user, code) in enumerate(zip(users, codes, strict=True)):
@@ -374,6 +391,17 @@ class RedisRegistry(RedisBase):
                 )
                 keys, user_ids, flags = [], [], []
 
+    async def iter_private(self, batch_size: int) -> AsyncIterator[list[bytes]]:
+        batch: list[bytes] = []
+        async for _, value in self._redis.hscan_iter(self.keys.private, count=1000):
+            if value[:1] == b"\x01":
+                batch.append(bytes(value[1:]))
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
     # -- change feed ----------------------------------------------------------------------------
 
     async def feed_head(self) -> int:
@@ -398,11 +426,12 @@ class RedisRegistry(RedisBase):
         changes = []
         for entry_id, fields in entries:
             value = fields[1]
+            private = bytes(fields[3]) if len(fields) > 3 else None
             seq = int(entry_id.split(b"-", 1)[0])
             if len(value) == 17:
-                changes.append(RegistryChange(seq, value[:16], None, False))
+                changes.append(RegistryChange(seq, value[:16], None, False, private))
             else:
-                changes.append(RegistryChange(seq, value[:16], value[17:].decode(), value[16] == 1))
+                changes.append(RegistryChange(seq, value[:16], value[17:].decode(), value[16] == 1, private))
         return changes
 
     async def feed_wait(self, after: int, timeout: float) -> None:

@@ -33,14 +33,16 @@ CREATE TABLE IF NOT EXISTS users (
     dkey BLOB NOT NULL UNIQUE,
     discoverable INTEGER NOT NULL,
     announce_join INTEGER NOT NULL,
-    notify_on_join INTEGER NOT NULL
+    notify_on_join INTEGER NOT NULL,
+    private BLOB
 );
 CREATE TABLE IF NOT EXISTS registry_feed (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     dkey BLOB NOT NULL,
     user_id TEXT,
     discoverable INTEGER NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    private BLOB
 );
 CREATE INDEX IF NOT EXISTS registry_feed_user ON registry_feed(user_id) WHERE user_id IS NOT NULL;
 """
@@ -94,6 +96,9 @@ class SqliteBase:
         # Deleted pages are zeroed so that forgotten keys do not linger in free pages.
         conn.execute("PRAGMA secure_delete=ON")
         conn.executescript(self.schema())
+        for table in ("users", "registry_feed"):  # files written before private mode
+            if "private" not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN private BLOB")
         conn.execute(
             "INSERT OR IGNORE INTO meta(name, value) VALUES ('schema_version', ?), ('feed_floor', 0)",
             (SCHEMA_VERSION,),

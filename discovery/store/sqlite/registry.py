@@ -54,10 +54,17 @@ class SqliteRegistry(SqliteBase):
             raise ContactHashTaken()
         s = user.settings
         conn.execute(
-            f"INSERT INTO users({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-            (user.user_id, user.directory_key, s.discoverable, s.announce_join, s.notify_on_join),
+            f"INSERT INTO users({_USER_COLUMNS}, private) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                user.user_id,
+                user.directory_key,
+                s.discoverable,
+                s.announce_join,
+                s.notify_on_join,
+                user.private,
+            ),
         )
-        self._append_change(conn, user.directory_key, user.user_id, s.discoverable)
+        self._append_change(conn, user.directory_key, user.user_id, s.discoverable, user.private)
         self._after_register(conn, [(user.user_id, user.directory_key, s.announce_join)])
         return RegisterOutcome.CREATED
 
@@ -70,19 +77,24 @@ class SqliteRegistry(SqliteBase):
             # Data kept on behalf of an unknown user (watches) is still forgotten.
             self._forget_user(conn, user_id)
             return None
+        private = self._private_of(conn, user_id)
         conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
         self._forget_user(conn, user_id)
         self._scrub_feed(conn, user_id)
-        self._append_change(conn, record.directory_key, None, False)
+        self._append_change(conn, record.directory_key, None, False, private)
         return record
 
     async def delete_user_data(self, user_id: str) -> int:
         return await self._write(lambda conn: self._forget_user(conn, user_id))
 
-    async def change_number(self, user_id: str, directory_key: bytes) -> UserRecord:
-        return await self._write(lambda conn: self._change_number_sync(conn, user_id, directory_key))
+    async def change_number(
+        self, user_id: str, directory_key: bytes, private: bytes | None = None
+    ) -> UserRecord:
+        return await self._write(lambda conn: self._change_number_sync(conn, user_id, directory_key, private))
 
-    def _change_number_sync(self, conn: sqlite3.Connection, user_id: str, directory_key: bytes) -> UserRecord:
+    def _change_number_sync(
+        self, conn: sqlite3.Connection, user_id: str, directory_key: bytes, private: bytes | None
+    ) -> UserRecord:
         record = self._user_row(conn, user_id)
         if record is None:
             raise UserNotRegistered()
@@ -90,10 +102,13 @@ class SqliteRegistry(SqliteBase):
             return record
         if conn.execute("SELECT 1 FROM users WHERE dkey = ?", (directory_key,)).fetchone():
             raise ContactHashTaken()
-        conn.execute("UPDATE users SET dkey = ? WHERE user_id = ?", (directory_key, user_id))
+        old_private = self._private_of(conn, user_id)
+        conn.execute(
+            "UPDATE users SET dkey = ?, private = ? WHERE user_id = ?", (directory_key, private, user_id)
+        )
         self._scrub_feed(conn, user_id)
-        self._append_change(conn, record.directory_key, None, False)
-        self._append_change(conn, directory_key, user_id, record.settings.discoverable)
+        self._append_change(conn, record.directory_key, None, False, old_private)
+        self._append_change(conn, directory_key, user_id, record.settings.discoverable, private)
         self._after_register(conn, [(user_id, directory_key, record.settings.announce_join)])
         return record
 
@@ -111,7 +126,9 @@ class SqliteRegistry(SqliteBase):
             (settings.discoverable, settings.announce_join, settings.notify_on_join, user_id),
         )
         if settings.discoverable != record.settings.discoverable:
-            self._append_change(conn, record.directory_key, user_id, settings.discoverable)
+            self._append_change(
+                conn, record.directory_key, user_id, settings.discoverable, self._private_of(conn, user_id)
+            )
         return UserRecord(user_id, record.directory_key, settings)
 
     # -- bulk import ----------------------------------------------------------------------------
@@ -124,11 +141,12 @@ class SqliteRegistry(SqliteBase):
         report = ImportReport()
         conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS import_batch (pos INTEGER PRIMARY KEY, user_id TEXT NOT NULL,"
-            " dkey BLOB NOT NULL, discoverable INTEGER, announce_join INTEGER, notify_on_join INTEGER)"
+            " dkey BLOB NOT NULL, discoverable INTEGER, announce_join INTEGER, notify_on_join INTEGER,"
+            " private BLOB)"
         )
         conn.execute("DELETE FROM import_batch")
         conn.executemany(
-            "INSERT INTO import_batch VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO import_batch VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     first + i,
@@ -137,6 +155,7 @@ class SqliteRegistry(SqliteBase):
                     u.settings.discoverable,
                     u.settings.announce_join,
                     u.settings.notify_on_join,
+                    u.private,
                 )
                 for i, u in enumerate(users)
             ],
@@ -146,12 +165,12 @@ class SqliteRegistry(SqliteBase):
         if skip:
             conn.executemany("DELETE FROM import_batch WHERE pos = ?", [(p,) for p in skip])
         conn.execute(
-            f"INSERT INTO users({_USER_COLUMNS}) SELECT user_id, dkey, discoverable, announce_join,"
-            " notify_on_join FROM import_batch ORDER BY pos"
+            f"INSERT INTO users({_USER_COLUMNS}, private) SELECT user_id, dkey, discoverable, announce_join,"
+            " notify_on_join, private FROM import_batch ORDER BY pos"
         )
         conn.execute(
-            "INSERT INTO registry_feed(dkey, user_id, discoverable, created)"
-            " SELECT dkey, user_id, discoverable, ? FROM import_batch ORDER BY pos",
+            "INSERT INTO registry_feed(dkey, user_id, discoverable, created, private)"
+            " SELECT dkey, user_id, discoverable, ?, private FROM import_batch ORDER BY pos",
             (time.time(),),
         )
         imported = [
@@ -194,6 +213,25 @@ class SqliteRegistry(SqliteBase):
                 discoverable=np.fromiter((r[3] for r in rows), dtype=np.bool_, count=len(rows)),
             )
 
+    async def iter_private(self, batch_size: int) -> AsyncIterator[list[bytes]]:
+        after = 0
+        while True:
+            rows = await self._run(functools.partial(self._private_page, after, batch_size))
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield [bytes(r[1]) for r in rows if r[1] is not None]
+
+    def _private_page(self, after: int, limit: int) -> list[tuple[int, bytes | None]]:
+        return self._db.execute(
+            "SELECT rowid, private FROM users WHERE rowid > ? AND discoverable ORDER BY rowid LIMIT ?",
+            (after, limit),
+        ).fetchall()
+
+    def _private_of(self, conn: sqlite3.Connection, user_id: str) -> bytes | None:
+        row = conn.execute("SELECT private FROM users WHERE user_id = ?", (user_id,)).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
     def _registry_page(self, after: int, limit: int) -> list[tuple[int, bytes, str, int]]:
         return self._db.execute(
             "SELECT rowid, dkey, user_id, discoverable FROM users WHERE rowid > ? ORDER BY rowid LIMIT ?",
@@ -203,11 +241,16 @@ class SqliteRegistry(SqliteBase):
     # -- change feed ----------------------------------------------------------------------------
 
     def _append_change(
-        self, conn: sqlite3.Connection, dkey: bytes, user_id: str | None, discoverable: bool
+        self,
+        conn: sqlite3.Connection,
+        dkey: bytes,
+        user_id: str | None,
+        discoverable: bool,
+        private: bytes | None = None,
     ) -> None:
         conn.execute(
-            "INSERT INTO registry_feed(dkey, user_id, discoverable, created) VALUES (?, ?, ?, ?)",
-            (dkey, user_id, discoverable, time.time()),
+            "INSERT INTO registry_feed(dkey, user_id, discoverable, created, private) VALUES (?, ?, ?, ?, ?)",
+            (dkey, user_id, discoverable, time.time(), private),
         )
 
     def _scrub_feed(self, conn: sqlite3.Connection, user_id: str) -> None:
@@ -233,10 +276,14 @@ class SqliteRegistry(SqliteBase):
         if after < floor:
             raise FeedTruncated(f"changes after {after} were pruned (floor {floor})")
         rows = conn.execute(
-            "SELECT seq, dkey, user_id, discoverable FROM registry_feed WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, dkey, user_id, discoverable, private FROM registry_feed WHERE seq > ?"
+            " ORDER BY seq LIMIT ?",
             (after, limit),
         ).fetchall()
-        return [RegistryChange(seq, bytes(dkey), uid, bool(disc)) for seq, dkey, uid, disc in rows]
+        return [
+            RegistryChange(seq, bytes(dkey), uid, bool(disc), None if p is None else bytes(p))
+            for seq, dkey, uid, disc, p in rows
+        ]
 
     async def feed_wait(self, after: int, timeout: float) -> None:
         """Local writes wake waiters at once; writes by other processes are seen by polling."""

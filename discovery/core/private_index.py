@@ -1,0 +1,496 @@
+"""Private mode on a running instance: the entries written at registration, the in-memory set, the calls.
+
+* `PrivateRegistrar` computes the stored entry (tag, sealed id) of each registered user off the event loop;
+  `Directory` passes it to the store with the registration, in the same atomic step.
+* `PrivateIndex` is this instance's copy of the registered set in OPRF form: loaded from the store at start,
+  then kept fresh by following the registry feed, whose changes carry the entries (like `IndexSync`). Changes
+  are *released* after a random delay of up to `jitter` seconds, in feed order, so a snapshot, a delta or a
+  bucket never tells a join time to the second. Cursors are the registry feed's sequence numbers, the same on
+  every instance of a store.
+* `PrivateDiscovery` is what `PrivateDiscoveryService` calls: params, evaluation (charged to the new-contact
+  quota), snapshot, deltas, buckets, every input checked before anything is charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from discovery.core.background import log_retry
+from discovery.core.errors import FeedTruncated, InvalidArgument
+from discovery.core.ports import Store
+from discovery.core.private import (
+    MAX_BLINDED_PER_REQUEST,
+    OffLoopEvaluator,
+    OprfKey,
+    PrivateEntry,
+    check_bucket_prefix,
+)
+from discovery.core.quota import Gate
+from discovery.private_scheme import (
+    DEFAULT_ID_PAD,
+    SMALL_DIRECTORY_MAX,
+    SUITE,
+    TAG_SIZE,
+    Bucket,
+    BucketLayout,
+    BucketOverflow,
+    Delta,
+    DeltaRecord,
+    Snapshot,
+    bucket_layout,
+)
+from discovery.private_scheme.bucket import MIN_LOAD
+from discovery.private_scheme.derive import TAG_BITS, tag_value
+from discovery.private_scheme.tagset import sorted_unique
+
+log = logging.getLogger("discovery.private")
+
+LOAD_BATCH = 10_000
+FEED_PAGE = 1000
+MAX_BUCKETS_PER_REQUEST = 1000
+SNAPSHOT_CHUNK = 1 << 20
+SNAPSHOT_MAX_AGE = 30.0  # seconds a built snapshot is served while changes arrive (deltas cover the rest)
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateRegistrar:
+    """Computes the private-mode entries of registered users, off the event loop (one worker call a batch)."""
+
+    key: OprfKey
+    evaluator: OffLoopEvaluator
+    id_pad: int = DEFAULT_ID_PAD
+
+    def id_problem(self, user_id: str) -> str | None:
+        size = len(user_id.encode("utf-8"))
+        if size > self.id_pad:
+            return f"is {size} bytes; private mode seals ids of up to {self.id_pad} bytes (--private-id-pad)"
+        return None
+
+    async def entries(self, contact_hashes: Sequence[bytes], user_ids: Sequence[str]) -> list[bytes]:
+        if not user_ids:
+            return []
+        return await self.evaluator.entries_of(self.key, contact_hashes, user_ids, self.id_pad)
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateParams:
+    epoch: int
+    public_key: bytes
+    suite: str
+    layout: BucketLayout
+    id_pad: int
+    with_sealed_ids: bool
+    max_blinded: int
+    cursor: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """A snapshot built off the loop, and what bucket lookups keep of it."""
+
+    cursor: int
+    with_sealed_ids: bool
+    data: bytes
+    taken: float  # when its contents were taken
+    sorted_tags: npt.NDArray[np.uint64]
+    max_load: int
+    recent: frozenset[bytes]  # the recent tags it covers
+
+
+class PrivateIndex:
+    """The released registered set of one epoch: tag -> sealed ids, with a log of changes since load."""
+
+    def __init__(
+        self,
+        store: Store,
+        epoch: int,
+        *,
+        id_pad: int = DEFAULT_ID_PAD,
+        jitter: float = 0.0,
+        small_directory_max: int = SMALL_DIRECTORY_MAX,
+        bucket_min_users: int = MIN_LOAD,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._store = store
+        self.epoch = epoch
+        self.id_pad = id_pad
+        self.jitter = jitter
+        self.small_directory_max = small_directory_max
+        self.bucket_min_users = bucket_min_users
+        self._clock = clock
+        self._rng = rng
+        self._entries: dict[bytes, set[bytes]] = {}
+        self.count = 0
+        self.cursor = 0  # the newest released feed seq
+        self._base = 0  # the feed seq the set was loaded at: older cursors are read from the store
+        self._read = 0  # the newest feed seq read (released or pending)
+        self._log_seqs: list[int] = []
+        self._log: list[bytes] = []  # released entries touched after _base, parallel to _log_seqs
+        self._pending: deque[tuple[float, int, bytes | None, bool]] = deque()
+        self._released = asyncio.Event()
+        self._snapshot: tuple[int, bool, bytes, float] | None = None
+        self._building: asyncio.Future[bytes] | None = None
+        self._sorted_tags = np.zeros(0, dtype=np.uint64)
+        self._recent_tags: set[bytes] = set()
+        self._max_load = 0
+        self._closed = asyncio.Event()
+        self.loaded = False
+
+    # -- loading and following ------------------------------------------------------------------
+
+    async def load(self) -> None:
+        head = await self._store.feed_head()
+        entries: dict[bytes, set[bytes]] = {}
+        count = 0
+        async for batch in self._store.iter_private(LOAD_BATCH):
+            for raw in batch:
+                entry = PrivateEntry.unpack(raw)
+                entries.setdefault(entry.tag, set()).add(entry.sealed)
+                count += 1
+        self._entries, self.count = entries, count
+        self.cursor = self._base = self._read = head
+        self._log_seqs, self._log = [], []
+        self._pending.clear()
+        self._snapshot = None
+        self.loaded = True
+        self._wake()
+
+    async def follow(self, stop: asyncio.Event, poll: float = 1.0) -> None:
+        """Read the feed and release its changes until `stop` is set; reload when the feed was pruned."""
+        while not stop.is_set():
+            try:
+                await self.catch_up()
+                wait = poll if not self._pending else max(0.0, min(poll, self._pending[0][0] - self._clock()))
+                if wait > 0:
+                    await self._store.feed_wait(self._read, wait)
+            except asyncio.CancelledError:
+                raise
+            except FeedTruncated:
+                log.info("private feed truncated: reloading", extra={"event": "private_reload"})
+                await self.load()
+            except Exception:  # the store is down: keep serving the released set
+                log_retry(log, "private index follow failed; retrying", "private_follow_error")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=poll)
+
+    async def catch_up(self) -> None:
+        """Read every change committed so far, then release those that are due."""
+        while True:
+            changes = await self._store.feed_read(self._read, FEED_PAGE)
+            now = self._clock()
+            last = self._pending[-1][0] if self._pending else now
+            for change in changes:
+                release = max(last, now + self.jitter * self._rng()) if self.jitter > 0 else now
+                present = change.user_id is not None and change.discoverable
+                self._pending.append((release, change.seq, change.private, present))
+                last = release
+                self._read = change.seq
+            if len(changes) < FEED_PAGE:
+                break
+        self.release_due()
+
+    def release_due(self) -> None:
+        now = self._clock()
+        released = False
+        while self._pending and self._pending[0][0] <= now:
+            _, seq, raw, present = self._pending.popleft()
+            if raw is not None:
+                self._apply(PrivateEntry.unpack(raw), present)
+                self._log_seqs.append(seq)
+                self._log.append(raw)
+            self.cursor = seq
+            released = True
+        if not self._pending and self._read > self.cursor:
+            self.cursor = self._read
+            released = True
+        if released:
+            self._wake()
+
+    def _apply(self, entry: PrivateEntry, present: bool) -> None:
+        sealed = self._entries.get(entry.tag)
+        if present:
+            if sealed is None:
+                sealed = self._entries[entry.tag] = set()
+                self._recent_tags.add(entry.tag)
+            if entry.sealed not in sealed:
+                sealed.add(entry.sealed)
+                self.count += 1
+        elif sealed is not None and entry.sealed in sealed:
+            sealed.discard(entry.sealed)
+            self.count -= 1
+            if not sealed:
+                del self._entries[entry.tag]
+
+    def _wake(self) -> None:
+        self._released.set()
+        self._released = asyncio.Event()
+
+    async def wait_release(self, after: int, timeout: float) -> None:
+        if self.cursor > after:
+            return
+        released, closed = self._released, self._closed
+        waits = [asyncio.ensure_future(released.wait()), asyncio.ensure_future(closed.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def store_head(self) -> int:
+        return await self._store.feed_head()
+
+    def end_streams(self) -> None:
+        self._closed.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    # -- what clients read ----------------------------------------------------------------------
+
+    @property
+    def with_sealed_ids(self) -> bool:
+        return self.count <= self.small_directory_max
+
+    def layout(self) -> BucketLayout:
+        return bucket_layout(self.count, self.bucket_min_users, self._max_load)
+
+    def _fresh_snapshot(self) -> bytes | None:
+        """The built snapshot while it may be served (same cursor, or younger than SNAPSHOT_MAX_AGE)."""
+        cached = self._snapshot
+        if (
+            cached is not None
+            and cached[1] == self.with_sealed_ids
+            and (cached[0] == self.cursor or self._clock() - cached[3] < SNAPSHOT_MAX_AGE)
+        ):
+            return cached[2]
+        return None
+
+    def snapshot_bytes(self) -> bytes:
+        """The snapshot, rebuilt in this thread when stale (tools and benchmarks; servers use `snapshot`)."""
+        fresh = self._fresh_snapshot()
+        return fresh if fresh is not None else self._install(self._builder()())
+
+    async def snapshot(self) -> bytes:
+        """The snapshot as of a recent released cursor; a stale one is rebuilt in a worker thread (about
+        0.5 s of CPU at 1M users), one build at a time, so the event loop keeps serving meanwhile."""
+        fresh = self._fresh_snapshot()
+        if fresh is not None:
+            return fresh
+        if self._building is None:
+            self._building = asyncio.ensure_future(self._rebuild())
+        return await asyncio.shield(self._building)
+
+    async def rebuild(self) -> bytes:
+        """A new snapshot now (the layout no longer holds the fullest bucket)."""
+        self._snapshot = None
+        return await self.snapshot()
+
+    async def _rebuild(self) -> bytes:
+        try:
+            return self._install(await asyncio.to_thread(self._builder()))
+        finally:
+            self._building = None
+
+    def _builder(self) -> Callable[[], _Built]:
+        """Takes (on the loop) what the snapshot is made of; the function returned builds it in any thread."""
+        epoch, cursor, id_pad, ids = self.epoch, self.cursor, self.id_pad, self.with_sealed_ids
+        entries, recent, taken = self._entries, frozenset(self._recent_tags), self._clock()
+        bits = bucket_layout(self.count, self.bucket_min_users).prefix_bits
+        # A small directory's pairs are few; a large one's snapshot needs only the tags (the keys).
+        pairs = [(tag, sealed) for tag, found in entries.items() for sealed in found] if ids else None
+
+        def build() -> _Built:
+            if pairs is not None:
+                snapshot = Snapshot.build(epoch, cursor, pairs, True, id_pad)
+                sorted_tags = sorted_unique(snapshot.tags)
+            else:
+                # list() of a dict is one C call under the GIL: the loop cannot change the dict meanwhile.
+                snapshot = Snapshot.of_tags(epoch, cursor, list(entries), id_pad)
+                sorted_tags = snapshot.tags
+            loads = np.bincount((snapshot.tags >> np.uint64(TAG_BITS - bits)).astype(np.int64))
+            max_load = int(loads.max()) if len(snapshot.tags) else 0
+            return _Built(cursor, ids, snapshot.serialize(), taken, sorted_tags, max_load, recent)
+
+        return build
+
+    def _install(self, built: _Built) -> bytes:
+        self._snapshot = (built.cursor, built.with_sealed_ids, built.data, built.taken)
+        self._sorted_tags, self._max_load = built.sorted_tags, built.max_load
+        self._recent_tags -= built.recent  # tags first seen during the build stay recent
+        return built.data
+
+    def delta_records(self, touched: Sequence[bytes]) -> tuple[tuple[DeltaRecord, ...], bool]:
+        """States of the entries touched, against the released set: (records, with sealed ids)."""
+        ids = self.with_sealed_ids
+        records: list[DeltaRecord] = []
+        if ids:
+            for raw in dict.fromkeys(touched):
+                entry = PrivateEntry.unpack(raw)
+                records.append(
+                    DeltaRecord(entry.sealed in self._entries.get(entry.tag, ()), entry.tag, entry.sealed)
+                )
+        else:
+            for tag in dict.fromkeys(bytes(raw[:TAG_SIZE]) for raw in touched):
+                records.append(DeltaRecord(tag in self._entries, tag))
+        return tuple(records), ids
+
+    async def touched_since(self, cursor: int) -> list[bytes] | None:
+        """Entries touched by released changes after `cursor`, or None when they are no longer known."""
+        older: list[bytes] = []
+        if cursor < self._base:
+            after = cursor
+            try:
+                while after < self._base:
+                    changes = await self._store.feed_read(after, FEED_PAGE)
+                    if not changes:
+                        break
+                    older += [c.private for c in changes if c.private is not None and c.seq <= self._base]
+                    after = changes[-1].seq
+            except FeedTruncated:
+                return None
+        start = bisect.bisect_right(self._log_seqs, cursor)
+        touched = older + self._log[start:]
+        if len(touched) > max(1000, self.count // 4):
+            return None  # a fresh snapshot is cheaper
+        return touched
+
+    def bucket(self, prefix: bytes, layout: BucketLayout) -> Bucket:
+        bits = layout.prefix_bits
+        low = (int.from_bytes(prefix, "big") >> ((-bits) % 8)) << (TAG_BITS - bits) if bits else 0
+        high = low + (1 << (TAG_BITS - bits))
+        sorted_tags = self._sorted_tags
+        lo, hi = np.searchsorted(sorted_tags, [low, high])
+        candidates = {int(v).to_bytes(TAG_SIZE, "big") for v in sorted_tags[lo:hi]}
+        candidates |= {t for t in self._recent_tags if low <= tag_value(t) < high}
+        real = [(tag, sealed) for tag in candidates for sealed in self._entries.get(tag, ())]
+        return Bucket.build(self.epoch, layout, prefix, real, self.id_pad)
+
+
+class PrivateDiscovery:
+    """The calls of PrivateDiscoveryService (the caller is the call's principal)."""
+
+    def __init__(
+        self,
+        index: PrivateIndex,
+        key: OprfKey,
+        evaluator: OffLoopEvaluator,
+        gate: Gate,
+        max_blinded: int = MAX_BLINDED_PER_REQUEST,
+    ) -> None:
+        self.index = index
+        self.key = key
+        self.evaluator = evaluator
+        self.gate = gate
+        self.max_blinded = max_blinded
+
+    def registrar(self) -> PrivateRegistrar:
+        """What registration calls to compute entries: same key, worker pool and id padding."""
+        return PrivateRegistrar(self.key, self.evaluator, self.index.id_pad)
+
+    async def params(self) -> PrivateParams:
+        index = self.index
+        await index.snapshot()  # the layout's capacity follows the fullest bucket of the current set
+        return PrivateParams(
+            self.key.epoch,
+            self.key.public_key,
+            SUITE,
+            index.layout(),
+            index.id_pad,
+            index.with_sealed_ids,
+            self.max_blinded,
+            index.cursor,
+        )
+
+    async def evaluate(self, caller: str, packed: bytes) -> tuple[bytes, bytes]:
+        """Check the batch, charge the request and one new contact per element, evaluate off the loop.
+
+        As in Discover: a valid batch costs one quota round trip (the rate and its elements together); an
+        invalid one is charged the request rate alone; one over a quota is refused before it is evaluated.
+        """
+        try:
+            count = await self.evaluator.check(packed, self.max_blinded)
+        except InvalidArgument:
+            await self.gate.admit(caller)
+            raise
+        await self.gate.charge_count(caller, count)
+        return await self.evaluator.evaluate(self.key, packed, self.max_blinded)
+
+    async def snapshot_chunks(self, max_chunk: int = 0) -> tuple[int, list[bytes]]:
+        data = await self.index.snapshot()
+        size = max_chunk if max_chunk > 0 else SNAPSHOT_CHUNK
+        return len(data), [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+    async def _checked_cursor(self, epoch: int, cursor: int) -> bool:
+        """True: the cursor is known here; False: ahead of this instance but not of the store."""
+        if epoch != self.key.epoch:
+            raise InvalidArgument.field(
+                "epoch", f"epoch {epoch} is not the current key epoch {self.key.epoch}"
+            )
+        if cursor <= self.index.cursor:
+            return True
+        if cursor <= await self.index.store_head():
+            return False
+        raise InvalidArgument.field("cursor", "the cursor is ahead of the directory")
+
+    async def delta(self, epoch: int, cursor: int) -> Delta | None:
+        """The delta from `cursor` to the released head; None: fetch a snapshot."""
+        index = self.index
+        if not await self._checked_cursor(epoch, cursor):
+            return Delta(index.epoch, cursor, cursor, (), index.with_sealed_ids, index.id_pad)
+        head = index.cursor
+        touched = await index.touched_since(cursor)
+        if touched is None:
+            return None
+        records, ids = index.delta_records(touched)
+        return Delta(index.epoch, cursor, head, records, ids, index.id_pad)
+
+    async def deltas(self, epoch: int, cursor: int, poll: float = 15.0) -> AsyncIterator[Delta | None]:
+        """Deltas from `cursor`, then live ones, until the instance stops; None: fetch a snapshot."""
+        if not await self._checked_cursor(epoch, cursor):
+            cursor = min(cursor, self.index.cursor)
+        index = self.index
+        first = True
+        while not index.closed:
+            if first or index.cursor > cursor:
+                delta = await self.delta(epoch, cursor)
+                if delta is None:
+                    yield None
+                    return
+                if delta.records or first:
+                    yield delta
+                cursor = delta.to_cursor
+                first = False
+            await index.wait_release(cursor, poll)
+
+    async def buckets(self, prefixes: Sequence[bytes]) -> list[bytes]:
+        if len(prefixes) > MAX_BUCKETS_PER_REQUEST:
+            raise InvalidArgument.field(
+                "prefixes", f"{len(prefixes)} prefixes exceed the limit of {MAX_BUCKETS_PER_REQUEST}"
+            )
+        index = self.index
+        await index.snapshot()
+        layout = index.layout()
+        for i, prefix in enumerate(prefixes):
+            check_bucket_prefix(prefix, layout, field=f"prefixes[{i}]")
+        out: list[bytes] = []
+        for prefix in prefixes:
+            try:
+                bucket = index.bucket(prefix, layout)
+            except BucketOverflow:  # fuller than the fullest at the last build: rebuild the layout
+                await index.rebuild()
+                return await self.buckets(prefixes)
+            out.append(bucket.serialize())
+        return out

@@ -1,0 +1,110 @@
+"""Private mode's registered set (core/private_index.py) over the in-memory store: what registrations,
+number changes, settings changes and unregistrations leave in it, and the snapshot built off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from discovery.core.directory import Directory, ImportCandidate
+from discovery.core.errors import InvalidArgument
+from discovery.core.hashing import KeyRing
+from discovery.core.index_sync import IndexSync
+from discovery.core.model import ImportRejectionReason, PrivacySettings
+from discovery.core.private import OffLoopEvaluator, OprfKey
+from discovery.core.private_index import PrivateDiscovery, PrivateIndex, PrivateRegistrar
+from discovery.core.quota import ALLOW_ALL
+from discovery.private_scheme import Snapshot, open_sealed, sealed_size, tag_of
+from tests.support.domain import SECRET, number
+from tests.support.memory_store import MemoryStore
+
+
+@pytest.fixture
+async def private() -> AsyncIterator[tuple[Directory, PrivateDiscovery]]:
+    store = MemoryStore()
+    key = OprfKey.from_secret(SECRET, 1)
+    evaluator = OffLoopEvaluator(kind="thread")
+    discovery = PrivateDiscovery(PrivateIndex(store, key.epoch), key, evaluator, ALLOW_ALL)
+    sync = IndexSync(store)
+    await sync.load()
+    keys = KeyRing.from_secret(SECRET)
+    try:
+        yield Directory(store, sync, keys, private=discovery.registrar()), discovery
+    finally:
+        evaluator.close()
+
+
+async def test_the_set_follows_every_kind_of_registry_change(
+    private: tuple[Directory, PrivateDiscovery],
+) -> None:
+    directory, discovery = private
+    index, key = discovery.index, discovery.key
+    await directory.register("alice", number(1))
+    await directory.register("bob", number(2))
+    await directory.register("carol", number(3), PrivacySettings(discoverable=False))
+    await directory.change_number("alice", number(4))
+    await directory.unregister("bob")
+    await index.catch_up()
+    snapshot = Snapshot.deserialize(await index.snapshot())
+    tags = [tag_of(key.output_of(number(i))) for i in range(1, 5)]
+    assert snapshot.contains(tags) == [False, False, False, True]
+    assert index.count == 1
+    # Carol turns discoverable: her entry (kept since registration) enters the set. (A snapshot younger
+    # than SNAPSHOT_MAX_AGE is still served, deltas cover the rest: rebuild to see it.)
+    await directory.update_settings("carol", PrivacySettings(discoverable=True))
+    await index.catch_up()
+    assert Snapshot.deserialize(await index.rebuild()).contains(tags) == [False, False, True, True]
+    layout = (await discovery.params()).layout
+    (raw,) = await discovery.buckets([tags[3][: (layout.prefix_bits + 7) // 8]])
+    # A fresh index loaded from the store holds the same set.
+    reloaded = PrivateIndex(index._store, key.epoch)
+    await reloaded.load()
+    assert reloaded.count == 2
+    assert raw and open_sealed(key.output_of(number(4)), 1, snapshot.sealed_for(tags[3])[0]) == "alice"
+
+
+async def test_a_stale_snapshot_is_rebuilt_off_the_loop_once_for_every_caller() -> None:
+    index = PrivateIndex(MemoryStore(), 1)
+    filler = os.urandom(sealed_size())
+    index._entries = {os.urandom(5): {filler} for _ in range(200_000)}
+    index.count = len(index._entries)
+    first, second = asyncio.ensure_future(index.snapshot()), asyncio.ensure_future(index.snapshot())
+    turns = 0
+    for _ in range(20_000):  # bounded: the build takes well under 20 s of 1 ms turns
+        await asyncio.sleep(0.001)
+        turns += 1
+        if first.done():
+            break
+    assert turns > 1, "the loop kept turning while the snapshot was built"
+    assert await first is await second, "one build served both callers"
+    assert len(Snapshot.deserialize(await first)) == len(index._entries)
+    assert index.snapshot_bytes() is await first, "a fresh snapshot is served as built"
+
+
+async def test_user_ids_longer_than_the_id_pad_are_refused_at_registration() -> None:
+    store = MemoryStore()
+    key = OprfKey.from_secret(SECRET, 1)
+    evaluator = OffLoopEvaluator(kind="thread")
+    sync = IndexSync(store)
+    await sync.load()
+    directory = Directory(
+        store, sync, KeyRing.from_secret(SECRET), private=PrivateRegistrar(key, evaluator, id_pad=8)
+    )
+    try:
+        with pytest.raises(InvalidArgument, match="up to 8 bytes") as refused:
+            await directory.register("longer-than-8", number(1))
+        assert [v.field for v in refused.value.violations] == ["user_id"]
+        report = await directory.import_batch(
+            [ImportCandidate("short", number(2), None), ImportCandidate("longer-than-8", number(3), None)], 0
+        )
+        assert report.imported == 1
+        assert [(r.position, r.reason) for r in report.rejections] == [
+            (1, ImportRejectionReason.INVALID_USER_ID)
+        ]
+        with pytest.raises(InvalidArgument):
+            await directory.change_number("longer-than-8", number(4))
+    finally:
+        evaluator.close()
