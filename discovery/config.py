@@ -28,6 +28,7 @@ _LIMITS, _JOINS, _QUOTA, _SETTINGS = DirectoryLimits(), JoinPolicy(), QuotaPolic
 AUTH_MODES = ("jwt", "dev")
 SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ANNOUNCE_MODES = ("off", "mutual", "everyone")
 
 #: A check of one option's value: raises ValueError with a message naming ``flag``.
 Check = Callable[[str, Any], None]
@@ -112,8 +113,16 @@ class ServerConfig:
     default_discoverable: bool = field(
         default=_SETTINGS.discoverable, metadata={"help": "initial 'discoverable' of a new user"}
     )
-    default_announce_join: bool = field(
-        default=_SETTINGS.announce_join, metadata={"help": "initial 'announce_join' of a new user"}
+    default_announce_mode: str = field(
+        default=_SETTINGS.announce_mode.name.lower(),
+        metadata=_help(
+            "who is told when a new user joins: off, mutual (only people they have) or everyone",
+            one_of(ANNOUNCE_MODES),
+        ),
+    )
+    default_announce_number_change: bool = field(
+        default=_SETTINGS.announce_number_change,
+        metadata={"help": "initial 'announce_number_change' of a new user (a number change announces)"},
     )
     default_notify_on_join: bool = field(
         default=_SETTINGS.notify_on_join, metadata={"help": "initial 'notify_on_join' of a new user (opt-in)"}
@@ -185,6 +194,12 @@ class ServerConfig:
     join_max_streams: int = field(
         default=_JOINS.max_subscribers,
         metadata=_help("live SubscribeJoins streams one instance accepts", positive),
+    )
+    join_release_jitter_seconds: float = field(
+        default=_JOINS.release_jitter,
+        metadata=_help(
+            "join events become deliverable after a random delay of up to this long", non_negative
+        ),
     )
     join_max_streams_per_user: int = field(
         default=_JOINS.max_streams_per_user,

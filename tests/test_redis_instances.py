@@ -29,10 +29,10 @@ from discovery.app.server import DiscoveryServer
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, JoinEvent, Settings
 from discovery.config import ServerConfig
 from discovery.core.errors import FeedTruncated
-from discovery.core.model import NewUser
 from discovery.core.model import PrivacySettings as StoredSettings
 from discovery.store.redis import RedisStore
 from discovery.store.redis.base import parse_redis_url
+from tests.support.announce import new_user
 from tests.support.helpers import e164_numbers
 from tests.support.redis_fixtures import RedisProcess, stop_by_pid
 
@@ -176,7 +176,7 @@ async def test_health_is_not_serving_until_the_index_is_loaded(
     """A big-ish registry, so that the load takes long enough to watch the health service."""
     store = RedisStore(parse_redis_url(redis_url))
     await store.open()
-    users = [NewUser(f"user-{i}", os.urandom(16), StoredSettings()) for i in range(200_000)]
+    users = [new_user(f"user-{i}", os.urandom(16), StoredSettings()) for i in range(200_000)]
     for start in range(0, len(users), 10_000):
         await store.import_users(users[start : start + 10_000], start)
     await store.close()
@@ -215,7 +215,7 @@ async def test_redis_restart_makes_followers_reload(redis_factory: Callable[...,
     store = RedisStore(parse_redis_url(server.url))
     await store.open()
     try:
-        await store.register(NewUser("alice", os.urandom(16), StoredSettings()))
+        await store.register(new_user("alice", os.urandom(16), StoredSettings()))
         head = await store.feed_head()
         assert await store.feed_read(head, 10) == []
         server.kill()

@@ -26,7 +26,7 @@ from discovery.core.directory import Directory, DirectoryLimits
 from discovery.core.hashing import KeyRing
 from discovery.core.index_sync import IndexSync
 from discovery.core.joins import JoinPolicy, Joins
-from discovery.core.model import PrivacySettings
+from discovery.core.model import AnnounceMode, PrivacySettings
 from discovery.core.quota import DiscoverGate, Gate, QuotaPolicy
 from discovery.metrics import Metrics
 from discovery.store import Store, open_store
@@ -120,6 +120,7 @@ def join_policy(config: ServerConfig) -> JoinPolicy:
         page_size=config.join_page_size,
         max_subscribers=config.join_max_streams,
         max_streams_per_user=config.join_max_streams_per_user,
+        release_jitter=config.join_release_jitter_seconds,
     )
 
 
@@ -142,8 +143,9 @@ def directory_limits(config: ServerConfig) -> DirectoryLimits:
 def default_settings(config: ServerConfig) -> PrivacySettings:
     return PrivacySettings(
         discoverable=config.default_discoverable,
-        announce_join=config.default_announce_join,
+        announce_mode=AnnounceMode[config.default_announce_mode.upper()],
         notify_on_join=config.default_notify_on_join,
+        announce_number_change=config.default_announce_number_change,
     )
 
 

@@ -9,6 +9,7 @@ are never returned.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from discovery.core.errors import InvalidArgument, UserNotRegistered
@@ -21,8 +22,10 @@ from discovery.core.model import (
     DirectoryMatch,
     ImportRejectionReason,
     ImportReport,
+    MyData,
     NewUser,
     PrivacySettings,
+    QuotaLevel,
     RegisterOutcome,
     RejectedUser,
     UserRecord,
@@ -96,6 +99,10 @@ class Directory:
             return DirectoryMatch([], [], token, checked)
         positions, user_ids = self.sync.lookup(keys)
         await self.joins.watch_unmatched(caller, keys, positions)
+        if user_ids:
+            record = await self.joins.caller(caller)
+            if record is not None:
+                await self.joins.announce_mutual(record, user_ids)
         return DirectoryMatch(positions.tolist(), user_ids, token, checked)
 
     async def get_settings(self, caller: str) -> PrivacySettings:
@@ -125,8 +132,46 @@ class Directory:
         await self.sync.catch_up()
         return record.settings
 
-    async def delete_my_data(self, caller: str) -> int:
-        return await self.store.delete_user_data(caller)
+    async def delete_my_data(
+        self, caller: str, disable_notify_on_join: bool = False
+    ) -> tuple[int, PrivacySettings | None]:
+        """Forget the caller's watches, inbox and devices (the registration, settings and quota
+        levels stay: see README, "Your data"); optionally turn notify_on_join off first, so that
+        no watch is stored again. Returns how many records were removed and the settings."""
+        settings: PrivacySettings | None = None
+        dropped = 0
+        if disable_notify_on_join:
+            dropped = await self.store.count_watches(caller)  # the opt-out drops them
+            off = PrivacySettings(notify_on_join=False)
+            settings = await self.update_settings(caller, off, ["notify_on_join"])
+        removed = dropped + await self.store.delete_user_data(caller, self.keys.joiner_tag(caller))
+        self.joins.settings_changed(caller)
+        await self.store.erase_traces()
+        if settings is None:
+            record = await self.store.get_user(caller)
+            settings = record.settings if record is not None else None
+        return removed, settings
+
+    async def export_my_data(self, caller: str) -> MyData:
+        """Everything kept on behalf of the caller (ExportMyData)."""
+        record = await self.store.get_user(caller)
+        events = []
+        after = 0
+        while True:
+            page = await self.store.inbox_read(caller, after, 1000, self.joins.policy.inbox_ttl)
+            events += self.joins.events(page)
+            if len(page) < 1000:
+                break
+            after = page[-1].cursor
+        return MyData(
+            user_id=caller,
+            settings=record.settings if record is not None else None,
+            watches=await self.store.watch_summary(caller),
+            events=events,
+            devices=await self.store.devices(caller),
+            quotas=[QuotaLevel(*level) for level in await self.gate.levels(caller)],
+            exported_at=time.time(),
+        )
 
     async def _registered(self, user_id: str) -> UserRecord:
         record = await self.store.get_user(user_id)
@@ -141,23 +186,26 @@ class Directory:
     ) -> RegisterOutcome:
         check_user_id(user_id)
         check_contact_hash(contact_hash)
-        user = NewUser(user_id, self.keys.directory_key_of(contact_hash), settings or self.default_settings)
+        key = self.keys.directory_key_of(contact_hash)
+        user = NewUser(user_id, key, settings or self.default_settings, self.joins.announcement(user_id, key))
         outcome = await self.store.register(user)
         await self.sync.catch_up()
         return outcome
 
     async def unregister(self, user_id: str) -> None:
         check_user_id(user_id)
-        if await self.store.unregister(user_id) is None:
+        if await self.store.unregister(user_id, self.keys.joiner_tag(user_id)) is None:
             raise UserNotRegistered()
         await self.gate.forget(user_id)
         self.joins.user_left(user_id)
+        await self.store.erase_traces()
         await self.sync.catch_up()
 
     async def change_number(self, user_id: str, contact_hash: bytes) -> None:
         check_user_id(user_id)
         check_contact_hash(contact_hash)
-        await self.store.change_number(user_id, self.keys.directory_key_of(contact_hash))
+        key = self.keys.directory_key_of(contact_hash)
+        await self.store.change_number(user_id, key, self.joins.announcement(user_id, key))
         await self.sync.catch_up()
 
     async def import_batch(self, candidates: list[ImportCandidate], first_position: int) -> ImportReport:
@@ -191,7 +239,12 @@ class Directory:
         if valid:
             keys = self.keys.directory_keys(b"".join(c.contact_hash for _, c in valid))
             users = [
-                NewUser(c.user_id, keys[i * 16 : (i + 1) * 16], c.settings or self.default_settings)
+                NewUser(
+                    c.user_id,
+                    keys[i * 16 : (i + 1) * 16],
+                    c.settings or self.default_settings,
+                    self.joins.announcement(c.user_id, keys[i * 16 : (i + 1) * 16]),
+                )
                 for i, (_, c) in enumerate(valid)
             ]
             stored = await self.store.import_users(users, 0)

@@ -133,6 +133,10 @@ class Gate(Protocol):
 
     async def forget(self, user_id: str) -> int: ...
 
+    async def levels(self, user_id: str) -> list[tuple[str, float, float]]:
+        """(purpose, level now, capacity) of each of the user's buckets (ExportMyData)."""
+        ...
+
 
 class AllowAllGate:
     """A gate that admits every request, charges nothing and issues no token (tests, tools)."""
@@ -147,6 +151,9 @@ class AllowAllGate:
 
     async def forget(self, user_id: str) -> int:
         return 0
+
+    async def levels(self, user_id: str) -> list[tuple[str, float, float]]:
+        return []
 
 
 ALLOW_ALL = AllowAllGate()
@@ -173,6 +180,20 @@ class DiscoverGate:
     async def forget(self, user_id: str) -> int:
         """Drop the user's buckets: an unregistered user leaves no record that names them."""
         return await self._store.forget_buckets([f"{purpose}:{user_id}" for purpose in BUCKET_PURPOSES])
+
+    async def levels(self, user_id: str) -> list[tuple[str, float, float]]:
+        """Each enforced bucket's level, read by charging nothing (which leaves it as it is)."""
+        policy, now = self.policy, self._clock()
+        limits = (
+            ("requests", policy.rate_burst, policy.rate_per_minute / 60.0),
+            ("contacts", policy.capacity, policy.refill_per_hour / 3600.0),
+        )
+        out = []
+        for purpose, capacity, leak in limits:
+            if capacity > 0:
+                outcome = await self._store.charge(f"{purpose}:{user_id}", 0, capacity, leak, now)
+                out.append((purpose, outcome.level, float(capacity)))
+        return out
 
     async def admit(self, caller: str) -> None:
         """Charge one request to the caller's request rate, or QuotaExceeded."""

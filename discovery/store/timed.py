@@ -42,14 +42,18 @@ class TimedStore:
     async def register(self, user: m.NewUser) -> m.RegisterOutcome:
         return await self._timed("register", self.inner.register(user))
 
-    async def unregister(self, user_id: str) -> m.UserRecord | None:
-        return await self._timed("unregister", self.inner.unregister(user_id))
+    async def unregister(self, user_id: str, joiner_tag: bytes) -> m.UserRecord | None:
+        return await self._timed("unregister", self.inner.unregister(user_id, joiner_tag))
 
-    async def delete_user_data(self, user_id: str) -> int:
-        return await self._timed("delete_user_data", self.inner.delete_user_data(user_id))
+    async def delete_user_data(self, user_id: str, joiner_tag: bytes) -> int:
+        return await self._timed("delete_user_data", self.inner.delete_user_data(user_id, joiner_tag))
 
-    async def change_number(self, user_id: str, directory_key: bytes) -> m.UserRecord:
-        return await self._timed("change_number", self.inner.change_number(user_id, directory_key))
+    async def change_number(
+        self, user_id: str, directory_key: bytes, announcement: m.Announcement
+    ) -> m.UserRecord:
+        return await self._timed(
+            "change_number", self.inner.change_number(user_id, directory_key, announcement)
+        )
 
     async def import_users(self, users: Sequence[m.NewUser], first_position: int) -> m.ImportReport:
         return await self._timed("import_users", self.inner.import_users(users, first_position))
@@ -96,6 +100,19 @@ class TimedStore:
     async def count_watches(self, watcher: str) -> int:
         return await self._timed("count_watches", self.inner.count_watches(watcher))
 
+    async def announce_mutual(
+        self, joiner: str, announcement: m.Announcement, watchers: Sequence[str]
+    ) -> int:
+        return await self._timed(
+            "announce_mutual", self.inner.announce_mutual(joiner, announcement, watchers)
+        )
+
+    async def watch_summary(self, watcher: str) -> m.WatchSummary:
+        return await self._timed("watch_summary", self.inner.watch_summary(watcher))
+
+    async def devices(self, user_id: str) -> list[m.DeviceState]:
+        return await self._timed("devices", self.inner.devices(user_id))
+
     async def inbox_attach(self, user_id: str, device_id: str, after: int) -> int | None:
         return await self._timed("inbox_attach", self.inner.inbox_attach(user_id, device_id, after))
 
@@ -115,6 +132,9 @@ class TimedStore:
 
     async def ping(self) -> None:
         await self._timed("ping", self.inner.ping())
+
+    async def erase_traces(self) -> None:
+        await self._timed("erase_traces", self.inner.erase_traces())
 
     async def close(self) -> None:
         await self._timed("close", self.inner.close())

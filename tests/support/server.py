@@ -48,6 +48,7 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
             "data_dir": tmp_path / "data",
             "grace_seconds": 1.0,
             "auth": "dev",
+            "join_release_jitter_seconds": 0.0,
         }
         options.update(overrides)
         server = DiscoveryServer(ServerConfig(**options))  # type: ignore[arg-type]
