@@ -26,7 +26,9 @@ async def server(request: pytest.FixtureRequest, start_server: StartServer) -> D
         store = request.getfixturevalue("redis_url")
     elif request.param == "redis-cluster":
         store = request.getfixturevalue("redis_cluster_url")
-    return await start_server(store=store, quota_capacity=0, rate_limit_burst=0)
+    return await start_server(
+        store=store, quota_capacity=0, rate_limit_burst=0, default_announce_mode="mutual"
+    )
 
 
 def target(server: DiscoveryServer) -> str:

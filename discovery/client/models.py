@@ -80,7 +80,9 @@ class Settings:
     discoverable: bool
     announce_join: bool
     notify_on_join: bool
-    announce_mode: str | None = None
+    #: Not compared (``==`` compares what clients that predate the modes compare, and
+    #: announce_join already tells OFF from the others).
+    announce_mode: str | None = field(default=None, compare=False)
     announce_number_change: bool = False
 
     def to_dict(self) -> dict[str, bool | str | None]:

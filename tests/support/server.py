@@ -48,7 +48,10 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
             "data_dir": tmp_path / "data",
             "grace_seconds": 1.0,
             "auth": "dev",
+            # Join tests see events at once, and announce to everyone unless they ask for the
+            # server's default (MUTUAL: tests/test_join_modes.py).
             "join_release_jitter_seconds": 0.0,
+            "default_announce_mode": "everyone",
         }
         options.update(overrides)
         server = DiscoveryServer(ServerConfig(**options))  # type: ignore[arg-type]

@@ -82,7 +82,8 @@ local function append_event(watcher, a, now, inbox_ttl, notified)
   local cursor = redis.call('HINCRBY', KEYS[1], 'jseq', 1)
   local inbox = inbox_of(watcher)
   local ttl = tonumber(inbox_ttl) + math.ceil(a.delay * 1000)
-  redis.call('ZADD', inbox, cursor, cursor .. ':' .. string.format('%.6f', now + a.delay) .. ':' .. a.jtag .. a.notice)
+  local released = string.format('%.6f', now + a.delay)
+  redis.call('ZADD', inbox, cursor, cursor .. ':' .. released .. ':' .. a.jtag .. a.notice)
   redis.call('PEXPIRE', inbox, ttl)
   redis.call('SADD', notified_by(a.jtag), watcher)
   redis.call('PEXPIRE', notified_by(a.jtag), ttl)
@@ -127,6 +128,11 @@ local function forget(uid, registered, jtag)
   local keys = redis.call('ZRANGE', ww, 0, -1)
   unwatch(uid, keys)
   local removed = #keys + redis.call('ZCARD', inbox_of(uid)) + redis.call('HLEN', devices_of(uid))
+  -- The joiners' sets of whom they told no longer name this watcher.
+  for _, member in ipairs(redis.call('ZRANGE', inbox_of(uid), 0, -1)) do
+    local second = string.find(member, ':', string.find(member, ':', 1, true) + 1, true)
+    redis.call('SREM', notified_by(string.sub(member, second + 1, second + 16)), uid)
+  end
   redis.call('DEL', ww, inbox_of(uid), devices_of(uid))
   if not registered then
     local jn = notified_by(jtag)
@@ -138,6 +144,18 @@ local function forget(uid, registered, jtag)
       end
     end
     redis.call('DEL', jn)
+    -- Wake-ups that name the user are re-added without them (others still get theirs).
+    local js = TAG .. ':joins'
+    for _, entry in ipairs(redis.call('XRANGE', js, '-', '+')) do
+      local kept, named = {}, false
+      for line in string.gmatch(entry[2][2], '[^\\n]+') do
+        if line == uid then named = true else kept[#kept + 1] = line end
+      end
+      if named then
+        redis.call('XDEL', js, entry[1])
+        if #kept > 0 then redis.call('XADD', js, '*', 'u', table.concat(kept, '\\n')) end
+      end
+    end
   end
   return removed
 end

@@ -329,7 +329,8 @@ class SqliteJoins(SqliteBase):
     async def watch_summary(self, watcher: str) -> WatchSummary:
         row = await self._run(
             lambda: self._db.execute(
-                "SELECT COUNT(*), MIN(expires), MAX(expires) FROM join_watches WHERE watcher = ? AND expires > ?",
+                "SELECT COUNT(*), MIN(expires), MAX(expires) FROM join_watches"
+                " WHERE watcher = ? AND expires > ?",
                 (watcher, time.time()),
             ).fetchone()
         )

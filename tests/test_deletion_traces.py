@@ -1,0 +1,71 @@
+"""After UnregisterUser and DeleteMyData return, no file of a running server's SQLite data
+directory (db, -wal, -shm) and no Redis key, value or stream holds the deleted user's id or the
+directory keys (or watch tags) of their watches."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from discovery.app.server import DiscoveryServer
+from discovery.client import AsyncAdminClient, AsyncDiscoveryClient
+from discovery.contact_hash import contact_hash
+from tests.support.helpers import e164_numbers
+from tests.support.privacy_scan import Needles, find_leaks, scan_tree
+from tests.support.server import StartServer
+
+GONE = "gone-user-5f0c2b7e"
+
+
+async def watch_then_delete(server: DiscoveryServer, unregister: bool) -> Needles:
+    """GONE watches 300 contacts and receives one event; then its data is deleted."""
+    target = f"127.0.0.1:{server.port}"
+    numbers = e164_numbers(302, seed=71)
+    async with AsyncAdminClient(target) as admin:
+        await admin.register_user(GONE, numbers[0])
+    async with AsyncDiscoveryClient(target, user_id=GONE) as client:
+        await client.update_settings(notify_on_join=True)
+        await client.discover(numbers[1:])
+        async with AsyncAdminClient(target) as admin:
+            await admin.register_user("joiner-x", numbers[1])
+        started = time.perf_counter()
+        if unregister:
+            async with AsyncAdminClient(target) as admin:
+                await admin.unregister_user(GONE)
+        else:
+            await client.delete_my_data()
+        print(
+            f"\n{'UnregisterUser' if unregister else 'DeleteMyData'}: {1000 * (time.perf_counter() - started):.1f} ms"
+        )
+    ring = server.service.directory.keys
+    keys = ring.directory_keys(b"".join(contact_hash(n) for n in numbers[2:]))
+    needles = Needles()
+    for i in range(0, len(keys), 16):
+        needles.add_token(keys[i : i + 16])
+        needles.add_token(ring.watch_tags(keys[i : i + 16]))
+    if unregister:
+        needles.add_token(GONE.encode())
+    return needles
+
+
+@pytest.mark.parametrize("unregister", [True, False], ids=["unregister", "delete-my-data"])
+async def test_sqlite_files_of_a_running_server_keep_no_trace(
+    start_server: StartServer, unregister: bool
+) -> None:
+    server = await start_server(default_announce_mode="everyone")
+    needles = await watch_then_delete(server, unregister)
+    found = scan_tree(server.config.data_dir, needles)
+    assert found == {}, f"traces left in the data directory: {found}"
+
+
+@pytest.mark.parametrize("unregister", [True, False], ids=["unregister", "delete-my-data"])
+async def test_redis_keeps_no_trace(start_server: StartServer, redis_url: str, unregister: bool) -> None:
+    server = await start_server(store=redis_url, default_announce_mode="everyone")
+    needles = await watch_then_delete(server, unregister)
+    client = redis.Redis.from_url(redis_url)
+    dumped = bytearray()
+    for name in client.scan_iter(count=1000):
+        dumped += name + b"\n" + (client.dump(name) or b"") + b"\n"
+    assert find_leaks(bytes(dumped), needles) == []
