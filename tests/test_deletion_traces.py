@@ -36,9 +36,8 @@ async def watch_then_delete(server: DiscoveryServer, unregister: bool) -> Needle
                 await admin.unregister_user(GONE)
         else:
             await client.delete_my_data()
-        print(
-            f"\n{'UnregisterUser' if unregister else 'DeleteMyData'}: {1000 * (time.perf_counter() - started):.1f} ms"
-        )
+        took = 1000 * (time.perf_counter() - started)
+        print(f"\n{'UnregisterUser' if unregister else 'DeleteMyData'}: {took:.1f} ms")
     ring = server.service.directory.keys
     keys = ring.directory_keys(b"".join(contact_hash(n) for n in numbers[2:]))
     needles = Needles()

@@ -269,7 +269,7 @@ class SqliteJoins(SqliteBase):
             names = [f"w{i}" for i in range(len(chunk))]
             params: dict[str, object] = {
                 **_event_params(joiner, announcement, now),
-                **dict(zip(names, chunk)),
+                **dict(zip(names, chunk, strict=True)),
             }
             conn.execute(_MUTUAL.format(marks=",".join(":" + n for n in names)), params)
             marks = ",".join("?" * len(chunk))
