@@ -69,6 +69,7 @@ class ServeProcess:
                     "--data-dir", str(self.data_dir),
                     "--port-file", str(port_file),
                     "--auth", "dev",
+                    "--join-release-jitter-seconds", "0", "--default-announce-mode", "everyone",
                     *store,
                     *self.args,
                 ],
