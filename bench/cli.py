@@ -1,5 +1,10 @@
 """``python -m bench SCENARIO ... [--quick] [--out DIR]``: run scenarios, print one JSON object each.
 
+Every benchmark runs through this one entry point; ``python -m bench --list`` lists them.
+The scenarios of :data:`SCENARIOS` share the options below and the summary; each of
+:data:`STANDALONE` takes its own options (``python -m bench soak --help``) and prints its
+own JSON.
+
 Each JSON object (one per line on stdout, and ``OUT/<scenario>.json``) holds the
 parameters, the machine, the package versions, the results and the goals; progress goes
 to stderr. ``--quick`` runs every scenario at small sizes (all of them in under a
@@ -30,6 +35,27 @@ SCENARIOS: dict[str, str] = {
     "bulk_import": "5. ImportUsers into the embedded store, users per second",
 }
 
+STANDALONE: dict[str, str] = {
+    "joins_fanout": "register-to-event latency with 1,000 live subscribers, memory per stream up to 10,000",
+    "soak": "1,000 subscribers plus steady load for 60 s: calls, events lost, memory and fds over time",
+    "redis_store": "Discover and import on Redis and Redis Cluster against the embedded store",
+    "quota_gate": "the cost of the quota gate on the hot path",
+    "index_micro": "the index alone: lookups per second",
+}
+
+
+def list_scenarios() -> str:
+    rows = [*SCENARIOS.items(), *((name, f"(own options) {text}") for name, text in STANDALONE.items())]
+    return "\n".join(f"  {name:<12} {text}" for name, text in rows)
+
+
+def run_standalone(name: str, argv: list[str]) -> int:
+    """Run a scenario that parses its own options (its ``main`` reads ``sys.argv``)."""
+    module = importlib.import_module(f"bench.{name}")
+    sys.argv = [f"python -m bench {name}", *argv]
+    result = module.main()
+    return result if isinstance(result, int) else 0
+
 
 def _runner(name: str) -> Callable[[Context], Report]:
     module = importlib.import_module(f"bench.{name}")
@@ -42,9 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="scenarios:\n" + "\n".join(f"  {k:<12} {v}" for k, v in SCENARIOS.items()),
+        epilog="scenarios:\n" + list_scenarios(),
     )
-    parser.add_argument("scenarios", nargs="+", metavar="SCENARIO", choices=["all", *SCENARIOS])
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="all, or names from the list below")
+    parser.add_argument("--list", action="store_true", help="list every scenario and exit")
     parser.add_argument("--quick", action="store_true", help="small sizes: every scenario in under a minute")
     parser.add_argument(
         "--out", type=Path, default=REPO / "bench" / "out", help="JSON and PNG files (%(default)s)"
@@ -58,11 +85,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-profile", action="store_true", help="do not profile missed goals (quick runs never do)"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.scenarios and not args.list:
+        parser.error("name at least one SCENARIO (or all); --list lists them")
+    unknown = [name for name in args.scenarios if name not in {"all", *SCENARIOS}]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r} (a standalone one goes first and alone); see --list")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in STANDALONE:
+        return run_standalone(argv[0], argv[1:])
     args = parse_args(argv)
+    if args.list:
+        print(list_scenarios())
+        return 0
     names = list(SCENARIOS) if "all" in args.scenarios else list(dict.fromkeys(args.scenarios))
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ Builds an index of N random keys with user ids of 10..20 bytes through
 ``bulk_load_packed``, then times lookups of 1,000 keys of which half are present (a
 fresh batch each time, so the caches are as cold as in service), and prints JSON.
 
-    python -m bench.index_micro --n 1000000
+    python -m bench index_micro --n 1000000
 """
 
 from __future__ import annotations

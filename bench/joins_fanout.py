@@ -15,8 +15,8 @@ subscribers are real gRPC streams over TCP. Steps:
 5. burst: one registration watched by every subscriber (time to each of them);
 6. open streams up to ``--streams`` and read the server's RSS at each step.
 
-    .venv/bin/python -m bench.joins_fanout                 # 1,000 subscribers, then 10,000 streams
-    .venv/bin/python -m bench.joins_fanout --streams 2000  # quicker
+    .venv/bin/python -m bench joins_fanout                 # 1,000 subscribers, then 10,000 streams
+    .venv/bin/python -m bench joins_fanout --streams 2000  # quicker
 
 Prints one JSON object. Client and server share this machine's cores, so the latencies
 include the client's own scheduling.

@@ -65,14 +65,14 @@ def auth_for(data_dir: Path, user_id: str = "bench-user") -> Auth:
         except ImportError:
             pass
         else:
-            config = ServerConfig(data_dir=data_dir)
+            config = ServerConfig.from_options(data_dir=data_dir)
             key = signing_key(config)  # creates DATA_DIR/jwt.secret (0600) as the server would
-            client = mint_token(config.jwt_algorithm, key, user_id, 24 * 3600.0)
+            client = mint_token(config.auth.jwt_algorithm, key, user_id, 24 * 3600.0)
             backend = mint_token(
-                config.jwt_algorithm, key, "bench-backend", 24 * 3600.0, scope="directory:write"
+                config.auth.jwt_algorithm, key, "bench-backend", 24 * 3600.0, scope="directory:write"
             )
             return Auth(
-                mode=f"jwt ({config.jwt_algorithm} bearer token, verified on every call)",
+                mode=f"jwt ({config.auth.jwt_algorithm} bearer token, verified on every call)",
                 client_metadata=(("authorization", f"Bearer {client}"),),
                 backend_metadata=(("authorization", f"Bearer {backend}"),),
                 serve_args=("--auth", "jwt"),

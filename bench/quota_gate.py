@@ -5,12 +5,12 @@ batch (one AES call), check duplicates, probe an index of ``--n`` users. On top 
 
 * ``tokens_only``: the CPU part of the gate, no store: sort the keys and MAC them, and
   for a re-sync also key, check, sort and verify the previous set and count the new ones;
-* ``first_sync``: the whole gate on a real SQLite store: the request-rate charge, the
-  contact charge (two transactions on the writer thread) and the token;
+* ``first_sync``: the whole gate on a real SQLite store: the request-rate and the
+  contact charge (one transaction on the writer thread) and the token;
 * ``resync``: the whole gate for an unchanged set sent with its token: the rate charge
   and the token checks (the contact charge of 0 needs no transaction).
 
-    python -m bench.quota_gate --batch 1000 5000
+    python -m bench quota_gate --batch 1000 5000
 """
 
 from __future__ import annotations

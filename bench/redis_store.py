@@ -13,8 +13,8 @@ loopback ports without persistence):
   separate load generator sends requests of 1,000 contact hashes (half registered) at
   concurrency 1 and 16. Throughput and latency are reported as ratios to SQLite's.
 
-    .venv/bin/python -m bench.redis_store               # 1,000,000 users
-    .venv/bin/python -m bench.redis_store --users 100000 --seconds 3
+    .venv/bin/python -m bench redis_store               # 1,000,000 users
+    .venv/bin/python -m bench redis_store --users 100000 --seconds 3
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Soak: live join subscribers plus steady Discover and RegisterUser load, for a while.
 
-    .venv/bin/python -m bench.soak --seconds 60 --subscribers 1000
-    .venv/bin/python -m bench.soak --quick        # 5 s, 100 subscribers (the slow test runs this)
+    .venv/bin/python -m bench soak --seconds 60 --subscribers 1000
+    .venv/bin/python -m bench soak --quick        # 5 s, 100 subscribers (the slow test runs this)
 
 Starts ``discovery serve`` as a child process (embedded SQLite in a temporary directory,
 development auth, quotas off, connections recycled every ``--max-connection-age``
@@ -493,7 +493,7 @@ async def measure(args: argparse.Namespace, rng: random.Random, plan: Plan, serv
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        prog="python -m bench.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="5 s, 100 subscribers, 1 client process")
     ap.add_argument("--seconds", type=float, default=None, help="load duration (60; quick: 5)")

@@ -1,59 +1,296 @@
-"""Server configuration: every option is a command-line flag and a DISCOVERY_* variable.
+"""Server configuration: declared once, nested per capability.
 
-``ServerConfig`` declares each option once, as a field: the flag (``--field-name``), the
-environment variable (``DISCOVERY_FIELD_NAME``), the default, the help text and the check
-its value must pass (``metadata["validate"]``, run when the config is built, so a bad
-value is refused at start with a message naming the flag). tests/test_docs.py checks that
-the README's configuration table lists every field with its default.
+``ServerConfig`` holds one group per capability. The domain's policies are groups as they
+are (``quota: QuotaPolicy``, ``joins: JoinPolicy``, ``limits: DirectoryLimits``, and
+``defaults: PrivacySettings``, the settings of a new user); the groups below hold the rest.
+Every option is a field made with ``core.options.option``: its default, help text and
+check are declared there, once. Its name (the field's, or the one the declaration gives)
+makes the flag ``--name-with-dashes`` and the variable ``DISCOVERY_NAME``; the checks run
+when a group is built, so a bad value is refused at start with a message naming the flag.
+
+``OPTIONS`` lists every option, flat; ``ServerConfig.from_options(**flat)`` builds a config
+from flat names (the CLI and the tests use it); tests/test_docs.py checks the README's
+configuration table against ``OPTIONS``. To add an option, declare one ``option(...)`` field
+in its group; to add a group, declare an ``Options`` dataclass and one field of
+``ServerConfig`` below.
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
 import os
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from discovery.api.jwt_auth import ALGORITHMS as JWT_ALGORITHMS
 from discovery.core.directory import DirectoryLimits
 from discovery.core.joins import JoinPolicy
 from discovery.core.model import PrivacySettings
+from discovery.core.options import (
+    Options,
+    between,
+    flag,
+    is_option,
+    non_negative,
+    one_of,
+    option,
+    option_name,
+    positive,
+)
 from discovery.core.quota import QuotaPolicy
-
-# The domain's policies declare the defaults; the options below take theirs from them.
-_LIMITS, _JOINS, _QUOTA, _SETTINGS = DirectoryLimits(), JoinPolicy(), QuotaPolicy(), PrivacySettings()
 
 AUTH_MODES = ("jwt", "dev")
 SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-ANNOUNCE_MODES = ("off", "mutual", "everyone")
-
-#: A check of one option's value: raises ValueError with a message naming ``flag``.
-Check = Callable[[str, Any], None]
 
 
-def positive(flag: str, value: Any) -> None:
-    if not value > 0:
-        raise ValueError(f"{flag} must be positive, not {value!r}")
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "discovery"
 
 
-def non_negative(flag: str, value: Any) -> None:
-    if not value >= 0:
-        raise ValueError(f"{flag} must be 0 or more, not {value!r}")
+@dataclass(frozen=True, slots=True)
+class NetworkOptions(Options):
+    """The gRPC listener, its message limits and the lifecycle of its connections."""
+
+    listen: str = option("127.0.0.1:50051", "address to listen on (host:port; port 0 picks one)")
+    max_receive_message_bytes: int = option(
+        4 * 1024 * 1024, "largest request message accepted", check=positive
+    )
+    max_metadata_bytes: int = option(16 * 1024, "largest request metadata (headers) accepted", check=positive)
+    keepalive_seconds: float = option(
+        60.0, "ping idle connections this often, so streams of vanished clients are released", check=positive
+    )
+    max_connection_age_seconds: float = option(
+        1800.0, "recycle connections after this long (0: never); streams resume", check=non_negative
+    )
+    max_connection_age_grace_seconds: float = option(
+        30.0, "time calls on a recycled connection get to finish", check=non_negative
+    )
+    grace_seconds: float = option(
+        10.0, "how long in-flight calls may take to finish on SIGTERM", check=non_negative
+    )
+    shutdown_delay_seconds: float = option(
+        0.0, "on SIGTERM, report NOT_SERVING and keep serving this long before draining", check=non_negative
+    )
+    port_file: str = option("", "write the bound port to this file once serving (for supervisors and tests)")
 
 
-def one_of(choices: tuple[str, ...], *, upper: bool = False, what: str = "") -> Check:
-    def check(flag: str, value: Any) -> None:
-        if (value.upper() if upper else value) not in choices:
-            raise ValueError(f"{what or 'unknown ' + flag} {value!r}; use one of {', '.join(choices)}")
+@dataclass(frozen=True, slots=True)
+class StoreOptions(Options):
+    """Where the registry lives and how it is kept."""
 
-    return check
+    url: str = option(
+        "",
+        "store URL: sqlite:///path.db, redis://host:port/0 or redis+cluster://host:port,... "
+        "(default: DATA_DIR/discovery.db)",
+        name="store",
+    )
+    sqlite_synchronous: str = option(
+        "NORMAL",
+        "SQLite synchronous mode: NORMAL survives process crashes; FULL also power loss",
+        check=one_of(SQLITE_SYNCHRONOUS, upper=True),
+    )
+    feed_retention_seconds: float = option(
+        3600.0, "how long registry changes stay in the change feed for followers", check=positive
+    )
+    check_seconds: float = option(
+        1.0,
+        "how often the store is pinged; health is NOT_SERVING while it fails",
+        name="store_check_seconds",
+        check=positive,
+    )
 
 
-def _help(text: str, validate: Check | None = None) -> dict[str, Any]:
-    return {"help": text} if validate is None else {"help": text, "validate": validate}
+@dataclass(frozen=True, slots=True)
+class AuthOptions(Options):
+    """Who the caller is: bearer tokens (JWT) or, on loopback only, a trusted header."""
+
+    mode: str = option(
+        "jwt",
+        "jwt (bearer tokens) or dev (x-discovery-user-id header; loopback only)",
+        name="auth",
+        check=one_of(AUTH_MODES),
+    )
+    jwt_algorithm: str = option(
+        "HS256",
+        "the one accepted JWT algorithm: HS256, EdDSA or ES256",
+        check=one_of(JWT_ALGORITHMS, what="unsupported JWT algorithm"),
+    )
+    jwt_secret_file: str = option(
+        "", "HS256 shared secret, made with mode 0600 on first start (default: DATA_DIR/jwt.secret)"
+    )
+    jwt_secret_env: str = option(
+        "", "name of an environment variable holding the HS256 secret (hex); overrides the file"
+    )
+    jwt_public_key: str = option("", "PEM public key of the account service (EdDSA or ES256)")
+    jwt_issuer: str = option("", "required 'iss' claim (empty: not checked)")
+    jwt_audience: str = option("", "required 'aud' claim (empty: not checked)")
+    jwt_leeway_seconds: float = option(
+        5.0, "clock skew tolerated on 'exp', 'nbf' and 'iat'", check=non_negative
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TlsOptions(Options):
+    """TLS of the listener, and mTLS when a client CA is given."""
+
+    cert: str = option("", "PEM server certificate chain (enables TLS)", name="tls_cert")
+    key: str = option("", "PEM private key of the server certificate", name="tls_key")
+    client_ca: str = option(
+        "",
+        "PEM CA of client certificates; every connection must then present one (mTLS)",
+        name="tls_client_ca",
+    )
+    backend_names: str = option(
+        "",
+        "comma-separated client certificate names (CN or DNS SAN) that act as backends "
+        "(empty: every certificate the client CA verifies)",
+        name="tls_backend_names",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OpsOptions(Options):
+    """What operators watch: metrics and logs."""
+
+    metrics_listen: str = option("", "host:port for Prometheus /metrics over HTTP (empty: off)")
+    log_level: str = option("INFO", "log level", check=one_of(LOG_LEVELS, upper=True))
+
+
+@dataclass(frozen=True, slots=True)
+class TracingOptions(Options):
+    """Traces: off unless a collector is named (one group of the server's configuration)."""
+
+    otlp_endpoint: str = option(
+        "", "OTLP/gRPC collector for traces, http:// or https:// (empty: tracing off)"
+    )
+    trace_sample_ratio: float = option(
+        1.0, "share of new traces sampled; a caller's traceparent sampled flag wins", check=between(0.0, 1.0)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig(Options):
+    """The whole configuration: where state lives, then one group per capability."""
+
+    data_dir: Path = option(
+        factory=default_data_dir, help="where the embedded store and the server secret live"
+    )
+    secret_file: str = option(
+        "", "server secret file, made with mode 0600 on first start (default: DATA_DIR/server.secret)"
+    )
+    secret_env: str = option(
+        "", "name of an environment variable holding the server secret (hex); overrides secret_file"
+    )
+    network: NetworkOptions = field(default_factory=NetworkOptions)
+    store: StoreOptions = field(default_factory=StoreOptions)
+    limits: DirectoryLimits = field(default_factory=DirectoryLimits)
+    defaults: PrivacySettings = field(default_factory=PrivacySettings)
+    joins: JoinPolicy = field(default_factory=JoinPolicy)
+    auth: AuthOptions = field(default_factory=AuthOptions)
+    tls: TlsOptions = field(default_factory=TlsOptions)
+    quota: QuotaPolicy = field(default_factory=QuotaPolicy)
+    ops: OpsOptions = field(default_factory=OpsOptions)
+    tracing: TracingOptions = field(default_factory=TracingOptions)
+
+    @classmethod
+    def from_options(cls, **values: Any) -> ServerConfig:
+        """The config of flat option names (the flags' names with underscores); options not
+        given keep their defaults; an enum option also takes its flag's text. An unknown name
+        raises TypeError."""
+        known = options_by_name()
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise TypeError(
+                f"unknown server option {', '.join(map(repr, unknown))}; "
+                "the options are the flags of 'discovery serve', with underscores"
+            )
+        grouped: dict[str, dict[str, Any]] = {}
+        for name, value in values.items():
+            o = known[name]
+            if issubclass(o.kind, enum.Enum):  # the flag's text, as the parser takes it
+                try:
+                    value = _enum(o.kind)(value)
+                except argparse.ArgumentTypeError as error:
+                    raise ValueError(f"unknown {o.flag} {error}") from None
+            grouped.setdefault(o.group, {})[o.attribute] = value
+        direct = grouped.pop("", {})
+        groups = {group: _group_types()[group](**given) for group, given in grouped.items()}
+        return cls(**direct, **groups)
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.data_dir / 'discovery.db'}"
+
+    @property
+    def secret_path(self) -> Path:
+        return Path(self.secret_file) if self.secret_file else self.data_dir / "server.secret"
+
+    @property
+    def jwt_secret_path(self) -> Path:
+        return Path(self.auth.jwt_secret_file) if self.auth.jwt_secret_file else self.data_dir / "jwt.secret"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option, flat: ``name`` sets ``ServerConfig.<group>.<attribute>`` (group "": top level)."""
+
+    name: str
+    group: str
+    attribute: str
+    kind: type
+    declaration: Field[Any]
+
+    @property
+    def flag(self) -> str:
+        return flag(self.name)
+
+    @property
+    def env(self) -> str:
+        return env_name(self.name)
+
+    @property
+    def help(self) -> str:
+        return str(self.declaration.metadata["help"])
+
+    @property
+    def default(self) -> Any:
+        if self.declaration.default_factory is not MISSING:
+            return self.declaration.default_factory()
+        return self.declaration.default
+
+    def value(self, config: ServerConfig) -> Any:
+        return getattr(getattr(config, self.group) if self.group else config, self.attribute)
+
+
+@cache
+def _group_types() -> dict[str, type[Any]]:
+    hints = get_type_hints(ServerConfig)
+    return {f.name: hints[f.name] for f in fields(ServerConfig) if not is_option(f)}
+
+
+def _options_of(group: str, owner: type[Any]) -> list[Option]:
+    hints = get_type_hints(owner)
+    return [Option(option_name(f), group, f.name, hints[f.name], f) for f in fields(owner) if is_option(f)]
+
+
+@cache
+def options() -> tuple[Option, ...]:
+    """Every option of ``ServerConfig``, in declaration order."""
+    found = _options_of("", ServerConfig)
+    for group, owner in _group_types().items():
+        found += _options_of(group, owner)
+    return tuple(found)
+
+
+@cache
+def options_by_name() -> dict[str, Option]:
+    return {o.name: o for o in options()}
 
 
 def _bool(value: str | bool) -> bool:
@@ -67,249 +304,26 @@ def _bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"not a boolean: {value!r}")
 
 
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "discovery"
+def _enum(kind: type[enum.Enum]) -> Callable[[str], Any]:
+    """A parser of an enum option, by its lowercase name (what ``str`` of a member gives)."""
+
+    def parse(value: str | enum.Enum) -> Any:
+        if isinstance(value, kind):
+            return value
+        by_name = {str(member): member for member in kind}
+        try:
+            return by_name[str(value).strip().lower()]
+        except KeyError:
+            raise argparse.ArgumentTypeError(f"{value!r}; use one of {', '.join(by_name)}") from None
+
+    return parse
 
 
-@dataclass
-class ServerConfig:
-    listen: str = field(
-        default="127.0.0.1:50051", metadata={"help": "address to listen on (host:port; port 0 picks one)"}
-    )
-    data_dir: Path = field(
-        default_factory=default_data_dir,
-        metadata={"help": "where the embedded store and the server secret live"},
-    )
-    store: str = field(
-        default="",
-        metadata={
-            "help": "store URL: sqlite:///path.db, redis://host:port/0 or redis+cluster://host:port,... "
-            "(default: DATA_DIR/discovery.db)"
-        },
-    )
-    secret_file: str = field(
-        default="",
-        metadata={
-            "help": "server secret file, made with mode 0600 on first start (default: DATA_DIR/server.secret)"
-        },
-    )
-    secret_env: str = field(
-        default="",
-        metadata={
-            "help": "name of an environment variable holding the server secret (hex); overrides secret_file"
-        },
-    )
-    max_hashes_per_request: int = field(
-        default=_LIMITS.max_hashes_per_request,
-        metadata=_help("cap on contact hashes in one Discover request", positive),
-    )
-    max_import_batch: int = field(
-        default=_LIMITS.max_import_batch, metadata=_help("cap on users in one ImportUsers message", positive)
-    )
-    max_receive_message_bytes: int = field(
-        default=4 * 1024 * 1024, metadata=_help("largest request message accepted", positive)
-    )
-    default_discoverable: bool = field(
-        default=_SETTINGS.discoverable, metadata={"help": "initial 'discoverable' of a new user"}
-    )
-    default_announce_mode: str = field(
-        default=_SETTINGS.announce_mode.name.lower(),
-        metadata=_help(
-            "who is told when a new user joins: off, mutual (only people they have) or everyone",
-            one_of(ANNOUNCE_MODES),
-        ),
-    )
-    default_announce_number_change: bool = field(
-        default=_SETTINGS.announce_number_change,
-        metadata={"help": "initial 'announce_number_change' of a new user (a number change announces)"},
-    )
-    default_notify_on_join: bool = field(
-        default=_SETTINGS.notify_on_join, metadata={"help": "initial 'notify_on_join' of a new user (opt-in)"}
-    )
-    sqlite_synchronous: str = field(
-        default="NORMAL",
-        metadata=_help(
-            "SQLite synchronous mode: NORMAL survives process crashes; FULL also power loss",
-            one_of(SQLITE_SYNCHRONOUS, upper=True),
-        ),
-    )
-    feed_retention_seconds: float = field(
-        default=3600.0,
-        metadata=_help("how long registry changes stay in the change feed for followers", positive),
-    )
-    grace_seconds: float = field(
-        default=10.0, metadata=_help("how long in-flight calls may take to finish on SIGTERM", non_negative)
-    )
-    keepalive_seconds: float = field(
-        default=60.0,
-        metadata=_help(
-            "ping idle connections this often, so streams of vanished clients are released", positive
-        ),
-    )
-    shutdown_delay_seconds: float = field(
-        default=0.0,
-        metadata=_help(
-            "on SIGTERM, report NOT_SERVING and keep serving this long before draining", non_negative
-        ),
-    )
-    max_connection_age_seconds: float = field(
-        default=1800.0,
-        metadata=_help("recycle connections after this long (0: never); streams resume", non_negative),
-    )
-    max_connection_age_grace_seconds: float = field(
-        default=30.0, metadata=_help("time calls on a recycled connection get to finish", non_negative)
-    )
-    # -- operations (see README, "Operations") ------------------------------------------------------
-    metrics_listen: str = field(
-        default="", metadata={"help": "host:port for Prometheus /metrics over HTTP (empty: off)"}
-    )
-    store_check_seconds: float = field(
-        default=1.0,
-        metadata=_help("how often the store is pinged; health is NOT_SERVING while it fails", positive),
-    )
-    # -- join notifications (see README, "Join notifications") -------------------------------------
-    join_watch_ttl_seconds: float = field(
-        default=_JOINS.watch_ttl,
-        metadata=_help(
-            "how long a watch on an unmatched contact lives; uploading it again refreshes it", positive
-        ),
-    )
-    join_watch_cap: int = field(
-        default=_JOINS.watch_cap,
-        metadata=_help("watches per user; beyond it the oldest watches are dropped", positive),
-    )
-    join_inbox_ttl_seconds: float = field(
-        default=_JOINS.inbox_ttl,
-        metadata=_help("how long an undelivered or unacknowledged join event is kept", positive),
-    )
-    join_sweep_interval_seconds: float = field(
-        default=_JOINS.sweep_interval,
-        metadata=_help("how often expired watches and events are deleted from the store", positive),
-    )
-    join_page_size: int = field(
-        default=_JOINS.page_size,
-        metadata=_help("events per stream message while catching up (bounds memory per stream)", positive),
-    )
-    join_max_streams: int = field(
-        default=_JOINS.max_subscribers,
-        metadata=_help("live SubscribeJoins streams one instance accepts", positive),
-    )
-    join_release_jitter_seconds: float = field(
-        default=_JOINS.release_jitter,
-        metadata=_help(
-            "join events become deliverable after a random delay of up to this long", non_negative
-        ),
-    )
-    join_max_streams_per_user: int = field(
-        default=_JOINS.max_streams_per_user,
-        metadata=_help("live SubscribeJoins streams one user may hold on one instance", positive),
-    )
-    # -- authentication, TLS, quotas (see docs/threat-model.md) ------------------------------------
-    auth: str = field(
-        default="jwt",
-        metadata=_help(
-            "jwt (bearer tokens) or dev (x-discovery-user-id header; loopback only)", one_of(AUTH_MODES)
-        ),
-    )
-    jwt_algorithm: str = field(
-        default="HS256",
-        metadata=_help(
-            "the one accepted JWT algorithm: HS256, EdDSA or ES256",
-            one_of(JWT_ALGORITHMS, what="unsupported JWT algorithm"),
-        ),
-    )
-    jwt_secret_file: str = field(
-        default="",
-        metadata={
-            "help": "HS256 shared secret, made with mode 0600 on first start (default: DATA_DIR/jwt.secret)"
-        },
-    )
-    jwt_secret_env: str = field(
-        default="",
-        metadata={
-            "help": "name of an environment variable holding the HS256 secret (hex); overrides the file"
-        },
-    )
-    jwt_public_key: str = field(
-        default="", metadata={"help": "PEM public key of the account service (EdDSA or ES256)"}
-    )
-    jwt_issuer: str = field(default="", metadata={"help": "required 'iss' claim (empty: not checked)"})
-    jwt_audience: str = field(default="", metadata={"help": "required 'aud' claim (empty: not checked)"})
-    jwt_leeway_seconds: float = field(
-        default=5.0, metadata=_help("clock skew tolerated on 'exp', 'nbf' and 'iat'", non_negative)
-    )
-    tls_cert: str = field(default="", metadata={"help": "PEM server certificate chain (enables TLS)"})
-    tls_key: str = field(default="", metadata={"help": "PEM private key of the server certificate"})
-    tls_client_ca: str = field(
-        default="",
-        metadata={"help": "PEM CA of client certificates; every connection must then present one (mTLS)"},
-    )
-    tls_backend_names: str = field(
-        default="",
-        metadata={
-            "help": "comma-separated client certificate names (CN or DNS SAN) that act as backends "
-            "(empty: every certificate the client CA verifies)"
-        },
-    )
-    max_metadata_bytes: int = field(
-        default=16 * 1024, metadata=_help("largest request metadata (headers) accepted", positive)
-    )
-    quota_capacity: int = field(
-        default=_QUOTA.capacity,
-        metadata=_help("new contacts a user may look up in a burst (0: no quota)", non_negative),
-    )
-    quota_refill_per_hour: float = field(
-        default=_QUOTA.refill_per_hour,
-        metadata=_help("new contacts per hour that the quota refills", non_negative),
-    )
-    rate_limit_burst: int = field(
-        default=_QUOTA.rate_burst,
-        metadata=_help("Discover requests a user may make in a burst (0: no limit)", non_negative),
-    )
-    rate_limit_per_minute: float = field(
-        default=_QUOTA.rate_per_minute,
-        metadata=_help("Discover requests per minute that the rate limit refills", non_negative),
-    )
-    previous_token_ttl_seconds: float = field(
-        default=_QUOTA.token_ttl,
-        metadata=_help("how long a Discover token makes its contacts free on the next request", positive),
-    )
-    log_level: str = field(default="INFO", metadata=_help("log level", one_of(LOG_LEVELS, upper=True)))
-    port_file: str = field(
-        default="",
-        metadata={"help": "write the bound port to this file once serving (for supervisors and tests)"},
-    )
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            check = f.metadata.get("validate")
-            if check is not None:
-                check("--" + f.name.replace("_", "-"), getattr(self, f.name))
-
-    @property
-    def store_url(self) -> str:
-        return self.store or f"sqlite:///{self.data_dir / 'discovery.db'}"
-
-    @property
-    def secret_path(self) -> Path:
-        return Path(self.secret_file) if self.secret_file else self.data_dir / "server.secret"
-
-    @property
-    def jwt_secret_path(self) -> Path:
-        return Path(self.jwt_secret_file) if self.jwt_secret_file else self.data_dir / "jwt.secret"
-
-
-def _parser_type(kind: Any) -> Callable[[str], Any]:
-    if kind in (bool, "bool"):
-        return _bool
-    if kind in (int, "int"):
-        return int
-    if kind in (float, "float"):
-        return float
-    if kind in (Path, "Path"):
-        return Path
-    return str
+def _parser_type(kind: type) -> Callable[[str], Any]:
+    if issubclass(kind, enum.Enum):
+        return _enum(kind)
+    converters: dict[type, Callable[[str], Any]] = {bool: _bool, int: int, float: float, Path: Path}
+    return converters.get(kind, str)
 
 
 def env_name(option: str) -> str:
@@ -321,28 +335,26 @@ def add_server_options(
     env: Mapping[str, str] | None = None,
     only: Collection[str] | None = None,
 ) -> None:
-    """Flags for every ServerConfig field (or those in ``only``), defaulting to DISCOVERY_*
-    variables, then to the built-in."""
+    """Flags for every option (or those in ``only``), defaulting to DISCOVERY_* variables,
+    then to the declared default."""
     env = os.environ if env is None else env
-    defaults = ServerConfig()
-    for f in fields(ServerConfig):
-        if only is not None and f.name not in only:
+    for o in options():
+        if only is not None and o.name not in only:
             continue
-        convert = _parser_type(f.type)
-        raw = env.get(env_name(f.name))
-        default = convert(raw) if raw is not None else getattr(defaults, f.name)
+        convert = _parser_type(o.kind)
+        raw = env.get(o.env)
         parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
+            o.flag,
+            dest=o.name,
             type=convert,
-            default=default,
-            metavar=f.name.upper(),
-            help=f"{f.metadata.get('help', '')} [{env_name(f.name)}; default {getattr(defaults, f.name)}]",
+            default=convert(raw) if raw is not None else o.default,
+            metavar=o.name.upper(),
+            help=f"{o.help} [{o.env}; default {o.default}]",
         )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """The config of the parsed flags; options the parser did not offer keep their defaults."""
-    return ServerConfig(
-        **{f.name: getattr(args, f.name) for f in fields(ServerConfig) if hasattr(args, f.name)}
+    return ServerConfig.from_options(
+        **{o.name: getattr(args, o.name) for o in options() if hasattr(args, o.name)}
     )

@@ -307,13 +307,13 @@ def test_dev_auth_only_on_loopback(tmp_path: Path) -> None:
     assert not is_loopback("0.0.0.0:50051") and not is_loopback("[::]:1") and not is_loopback("example.org:1")
     for listen in ("0.0.0.0:0", "[::]:0", "10.0.0.1:0"):
         with pytest.raises(ValueError, match="loopback"):
-            build_authenticator(ServerConfig(listen=listen, data_dir=tmp_path, auth="dev"))
+            build_authenticator(ServerConfig.from_options(listen=listen, data_dir=tmp_path, auth="dev"))
     with pytest.raises(ValueError, match="unknown --auth"):
-        build_authenticator(ServerConfig(data_dir=tmp_path, auth="none"))
+        build_authenticator(ServerConfig.from_options(data_dir=tmp_path, auth="none"))
     with pytest.raises(ValueError, match="jwt-public-key"):
-        build_authenticator(ServerConfig(data_dir=tmp_path, jwt_algorithm="ES256"))
+        build_authenticator(ServerConfig.from_options(data_dir=tmp_path, jwt_algorithm="ES256"))
     with pytest.raises(ValueError, match="unsupported JWT algorithm"):
-        build_authenticator(ServerConfig(data_dir=tmp_path, jwt_algorithm="none"))
+        build_authenticator(ServerConfig.from_options(data_dir=tmp_path, jwt_algorithm="none"))
 
 
 async def test_token_command_and_serve_hint(

@@ -117,3 +117,20 @@ def test_plot_and_summary(run: tuple[list[dict[str, Any]], Path]) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "summary.md").read_text()
     assert "| goal | target | measured | met |" in summary
+
+
+def test_one_entry_point_lists_and_runs_every_scenario() -> None:
+    """`python -m bench --list` names every scenario module; a standalone one runs through it."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "bench", "--list"], capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout.split()
+    modules = {p.stem for p in (REPO / "bench").glob("*.py")} & {
+        "hot_path", "baselines", "end_to_end", "scaling", "bulk_import",
+        "joins_fanout", "soak", "redis_store", "quota_gate", "index_micro",
+    }  # fmt: skip
+    assert modules <= set(listed) and len(modules) == 10
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "index_micro", "--n", "2000", "--rounds", "5"],
+        capture_output=True, text=True, cwd=REPO, check=True, timeout=120,
+    )  # fmt: skip
+    assert "max_rss_mib" in json.loads(done.stdout)

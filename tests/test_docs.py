@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+import enum
 from pathlib import Path
 
-from discovery.config import ServerConfig
+from discovery.config import ServerConfig, options
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def test_every_option_is_documented() -> None:
-    missing = [f.name for f in fields(ServerConfig) if f"`--{f.name.replace('_', '-')}`" not in README]
+    missing = [o.name for o in options() if f"`{o.flag}`" not in README]
     assert missing == [], f"add these options to the README configuration table: {missing}"
+
+
+def test_the_readme_lists_only_declared_options() -> None:
+    declared = {o.name for o in options()}
+    assert len(declared) == len(options()), "two declarations name the same option"
+    unknown = sorted(set(_readme_defaults()) - declared)
+    assert unknown == [], f"the README configuration table lists options that do not exist: {unknown}"
 
 
 def _readme_defaults() -> dict[str, str]:
@@ -39,12 +46,14 @@ def test_every_default_in_the_readme_is_the_declared_one() -> None:
     documented = _readme_defaults()
     defaults = ServerConfig()
     wrong = {}
-    for f in fields(ServerConfig):
-        stated, actual = documented.get(f.name), getattr(defaults, f.name)
-        if f.name in DERIVED:
-            ok = stated == DERIVED[f.name]
+    for o in options():
+        stated, actual = documented.get(o.name), o.value(defaults)
+        if o.name in DERIVED:
+            ok = stated == DERIVED[o.name]
         elif isinstance(actual, bool):
             ok = stated == str(actual).lower()
+        elif isinstance(actual, enum.Enum):
+            ok = stated == str(actual)  # the flag's text
         elif isinstance(actual, int | float):
             ok = stated is not None and float(stated.replace(",", "")) == actual
         elif actual == "":
@@ -52,7 +61,7 @@ def test_every_default_in_the_readme_is_the_declared_one() -> None:
         else:
             ok = stated == str(actual)
         if not ok:
-            wrong[f.name] = (stated, actual)
+            wrong[o.name] = (stated, actual)
     assert wrong == {}, f"README configuration defaults differ from ServerConfig (readme, declared): {wrong}"
 
 

@@ -17,6 +17,20 @@ from discovery.index import table as T
 Model = dict[bytes, tuple[str, bool]]
 
 
+@pytest.fixture(autouse=True, params=["kernel", "numpy"])
+def probe_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: on the compiled probe loops and on the numpy fallback."""
+    if request.param == "numpy":
+        monkeypatch.setattr(T, "_kernel", None)
+    name: str = request.param
+    return name
+
+
+def test_the_compiled_kernel_is_built() -> None:
+    # `pip install -e .` builds it (setup.py); without it the index falls back to numpy, slower.
+    assert T.KERNEL
+
+
 def key(lo: int, hi: int) -> bytes:
     return lo.to_bytes(8, "little") + hi.to_bytes(8, "little")
 
@@ -394,7 +408,11 @@ op = st.one_of(
 )
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(st.lists(op, max_size=60), st.sampled_from([16, 64, 4096]))
 def test_against_dict_model(ops: list[tuple[str, object]], capacity: int) -> None:
     index = DirectoryIndex(capacity=capacity)
@@ -451,3 +469,74 @@ def test_random_churn_against_dict_model() -> None:
             assert index.set_discoverable(k, d)
             model[k] = (model[k][0], d)
     check(index, model, rand_keys(200, seed=29))
+
+
+# ------------------------------------------------------------------ growth off the loop
+
+
+def test_grown_table_and_adopt() -> None:
+    index = DirectoryIndex(capacity=64)
+    keys = rand_keys(3000, seed=30)
+    model: Model = {}
+    for i, k in enumerate(keys[:40]):
+        index.upsert(k, f"g{i}", i % 3 != 0)
+        model[k] = (f"g{i}", i % 3 != 0)
+    assert not index.needs_growth(1)
+    assert index.needs_growth(len(keys))
+    nb = index._nb
+    table = index.grown_table(len(keys))
+    assert index._nb == nb  # building it changes nothing
+    check(index, model, keys[40:60])
+    assert index.adopt(table)
+    assert index._nb == table.n_buckets > nb
+    check(index, model, keys[40:60])
+    index.bulk_load(b"".join(keys[40:]), [f"b{i}" for i in range(len(keys) - 40)])
+    assert index._nb == table.n_buckets  # it had room: no second growth
+    model.update({k: (f"b{i}", True) for i, k in enumerate(keys[40:])})
+    check(index, model, rand_keys(100, seed=31))
+    # A table built before a change is refused.
+    stale = index.grown_table(10_000)
+    index.remove(keys[0])
+    del model[keys[0]]
+    assert not index.adopt(stale)
+    check(index, model, keys[:1])
+
+
+def test_grown_table_in_a_thread_while_looking_up() -> None:
+    import threading
+
+    index = DirectoryIndex(capacity=16)
+    keys = rand_keys(20_000, seed=32)
+    index.bulk_load(b"".join(keys), [f"t{i}" for i in range(len(keys))])
+    batch = b"".join(keys[::7])
+    want = index.lookup(batch)
+    box: list[T.GrownTable] = []
+    worker = threading.Thread(target=lambda: box.append(index.grown_table(100_000)))
+    worker.start()
+    for _ in range(50):  # bounded; lookups keep working on the old table meanwhile
+        got = index.lookup(batch)
+        assert got[0].tolist() == want[0].tolist() and got[1] == want[1]
+    worker.join()
+    assert index.adopt(box[0])
+    got = index.lookup(batch)
+    assert got[0].tolist() == want[0].tolist() and got[1] == want[1]
+
+
+def test_both_probe_loops_agree_on_a_random_workload(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not T.KERNEL:
+        pytest.skip("the compiled kernel is not built")
+    kernel = T._load_kernel()
+    live = rand_keys(4000, seed=34)
+    queries = b"".join(random.Random(33).sample(live, 1500) + rand_keys(500, seed=35))
+    results = []
+    for use in (kernel, None):
+        monkeypatch.setattr(T, "_kernel", use)
+        index = DirectoryIndex(capacity=16)
+        index.bulk_load(b"".join(live[:2500]), [f"k{i}" * (i % 9 + 1) for i in range(2500)])
+        for i, k in enumerate(live[2500:]):
+            index.upsert(k, f"u{i}", i % 4 != 0)
+        for k in live[::5]:
+            index.remove(k)
+        pos, ids = index.lookup(queries)
+        results.append((pos.tolist(), ids, len(index)))
+    assert results[0] == results[1]

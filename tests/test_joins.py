@@ -121,6 +121,14 @@ async def ack(channel: aio.Channel, user_id: str, cursor: int, device_id: str = 
     return int(response.events_deleted)
 
 
+async def reachable(server: DiscoveryServer) -> None:
+    """Wait until a new channel to ``server`` is ready. gRPC shares subchannels between channels
+    to one target, so right after a restart on the same port a new channel can inherit the
+    reconnect backoff of a connection refused while the server was down, and fail fast."""
+    async with aio.insecure_channel(target(server)) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=30)
+
+
 async def consume(subscription: JoinSubscription, into: asyncio.Queue[JoinEvent]) -> None:
     async for event in subscription:
         await into.put(event)
@@ -225,6 +233,7 @@ async def test_sdk_reconnects_across_a_restart_and_removes_duplicates(
         assert (await asyncio.wait_for(received.get(), timeout=10)).user_id == "bob"
         await server.stop(grace=0.5)
         restarted = await start_server(listen=f"127.0.0.1:{port}")
+        await reachable(restarted)
         await register(restarted, "carol", carol)
         event = await asyncio.wait_for(received.get(), timeout=10)
         assert (event.user_id, event.entries) == ("carol", (carol,))
@@ -234,6 +243,7 @@ async def test_sdk_reconnects_across_a_restart_and_removes_duplicates(
         subscription.cursor = 0
         await restarted.stop(grace=0.5)
         again = await start_server(listen=f"127.0.0.1:{port}")
+        await reachable(again)
         await register(again, "dave", dave)
         assert (await asyncio.wait_for(received.get(), timeout=10)).user_id == "dave"
         task.cancel()

@@ -10,7 +10,7 @@ import urllib.request
 
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, DiscoveryError
 from tests.support.helpers import e164_numbers
-from tests.support.privacy_scan import Needles, find_leaks
+from tests.support.privacy_scan import Needles, find_leaks, server_keys
 from tests.support.server import StartServer
 
 
@@ -62,4 +62,10 @@ async def test_metrics_count_calls_and_leak_nothing(
     ):
         assert series in text
     assert "metric-user" not in text
-    assert find_leaks(text.encode(), Needles.of(numbers)) == []
+    assert find_leaks(text.encode(), Needles.of(numbers, keys=server_keys(server.config.data_dir))) == []
+    assert (
+        find_leaks(
+            log_capture.getvalue().encode(), Needles.of(numbers, keys=server_keys(server.config.data_dir))
+        )
+        == []
+    )

@@ -18,6 +18,7 @@ from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, DiscoverSta
 from discovery.core.errors import InvalidArgument
 from discovery.core.hashing import KeyRing
 from discovery.core.keyset import sort_keys
+from discovery.core.model import BucketCharge
 from discovery.core.quota import TOKEN_SIZE, SetTokens, count_new
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
@@ -35,7 +36,7 @@ def packed(items: list[bytes]) -> bytes:
 async def level(server: DiscoveryServer, user: str, bucket: str = "contacts") -> float:
     """The bucket's level now; a zero-cost charge changes nothing."""
     assert server.store is not None
-    outcome = await server.store.charge(f"{bucket}:{user}", 0, 1e12, 0.0, time.time())
+    (outcome,) = await server.store.charge([BucketCharge(f"{bucket}:{user}", 0, 1e12, 0.0)], time.time())
     return outcome.level
 
 

@@ -181,7 +181,7 @@ async def test_health_is_not_serving_until_the_index_is_loaded(
         await store.import_users(users[start : start + 10_000], start)
     await store.close()
     server = DiscoveryServer(
-        ServerConfig(listen="127.0.0.1:0", data_dir=tmp_path, store=redis_url, auth="dev")
+        ServerConfig.from_options(listen="127.0.0.1:0", data_dir=tmp_path, store=redis_url, auth="dev")
     )
     starting = asyncio.create_task(server.start())
     try:

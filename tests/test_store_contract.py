@@ -15,6 +15,7 @@ from discovery.core.errors import ContactHashTaken, FeedTruncated, UserIdTaken, 
 from discovery.core.index_sync import IndexSync
 from discovery.core.model import (
     AnnounceMode,
+    BucketCharge,
     ImportRejectionReason,
     NewUser,
     PrivacySettings,
@@ -225,6 +226,7 @@ async def test_index_follows_writes_of_another_instance(open_backend: OpenStore)
     finally:
         stop.set()
         follower.cancel()
+        # IndexSync.follow honours the cancellation even when redis-py swallows it mid-reply.
         with pytest.raises(asyncio.CancelledError):
             await follower
 
@@ -289,8 +291,22 @@ async def test_quota_charge_contract(store: Store) -> None:
         (("requests:alice", 0.5, 1, 2.0, 7.25), (True, 0.5, 0.0)),
     ]
     for (bucket, cost, capacity, rate, now), expected in steps:
-        outcome = await store.charge(bucket, cost, capacity, rate, now)
+        (outcome,) = await store.charge([BucketCharge(bucket, cost, capacity, rate)], now)
         assert (outcome.allowed, outcome.level, outcome.retry_after) == expected, (bucket, cost, now)
+
+
+async def test_quota_charges_of_one_call_stop_at_the_first_refusal(store: Store) -> None:
+    """One round trip applies a user's charges in order; a refusal ends it and changes nothing."""
+    rate, contacts = "requests:carol", "contacts:carol"
+    outcomes = await store.charge([BucketCharge(rate, 1, 2, 0.0), BucketCharge(contacts, 5, 10, 0.0)], 1.0)
+    assert [(o.allowed, o.level) for o in outcomes] == [(True, 1.0), (True, 5.0)]
+    outcomes = await store.charge([BucketCharge(rate, 1, 2, 0.0), BucketCharge(contacts, 6, 10, 0.0)], 2.0)
+    assert [(o.allowed, o.level) for o in outcomes] == [(True, 2.0), (False, 5.0)]  # rate kept, contacts not
+    outcomes = await store.charge([BucketCharge(rate, 1, 2, 0.0), BucketCharge(contacts, 1, 10, 0.0)], 3.0)
+    assert [(o.allowed, o.level) for o in outcomes] == [(False, 2.0)]  # the rate refuses: contacts untouched
+    (check,) = await store.charge([BucketCharge(contacts, 0, 10, 0.0)], 4.0)
+    assert check.level == 5.0
+    assert await store.charge([], 5.0) == []
 
 
 async def test_join_signals_reach_another_instance(open_backend: OpenStore) -> None:

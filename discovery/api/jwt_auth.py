@@ -11,12 +11,22 @@ algorithm-confusion tokens (an HS256 token "signed" with a public key) are refus
 PyJWT before any signature is checked. ``exp`` and ``sub`` are required, ``iss`` and
 ``aud`` checked when configured, with a small leeway for clock skew. Errors never echo
 the token.
+
+Verified claims are cached per token (:class:`VerifiedTokens`), so a client's repeated calls
+do not pay the signature check each time. An entry lives until the token's own ``exp`` (plus
+the leeway, as PyJWT allows) and at most ``cache_seconds``, and the cache holds a bounded
+number of tokens: an expired token is refused on time, and a token the account service stops
+issuing (a rotated key: restart with the new one) is accepted at most ``cache_seconds`` longer.
+Only tokens that verified are cached, in memory; failures are not, so a flood of bad tokens
+cannot evict good ones faster than good ones arrive.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -36,6 +46,10 @@ AUTHORIZATION_HEADER = "authorization"
 BEARER_PREFIX = "bearer "
 MAX_TOKEN_CHARS = 8192
 CERT_NAME_KEYS = ("x509_common_name", "x509_subject_alternative_name")
+#: How long a verified token is trusted without checking its signature again, and how many
+#: tokens are remembered (about 1 KB each).
+TOKEN_CACHE_SECONDS = 30.0
+TOKEN_CACHE_SIZE = 10_000
 
 
 def check_algorithm(algorithm: str) -> str:
@@ -43,6 +57,40 @@ def check_algorithm(algorithm: str) -> str:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unsupported JWT algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
     return algorithm
+
+
+class VerifiedTokens:
+    """A bounded cache of verified claims: token -> (claims, trusted until), least recent first."""
+
+    def __init__(self, size: int = TOKEN_CACHE_SIZE, clock: Callable[[], float] = time.time) -> None:
+        self.size = size
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def get(self, token: str) -> dict[str, Any] | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        claims, until = entry
+        if self._clock() >= until:
+            del self._entries[token]
+            return None
+        self._entries.move_to_end(token)
+        return claims
+
+    def put(self, token: str, claims: dict[str, Any], until: float) -> None:
+        if self.size <= 0 or until <= self._clock():
+            return
+        self._entries[token] = (claims, until)
+        self._entries.move_to_end(token)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +102,25 @@ class JwtVerifier:
     issuer: str = ""
     audience: str = ""
     leeway: float = 5.0
+    cache_seconds: float = TOKEN_CACHE_SECONDS
+    cache: VerifiedTokens = field(default_factory=VerifiedTokens, compare=False)
 
     def __post_init__(self) -> None:
         check_algorithm(self.algorithm)
 
     def claims(self, token: str) -> dict[str, Any]:
         """The verified claims of ``token``, or Unauthenticated (which never quotes the token)."""
+        cached = self.cache.get(token)
+        if cached is not None:
+            return cached
+        claims = self._verify(token)
+        expires = claims["exp"]
+        if isinstance(expires, int | float) and self.cache_seconds > 0:
+            now = self.cache.now()
+            self.cache.put(token, claims, min(float(expires) + self.leeway, now + self.cache_seconds))
+        return claims
+
+    def _verify(self, token: str) -> dict[str, Any]:
         required = ["exp", "sub"] + (["iss"] if self.issuer else []) + (["aud"] if self.audience else [])
         try:
             claims: dict[str, Any] = jwt.decode(

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 
 from discovery.api.auth import Authenticator, DevAuthenticator
 from discovery.api.jwt_auth import JwtAuthenticator, JwtVerifier, check_algorithm
-from discovery.config import AUTH_MODES, ServerConfig
+from discovery.config import AUTH_MODES, ServerConfig, TlsOptions
 from discovery.core.hashing import MIN_SECRET_SIZE
 
 SECRET_BYTES = 32
@@ -105,52 +105,54 @@ def is_loopback(listen: str) -> bool:
 def jwt_secret(config: ServerConfig) -> bytes:
     """The HS256 shared secret: from the environment variable if named, else the file
     (generated on first start)."""
-    return load_secret(config.jwt_secret_env, config.jwt_secret_path)
+    return load_secret(config.auth.jwt_secret_env, config.jwt_secret_path)
 
 
 def jwt_verification_key(config: ServerConfig) -> Any:
-    if check_algorithm(config.jwt_algorithm) == "HS256":
+    auth = config.auth
+    if check_algorithm(auth.jwt_algorithm) == "HS256":
         return jwt_secret(config)
-    if not config.jwt_public_key:
-        raise ValueError(f"--jwt-algorithm {config.jwt_algorithm} needs --jwt-public-key")
-    return serialization.load_pem_public_key(Path(config.jwt_public_key).read_bytes())
+    if not auth.jwt_public_key:
+        raise ValueError(f"--jwt-algorithm {auth.jwt_algorithm} needs --jwt-public-key")
+    return serialization.load_pem_public_key(Path(auth.jwt_public_key).read_bytes())
 
 
 def build_authenticator(config: ServerConfig) -> Authenticator:
-    if config.auth == "dev":
-        if not is_loopback(config.listen):
+    auth, tls = config.auth, config.tls
+    if auth.mode == "dev":
+        if not is_loopback(config.network.listen):
             raise ValueError(
                 "--auth dev trusts a header anyone can set; it is allowed only on a loopback address"
             )
         return DevAuthenticator()
-    if config.auth != "jwt":
-        raise ValueError(f"unknown --auth {config.auth!r}; use one of {', '.join(AUTH_MODES)}")
+    if auth.mode != "jwt":
+        raise ValueError(f"unknown --auth {auth.mode!r}; use one of {', '.join(AUTH_MODES)}")
     verifier = JwtVerifier(
-        algorithm=config.jwt_algorithm,
+        algorithm=auth.jwt_algorithm,
         key=jwt_verification_key(config),
-        issuer=config.jwt_issuer,
-        audience=config.jwt_audience,
-        leeway=config.jwt_leeway_seconds,
+        issuer=auth.jwt_issuer,
+        audience=auth.jwt_audience,
+        leeway=auth.jwt_leeway_seconds,
     )
-    names = frozenset(n.strip() for n in config.tls_backend_names.split(",") if n.strip())
-    return JwtAuthenticator(verifier, client_certificates=bool(config.tls_client_ca), backend_names=names)
+    names = frozenset(n.strip() for n in tls.backend_names.split(",") if n.strip())
+    return JwtAuthenticator(verifier, client_certificates=bool(tls.client_ca), backend_names=names)
 
 
-def server_credentials(config: ServerConfig) -> Any:
+def server_credentials(config: TlsOptions) -> Any:
     """``grpc.ssl_server_credentials`` for the TLS flags, or None for plaintext.
 
     With a client CA every connection must present a certificate it verifies: gRPC can
     either require and verify client certificates or not ask for them at all.
     """
-    if not config.tls_cert and not config.tls_key:
-        if config.tls_client_ca:
+    if not config.cert and not config.key:
+        if config.client_ca:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         return None
-    if not (config.tls_cert and config.tls_key):
+    if not (config.cert and config.key):
         raise ValueError("--tls-cert and --tls-key go together")
-    chain = Path(config.tls_cert).read_bytes()
-    key = Path(config.tls_key).read_bytes()
-    client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    chain = Path(config.cert).read_bytes()
+    key = Path(config.key).read_bytes()
+    client_ca = Path(config.client_ca).read_bytes() if config.client_ca else None
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
@@ -181,8 +183,10 @@ def mint_token(
 
 def signing_key(config: ServerConfig, private_key: str = "") -> Any:
     """The key to mint tokens with: the HS256 secret, or a PEM private key file."""
-    if config.jwt_algorithm == "HS256":
+    if config.auth.jwt_algorithm == "HS256":
         return jwt_secret(config)
     if not private_key:
-        raise ValueError(f"minting {config.jwt_algorithm} tokens needs the account service's private key")
+        raise ValueError(
+            f"minting {config.auth.jwt_algorithm} tokens needs the account service's private key"
+        )
     return serialization.load_pem_private_key(Path(private_key).read_bytes(), password=None)

@@ -25,14 +25,18 @@ from discovery.core.index_sync import IndexSync
 from discovery.core.joins import Joins
 from discovery.core.ports import Store
 from discovery.metrics import Metrics
+from discovery.tracing import Tracing
 
 log = logging.getLogger("discovery.server")
 
 
 class DiscoveryServer:
-    def __init__(self, config: ServerConfig, authenticator: Authenticator | None = None) -> None:
+    def __init__(
+        self, config: ServerConfig, authenticator: Authenticator | None = None, tracing: Tracing | None = None
+    ) -> None:
         self.config = config
         self._authenticator = authenticator  # None: from the config
+        self.tracing = tracing or Tracing()  # off
         self.port = 0
         self.metrics_port = 0
         self.store_healthy = False
@@ -76,38 +80,40 @@ class DiscoveryServer:
 
     async def start(self) -> int:
         config = self.config
-        service = self._service = await build(config, self._authenticator)
+        service = self._service = await build(config, self._authenticator, self.tracing)
         self.store_healthy = True
         await self._set_serving(False)
         self.port = service.bind()
         if self.port == 0:
-            raise OSError(f"could not bind {config.listen}")
+            raise OSError(f"could not bind {config.network.listen}")
         await service.grpc_server.start()
         self._running = True
-        log.info("listening", extra={"event": "listening", "port": self.port, "listen": config.listen})
+        log.info(
+            "listening", extra={"event": "listening", "port": self.port, "listen": config.network.listen}
+        )
         await service.sync.load()
         self._follow_task = asyncio.create_task(service.sync.follow(self._stop_follow), name="index-follow")
         service.joins.start()
         self._watch_gauges(service)
-        if config.metrics_listen:
-            self._metrics_http, self.metrics_port = service.metrics.serve_http(config.metrics_listen)
+        if config.ops.metrics_listen:
+            self._metrics_http, self.metrics_port = service.metrics.serve_http(config.ops.metrics_listen)
             log.info("metrics", extra={"event": "metrics_listening", "port": self.metrics_port})
         await self._set_serving(True)
         self._monitor_task = asyncio.create_task(self._monitor_store(service.store), name="store-monitor")
-        if config.port_file:
-            Path(config.port_file).write_text(f"{self.port}\n")
+        if config.network.port_file:
+            Path(config.network.port_file).write_text(f"{self.port}\n")
         log.info("serving", extra={"event": "serving", "port": self.port, "users": service.sync.users})
         self._log_security(service.tls)
         return self.port
 
     def _log_security(self, tls: bool) -> None:
         """Say how callers authenticate, and how to get a development token."""
-        config = self.config
-        extra: dict[str, object] = {"event": "auth", "auth": config.auth, "tls": tls}
-        if config.auth == "jwt" and config.jwt_algorithm == "HS256" and not config.jwt_secret_env:
+        config, auth = self.config, self.config.auth
+        extra: dict[str, object] = {"event": "auth", "auth": auth.mode, "tls": tls}
+        if auth.mode == "jwt" and auth.jwt_algorithm == "HS256" and not auth.jwt_secret_env:
             where = (
-                f" --jwt-secret-file {config.jwt_secret_file}"
-                if config.jwt_secret_file
+                f" --jwt-secret-file {auth.jwt_secret_file}"
+                if auth.jwt_secret_file
                 else f" --data-dir {config.data_dir}"
             )
             extra["hint"] = (
@@ -115,7 +121,7 @@ class DiscoveryServer:
                 f"(backends: --scope directory:write)"
             )
         log.info("authentication", extra=extra)
-        if not tls and not is_loopback(config.listen):
+        if not tls and not is_loopback(config.network.listen):
             log.warning(
                 "serving without TLS on a non-loopback address: bearer tokens cross the network in clear",
                 extra={"event": "no_tls"},
@@ -135,7 +141,7 @@ class DiscoveryServer:
 
     async def _monitor_store(self, store: Store) -> None:
         """Ping the store; NOT_SERVING while it cannot be reached, SERVING again once it can."""
-        interval = self.config.store_check_seconds
+        interval = self.config.store.check_seconds
         while True:
             await asyncio.sleep(interval)
             try:
@@ -167,13 +173,14 @@ class DiscoveryServer:
         if service is None or not self._running:
             return
         self._running = False
-        grace = self.config.grace_seconds if grace is None else grace
+        grace = self.config.network.grace_seconds if grace is None else grace
         log.info("stopping", extra={"event": "stopping", "grace_seconds": grace})
         await _cancel(self._monitor_task)
         await self._set_serving(False)
-        if self.config.shutdown_delay_seconds > 0:
+        delay = self.config.network.shutdown_delay_seconds
+        if delay > 0:
             # Keep answering while load balancers and health polls see NOT_SERVING.
-            await asyncio.sleep(self.config.shutdown_delay_seconds)
+            await asyncio.sleep(delay)
         await service.health.enter_graceful_shutdown()
         service.joins.end_streams()  # join streams never end by themselves; clients resume
         service.health.end_watches()  # Watch streams got NOT_SERVING; they must not hold the drain
@@ -200,9 +207,9 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
             await task
 
 
-async def serve(config: ServerConfig) -> None:
+async def serve(config: ServerConfig, tracing: Tracing | None = None) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    server = DiscoveryServer(config)
+    server = DiscoveryServer(config, tracing=tracing)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -210,3 +217,4 @@ async def serve(config: ServerConfig) -> None:
     await server.start()
     await stop_requested.wait()
     await server.stop()
+    server.tracing.shutdown()  # exports the last spans

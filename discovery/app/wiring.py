@@ -21,16 +21,16 @@ from discovery.api.health import HealthServicer
 from discovery.api.interceptor import CallInterceptor
 from discovery.api.joins_service import JoinNotificationService
 from discovery.app.credentials import build_authenticator, server_credentials, server_secret
-from discovery.config import ServerConfig
-from discovery.core.directory import Directory, DirectoryLimits
+from discovery.config import NetworkOptions, ServerConfig
+from discovery.core.directory import Directory
 from discovery.core.hashing import KeyRing
 from discovery.core.index_sync import IndexSync
-from discovery.core.joins import JoinPolicy, Joins
-from discovery.core.model import AnnounceMode, PrivacySettings
-from discovery.core.quota import DiscoverGate, Gate, QuotaPolicy
+from discovery.core.joins import Joins
+from discovery.core.quota import DiscoverGate, Gate
 from discovery.metrics import Metrics
 from discovery.store import Store, open_store
 from discovery.store.timed import timed_store
+from discovery.tracing import Tracing
 from discovery.v1 import discovery_pb2_grpc, joins_pb2_grpc
 
 
@@ -52,44 +52,47 @@ class Service:
     bind: Callable[[], int]
 
 
-async def build(config: ServerConfig, authenticator: Authenticator | None = None) -> Service:
-    """Build the service of ``config``; ``authenticator`` overrides the configured one (tests)."""
+async def build(
+    config: ServerConfig, authenticator: Authenticator | None = None, tracing: Tracing | None = None
+) -> Service:
+    """Build the service of ``config``; ``authenticator`` overrides the configured one (tests),
+    ``tracing`` traces RPCs and store calls (off when None)."""
+    tracing = tracing or Tracing()
     keys = KeyRing.from_secret(server_secret(config))
     authenticator = authenticator or build_authenticator(config)
-    credentials = server_credentials(config)
+    credentials = server_credentials(config.tls)
     metrics = Metrics()
     store = timed_store(
         await open_store(
             config.store_url,
-            sqlite_synchronous=config.sqlite_synchronous,
-            feed_retention=config.feed_retention_seconds,
+            sqlite_synchronous=config.store.sqlite_synchronous,
+            feed_retention=config.store.feed_retention_seconds,
         ),
         metrics.store_seconds,
         metrics.store_errors,
+        tracing.store_tracer(),
     )
     sync = IndexSync(store)
-    joins = Joins(store, keys, join_policy(config))
-    gate = DiscoverGate(store, keys, quota_policy(config), config.max_hashes_per_request)
+    joins = Joins(store, keys, config.joins)
+    gate = DiscoverGate(store, keys, config.quota, config.limits.max_hashes_per_request)
     directory = Directory(
-        store,
-        sync,
-        keys,
-        limits=directory_limits(config),
-        default_settings=default_settings(config),
-        gate=gate,
-        joins=joins,
+        store, sync, keys, limits=config.limits, default_settings=config.defaults, gate=gate, joins=joins
     )
     health = HealthServicer()
     server = aio.server(
-        interceptors=[CallInterceptor(authenticator, observers=[metrics.observe_call])],
-        options=grpc_options(config),
+        # The tracing interceptor is outermost, so it sees the status CallInterceptor sets.
+        interceptors=[
+            *tracing.server_interceptors(),
+            CallInterceptor(authenticator, observers=[metrics.observe_call]),
+        ],
+        options=grpc_options(config.network),
     )
     add_servicers(server, directory, joins, metrics, health)
 
     def bind() -> int:
         if credentials is not None:
-            return int(server.add_secure_port(config.listen, credentials))
-        return int(server.add_insecure_port(config.listen))
+            return int(server.add_secure_port(config.network.listen, credentials))
+        return int(server.add_insecure_port(config.network.listen))
 
     return Service(
         config, store, sync, joins, directory, gate, metrics, health, server, credentials is not None, bind
@@ -111,45 +114,7 @@ def add_servicers(
     )
 
 
-def join_policy(config: ServerConfig) -> JoinPolicy:
-    return JoinPolicy(
-        watch_ttl=config.join_watch_ttl_seconds,
-        watch_cap=config.join_watch_cap,
-        inbox_ttl=config.join_inbox_ttl_seconds,
-        sweep_interval=config.join_sweep_interval_seconds,
-        page_size=config.join_page_size,
-        max_subscribers=config.join_max_streams,
-        max_streams_per_user=config.join_max_streams_per_user,
-        release_jitter=config.join_release_jitter_seconds,
-    )
-
-
-def quota_policy(config: ServerConfig) -> QuotaPolicy:
-    return QuotaPolicy(
-        capacity=config.quota_capacity,
-        refill_per_hour=config.quota_refill_per_hour,
-        rate_burst=config.rate_limit_burst,
-        rate_per_minute=config.rate_limit_per_minute,
-        token_ttl=config.previous_token_ttl_seconds,
-    )
-
-
-def directory_limits(config: ServerConfig) -> DirectoryLimits:
-    return DirectoryLimits(
-        max_hashes_per_request=config.max_hashes_per_request, max_import_batch=config.max_import_batch
-    )
-
-
-def default_settings(config: ServerConfig) -> PrivacySettings:
-    return PrivacySettings(
-        discoverable=config.default_discoverable,
-        announce_mode=AnnounceMode[config.default_announce_mode.upper()],
-        notify_on_join=config.default_notify_on_join,
-        announce_number_change=config.default_announce_number_change,
-    )
-
-
-def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+def grpc_options(config: NetworkOptions) -> list[tuple[str, int]]:
     options = [
         ("grpc.max_receive_message_length", config.max_receive_message_bytes),
         ("grpc.max_metadata_size", config.max_metadata_bytes),

@@ -10,6 +10,7 @@ import sys
 from discovery.app.server import serve
 from discovery.config import add_server_options, config_from_args
 from discovery.logs import configure_logging
+from discovery.tracing import Tracing
 
 
 def add_serve_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,6 +32,6 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     # Everything the server writes (store, WAL, secrets) is readable by its owner only.
     os.umask(0o077)
-    configure_logging(config.log_level)
-    asyncio.run(serve(config))
+    configure_logging(config.ops.log_level)
+    asyncio.run(serve(config, Tracing.start(config.tracing)))
     return 0

@@ -57,14 +57,15 @@ def run_token(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    auth = config.auth
     token = mint_token(
-        config.jwt_algorithm,
+        auth.jwt_algorithm,
         key,
         args.sub,
         args.ttl,
         scope=args.scope,
-        issuer=config.jwt_issuer,
-        audience=config.jwt_audience,
+        issuer=auth.jwt_issuer,
+        audience=auth.jwt_audience,
     )
     print(token)
     return 0

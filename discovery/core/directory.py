@@ -30,6 +30,7 @@ from discovery.core.model import (
     RejectedUser,
     UserRecord,
 )
+from discovery.core.options import Options, option, positive
 from discovery.core.ports import Store
 from discovery.core.quota import ALLOW_ALL, Gate
 from discovery.core.validation import (
@@ -43,9 +44,11 @@ from discovery.core.validation import (
 
 
 @dataclass(frozen=True, slots=True)
-class DirectoryLimits:
-    max_hashes_per_request: int = 5000
-    max_import_batch: int = 10_000
+class DirectoryLimits(Options):
+    max_hashes_per_request: int = option(
+        5000, "cap on contact hashes in one Discover request", check=positive
+    )
+    max_import_batch: int = option(10_000, "cap on users in one ImportUsers message", check=positive)
     max_reported_rejections: int = 1000
 
 
@@ -86,13 +89,17 @@ class Directory:
         The whole batch is one AES call and one vectorised probe, in the event loop.
         Nothing of the batch is kept but the watches on unmatched keys of a caller with
         notify_on_join on (core/joins.py). The gate (core/quota.py) charges the request rate
-        and the new contacts before the lookup, so a refused request learns nothing.
+        and the new contacts before the lookup, in one store round trip, so a refused
+        request learns nothing.
         """
-        await self.gate.admit(caller)
-        check_packed_hashes(packed_hashes, self.limits.max_hashes_per_request)
-        keys = self.keys.directory_keys(packed_hashes)
-        ordered = sort_keys(keys)
-        check_no_duplicate_keys(ordered)
+        try:
+            check_packed_hashes(packed_hashes, self.limits.max_hashes_per_request)
+            keys = self.keys.directory_keys(packed_hashes)
+            ordered = sort_keys(keys)
+            check_no_duplicate_keys(ordered)
+        except InvalidArgument:
+            await self.gate.admit(caller)  # a refused request still counts against the rate
+            raise
         token = await self.gate.charge(caller, ordered, previous_hashes, previous_token)
         checked = len(keys) // KEY_SIZE
         if not keys:

@@ -43,6 +43,7 @@ from discovery.core.background import log_retry
 from discovery.core.errors import InvalidArgument, QuotaExceeded, UserNotRegistered
 from discovery.core.hashing import KEY_SIZE, KeyRing
 from discovery.core.model import Announcement, AnnounceMode, InboxEntry, UserRecord
+from discovery.core.options import Options, non_negative, option, positive
 from discovery.core.ports import Store
 
 log = logging.getLogger("discovery.joins")
@@ -54,17 +55,53 @@ _DEVICE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
-class JoinPolicy:
-    watch_ttl: float = 30 * DAY
-    watch_cap: int = 5000
-    inbox_ttl: float = 14 * DAY
-    sweep_interval: float = 60.0
-    page_size: int = 100
-    max_subscribers: int = 20_000
-    max_streams_per_user: int = 16
+class JoinPolicy(Options):
+    watch_ttl: float = option(
+        30 * DAY,
+        "how long a watch on an unmatched contact lives; uploading it again refreshes it",
+        name="join_watch_ttl_seconds",
+        check=positive,
+    )
+    watch_cap: int = option(
+        5000,
+        "watches per user; beyond it the oldest watches are dropped",
+        name="join_watch_cap",
+        check=positive,
+    )
+    inbox_ttl: float = option(
+        14 * DAY,
+        "how long an undelivered or unacknowledged join event is kept",
+        name="join_inbox_ttl_seconds",
+        check=positive,
+    )
+    sweep_interval: float = option(
+        60.0,
+        "how often expired watches and events are deleted from the store",
+        name="join_sweep_interval_seconds",
+        check=positive,
+    )
+    page_size: int = option(
+        100,
+        "events per stream message while catching up (bounds memory per stream)",
+        name="join_page_size",
+        check=positive,
+    )
+    max_subscribers: int = option(
+        20_000, "live SubscribeJoins streams one instance accepts", name="join_max_streams", check=positive
+    )
+    max_streams_per_user: int = option(
+        16,
+        "live SubscribeJoins streams one user may hold on one instance",
+        name="join_max_streams_per_user",
+        check=positive,
+    )
+    release_jitter: float = option(
+        3600.0,
+        "join events become deliverable after a random delay of up to this long",
+        name="join_release_jitter_seconds",
+        check=non_negative,
+    )
     settings_cache_seconds: float = 2.0
-    #: Announced events become deliverable after a random delay of up to this many seconds.
-    release_jitter: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from discovery.core.options import option
+
 
 class AnnounceMode(enum.IntEnum):
     """Who is told when a user joins. The values are what the stores keep (0 and 1 are the
@@ -18,15 +20,30 @@ class AnnounceMode(enum.IntEnum):
     EVERYONE = 1
     MUTUAL = 2
 
+    def __str__(self) -> str:
+        """The name an option or a flag takes: off, mutual or everyone."""
+        return self.name.lower()
+
 
 @dataclass(frozen=True, slots=True)
 class PrivacySettings:
     """A user's privacy settings."""
 
-    discoverable: bool = True
-    announce_mode: AnnounceMode = AnnounceMode.MUTUAL
-    notify_on_join: bool = False
-    announce_number_change: bool = False
+    # As options, the defaults of a new user (ServerConfig.defaults).
+    discoverable: bool = option(True, "initial 'discoverable' of a new user", name="default_discoverable")
+    announce_mode: AnnounceMode = option(
+        AnnounceMode.MUTUAL,
+        "who is told when a new user joins: off, mutual (only people they have) or everyone",
+        name="default_announce_mode",
+    )
+    notify_on_join: bool = option(
+        False, "initial 'notify_on_join' of a new user (opt-in)", name="default_notify_on_join"
+    )
+    announce_number_change: bool = option(
+        False,
+        "initial 'announce_number_change' of a new user (a number change announces)",
+        name="default_announce_number_change",
+    )
 
     @property
     def announce_join(self) -> bool:
@@ -157,6 +174,17 @@ class DirectoryMatch:
     user_ids: list[str]
     token: bytes = b""
     checked: int = 0  # how many contact hashes the request held
+
+
+@dataclass(frozen=True, slots=True)
+class BucketCharge:
+    """One charge to a leaky bucket: add ``cost`` if it fits under ``capacity`` (see
+    core.ports.QuotaStore.charge)."""
+
+    bucket: str
+    cost: float
+    capacity: float
+    leak_per_second: float
 
 
 @dataclass(frozen=True, slots=True)

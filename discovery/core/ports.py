@@ -12,6 +12,7 @@ from typing import Protocol
 
 from discovery.core.model import (
     Announcement,
+    BucketCharge,
     DeviceState,
     ImportReport,
     InboxEntry,
@@ -113,10 +114,11 @@ class QuotaStore(Protocol):
     missing one, so a backend may forget it (SQLite prunes them; Redis lets them expire).
     """
 
-    async def charge(
-        self, bucket: str, cost: float, capacity: float, leak_per_second: float, now: float
-    ) -> QuotaCharge:
-        """Add ``cost`` to the bucket if it fits, atomically; a refused charge changes nothing."""
+    async def charge(self, charges: Sequence[BucketCharge], now: float) -> list[QuotaCharge]:
+        """Apply ``charges`` in order, in one atomic step (one round trip), stopping at the first
+        that is refused: the outcomes of the applied ones, then the refused one. A refused
+        charge changes nothing; the charges before it stay. All buckets of one call belong to
+        one user (Redis keeps them on one slot)."""
         ...
 
     async def forget_buckets(self, buckets: Sequence[str]) -> int:

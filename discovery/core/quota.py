@@ -15,12 +15,14 @@ not in their previous request (Signal's CDSI works this way):
 
 Order of checks, and why:
 
-1. The request rate is charged first, for every request, valid or not: it is what
-   stops a flood of requests that are then rejected (those charge no contact quota).
-2. The request and the previous set are validated and the token verified. A request
-   refused here, or by the contact quota, charges no contact quota and is refused
-   before the lookup, so it learns nothing about any number.
-3. The contact quota is charged for the new contacts only, then the lookup runs.
+1. The request and the previous set are validated and the token verified (CPU only).
+   A request refused here is charged the request rate alone and charges no contact
+   quota: the rate is what stops a flood of requests that are then rejected.
+2. A valid request is charged, in one store round trip, one unit of the request rate
+   and then its new contacts only; if the rate refuses it, no contacts are charged.
+   A request refused by either is refused before the lookup, so it learns nothing
+   about any number.
+3. The lookup runs.
 
 Token layout (41 bytes): version 0x01, issue time as uint64 big-endian seconds, then
 BLAKE3 keyed with ``KeyRing.token_key`` over ``version || issued || len(user id) as
@@ -44,7 +46,8 @@ import numpy as np
 from discovery.core.errors import InvalidArgument, QuotaExceeded
 from discovery.core.hashing import KeyRing
 from discovery.core.keyset import SortedKeys, sort_keys
-from discovery.core.model import QuotaCharge
+from discovery.core.model import BucketCharge, QuotaCharge
+from discovery.core.options import Options, non_negative, option, positive
 from discovery.core.ports import QuotaStore
 from discovery.core.validation import check_no_duplicate_keys, check_packed_hashes
 
@@ -54,14 +57,36 @@ MAX_RETRY_SECONDS = 365 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
-class QuotaPolicy:
+class QuotaPolicy(Options):
     """The limits of one user. A capacity or burst of 0 switches that limit off."""
 
-    capacity: int = 50_000
-    refill_per_hour: float = 6.0
-    rate_burst: int = 30
-    rate_per_minute: float = 10.0
-    token_ttl: float = 30 * 86400.0
+    capacity: int = option(
+        50_000,
+        "new contacts a user may look up in a burst (0: no quota)",
+        name="quota_capacity",
+        check=non_negative,
+    )
+    refill_per_hour: float = option(
+        6.0, "new contacts per hour that the quota refills", name="quota_refill_per_hour", check=non_negative
+    )
+    rate_burst: int = option(
+        30,
+        "Discover requests a user may make in a burst (0: no limit)",
+        name="rate_limit_burst",
+        check=non_negative,
+    )
+    rate_per_minute: float = option(
+        10.0,
+        "Discover requests per minute that the rate limit refills",
+        name="rate_limit_per_minute",
+        check=non_negative,
+    )
+    token_ttl: float = option(
+        30 * 86400.0,
+        "how long a Discover token makes its contacts free on the next request",
+        name="previous_token_ttl_seconds",
+        check=positive,
+    )
     max_clock_skew: float = 300.0
 
 
@@ -125,11 +150,15 @@ BUCKET_PURPOSES = ("requests", "contacts")
 class Gate(Protocol):
     """What Discover passes before the lookup (DiscoverGate, or AllowAllGate without quotas)."""
 
-    async def admit(self, caller: str) -> None: ...
+    async def admit(self, caller: str) -> None:
+        """Charge the request rate alone: for a request refused before ``charge``."""
+        ...
 
     async def charge(
         self, caller: str, current: SortedKeys, previous_hashes: bytes, previous_token: bytes
-    ) -> bytes: ...
+    ) -> bytes:
+        """Charge the request rate and the new contacts of a valid request; returns its token."""
+        ...
 
     async def forget(self, user_id: str) -> int: ...
 
@@ -159,8 +188,22 @@ class AllowAllGate:
 ALLOW_ALL = AllowAllGate()
 
 
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """What QuotaExceeded says when one bucket refuses."""
+
+    message: str
+    describe: Callable[[QuotaCharge], str]
+
+
 class DiscoverGate:
-    """What Discover checks before the lookup: request rate, previous set, contact quota."""
+    """What Discover checks before the lookup: request rate, previous set, contact quota.
+
+    A valid request costs one store round trip: the request rate and its new contacts are
+    charged together (``QuotaStore.charge`` applies them in order and stops at a refusal,
+    so a request refused by the rate charges no contacts). A request found invalid before
+    that is charged the rate alone (``admit``), so a flood of bad requests still hits it.
+    """
 
     def __init__(
         self,
@@ -182,89 +225,92 @@ class DiscoverGate:
         return await self._store.forget_buckets([f"{purpose}:{user_id}" for purpose in BUCKET_PURPOSES])
 
     async def levels(self, user_id: str) -> list[tuple[str, float, float]]:
-        """Each enforced bucket's level, read by charging nothing (which leaves it as it is)."""
-        policy, now = self.policy, self._clock()
+        """Each enforced bucket's level, read in one round trip by charging nothing (which
+        leaves the buckets as they are)."""
+        policy = self.policy
         limits = (
             ("requests", policy.rate_burst, policy.rate_per_minute / 60.0),
             ("contacts", policy.capacity, policy.refill_per_hour / 3600.0),
         )
-        out = []
-        for purpose, capacity, leak in limits:
-            if capacity > 0:
-                outcome = await self._store.charge(f"{purpose}:{user_id}", 0, capacity, leak, now)
-                out.append((purpose, outcome.level, float(capacity)))
-        return out
+        enforced = [(purpose, capacity, leak) for purpose, capacity, leak in limits if capacity > 0]
+        charges = [BucketCharge(f"{purpose}:{user_id}", 0, cap, leak) for purpose, cap, leak in enforced]
+        outcomes = await self._store.charge(charges, self._clock()) if charges else []
+        return [
+            (purpose, outcome.level, float(capacity))
+            for (purpose, capacity, _), outcome in zip(enforced, outcomes, strict=True)
+        ]
 
     async def admit(self, caller: str) -> None:
         """Charge one request to the caller's request rate, or QuotaExceeded."""
-        policy = self.policy
-        if policy.rate_burst > 0:
-            await self._charge(
-                caller,
-                "requests",
-                1,
-                policy.rate_burst,
-                policy.rate_per_minute / 60.0,
-                self._clock(),
-                "too many Discover requests",
-                lambda _: (
-                    f"at most {policy.rate_burst} Discover requests in a burst, "
-                    f"refilling {policy.rate_per_minute:g} per minute"
-                ),
-            )
+        await self._charge(caller, self._rate(caller), self._clock())
 
     async def charge(
         self, caller: str, current: SortedKeys, previous_hashes: bytes, previous_token: bytes
     ) -> bytes:
-        """Charge the contacts of ``current`` not in the proven previous set; returns the token
-        for ``current``. Raises InvalidArgument for a bad previous set, QuotaExceeded over quota;
-        either way nothing is charged."""
+        """Charge the request and the contacts of ``current`` not in the proven previous set;
+        returns the token for ``current``. Raises InvalidArgument for a bad previous set (then
+        only the request rate is charged), QuotaExceeded over quota (then no contacts are)."""
         policy = self.policy
-        if policy.capacity <= 0:
-            # No contact quota: nothing to charge, and a token would prove nothing.
-            check_packed_hashes(previous_hashes, self._max_hashes, field="previous_contact_hashes")
-            return b""
         now = self._clock()
-        previous = self._previous(caller, previous_hashes, previous_token, now)
+        try:
+            if policy.capacity <= 0:
+                # No contact quota: nothing to charge, and a token would prove nothing.
+                check_packed_hashes(previous_hashes, self._max_hashes, field="previous_contact_hashes")
+            else:
+                previous = self._previous(caller, previous_hashes, previous_token, now)
+        except InvalidArgument:
+            await self.admit(caller)
+            raise
+        if policy.capacity <= 0:
+            await self._charge(caller, self._rate(caller), now)
+            return b""
         new = count_new(current, previous) if previous is not None else len(current)
-        if new:
-            await self._charge(
-                caller,
-                "contacts",
-                new,
-                policy.capacity,
-                policy.refill_per_hour / 3600.0,
-                now,
-                "the quota of new contacts is exhausted",
-                lambda outcome: (
-                    f"this request has {new} new contacts and the quota allows "
-                    f"{max(0, math.floor(policy.capacity - outcome.level))} now; it holds {policy.capacity} "
-                    f"and refills {policy.refill_per_hour:g} per hour"
-                ),
-            )
+        await self._charge(caller, self._rate(caller) + self._contacts(caller, new), now)
         return self._tokens.issue(caller, current, now)
 
-    async def _charge(
-        self,
-        caller: str,
-        purpose: str,
-        cost: int,
-        capacity: int,
-        leak: float,
-        now: float,
-        message: str,
-        describe: Callable[[QuotaCharge], str],
-    ) -> None:
-        """Charge the caller's bucket for ``purpose``; QuotaExceeded (charging nothing) if it is full.
-        The bucket's name holds the user id and never anything of the request."""
-        outcome = await self._store.charge(f"{purpose}:{caller}", cost, capacity, leak, now)
-        if not outcome.allowed:
-            raise QuotaExceeded(
-                message,
-                subject=f"user:{caller}",
-                description=describe(outcome),
-                retry_after=_bounded(outcome.retry_after, outcome.level, leak),
-            )
+    def _rate(self, caller: str) -> list[tuple[BucketCharge, _Refusal]]:
+        policy = self.policy
+        if policy.rate_burst <= 0:
+            return []
+        refusal = _Refusal(
+            "too many Discover requests",
+            lambda _: (
+                f"at most {policy.rate_burst} Discover requests in a burst, "
+                f"refilling {policy.rate_per_minute:g} per minute"
+            ),
+        )
+        charge = BucketCharge(f"requests:{caller}", 1, policy.rate_burst, policy.rate_per_minute / 60.0)
+        return [(charge, refusal)]
+
+    def _contacts(self, caller: str, new: int) -> list[tuple[BucketCharge, _Refusal]]:
+        policy = self.policy
+        if not new:
+            return []
+        refusal = _Refusal(
+            "the quota of new contacts is exhausted",
+            lambda outcome: (
+                f"this request has {new} new contacts and the quota allows "
+                f"{max(0, math.floor(policy.capacity - outcome.level))} now; it holds {policy.capacity} "
+                f"and refills {policy.refill_per_hour:g} per hour"
+            ),
+        )
+        charge = BucketCharge(f"contacts:{caller}", new, policy.capacity, policy.refill_per_hour / 3600.0)
+        return [(charge, refusal)]
+
+    async def _charge(self, caller: str, charges: list[tuple[BucketCharge, _Refusal]], now: float) -> None:
+        """Charge the caller's buckets in one round trip; QuotaExceeded at the first refusal.
+        Bucket names hold a purpose and the user id, never anything of the request."""
+        if not charges:
+            return
+        outcomes = await self._store.charge([charge for charge, _ in charges], now)
+        for (charge, refusal), outcome in zip(charges, outcomes, strict=False):
+            if not outcome.allowed:
+                raise QuotaExceeded(
+                    refusal.message,
+                    subject=f"user:{caller}",
+                    description=refusal.describe(outcome),
+                    retry_after=_bounded(outcome.retry_after, outcome.level, charge.leak_per_second),
+                )
 
     def _previous(
         self, caller: str, previous_hashes: bytes, previous_token: bytes, now: float

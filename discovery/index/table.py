@@ -1,10 +1,16 @@
 """The in-memory directory index: directory key -> (user id, discoverable).
 
 This is the hot path of contact discovery. A lookup is a batch of about a thousand
-16-byte directory keys; it is answered with about 35 numpy calls per batch and no
-Python loop per key. On a small VM a numpy call costs microseconds whatever its size
-and a cache miss costs about 0.1 µs, so the layout is built to need few calls and to
-touch two cache-line pairs per key: its hash bucket and, for a hit, its record.
+16-byte directory keys. It is answered by a small compiled kernel (``_probe.c``, built
+by ``pip install``): one pass over the keys that prefetches each home bucket 16 keys
+ahead and collects fingerprint matches, one pass that prefetches and verifies their
+records, and the ``str`` of each hit, with no numpy call per batch (about 50 µs for
+1,000 keys at 10M entries; docs/perf/index-kernel.md). Without the kernel, the same
+layout is answered with about 35 numpy calls per batch and no Python loop per key, at
+about twice the time. A cache miss costs about 0.1 µs, so the layout is built to touch
+two cache-line pairs per key: its hash bucket and, for a hit, its record. The kernel
+also does the presence probe of bulk loads and linear-probing insertion, and so the
+rehash of a growth (:meth:`DirectoryIndex.grown_table` builds it off the event loop).
 
 Layout
 ======
@@ -73,18 +79,53 @@ The index is not thread-safe; it is meant to be used from one event loop.
 from __future__ import annotations
 
 import codecs
+import importlib
+import itertools
 import math
-from typing import Final
+import sys
+from dataclasses import dataclass
+from typing import Final, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["KEY_SIZE", "MAX_ID_BYTES", "DirectoryIndex"]
+__all__ = ["KERNEL", "KEY_SIZE", "MAX_ID_BYTES", "DirectoryIndex", "GrownTable"]
+
 
 U8 = npt.NDArray[np.uint8]
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 BoolArr = npt.NDArray[np.bool_]
+
+
+class _Kernel(Protocol):
+    """The compiled probe loops of ``_probe.c`` (its comment documents them)."""
+
+    def lookup(
+        self, flat: U64, log: U64, n_buckets: int, keys: bytes, out: npt.NDArray[np.uint32]
+    ) -> tuple[int, list[str]]: ...
+
+    def find(self, flat: U64, log: U64, n_buckets: int, keys: U64, out_at: I64, out_slot: I64) -> int: ...
+
+    def insert(
+        self, flat: U64, log: U64, n_buckets: int, vals: U64, start: int, release_gil: bool
+    ) -> int: ...
+
+
+def _load_kernel() -> _Kernel | None:
+    """The compiled probe loops (built from ``_probe.c`` by ``pip install``), or None."""
+    if sys.byteorder != "little":  # the kernel reads keys as native words
+        return None
+    try:
+        return cast(_Kernel, importlib.import_module("discovery.index._probe"))
+    except ImportError:
+        return None
+
+
+# The compiled loops when they are built, else the numpy ones; both give the same results
+# (tests/test_index.py runs the tests on both). Tests switch the kernel off by setting this to None.
+_kernel: _Kernel | None = _load_kernel()
+KERNEL: Final = _kernel is not None
 
 KEY_SIZE: Final = 16
 MAX_ID_BYTES: Final = 128
@@ -118,6 +159,8 @@ _REBUILD_FRACTION: Final = 4  # a bulk insert of more than count / 4 new keys re
 _COMPACT_MIN_CELLS: Final = (1 << 20) // _CELL
 _KEY_DTYPE: Final = np.dtype("<u8")
 
+_changes = itertools.count()  # DirectoryIndex._version: a fresh number at every change
+
 _ARANGE_CACHE_MAX: Final = 1 << 20
 _arange_cache: list[I64] = [np.arange(1 << 16, dtype=np.int64)]
 
@@ -145,6 +188,49 @@ def _new_flat(n_buckets: int) -> tuple[U64, U64]:
     flat = raw[skip : skip + n_buckets * BUCKET]
     flat.fill(_EMPTY)
     return raw, flat
+
+
+def _placed(n_buckets: int, vals: U64, top: U64) -> tuple[U64, U64]:
+    """A new slot array (allocation, slots) of ``n_buckets`` home buckets holding slot values
+    ``vals``, given in ascending order of ``top``, the ``lo >> 32`` of their keys."""
+    step = _arange(vals.size)
+    homes = ((top * np.uint64(n_buckets)) >> _S32).view(np.int64) * BUCKET
+    homes -= step
+    pos = np.maximum.accumulate(homes)  # linear probing, entries in order of home
+    pos += step
+    end = int(pos[-1]) + 1 if vals.size else 0
+    raw, flat = _new_flat(max(n_buckets, -(-end // BUCKET)) + _TAIL_BUCKETS)
+    flat[pos] = vals
+    return raw, flat
+
+
+def _last_of_each_by_home(lo: U64, hi: U64) -> tuple[I64, U64]:
+    """The entries of a batch in ascending order of home (``lo >> 32``), keeping only the
+    last occurrence of a key: their batch indices, and their ``lo >> 32``."""
+    n = lo.size
+    # Sort by home, carrying the batch index in the low half of the sort key.
+    order_key = lo >> _S32
+    order_key <<= _S32
+    order_key |= _arange(n).view(np.uint64)
+    order_key.sort()
+    order = (order_key & _OFF_MASK).view(np.int64)
+    # Duplicates in the batch: keys with equal lo >> 32 are adjacent; sort those exactly.
+    top = order_key >> _S32
+    same = top[1:] == top[:-1]
+    if not same.any():
+        return order, top
+    group = np.zeros(n, dtype=np.bool_)
+    group[1:] |= same
+    group[:-1] |= same
+    sub = order[group]
+    sub = sub[np.lexsort((sub, hi[sub], lo[sub]))]
+    dup = (lo[sub[1:]] == lo[sub[:-1]]) & (hi[sub[1:]] == hi[sub[:-1]])
+    if not dup.any():
+        return order, top
+    drop = np.zeros(n, dtype=np.bool_)
+    drop[sub[:-1][dup]] = True  # an occurrence of a key that comes again later
+    keep = ~drop[order]
+    return order[keep], top[keep]
 
 
 def _key_words(key: bytes) -> tuple[int, int]:
@@ -218,6 +304,16 @@ def _bool_flags(discoverable: npt.NDArray[np.bool_] | None, n: int) -> BoolArr |
     return flags
 
 
+@dataclass(frozen=True)
+class GrownTable:
+    """A bigger slot array for a DirectoryIndex (see :meth:`DirectoryIndex.grown_table`)."""
+
+    version: int
+    n_buckets: int
+    raw: U64
+    flat: U64
+
+
 class DirectoryIndex:
     """Directory key -> (user id, discoverable), read-optimised for batched lookups.
 
@@ -236,6 +332,7 @@ class DirectoryIndex:
     # ------------------------------------------------------------------ state
 
     def _reset(self, capacity: int) -> None:
+        self._version = next(_changes)  # renewed by every change (see grown_table)
         capacity = max(capacity, 16)
         n_buckets = _nb_for(capacity, GROW_LOAD)
         self._set_table(n_buckets, *_new_flat(n_buckets + _TAIL_BUCKETS))
@@ -261,6 +358,33 @@ class DirectoryIndex:
     def memory_bytes(self) -> int:
         """Bytes held by the numpy arrays of the index (allocated, not just used)."""
         return int(self._raw.nbytes + self._log.nbytes)
+
+    # ----------------------------------------------------------------- growth
+
+    def needs_growth(self, more: int) -> bool:
+        """Whether ``more`` new entries would make the table grow (a rehash of every entry)."""
+        return self._count + more > MAX_LOAD * self._nb * BUCKET
+
+    def grown_table(self, more: int) -> GrownTable:
+        """The bigger table that ``more`` new entries would need, built without changing the index.
+
+        It only reads the index, and the compiled kernel releases the GIL while it rehashes
+        (about 0.2 s per 10M entries), so it may run in a worker thread
+        (``await asyncio.to_thread(index.grown_table, n)``) while the event loop goes on
+        serving lookups. Install it with :meth:`adopt`, on the loop; no change of the index
+        may run meanwhile (adopt refuses a table built before a change).
+        """
+        n_buckets = max(_nb_for(self._count + more, GROW_LOAD), self._nb + 1)
+        return GrownTable(self._version, n_buckets, *self._rehashed(n_buckets, release_gil=True))
+
+    def adopt(self, table: GrownTable) -> bool:
+        """Install a table from :meth:`grown_table`; False (and nothing done) if the index
+        changed since it was built."""
+        if table.version != self._version:
+            return False
+        self._version = next(_changes)
+        self._set_table(table.n_buckets, table.raw, table.flat)
+        return True
 
     # ------------------------------------------------------------ single keys
 
@@ -301,6 +425,7 @@ class DirectoryIndex:
         """Insert the entry for ``key``, or replace it."""
         lo, hi = _key_words(key)
         rec = _record(lo, hi, _encode_id(user_id))
+        self._version = next(_changes)
         cells = rec.shape[0] - 1
         disc = _DBIT_INT if discoverable else 0
         slot = self._find(lo, hi)
@@ -329,6 +454,7 @@ class DirectoryIndex:
         slot = self._find(lo, hi)
         if slot < 0:
             return False
+        self._version = next(_changes)
         e: int = self._flat.item(slot)
         self._delete_slot(slot)
         self._garbage += 1 + ((e >> 32) & _NCELL_MASK_INT)
@@ -342,6 +468,7 @@ class DirectoryIndex:
         slot = self._find(lo, hi)
         if slot < 0:
             return False
+        self._version = next(_changes)
         e: int = self._flat.item(slot)
         self._flat[slot] = (e | _DBIT_INT) if discoverable else (e & ~_DBIT_INT)
         return True
@@ -388,6 +515,19 @@ class DirectoryIndex:
 
     def _rebuild(self, n_buckets: int, extra: U64 | None = None) -> None:
         """Rebuild the table with ``n_buckets`` home buckets from its entries plus ``extra`` slots."""
+        self._set_table(n_buckets, *self._rehashed(n_buckets, extra))
+
+    def _rehashed(
+        self, n_buckets: int, extra: U64 | None = None, release_gil: bool = False
+    ) -> tuple[U64, U64]:
+        """A new slot array (allocation, slots) of ``n_buckets`` home buckets holding the
+        entries plus ``extra`` slots. Reads the index and changes nothing."""
+        if _kernel is not None:  # in the order of the old slots: the new homes nearly ascend
+            raw, flat = _new_flat(n_buckets + _TAIL_BUCKETS)
+            raw, flat = self._kernel_insert(raw, flat, n_buckets, self._flat, release_gil)
+            if extra is not None:
+                raw, flat = self._kernel_insert(raw, flat, n_buckets, extra, release_gil)
+            return raw, flat
         vals = self._flat[self._flat != _EMPTY]
         if extra is not None and extra.size:
             vals = np.concatenate((vals, extra))
@@ -395,20 +535,32 @@ class DirectoryIndex:
         order_key <<= _S32
         order_key |= _arange(vals.size).view(np.uint64)
         order_key.sort()
-        self._place(n_buckets, vals.take((order_key & _OFF_MASK).view(np.int64)), order_key >> _S32)
+        return _placed(n_buckets, vals.take((order_key & _OFF_MASK).view(np.int64)), order_key >> _S32)
 
-    def _place(self, n_buckets: int, vals: U64, top: U64) -> None:
-        """Make a new table of ``n_buckets`` home buckets holding slot values ``vals``, given
-        in ascending order of ``top``, the ``lo >> 32`` of their keys."""
-        step = _arange(vals.size)
-        homes = ((top * np.uint64(n_buckets)) >> _S32).view(np.int64) * BUCKET
-        homes -= step
-        pos = np.maximum.accumulate(homes)  # linear probing, entries in order of home
-        pos += step
-        end = int(pos[-1]) + 1 if vals.size else 0
-        raw, flat = _new_flat(max(n_buckets, -(-end // BUCKET)) + _TAIL_BUCKETS)
-        flat[pos] = vals
-        self._set_table(n_buckets, raw, flat)
+    def _kernel_insert(
+        self, raw: U64, flat: U64, n_buckets: int, vals: U64, release_gil: bool
+    ) -> tuple[U64, U64]:
+        """Insert slot values ``vals`` (of absent keys; EMPTY ones are skipped) into ``flat``
+        with the compiled loop, lengthening its tail as needed; returns the slot array."""
+        assert _kernel is not None
+        start = 0
+        while (start := _kernel.insert(flat, self._log, n_buckets, vals, start, release_gil)) < vals.size:
+            if start < 0:
+                raise RuntimeError("directory index: a slot points outside the record log")
+            have = flat.size // BUCKET
+            raw, longer = _new_flat(have + max(_TAIL_BUCKETS, have - n_buckets))  # double the tail
+            longer[: flat.size] = flat
+            flat = longer
+        return raw, flat
+
+    def _insert_absent(self, vals: U64, lo: U64) -> None:
+        """Insert entries whose keys are absent: their slot values and the lo words of their keys."""
+        if _kernel is None:
+            self._insert_rounds(vals, self._buckets_of(lo) * BUCKET)
+            return
+        raw, flat = self._kernel_insert(self._raw, self._flat, self._nb, vals, False)
+        if flat is not self._flat:
+            self._set_table(self._nb, raw, flat)
 
     def _insert_rounds(self, vals: U64, pos: I64) -> None:
         """Insert absent entries (slot values, home slots) in vectorised rounds of linear probing."""
@@ -495,6 +647,10 @@ class DirectoryIndex:
         Returns their ascending positions in ``keys`` (uint32) and their user ids, in
         the same order. Raises ValueError if ``keys`` is not a multiple of 16 bytes.
         """
+        if _kernel is not None:
+            out = np.empty(len(keys) // KEY_SIZE, dtype=np.uint32)
+            found, found_ids = _kernel.lookup(self._flat, self._log, self._nb, keys, out)
+            return out[:found], found_ids
         q = _parse_keys(keys)
         n = q.shape[0]
         if n == 0 or self._count == 0:
@@ -585,6 +741,11 @@ class DirectoryIndex:
     def _probe_all(self, q: U64) -> tuple[I64, I64]:
         """Present keys of q, discoverable or not: their positions in q and their slots."""
         n = q.shape[0]
+        if _kernel is not None:
+            at = np.empty(n, dtype=np.int64)
+            slots = np.empty(n, dtype=np.int64)
+            found = _kernel.find(self._flat, self._log, self._nb, np.ascontiguousarray(q), at, slots)
+            return at[:found], slots[:found]
         buckets = self._buckets_of(q[:, 0])
         f = q[:, 1] & _FP_MASK
         who = _arange(n)
@@ -659,30 +820,10 @@ class DirectoryIndex:
         n = q.shape[0]
         if n == 0:
             return
+        self._version = next(_changes)
         lo = np.ascontiguousarray(q[:, 0])
         hi = np.ascontiguousarray(q[:, 1])
-        # Sort by home (lo >> 32), carrying the batch index in the low half of the sort key.
-        order_key = lo >> _S32
-        order_key <<= _S32
-        order_key |= _arange(n).view(np.uint64)
-        order_key.sort()
-        order = (order_key & _OFF_MASK).view(np.int64)
-        # Duplicates in the batch: keys with equal lo >> 32 are adjacent; sort those exactly.
-        top = order_key >> _S32
-        same = top[1:] == top[:-1]
-        if same.any():
-            group = np.zeros(n, dtype=np.bool_)
-            group[1:] |= same
-            group[:-1] |= same
-            sub = order[group]
-            sub = sub[np.lexsort((sub, hi[sub], lo[sub]))]
-            dup = (lo[sub[1:]] == lo[sub[:-1]]) & (hi[sub[1:]] == hi[sub[:-1]])
-            if dup.any():
-                drop = np.zeros(n, dtype=np.bool_)
-                drop[sub[:-1][dup]] = True  # an occurrence of a key that comes again later
-                keep = ~drop[order]
-                order = order[keep]
-                top = top[keep]
+        order, top = _last_of_each_by_home(lo, hi)
         cells = (lens + (_CELL - 1)) // _CELL  # id cells of each entry
         offs = self._write_records(lo, hi, data, lens, cells)
         if order.size < n:  # the records of the dropped duplicates are garbage at once
@@ -693,35 +834,39 @@ class DirectoryIndex:
         vals |= offs[order].view(np.uint64)
         new_lo = lo[order]
         if self._count:
-            q_sorted = np.stack((new_lo, hi[order]), axis=1)
-            exists = np.zeros(order.size, dtype=np.bool_)
-            for start in range(0, order.size, _CHUNK):
-                at, slots = self._probe_all(q_sorted[start : start + _CHUNK])
-                if at.size:
-                    at += start
-                    old = self._flat.take(slots)
-                    self._garbage += int(((old >> _S32) & np.uint64(_NCELL_MASK_INT)).sum()) + at.size
-                    self._flat[slots] = vals[at]
-                    exists[at] = True
-            if exists.any():
-                vals = vals[~exists]
-                new_lo = new_lo[~exists]
-        k = vals.size
-        if k:
-            count = self._count + k
-            if not self._count:  # vals are in order of home already
-                n_buckets = self._nb
-                if count > MAX_LOAD * n_buckets * BUCKET:
-                    n_buckets = _nb_for(count, GROW_LOAD)
-                self._place(n_buckets, vals, top)
-            elif count > MAX_LOAD * self._nb * BUCKET:
-                self._rebuild(max(_nb_for(count, GROW_LOAD), self._nb + 1), vals)
-            elif k * _REBUILD_FRACTION > self._count:
-                self._rebuild(self._nb, vals)
-            else:
-                self._insert_rounds(vals, self._buckets_of(new_lo) * BUCKET)
-            self._count = count
+            absent = self._replace_present(np.stack((new_lo, hi[order]), axis=1), vals)
+            if absent is not None:
+                vals, new_lo, top = vals[absent], new_lo[absent], top[absent]
+        if vals.size:
+            self._insert_new(vals, new_lo, top)
         self._maybe_compact()
+
+    def _replace_present(self, q: U64, vals: U64) -> BoolArr | None:
+        """Write slot values ``vals`` over the entries of the keys ``q`` that are present;
+        returns which keys are absent (None: all of them)."""
+        exists = np.zeros(q.shape[0], dtype=np.bool_)
+        for start in range(0, q.shape[0], _CHUNK):
+            at, slots = self._probe_all(q[start : start + _CHUNK])
+            if at.size:
+                at += start
+                old = self._flat.take(slots)
+                self._garbage += int(((old >> _S32) & np.uint64(_NCELL_MASK_INT)).sum()) + at.size
+                self._flat[slots] = vals[at]
+                exists[at] = True
+        return ~exists if exists.any() else None
+
+    def _insert_new(self, vals: U64, lo: U64, top: U64) -> None:
+        """Insert entries of absent keys: slot values, lo words, ``lo >> 32`` (ascending)."""
+        count = self._count + vals.size
+        grow = count > MAX_LOAD * self._nb * BUCKET
+        n_buckets = max(_nb_for(count, GROW_LOAD), self._nb + 1) if grow else self._nb
+        if not self._count:  # vals are in order of home already
+            self._set_table(n_buckets, *_placed(n_buckets, vals, top))
+        elif grow or (_kernel is None and vals.size * _REBUILD_FRACTION > self._count):
+            self._rebuild(n_buckets, vals)
+        else:
+            self._insert_absent(vals, lo)
+        self._count = count
 
     def _write_records(self, lo: U64, hi: U64, data: U8, lens: I64, cells: I64) -> I64:
         """Append the records of a batch, in batch order; returns their offsets (in cells).

@@ -11,26 +11,32 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TypeVar
 
+from opentelemetry.trace import Tracer
 from prometheus_client import Counter, Histogram
 
 from discovery.core import model as m
 from discovery.core.ports import Store
+from discovery.store.spans import in_span
 
 T = TypeVar("T")
 
 
 class TimedStore:
-    """Implements Store by delegating to ``store``, observing each call's duration and errors."""
+    """Implements Store by delegating to ``store``, observing each call's duration and errors,
+    and tracing it in a child span of the current RPC when a tracer is given."""
 
-    def __init__(self, store: Store, seconds: Histogram, errors: Counter) -> None:
+    def __init__(
+        self, store: Store, seconds: Histogram, errors: Counter, tracer: Tracer | None = None
+    ) -> None:
         self.inner = store
         self._seconds = seconds
         self._errors = errors
+        self._tracer = tracer
 
     async def _timed(self, operation: str, call: Awaitable[T]) -> T:
         started = time.perf_counter()
         try:
-            return await call
+            return await in_span(self._tracer, operation, call)
         except Exception:
             self._errors.labels(operation).inc()
             raise
@@ -81,10 +87,8 @@ class TimedStore:
 
     # -- quota ----------------------------------------------------------------------------------
 
-    async def charge(
-        self, bucket: str, cost: float, capacity: float, leak_per_second: float, now: float
-    ) -> m.QuotaCharge:
-        return await self._timed("charge", self.inner.charge(bucket, cost, capacity, leak_per_second, now))
+    async def charge(self, charges: Sequence[m.BucketCharge], now: float) -> list[m.QuotaCharge]:
+        return await self._timed("charge", self.inner.charge(charges, now))
 
     async def forget_buckets(self, buckets: Sequence[str]) -> int:
         return await self._timed("forget_buckets", self.inner.forget_buckets(buckets))
@@ -140,5 +144,5 @@ class TimedStore:
         await self._timed("close", self.inner.close())
 
 
-def timed_store(store: Store, seconds: Histogram, errors: Counter) -> Store:
-    return TimedStore(store, seconds, errors)
+def timed_store(store: Store, seconds: Histogram, errors: Counter, tracer: Tracer | None = None) -> Store:
+    return TimedStore(store, seconds, errors, tracer)

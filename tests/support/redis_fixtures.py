@@ -1,4 +1,5 @@
-"""Real redis-server processes for the tests: one server, and a 3-master Redis Cluster.
+"""Real redis-server processes for the tests: one server, a 3-master Redis Cluster, a primary
+with a replica under 3 sentinels, and a Redis Cluster of 3 primaries each with a replica.
 
 Each runs on free loopback ports in its own temporary directory, without persistence
 unless a test asks for AOF, and is stopped by its pid. The session-wide ones are
@@ -72,6 +73,8 @@ class RedisProcess:
     directory: Path
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
+    #: A config file to pass first (sentinels need one they can rewrite).
+    config: Path | None = None
 
     @property
     def url(self) -> str:
@@ -83,6 +86,7 @@ class RedisProcess:
         self.process = subprocess.Popen(
             [
                 REDIS_SERVER,
+                *([str(self.config)] if self.config is not None else []),
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--dir", str(self.directory),
@@ -120,8 +124,50 @@ class RedisProcess:
             self.process.wait()
         self.process = None
 
+    def pause(self) -> None:
+        """SIGSTOP by pid: the process stops answering (and replicating) until :meth:`resume`."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def info(self, section: str) -> dict[str, Any]:
+        with self.client() as client:
+            reply: dict[str, Any] = client.info(section)
+            return reply
+
+
+#: Replicas start in a moment: a diskless full sync without the default 5 s delay.
+REPLICATION_ARGS = ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 20 ms (errors count as false) until true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except redis.exceptions.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout} s waiting until {what}")
+        time.sleep(0.02)
+
+
+def replicas_online(primary: RedisProcess, count: int) -> bool:
+    info = primary.info("replication")
+    online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+    return sum(1 for v in online if v.get("state") == "online") >= count
 
 
 @dataclass
@@ -172,6 +218,214 @@ class RedisClusterProcesses:
             node.stop()
 
 
+SENTINEL_SERVICE = "discovery"
+
+
+@dataclass
+class SentinelProcesses:
+    """A primary and a replica, watched by 3 sentinels (quorum 2), on loopback.
+
+    Sentinels mark the primary down after 1 s without an answer; a failover then takes
+    about 2 to 4 s. ``primary`` and ``replica`` are the processes as started: after a
+    failover, :meth:`current_primary` names the one Sentinel promoted.
+    """
+
+    primary: RedisProcess
+    replica: RedisProcess
+    sentinels: list[RedisProcess] = field(default_factory=list)
+
+    def url(self, query: str = "") -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SENTINEL_SERVICE}/0" + (f"?{query}" if query else "")
+
+    @property
+    def servers(self) -> list[RedisProcess]:
+        return [self.primary, self.replica]
+
+    def primary_port(self) -> int:
+        for sentinel in self.sentinels:
+            if not sentinel.alive:
+                continue
+            with sentinel.client() as client:
+                _host, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE)
+            return int(port)
+        raise RuntimeError("no sentinel is running")
+
+    def current_primary(self) -> RedisProcess:
+        port = self.primary_port()
+        return next(s for s in self.servers if s.port == port)
+
+    def current_replica(self) -> RedisProcess:
+        port = self.primary_port()
+        return next(s for s in self.servers if s.port != port)
+
+    def start(self, directory: Path) -> None:
+        self.primary.start()
+        self.replica.start()
+        wait_until(lambda: replicas_online(self.primary, 1), 30, "the replica is in sync")
+        for i in range(3):
+            sentinel_dir = directory / f"sentinel{i}"
+            sentinel_dir.mkdir(parents=True, exist_ok=True)
+            config = sentinel_dir / "sentinel.conf"
+            config.write_text(
+                f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n"
+                f"sentinel failover-timeout {SENTINEL_SERVICE} 10000\n"
+                f"sentinel parallel-syncs {SENTINEL_SERVICE} 1\n"
+            )
+            sentinel = RedisProcess(free_port(), sentinel_dir, ["--sentinel"], config=config)
+            self.sentinels.append(sentinel)
+            sentinel.start()
+        wait_until(self._sentinels_ready, 30, "the sentinels know each other and the replica")
+
+    def _sentinels_ready(self) -> bool:
+        for sentinel in self.sentinels:
+            with sentinel.client() as client:
+                state: dict[str, Any] = client.sentinel_master(SENTINEL_SERVICE)
+            if int(state["num-other-sentinels"]) < 2 or int(state["num-slaves"]) < 1:
+                return False
+        return True
+
+    def wait_promoted(self, old: RedisProcess, timeout: float = 30) -> RedisProcess:
+        """Wait until the sentinels promoted the other server and it accepts writes."""
+        new = next(s for s in self.servers if s is not old)
+
+        def promoted() -> bool:
+            if self.primary_port() != new.port:
+                return False
+            with new.client() as client:
+                return bool(client.execute_command("ROLE")[0] == b"master")
+
+        wait_until(promoted, timeout, "Sentinel promoted the replica")
+        return new
+
+    def flush(self) -> None:
+        with self.current_primary().client() as client:
+            client.flushall()
+            client.execute_command("WAIT", 1, 5000)
+
+    def stop(self) -> None:
+        for process in [*self.sentinels, self.primary, self.replica]:
+            process.stop()
+
+
+def start_sentinel(directory: Path) -> SentinelProcesses:
+    primary = RedisProcess(free_port(), directory / "primary", ["--appendonly", "no", *REPLICATION_ARGS])
+    port = free_port()
+    replica = RedisProcess(
+        port,
+        directory / "replica",
+        ["--appendonly", "no", *REPLICATION_ARGS, "--replicaof", "127.0.0.1", str(primary.port)],
+    )
+    setup = SentinelProcesses(primary, replica)
+    try:
+        setup.start(directory)
+    except BaseException:
+        setup.stop()
+        raise
+    return setup
+
+
+@dataclass
+class ReplicatedCluster:
+    """A Redis Cluster of 3 primaries, each with a replica, on loopback (node timeout 1.5 s)."""
+
+    nodes: list[RedisProcess] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> None:
+        assert REDIS_CLI is not None
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                REDIS_CLI, "--cluster", "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas", "1", "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )  # fmt: skip
+        wait_until(self._ready, 60, "the cluster is ok and every replica is in sync")
+
+    def _ready(self) -> bool:
+        if not all(RedisClusterProcesses._ok(n) for n in self.nodes if n.alive):
+            return False
+        primaries = [n for n in self.nodes if n.alive and self.role(n) == "master"]
+        return len(primaries) == 3 and all(replicas_online(p, 1) for p in primaries)
+
+    @staticmethod
+    def role(node: RedisProcess) -> str:
+        with node.client() as client:
+            role: bytes = client.execute_command("ROLE")[0]
+        return role.decode()
+
+    def owner(self, key: str) -> RedisProcess:
+        """The primary that holds ``key``'s slot (asked of a live node)."""
+        node = next(n for n in self.nodes if n.alive)
+        with node.client() as client:
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+            for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if int(start) <= slot <= int(end):
+                    port = int(primary[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise RuntimeError(f"no node holds slot {slot}")
+
+    def replica_of(self, primary: RedisProcess) -> RedisProcess:
+        info = primary.info("replication")
+        port = int(info["slave0"]["port"])
+        return next(n for n in self.nodes if n.port == port)
+
+    def wait_promoted(self, replica: RedisProcess, timeout: float = 30) -> None:
+        """Wait until ``replica`` is a primary and every live node reports cluster_state:ok."""
+
+        def promoted() -> bool:
+            return self.role(replica) == "master" and all(
+                RedisClusterProcesses._ok(n) for n in self.nodes if n.alive
+            )
+
+        wait_until(promoted, timeout, "the replica was promoted")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.resume()
+            node.stop()
+
+
+def start_replicated_cluster(directory: Path) -> ReplicatedCluster:
+    cluster = ReplicatedCluster(
+        [
+            RedisProcess(
+                free_port(cluster=True),
+                directory / f"node{i}",
+                [
+                    "--appendonly",
+                    "no",
+                    *REPLICATION_ARGS,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(directory / f"node{i}" / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    "1500",
+                ],
+            )
+            for i in range(6)
+        ]
+    )
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
 def start_redis(directory: Path, *args: str) -> RedisProcess:
     server = RedisProcess(free_port(), directory, ["--appendonly", "no", *args])
     server.start()
@@ -218,6 +472,49 @@ def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisPro
 def redis_cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
     skip_without_redis()
     cluster = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelProcesses]:
+    """A primary, a replica and 3 sentinels for the whole session (never failed over)."""
+    skip_without_redis()
+    setup = start_sentinel(tmp_path_factory.mktemp("redis-sentinel"))
+    yield setup
+    setup.stop()
+
+
+@pytest.fixture
+def redis_sentinel_url(redis_sentinel_session: SentinelProcesses) -> str:
+    """The session's Sentinel store URL, flushed; every write waits for the replica."""
+    redis_sentinel_session.flush()
+    return redis_sentinel_session.url("min_replicas=1&replica_timeout_ms=2000")
+
+
+@pytest.fixture
+def sentinel_factory(tmp_path: Path) -> Iterator[Callable[[], SentinelProcesses]]:
+    """Start a dedicated primary, replica and 3 sentinels (for tests that fail them over)."""
+    skip_without_redis()
+    started: list[SentinelProcesses] = []
+
+    def start() -> SentinelProcesses:
+        setup = start_sentinel(tmp_path / f"sentinel{len(started)}")
+        started.append(setup)
+        return setup
+
+    yield start
+    for setup in started:
+        for server in setup.servers:
+            server.resume()
+        setup.stop()
+
+
+@pytest.fixture
+def replicated_cluster(tmp_path: Path) -> Iterator[ReplicatedCluster]:
+    """A dedicated Redis Cluster of 3 primaries each with a replica (for failover tests)."""
+    skip_without_redis()
+    cluster = start_replicated_cluster(tmp_path / "replicated-cluster")
     yield cluster
     cluster.stop()
 

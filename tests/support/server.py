@@ -54,7 +54,7 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
             "default_announce_mode": "everyone",
         }
         options.update(overrides)
-        server = DiscoveryServer(ServerConfig(**options))  # type: ignore[arg-type]
+        server = DiscoveryServer(ServerConfig.from_options(**options))
         await server.start()
         running.append(server)
         return server

@@ -1,12 +1,14 @@
 """The production store on Redis or Redis Cluster (redis-py asyncio with hiredis).
 
-Key layout and retention: docs/redis-keys.md. Choosing it: ``--store redis://host:port/0``
-or ``--store redis+cluster://host:port,host:port``.
+Key layout and retention: docs/redis-keys.md. Choosing it: ``--store redis://host:port/0``,
+``--store redis+cluster://host:port,host:port`` or ``--store
+redis+sentinel://host:port,host:port/SERVICE/0``; replicated acknowledgement
+(``?min_replicas=N&replica_timeout_ms=T``) and failover: docs/high-availability.md.
 """
 
 from __future__ import annotations
 
-from discovery.store.redis.base import SCHEMES, parse_redis_url
+from discovery.store.redis.base import DEFAULT_REPLICA_TIMEOUT, SCHEMES, parse_redis_url
 from discovery.store.redis.errors import unavailable_when_unreachable
 from discovery.store.redis.joins import RedisJoins
 from discovery.store.redis.quota import RedisQuota
@@ -19,8 +21,21 @@ class RedisStore(RedisJoins, RedisQuota, RedisRegistry):
     Unavailable (errors.py)."""
 
 
-async def open_redis_store(url: str, *, feed_retention: float = 3600.0) -> RedisStore:
-    store = RedisStore(parse_redis_url(url), feed_retention=feed_retention)
+async def open_redis_store(
+    url: str,
+    *,
+    feed_retention: float = 3600.0,
+    min_replicas: int = 0,
+    replica_timeout: float = DEFAULT_REPLICA_TIMEOUT,
+) -> RedisStore:
+    """Open the store a redis URL names; the URL's ``min_replicas`` and ``replica_timeout_ms``
+    take precedence over the arguments."""
+    store = RedisStore(
+        parse_redis_url(url),
+        feed_retention=feed_retention,
+        min_replicas=min_replicas,
+        replica_timeout=replica_timeout,
+    )
     try:
         await store.open()
     except BaseException:
@@ -29,4 +44,4 @@ async def open_redis_store(url: str, *, feed_retention: float = 3600.0) -> Redis
     return store
 
 
-__all__ = ["SCHEMES", "RedisStore", "open_redis_store"]
+__all__ = ["DEFAULT_REPLICA_TIMEOUT", "SCHEMES", "RedisStore", "open_redis_store"]

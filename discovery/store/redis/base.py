@@ -1,4 +1,5 @@
-"""The Redis connection (one server or a Redis Cluster), the key layout and Lua plumbing.
+"""The Redis connection (one server, a Sentinel-managed primary or a Redis Cluster), the key
+layout, Lua plumbing and replicated acknowledgement (``min_replicas``).
 
 Every key the store writes is named here, by :class:`Keys`; docs/redis-keys.md
 documents each one (type, TTL, why it exists). The registry and its change feed
@@ -9,6 +10,7 @@ atomic on a cluster too; see docs/redis-keys.md for the trade-off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -18,10 +20,18 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoScriptError
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import AskError, MovedError, NoScriptError, RedisClusterException
 
-from discovery.store.redis.errors import CONNECT_TIMEOUT, SOCKET_TIMEOUT, fail_fast_retry
+from discovery.store.redis.errors import (
+    CONNECT_TIMEOUT,
+    SOCKET_TIMEOUT,
+    UNREACHABLE,
+    fail_fast_retry,
+    unavailable,
+    unreplicated,
+)
 
 log = logging.getLogger("discovery.store.redis")
 T = TypeVar("T")
@@ -30,10 +40,12 @@ Client = Redis | RedisCluster
 Arg = bytes | int | str
 Call = tuple[Sequence[bytes], Sequence[Arg]]
 
-#: Store URL schemes: one server, or a cluster given by one or more of its nodes.
+#: Store URL schemes: one server, a cluster given by one or more of its nodes, or a primary
+#: found through Sentinel (docs/high-availability.md).
 SINGLE_SCHEMES = ("redis", "rediss")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-SCHEMES = SINGLE_SCHEMES + CLUSTER_SCHEMES
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SCHEMES = SINGLE_SCHEMES + CLUSTER_SCHEMES + SENTINEL_SCHEMES
 
 DEFAULT_NAMESPACE = "discovery"
 #: Bumped when the key layout changes incompatibly; a store refuses another layout.
@@ -43,11 +55,19 @@ BUCKETS = 1 << 16
 PRUNE_INTERVAL = 5.0
 MAX_BLOCK_SECONDS = 1.0
 DEFAULT_INBOX_TTL_MS = (14 * 86_400 + 3600) * 1000
+#: How long a write waits for ``min_replicas`` replicas to confirm it (seconds).
+DEFAULT_REPLICA_TIMEOUT = 1.0
+#: A cluster's slot map is read again at most this often after a node failed or moved a slot.
+SLOT_REFRESH_INTERVAL = 0.2
 
 
 @dataclass(frozen=True, slots=True)
 class RedisTarget:
-    """What a store URL names: a client to make and the namespace of every key."""
+    """What a store URL names: a client to make and the namespace of every key.
+
+    ``nodes`` are the cluster's nodes, or the sentinels when ``sentinel_service`` is set.
+    ``min_replicas`` and ``replica_timeout`` are None unless the URL sets them.
+    """
 
     cluster: bool
     namespace: str
@@ -56,72 +76,148 @@ class RedisTarget:
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    sentinel_service: str = ""
+    sentinel_password: str | None = None
+    db: int = 0
+    min_replicas: int | None = None
+    replica_timeout: float | None = None
 
-    def client(self) -> Client:
+    def client(self, socket_timeout: float = SOCKET_TIMEOUT) -> tuple[Client, Sentinel | None]:
+        """The client, and the Sentinel it asks for the primary (closed with it)."""
         # Fail fast while Redis is down (see errors.py); URL parameters override these.
+        if self.sentinel_service:
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                list(self.nodes),
+                sentinel_kwargs={
+                    "socket_connect_timeout": CONNECT_TIMEOUT,
+                    "socket_timeout": SOCKET_TIMEOUT,
+                    "password": self.sentinel_password,
+                    "ssl": self.tls,
+                },
+            )
+            primary = sentinel.master_for(
+                self.sentinel_service,
+                redis_class=Redis,
+                db=self.db,
+                username=self.username,
+                password=self.password,
+                ssl=self.tls,
+                decode_responses=False,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=socket_timeout,
+                retry=fail_fast_retry(),
+            )
+            return primary, sentinel
         if not self.cluster:
-            return Redis.from_url(
+            single = Redis.from_url(
                 self.url,
                 decode_responses=False,
                 socket_connect_timeout=CONNECT_TIMEOUT,
-                socket_timeout=SOCKET_TIMEOUT,
+                socket_timeout=socket_timeout,
                 retry=fail_fast_retry(),
             )
-        return RedisCluster(
+            return single, None
+        cluster = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in self.nodes],
             username=self.username,
             password=self.password,
             ssl=self.tls,
             decode_responses=False,
             socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=SOCKET_TIMEOUT,
+            socket_timeout=socket_timeout,
         )
+        return cluster, None
+
+
+def _replication_options(query: list[tuple[str, str]]) -> tuple[int | None, float | None]:
+    """``min_replicas`` (an integer >= 0) and ``replica_timeout_ms`` (>= 1) from a URL query."""
+    replicas: int | None = None
+    timeout: float | None = None
+    for name, value in query:
+        if not value.isdigit():
+            raise ValueError(f"the redis URL parameter {name} must be a non-negative integer")
+        if name == "min_replicas":
+            replicas = int(value)
+        elif int(value) < 1:
+            raise ValueError("the redis URL parameter replica_timeout_ms must be at least 1")
+        else:
+            timeout = int(value) / 1000
+    return replicas, timeout
+
+
+def _host_list(hosts: str, what: str) -> tuple[tuple[str, int], ...]:
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"a {what} must be host:port, got {item!r}")
+        nodes.append((host.strip("[]"), int(port)))
+    return tuple(nodes)
 
 
 def parse_redis_url(url: str) -> RedisTarget:
-    """``redis://[:pw@]host:port/db``, ``rediss://…`` or ``redis+cluster://host:port,host:port``.
+    """``redis://[:pw@]host:port/db``, ``rediss://…``, ``redis+cluster://host:port,host:port`` or
+    ``redis+sentinel://[user:pw@]host:port,host:port/SERVICE[/DB]`` (the sentinels' addresses).
 
-    The query parameter ``namespace`` (default ``discovery``) prefixes every key, so
-    several deployments can share one Redis.
+    Query parameters: ``namespace`` (default ``discovery``) prefixes every key, so several
+    deployments can share one Redis; ``min_replicas`` and ``replica_timeout_ms`` ask every
+    acknowledged write to be confirmed by that many replicas (docs/high-availability.md);
+    ``sentinel_password`` (Sentinel only) authenticates to the sentinels.
     """
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES:
         raise ValueError(f"not a redis store URL: scheme {parts.scheme!r}")
     query = parse_qsl(parts.query, keep_blank_values=True)
     namespace = DEFAULT_NAMESPACE
+    sentinel_password: str | None = None
+    replication: list[tuple[str, str]] = []
     rest: list[tuple[str, str]] = []
     for name, value in query:
         if name == "namespace":
             namespace = value
+        elif name in ("min_replicas", "replica_timeout_ms"):
+            replication.append((name, value))
+        elif name == "sentinel_password" and parts.scheme in SENTINEL_SCHEMES:
+            sentinel_password = value
         else:
             rest.append((name, value))
     if not namespace or any(c in namespace for c in "{}"):
         raise ValueError("the redis namespace must be non-empty and must not contain braces")
+    min_replicas, replica_timeout = _replication_options(replication)
+    common: dict[str, Any] = {
+        "namespace": namespace,
+        "min_replicas": min_replicas,
+        "replica_timeout": replica_timeout,
+    }
     if parts.scheme in SINGLE_SCHEMES:
         if not parts.hostname:
             raise ValueError("a redis store URL needs a host: redis://host:port/db")
         plain = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), ""))
-        return RedisTarget(cluster=False, namespace=namespace, url=plain)
+        return RedisTarget(cluster=False, url=plain, **common)
+    if rest:
+        raise ValueError(f"unknown {parts.scheme} URL parameter {rest[0][0]!r}")
     userinfo, _, hosts = parts.netloc.rpartition("@")
     username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
-    nodes: list[tuple[str, int]] = []
-    for item in hosts.split(","):
-        host, sep, port = item.strip().rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"a cluster node must be host:port, got {item!r}")
-        nodes.append((host.strip("[]"), int(port)))
-    if parts.path not in ("", "/", "/0"):
-        raise ValueError("Redis Cluster has only database 0")
-    if rest:
-        raise ValueError(f"unknown redis+cluster URL parameter {rest[0][0]!r}")
-    return RedisTarget(
-        cluster=True,
-        namespace=namespace,
-        nodes=tuple(nodes),
+    common.update(
         username=unquote(username) or None,
         password=unquote(password) or None,
         tls=parts.scheme.startswith("rediss"),
     )
+    if parts.scheme in SENTINEL_SCHEMES:
+        service, _, db = parts.path.strip("/").partition("/")
+        if not service or (db and not db.isdigit()):
+            raise ValueError("a sentinel store URL is redis+sentinel://host:port,host:port/SERVICE[/DB]")
+        return RedisTarget(
+            cluster=False,
+            nodes=_host_list(hosts, "sentinel"),
+            sentinel_service=unquote(service),
+            sentinel_password=sentinel_password,
+            db=int(db or 0),
+            **common,
+        )
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError("Redis Cluster has only database 0")
+    return RedisTarget(cluster=True, nodes=_host_list(hosts, "cluster node"), **common)
 
 
 class Keys:
@@ -191,10 +287,26 @@ class RedisBase:
         *,
         feed_retention: float = 3600.0,
         feed_max_len: int = 1_000_000,
+        min_replicas: int = 0,
+        replica_timeout: float = DEFAULT_REPLICA_TIMEOUT,
     ) -> None:
         self.target = target
         self.keys = Keys(target.namespace)
-        self._redis: Client = target.client()
+        # The store URL's parameters take precedence over the arguments.
+        if target.min_replicas is not None:
+            min_replicas = target.min_replicas
+        if target.replica_timeout is not None:
+            replica_timeout = target.replica_timeout
+        self.min_replicas = min_replicas
+        self.replica_timeout = replica_timeout
+        if self.min_replicas < 0 or self.replica_timeout <= 0:
+            raise ValueError("min_replicas must be >= 0 and replica_timeout > 0")
+        # A reply may take as long as WAIT blocks, plus the usual allowance.
+        socket_timeout = SOCKET_TIMEOUT + (self.replica_timeout if self.min_replicas else 0.0)
+        self._redis: Client
+        self._sentinel: Sentinel | None
+        self._redis, self._sentinel = target.client(socket_timeout)
+        self._last_slot_refresh = 0.0
         self._feed_retention = feed_retention
         self._feed_max_len = feed_max_len
         self._last_prune = 0.0
@@ -224,6 +336,8 @@ class RedisBase:
         if self._blocked:
             await asyncio.wait(self._blocked, timeout=MAX_BLOCK_SECONDS + 1)
         await self._redis.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
 
     async def _blocking(self, command: Awaitable[T]) -> T:
         """Run a blocking read (XREAD BLOCK) so that cancelling the caller takes effect at once.
@@ -274,6 +388,103 @@ class RedisBase:
             await self._redis.script_load(script.source)
             pending = missing
         return results
+
+    # -- replicated acknowledgement -------------------------------------------------------------
+
+    async def _write(self, script: LuaScript, keys: Sequence[bytes], args: Sequence[Arg]) -> Any:
+        """Run a script whose effect the caller sees acknowledged (see :meth:`_confirmed`)."""
+        if not self.min_replicas:
+            return await self._eval(script, keys, args)
+        (reply,) = await self._write_many(script, [(keys, args)])
+        return reply
+
+    async def _write_many(self, script: LuaScript, calls: Sequence[Call]) -> list[Any]:
+        """:meth:`_eval_many` for writes; every call's first key must be on one slot."""
+        if not self.min_replicas:
+            return await self._eval_many(script, calls)
+        results: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        route = calls[0][0][0]
+        for attempt in range(2):
+            commands = [
+                ("EVALSHA", script.sha, len(calls[i][0]), *calls[i][0], *calls[i][1]) for i in pending
+            ]
+            replies = await self._confirmed(route, commands)
+            missing = []
+            for i, reply in zip(pending, replies, strict=True):
+                if isinstance(reply, NoScriptError) and attempt == 0:
+                    missing.append(i)
+                else:
+                    results[i] = reply
+            if not missing:
+                break
+            await self._on_node(route, [("SCRIPT", "LOAD", script.source)])
+            pending = missing
+        return results
+
+    async def _confirmed(self, route: bytes, commands: Sequence[tuple[Arg, ...]]) -> list[Any]:
+        """Run ``commands`` on the primary of ``route``'s slot, then WAIT on the same connection
+        until ``min_replicas`` replicas have everything that primary holds: raise Unavailable
+        when they do not confirm within ``replica_timeout``.
+
+        Registry writes are followed by a no-op write to ``{NS}:meta`` (field ``fence``): WAIT
+        waits for the connection's last write, and a retried script that finds its work done
+        writes nothing, yet the caller must not hear "done" before the first attempt's write
+        is on the replicas. Replies that are errors are returned, except redirections (the
+        slot map is read again and the commands are sent again: they did not run).
+        """
+        tail: list[tuple[Arg, ...]] = []
+        if route == self.keys.meta:
+            tail.append(("HINCRBY", self.keys.meta, "fence", 0))
+        tail.append(("WAIT", self.min_replicas, max(1, round(self.replica_timeout * 1000))))
+        for _ in range(3):
+            replies = await self._on_node(route, [*commands, *tail])
+            if any(isinstance(reply, MovedError | AskError) for reply in replies):
+                await self._refresh_slots(force=True)
+                continue
+            for reply in replies[len(commands) :]:
+                if isinstance(reply, Exception):
+                    raise reply
+            acked = int(replies[-1])
+            if acked < self.min_replicas:
+                raise unreplicated(acked, self.min_replicas)
+            for reply in replies[: len(commands)]:
+                if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                    raise reply
+            return replies[: len(commands)]
+        raise unavailable()
+
+    async def _on_node(self, route: bytes, commands: Sequence[tuple[Arg, ...]]) -> list[Any]:
+        """Send ``commands`` in one pipeline on one connection to the primary of ``route``'s slot;
+        the replies, errors included. A cluster's slot map is refreshed when the node fails."""
+        if not isinstance(self._redis, RedisCluster):
+            pipe = self._redis.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return await pipe.execute(raise_on_error=False)
+        # Not a ClusterPipeline: it routes each command by itself (WAIT would go to every
+        # primary) and, after a connection error, sends them again without their target.
+        node = self._redis.get_node_from_key(route)  # type: ignore[arg-type]
+        assert node is not None
+        stack = [PipelineCommand(i, *command) for i, command in enumerate(commands)]
+        try:
+            await node.execute_pipeline(stack)
+        except UNREACHABLE:
+            await self._refresh_slots()
+            raise
+        return [command.result for command in stack]
+
+    async def _refresh_slots(self, force: bool = False) -> None:
+        """Read a cluster's slot map again (a primary failed or a slot moved), at most every
+        SLOT_REFRESH_INTERVAL unless forced; a failure leaves the old map in place."""
+        if not isinstance(self._redis, RedisCluster):
+            return
+        now = time.monotonic()
+        if not force and now - self._last_slot_refresh < SLOT_REFRESH_INTERVAL:
+            return
+        self._last_slot_refresh = now
+        with contextlib.suppress(*UNREACHABLE, RedisClusterException):
+            await self._redis.nodes_manager.initialize()
 
     async def _scan_registry_node(self, pattern: bytes, count: int) -> AsyncIterator[list[bytes]]:
         """SCAN the node that holds the registry's slot for keys matching ``pattern``, in pages."""

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ClusterDownError, TryAgainError
+from redis.exceptions import ClusterDownError, ReadOnlyError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -29,13 +29,17 @@ CONNECT_TIMEOUT = 1.0
 #: Every reply comes within this, except that of a blocking read (at most MAX_BLOCK_SECONDS).
 SOCKET_TIMEOUT = 3.0
 RETRY_AFTER = 1.0
-#: Redis unreachable, loading its data set (BusyLoadingError is a ConnectionError), or a
-#: cluster without a master for some slots (failing over).
+#: Redis unreachable, loading its data set (BusyLoadingError is a ConnectionError), no
+#: primary known to Sentinel (MasterNotFoundError is a ConnectionError), a cluster without a
+#: master for some slots or whose slot map cannot be read (failing over: redis-py raises
+#: RedisClusterException, e.g. SlotNotCoveredError), or a server that became a replica.
 UNREACHABLE: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     ClusterDownError,
     TryAgainError,
+    ReadOnlyError,
+    RedisClusterException,
 )
 
 
@@ -46,6 +50,15 @@ def fail_fast_retry() -> Retry:
 
 def unavailable() -> Unavailable:
     return Unavailable("the store cannot be reached; retry shortly", retry_after=RETRY_AFTER)
+
+
+def unreplicated(confirmed: int, wanted: int) -> Unavailable:
+    """A write that fewer than ``min_replicas`` replicas confirmed in time. It may be on the
+    primary: every write is safe to retry (see docs/high-availability.md)."""
+    return Unavailable(
+        f"the store could not confirm the write on {wanted} replica(s) ({confirmed} did); retry shortly",
+        retry_after=RETRY_AFTER,
+    )
 
 
 def _coroutine(operation: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

@@ -239,11 +239,11 @@ class RedisJoins(RedisBase):
     # -- watches --------------------------------------------------------------------------------
 
     async def add_watches(self, watcher: str, keys: bytes, ttl: float, cap: int) -> int:
-        reply = await self._eval(ADD_WATCHES, [self.keys.meta], [watcher.encode(), keys, repr(ttl), cap])
+        reply = await self._write(ADD_WATCHES, [self.keys.meta], [watcher.encode(), keys, repr(ttl), cap])
         return int(reply)
 
     async def drop_watches(self, watcher: str) -> int:
-        return int(await self._eval(DROP_WATCHES, [self.keys.meta], [watcher.encode()]))
+        return int(await self._write(DROP_WATCHES, [self.keys.meta], [watcher.encode()]))
 
     async def count_watches(self, watcher: str) -> int:
         key = self.keys.watches_of(watcher)
@@ -270,7 +270,7 @@ class RedisJoins(RedisBase):
     async def announce_mutual(self, joiner: str, announcement: Announcement, watchers: Sequence[str]) -> int:
         args = [joiner.encode(), self._inbox_ttl_ms, *announcement_args(announcement)]
         return int(
-            await self._eval(ANNOUNCE_MUTUAL, [self.keys.meta], [*args, *(w.encode() for w in watchers)])
+            await self._write(ANNOUNCE_MUTUAL, [self.keys.meta], [*args, *(w.encode() for w in watchers)])
         )
 
     # -- inbox ----------------------------------------------------------------------------------
@@ -296,7 +296,7 @@ class RedisJoins(RedisBase):
         if cursor < 0:
             raise InvalidArgument.field("cursor", "must not be negative")
         self._learn_inbox_ttl(max_age)
-        reply = await self._eval(
+        reply = await self._write(
             ACK,
             [self.keys.meta],
             [user_id.encode(), device_id.encode(), cursor, repr(max_age), self._inbox_ttl_ms],

@@ -1,4 +1,4 @@
-"""Leaky buckets on Redis (the QuotaStore protocol): one script per charge, atomic.
+"""Leaky buckets on Redis (the QuotaStore protocol): one script per request's charges, atomic.
 
 A bucket is one string ``LEVEL,TIME`` whose TTL is the time until it is drained, so
 Redis forgets drained buckets by itself. Buckets are spread over the cluster: a user's
@@ -10,53 +10,70 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from discovery.core.model import QuotaCharge
+from discovery.core.model import BucketCharge, QuotaCharge
 from discovery.store.redis.base import LuaScript, RedisBase
 
-# KEYS: the bucket. ARGV: cost, capacity, leak per second, now. The rule of QuotaStore.charge.
+# KEYS: the buckets (one user's: one slot). ARGV: now, then cost, capacity, leak per second
+# for each bucket. The rule of QuotaStore.charge, bucket after bucket, stopping at a refusal.
 CHARGE = LuaScript(
     """
-local cost, capacity, rate, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local level = 0
-local stored = redis.call('GET', KEYS[1])
-if stored then
-  local sep = string.find(stored, ',', 1, true)
-  local since = tonumber(string.sub(stored, sep + 1))
-  level = math.max(0, tonumber(string.sub(stored, 1, sep - 1)) - rate * math.max(0, now - since))
-end
+local now = tonumber(ARGV[1])
 local function num(x) return string.format('%.17g', x) end
-if level + cost <= capacity then
-  local after = level + cost
-  if cost > 0 then
-    if rate > 0 then
-      redis.call('SET', KEYS[1], num(after) .. ',' .. num(now), 'PX', math.ceil(after / rate * 1000) + 1)
-    else
-      redis.call('SET', KEYS[1], num(after) .. ',' .. num(now))
-    end
+local out = {}
+for i, key in ipairs(KEYS) do
+  local cost, capacity, rate = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  local level = 0
+  local stored = redis.call('GET', key)
+  if stored then
+    local sep = string.find(stored, ',', 1, true)
+    local since = tonumber(string.sub(stored, sep + 1))
+    level = math.max(0, tonumber(string.sub(stored, 1, sep - 1)) - rate * math.max(0, now - since))
   end
-  return {1, num(after), '0'}
+  if level + cost <= capacity then
+    local after = level + cost
+    if cost > 0 then
+      if rate > 0 then
+        redis.call('SET', key, num(after) .. ',' .. num(now), 'PX', math.ceil(after / rate * 1000) + 1)
+      else
+        redis.call('SET', key, num(after) .. ',' .. num(now))
+      end
+    end
+    out[i] = {1, num(after), '0'}
+  else
+    if cost > capacity or rate <= 0 then
+      out[i] = {0, num(level), 'inf'}
+    else
+      out[i] = {0, num(level), num((level + cost - capacity) / rate)}
+    end
+    return out
+  end
 end
-if cost > capacity or rate <= 0 then return {0, num(level), 'inf'} end
-return {0, num(level), num((level + cost - capacity) / rate)}
+return out
 """
 )
 
 
 class RedisQuota(RedisBase):
-    async def charge(
-        self, bucket: str, cost: float, capacity: float, leak_per_second: float, now: float
-    ) -> QuotaCharge:
-        allowed, level, retry_after = await self._eval(
-            CHARGE,
-            [self.keys.quota(bucket)],
-            [repr(float(cost)), repr(float(capacity)), repr(float(leak_per_second)), repr(float(now))],
-        )
-        wait = math.inf if retry_after == b"inf" else float(retry_after)
-        return QuotaCharge(bool(allowed), float(level), wait)
+    async def charge(self, charges: Sequence[BucketCharge], now: float) -> list[QuotaCharge]:
+        if not charges:
+            return []
+        args = [repr(float(now))]
+        for charge in charges:
+            args += [repr(float(x)) for x in (charge.cost, charge.capacity, charge.leak_per_second)]
+        replies = await self._write(CHARGE, [self.keys.quota(charge.bucket) for charge in charges], args)
+        return [
+            QuotaCharge(bool(allowed), float(level), math.inf if wait == b"inf" else float(wait))
+            for allowed, level, wait in replies
+        ]
 
     async def forget_buckets(self, buckets: Sequence[str]) -> int:
         # One DEL per key: an unregistered user's buckets share a slot, other callers' may not.
         removed = 0
         for bucket in buckets:
-            removed += int(await self._redis.delete(self.keys.quota(bucket)))
+            key = self.keys.quota(bucket)
+            if self.min_replicas:
+                (deleted,) = await self._confirmed(key, [("DEL", key)])
+                removed += int(deleted)
+            else:
+                removed += int(await self._redis.delete(key))
         return removed

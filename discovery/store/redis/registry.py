@@ -268,7 +268,7 @@ class RedisRegistry(RedisBase):
 
     async def register(self, user: NewUser) -> RegisterOutcome:
         uid = user.user_id.encode()
-        code = await self._eval(
+        code = await self._write(
             REGISTER,
             self._registry_keys(uid, user.directory_key),
             [
@@ -296,7 +296,7 @@ class RedisRegistry(RedisBase):
         uid = user_id.encode()
         reply: Any = NOT_REGISTERED
         while (key := await self._current_key(uid)) is not None:
-            reply = await self._eval(UNREGISTER, self._registry_keys(uid, key), [uid, key, joiner_tag])
+            reply = await self._write(UNREGISTER, self._registry_keys(uid, key), [uid, key, joiner_tag])
             if reply != RETRY:
                 break
         if not isinstance(reply, bytes):
@@ -307,7 +307,7 @@ class RedisRegistry(RedisBase):
         return _record(user_id, reply)
 
     async def delete_user_data(self, user_id: str, joiner_tag: bytes) -> int:
-        return int(await self._eval(FORGET_USER, [self.keys.meta], [user_id.encode(), joiner_tag]))
+        return int(await self._write(FORGET_USER, [self.keys.meta], [user_id.encode(), joiner_tag]))
 
     async def erase_traces(self) -> None:
         """Nothing to do: the store writes no file itself (Redis persistence is the operator's,
@@ -321,7 +321,7 @@ class RedisRegistry(RedisBase):
             key = await self._current_key(uid)
             if key is None:
                 raise UserNotRegistered()
-            reply = await self._eval(
+            reply = await self._write(
                 CHANGE_NUMBER,
                 self._registry_keys(uid, key, directory_key),
                 [uid, key, directory_key, self._inbox_ttl_ms, *announcement_args(announcement)],
@@ -339,7 +339,7 @@ class RedisRegistry(RedisBase):
 
     async def update_settings(self, user_id: str, settings: PrivacySettings) -> UserRecord | None:
         uid = user_id.encode()
-        reply = await self._eval(UPDATE_SETTINGS, self._registry_keys(uid), [uid, _flags(settings)])
+        reply = await self._write(UPDATE_SETTINGS, self._registry_keys(uid), [uid, _flags(settings)])
         if not isinstance(reply, bytes):
             return None
         await self._written()
@@ -372,7 +372,7 @@ class RedisRegistry(RedisBase):
                     )
                 )
             calls.append(([k.meta, k.feed], [self._inbox_ttl_ms, b"".join(packed)]))
-        codes = [code for reply in await self._eval_many(IMPORT, calls) for code in reply]
+        codes = [code for reply in await self._write_many(IMPORT, calls) for code in reply]
         report = ImportReport()
         for i, (user, code) in enumerate(zip(users, codes, strict=True)):
             if code == CREATED:

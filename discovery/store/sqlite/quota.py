@@ -1,8 +1,8 @@
 """Leaky buckets for quotas and rate limits in SQLite (the QuotaStore protocol).
 
-Each charge is one IMMEDIATE transaction, which holds SQLite's write lock: charges from
-every connection, thread and process on the same file are serialised, so concurrent
-requests on several instances together never overfill a bucket.
+Each call (the charges of one request) is one IMMEDIATE transaction, which holds SQLite's
+write lock: charges from every connection, thread and process on the same file are
+serialised, so concurrent requests on several instances together never overfill a bucket.
 
 A row keeps the level at the time of the last accepted charge and the time at which the
 bucket will be empty (``drained_at``; NULL when it never leaks). A drained row means the
@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from discovery.core.model import QuotaCharge
+from discovery.core.model import BucketCharge, QuotaCharge
 from discovery.store.sqlite.base import SqliteBase
 
 QUOTA_SCHEMA = """
@@ -53,14 +53,20 @@ class SqliteQuota(SqliteBase):
     def schema(self) -> str:
         return super().schema() + QUOTA_SCHEMA
 
-    async def charge(
-        self, bucket: str, cost: float, capacity: float, leak_per_second: float, now: float
-    ) -> QuotaCharge:
-        return await self._run(
-            lambda: self._transaction(
-                lambda conn: self._charge_sync(conn, bucket, cost, capacity, leak_per_second, now)
-            )
-        )
+    async def charge(self, charges: Sequence[BucketCharge], now: float) -> list[QuotaCharge]:
+        return await self._run(lambda: self._transaction(lambda conn: self._charge_all(conn, charges, now)))
+
+    def _charge_all(
+        self, conn: sqlite3.Connection, charges: Sequence[BucketCharge], now: float
+    ) -> list[QuotaCharge]:
+        self._maybe_prune_quota(conn, now)
+        outcomes = []
+        for charge in charges:
+            outcome = self._charge_sync(conn, charge, now)
+            outcomes.append(outcome)
+            if not outcome.allowed:
+                break
+        return outcomes
 
     async def forget_buckets(self, buckets: Sequence[str]) -> int:
         return await self._write(lambda conn: self._forget_buckets_sync(conn, buckets))
@@ -70,16 +76,13 @@ class SqliteQuota(SqliteBase):
         conn.executemany("DELETE FROM quota_buckets WHERE bucket = ?", [(b,) for b in buckets])
         return conn.total_changes - before
 
-    def _charge_sync(
-        self,
-        conn: sqlite3.Connection,
-        bucket: str,
-        cost: float,
-        capacity: float,
-        leak_per_second: float,
-        now: float,
-    ) -> QuotaCharge:
-        self._maybe_prune_quota(conn, now)
+    def _charge_sync(self, conn: sqlite3.Connection, charge: BucketCharge, now: float) -> QuotaCharge:
+        bucket, cost, capacity, leak_per_second = (
+            charge.bucket,
+            charge.cost,
+            charge.capacity,
+            charge.leak_per_second,
+        )
         row = conn.execute("SELECT level, updated FROM quota_buckets WHERE bucket = ?", (bucket,)).fetchone()
         level = 0.0 if row is None else leak(row[0], row[1], now, leak_per_second)
         outcome = decide(level, cost, capacity, leak_per_second)
