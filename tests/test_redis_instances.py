@@ -35,6 +35,7 @@ from discovery.store.redis.base import parse_redis_url
 from tests.support.announce import new_user
 from tests.support.helpers import e164_numbers
 from tests.support.redis_fixtures import RedisProcess, stop_by_pid
+from tests.support.serve_process import JOIN_TEST_FLAGS
 
 T = TypeVar("T")
 WATCHING = Settings(discoverable=True, announce_join=True, notify_on_join=True)
@@ -68,6 +69,7 @@ class Instance:
                 "--port-file", str(port_file),
                 "--auth", "dev",
                 "--grace-seconds", "1",
+                *JOIN_TEST_FLAGS,
             ],
             env={**os.environ, "DISCOVERY_TEST_SECRET": self.secret},
             stdout=subprocess.DEVNULL,
