@@ -3,14 +3,20 @@ the request size, and ExportMyData / DeleteMyData, through a real server on ever
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
+import stat
+from datetime import datetime
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc import aio
 
 from discovery.app.server import DiscoveryServer
-from discovery.client import AsyncAdminClient, AsyncDiscoveryClient
+from discovery.cli.client_commands import add_client_commands
+from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, Settings
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.support.helpers import e164_numbers
@@ -20,14 +26,19 @@ BACKENDS = ["sqlite", "redis", "redis-cluster"]
 
 
 @pytest.fixture(params=BACKENDS)
-async def server(request: pytest.FixtureRequest, start_server: StartServer) -> DiscoveryServer:
-    store = ""
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The store of each backend ("" is the default SQLite file)."""
     if request.param == "redis":
-        store = request.getfixturevalue("redis_url")
-    elif request.param == "redis-cluster":
-        store = request.getfixturevalue("redis_cluster_url")
+        return str(request.getfixturevalue("redis_url"))
+    if request.param == "redis-cluster":
+        return str(request.getfixturevalue("redis_cluster_url"))
+    return ""
+
+
+@pytest.fixture
+async def server(store_url: str, start_server: StartServer) -> DiscoveryServer:
     return await start_server(
-        store=store, quota_capacity=0, rate_limit_burst=0, default_announce_mode="mutual"
+        store=store_url, quota_capacity=0, rate_limit_burst=0, default_announce_mode="mutual"
     )
 
 
@@ -174,8 +185,6 @@ async def test_export_and_delete_my_data(server: DiscoveryServer) -> None:
         await me.update_settings(notify_on_join=True)
         await me.discover(numbers[1:])
         async with AsyncAdminClient(target(server)) as admin:
-            from discovery.client import Settings
-
             await admin.register_user("friend", numbers[1], settings=Settings(True, True, False, "EVERYONE"))
         await asyncio.sleep(0.1)
         export = await me.export_my_data()
@@ -189,6 +198,34 @@ async def test_export_and_delete_my_data(server: DiscoveryServer) -> None:
         await me.discover(numbers[2:])
         after = await me.export_my_data()
         assert after["watch_count"] == "0" and after["pending_events"] == []
+
+
+async def test_an_export_holds_unreleased_events_and_the_cli_writes_it(
+    store_url: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server(store=store_url, quota_capacity=0, join_release_jitter_seconds=3600.0)
+    me, friend = e164_numbers(2, seed=52)
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.register_user("me", me, settings=Settings(True, True, True))
+        async with AsyncDiscoveryClient(target(server), user_id="me") as client:
+            await client.discover([friend])  # a watch on friend
+            await admin.register_user("friend", friend)  # EVERYONE: an event, released within the hour
+            assert await pending(server, "me") == [], "not deliverable before its release"
+            export = await client.export_my_data()
+    (event,) = export["pending_events"]
+    assert event["user_id"] == "friend" and event["pending_release"] is True
+    release, exported = (datetime.fromisoformat(t) for t in (event["joined_at"], export["exported_at"]))
+    assert release > exported, "joined_at is the release time, ahead"
+    out = tmp_path / "export.json"
+    parser = argparse.ArgumentParser()
+    add_client_commands(parser.add_subparsers())
+    args = parser.parse_args(
+        ["export-my-data", "--out", str(out), "--target", target(server), "--user-id", "me"]
+    )
+    assert await asyncio.to_thread(args.func, args) == 0  # the CLI blocks: off the server's loop
+    written = json.loads(out.read_text())
+    assert written["pending_events"] == export["pending_events"] and written["user_id"] == "me"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
 @pytest.mark.parametrize(

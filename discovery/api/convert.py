@@ -120,6 +120,7 @@ def export_to_pb(data: MyData) -> pb.ExportMyDataResponse:
                 user_id=e.user_id,
                 contact_hash_prefix=e.contact_prefix,
                 joined_at=_timestamp(e.joined_at),
+                pending_release=e.joined_at > data.exported_at,
             )
             for e in data.events
         ],

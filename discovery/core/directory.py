@@ -160,12 +160,15 @@ class Directory:
         return removed, settings
 
     async def export_my_data(self, caller: str) -> MyData:
-        """Everything kept on behalf of the caller (ExportMyData)."""
+        """Everything kept on behalf of the caller (ExportMyData), with the events not released
+        yet (their ``joined_at`` is after ``exported_at``)."""
+        exported_at = time.time()
         record = await self.store.get_user(caller)
         events = []
         after = 0
         while True:
-            page = await self.store.inbox_read(caller, after, 1000, self.joins.policy.inbox_ttl)
+            ttl = self.joins.policy.inbox_ttl
+            page = await self.store.inbox_read(caller, after, 1000, ttl, released_only=False)
             events += self.joins.events(page)
             if len(page) < 1000:
                 break
@@ -177,7 +180,7 @@ class Directory:
             events=events,
             devices=await self.store.devices(caller),
             quotas=[QuotaLevel(*level) for level in await self.gate.levels(caller)],
-            exported_at=time.time(),
+            exported_at=exported_at,
         )
 
     async def _registered(self, user_id: str) -> UserRecord:

@@ -207,8 +207,12 @@ class JoinStore(Protocol):
         """
         ...
 
-    async def inbox_read(self, user_id: str, after: int, limit: int, max_age: float) -> list[InboxEntry]:
-        """Up to ``limit`` entries with cursor > ``after``, no older than ``max_age`` seconds, in order."""
+    async def inbox_read(
+        self, user_id: str, after: int, limit: int, max_age: float, released_only: bool = True
+    ) -> list[InboxEntry]:
+        """Up to ``limit`` entries with cursor > ``after``, no older than ``max_age`` seconds, in
+        order, up to the first one not released yet; with ``released_only`` False, those not
+        released yet too (ExportMyData: their ``joined_at`` is the release time, ahead)."""
         ...
 
     async def inbox_ack(self, user_id: str, device_id: str, cursor: int, max_age: float) -> int | None:

@@ -120,8 +120,11 @@ class TimedStore:
     async def inbox_attach(self, user_id: str, device_id: str, after: int) -> int | None:
         return await self._timed("inbox_attach", self.inner.inbox_attach(user_id, device_id, after))
 
-    async def inbox_read(self, user_id: str, after: int, limit: int, max_age: float) -> list[m.InboxEntry]:
-        return await self._timed("inbox_read", self.inner.inbox_read(user_id, after, limit, max_age))
+    async def inbox_read(
+        self, user_id: str, after: int, limit: int, max_age: float, released_only: bool = True
+    ) -> list[m.InboxEntry]:
+        read = self.inner.inbox_read(user_id, after, limit, max_age, released_only)
+        return await self._timed("inbox_read", read)
 
     async def inbox_ack(self, user_id: str, device_id: str, cursor: int, max_age: float) -> int | None:
         return await self._timed("inbox_ack", self.inner.inbox_ack(user_id, device_id, cursor, max_age))

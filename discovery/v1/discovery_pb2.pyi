@@ -416,8 +416,9 @@ class ExportMyDataResponse(_message.Message):
     def watches_expire_last(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def pending_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportedJoinEvent]:
-        """Join events not yet deleted (pending or not acknowledged by every
-        device), in cursor order.
+        """Join events not yet deleted, in cursor order: those not delivered or not
+        acknowledged by every device, and those not released yet (see
+        ExportedJoinEvent.pending_release).
         """
 
     @_builtins.property
@@ -463,14 +464,20 @@ class ExportedJoinEvent(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     CONTACT_HASH_PREFIX_FIELD_NUMBER: _builtins.int
     JOINED_AT_FIELD_NUMBER: _builtins.int
+    PENDING_RELEASE_FIELD_NUMBER: _builtins.int
     cursor: _builtins.int
     user_id: _builtins.str
     """The user who joined."""
     contact_hash_prefix: _builtins.bytes
     """The first 16 bytes of the contact hash the caller uploaded."""
+    pending_release: _builtins.bool
+    """True while the event waits for its release (the random delay that hides
+    the time of a join, see README "Join notifications"): no stream has
+    delivered it yet.
+    """
     @_builtins.property
     def joined_at(self) -> _timestamp_pb2.Timestamp:
-        """When the event was released."""
+        """When the event was released, or, when pending_release, when it will be."""
 
     def __init__(
         self,
@@ -479,10 +486,11 @@ class ExportedJoinEvent(_message.Message):
         user_id: _builtins.str = ...,
         contact_hash_prefix: _builtins.bytes = ...,
         joined_at: _timestamp_pb2.Timestamp | None = ...,
+        pending_release: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["joined_at", b"joined_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_hash_prefix", b"contact_hash_prefix", "cursor", b"cursor", "joined_at", b"joined_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_hash_prefix", b"contact_hash_prefix", "cursor", b"cursor", "joined_at", b"joined_at", "pending_release", b"pending_release", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

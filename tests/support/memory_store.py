@@ -386,11 +386,13 @@ class MemoryStore:
         device.seen = self.clock()
         return max(after, device.acked)
 
-    async def inbox_read(self, user_id: str, after: int, limit: int, max_age: float) -> list[m.InboxEntry]:
+    async def inbox_read(
+        self, user_id: str, after: int, limit: int, max_age: float, released_only: bool = True
+    ) -> list[m.InboxEntry]:
         now = self.clock()
         entries = self.data.inboxes.get(user_id, {}).values()
         fresh = (e for e in entries if e.cursor > after and e.joined_at > now - max_age)
-        released = itertools.takewhile(lambda e: e.joined_at <= now, fresh)
+        released = itertools.takewhile(lambda e: e.joined_at <= now or not released_only, fresh)
         return list(itertools.islice(released, limit))
 
     async def inbox_ack(self, user_id: str, device_id: str, cursor: int, max_age: float) -> int | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from discovery.core.errors import InvalidArgument
 from discovery.core.model import Announcement, DeviceState, InboxEntry, WatchSummary
-from discovery.store.redis.base import MAX_BLOCK_SECONDS, LuaScript, RedisBase
+from discovery.store.redis.base import MAX_BLOCK_SECONDS, Arg, LuaScript, RedisBase
 from discovery.store.redis.lua import FAN_OUT, PRELUDE
 from discovery.store.redis.registry import announcement_args
 
@@ -101,8 +101,8 @@ return math.max(tonumber(ARGV[3]), acked)
 """
 )
 
-# KEYS: meta. ARGV: user id, after, limit, max age (s). Skips entries older than max age and
-# stops at the first entry not released yet.
+# KEYS: meta. ARGV: user id, after, limit, max age (s), released only (1/0). Skips entries
+# older than max age and, with released only, stops at the first entry not released yet.
 READ = LuaScript(
     _CHECKS
     + """
@@ -116,7 +116,7 @@ while #out < limit do
   if #batch == 0 then break end
   for _, member in ipairs(batch) do
     local t = inbox_time(member)
-    if t > now then return out end
+    if t > now and ARGV[5] == '1' then return out end
     if #out < limit and t > cutoff then out[#out + 1] = member end
   end
   offset = offset + #batch
@@ -283,9 +283,12 @@ class RedisJoins(RedisBase):
         )
         return await self._checked(reply, "after_cursor")
 
-    async def inbox_read(self, user_id: str, after: int, limit: int, max_age: float) -> list[InboxEntry]:
+    async def inbox_read(
+        self, user_id: str, after: int, limit: int, max_age: float, released_only: bool = True
+    ) -> list[InboxEntry]:
         self._learn_inbox_ttl(max_age)
-        members = await self._eval(READ, [self.keys.meta], [user_id.encode(), after, limit, repr(max_age)])
+        args: list[Arg] = [user_id.encode(), after, limit, repr(max_age), int(released_only)]
+        members = await self._eval(READ, [self.keys.meta], args)
         entries = []
         for member in members:
             cursor, joined, rest = member.split(b":", 2)

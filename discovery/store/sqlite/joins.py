@@ -374,12 +374,17 @@ class SqliteJoins(SqliteBase):
         ).fetchone()
         return max(after, int(row[0]))
 
-    async def inbox_read(self, user_id: str, after: int, limit: int, max_age: float) -> list[InboxEntry]:
+    async def inbox_read(
+        self, user_id: str, after: int, limit: int, max_age: float, released_only: bool = True
+    ) -> list[InboxEntry]:
         """Reads issued in the same event-loop turn share one trip to the writer thread.
 
         One registration watched by a thousand live subscribers wakes them all at once; their
-        reads then cost one thread hand-off instead of a thousand.
+        reads then cost one thread hand-off instead of a thousand. (Reads of unreleased
+        entries, for an export, are rare: they go alone.)
         """
+        if not released_only:
+            return await self._run(lambda: self._inbox_read_sync(user_id, after, limit, max_age, False))
         future: asyncio.Future[list[InboxEntry]] = asyncio.get_running_loop().create_future()
         self._reads.append((user_id, after, limit, max_age, future))
         if len(self._reads) == 1:
@@ -401,7 +406,9 @@ class SqliteJoins(SqliteBase):
         except Exception as error:
             return error
 
-    def _inbox_read_sync(self, user_id: str, after: int, limit: int, max_age: float) -> list[InboxEntry]:
+    def _inbox_read_sync(
+        self, user_id: str, after: int, limit: int, max_age: float, released_only: bool = True
+    ) -> list[InboxEntry]:
         now = time.time()
         rows = self._db.execute(
             "SELECT seq, notice, created FROM join_inbox"
@@ -410,7 +417,7 @@ class SqliteJoins(SqliteBase):
         ).fetchall()
         entries = []
         for seq, notice, created in rows:
-            if created > now:
+            if created > now and released_only:
                 break  # not released yet: nothing after it is delivered before it
             entries.append(InboxEntry(seq, str(seq), bytes(notice), created))
         return entries
