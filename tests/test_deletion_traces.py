@@ -1,6 +1,7 @@
 """After UnregisterUser and DeleteMyData return, no file of a running server's SQLite data
-directory (db, -wal, -shm) and no Redis key, value or stream holds the deleted user's id or the
-directory keys (or watch tags) of their watches."""
+directory (db, -wal, -shm) and no key, value or stream of Redis or of any Redis Cluster node
+holds the deleted user's id or the directory keys (or watch tags) of their watches, in any
+encoding (every 8-byte window, raw, hex or base64: tests/support/privacy_scan.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import redis
 from discovery.app.server import DiscoveryServer
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient
 from discovery.contact_hash import contact_hash
+from discovery.core.hashing import KEY_SIZE
 from tests.support.helpers import e164_numbers
 from tests.support.privacy_scan import Needles, find_leaks, scan_tree
+from tests.support.redis_fixtures import RedisClusterProcesses, dump_everything
 from tests.support.server import StartServer
 
 GONE = "gone-user-5f0c2b7e"
@@ -41,9 +44,8 @@ async def watch_then_delete(server: DiscoveryServer, unregister: bool) -> Needle
     ring = server.service.directory.keys
     keys = ring.directory_keys(b"".join(contact_hash(n) for n in numbers[2:]))
     needles = Needles()
-    for i in range(0, len(keys), 16):
-        needles.add_token(keys[i : i + 16])
-        needles.add_token(ring.watch_tags(keys[i : i + 16]))
+    needles.add_secrets(keys, KEY_SIZE)
+    needles.add_secrets(ring.watch_tags(keys), KEY_SIZE)
     if unregister:
         needles.add_token(GONE.encode())
     return needles
@@ -63,8 +65,24 @@ async def test_sqlite_files_of_a_running_server_keep_no_trace(
 async def test_redis_keeps_no_trace(start_server: StartServer, redis_url: str, unregister: bool) -> None:
     server = await start_server(store=redis_url, default_announce_mode="everyone")
     needles = await watch_then_delete(server, unregister)
-    client = redis.Redis.from_url(redis_url)
-    dumped = bytearray()
-    for name in client.scan_iter(count=1000):
-        dumped += name + b"\n" + (client.dump(name) or b"") + b"\n"
-    assert find_leaks(bytes(dumped), needles) == []
+    with redis.Redis.from_url(redis_url) as client:
+        assert find_leaks(dump_everything([client]), needles) == []
+
+
+@pytest.mark.parametrize("unregister", [True, False], ids=["unregister", "delete-my-data"])
+async def test_redis_cluster_keeps_no_trace_on_any_node(
+    start_server: StartServer,
+    redis_cluster_url: str,
+    redis_cluster_session: RedisClusterProcesses,
+    unregister: bool,
+) -> None:
+    server = await start_server(store=redis_cluster_url, default_announce_mode="everyone")
+    needles = await watch_then_delete(server, unregister)
+    clients = [node.client() for node in redis_cluster_session.nodes]
+    try:
+        dumped = dump_everything(clients)
+        assert b"joiner-x" in dumped, "positive control: the scan reads the nodes that hold the registry"
+        assert find_leaks(dumped, needles) == []
+    finally:
+        for client in clients:
+            client.close()
