@@ -53,6 +53,21 @@ async def pending(server: DiscoveryServer, user_id: str) -> list[str]:
     return [notice.user_id for notice in server.service.joins.events(entries)]
 
 
+EVERYONE = Settings(True, True, False, "EVERYONE")
+
+
+async def watched_then_joined(server: DiscoveryServer, numbers: list[str], watcher: str, joiner: str) -> None:
+    """``watcher`` registers with numbers[0] (server defaults), turns notify_on_join on and
+    discovers numbers[1:] (watches on them); then ``joiner`` registers with numbers[1],
+    announcing to everyone."""
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.register_user(watcher, numbers[0])
+        async with AsyncDiscoveryClient(target(server), user_id=watcher) as client:
+            await client.update_settings(notify_on_join=True)
+            await client.discover(numbers[1:])
+        await admin.register_user(joiner, numbers[1], settings=EVERYONE)
+
+
 async def test_state_scale_watcher_learns_nothing_of_mutual_or_off_joiners(server: DiscoveryServer) -> None:
     """Many accounts watch a whole number range; joiners with MUTUAL (who do not have the
     watchers' numbers) and OFF register and Discover: no watcher hears of them. A MUTUAL joiner
@@ -136,16 +151,7 @@ async def test_everyone_announces_at_registration_and_number_changes_are_separat
 
 async def test_release_jitter_delays_delivery(start_server: StartServer) -> None:
     server = await start_server(join_release_jitter_seconds=3600.0)
-    numbers = e164_numbers(2, seed=31)
-    async with AsyncAdminClient(target(server)) as admin:
-        await admin.register_user("watcher", numbers[0])
-    async with AsyncDiscoveryClient(target(server), user_id="watcher") as watcher:
-        await watcher.update_settings(notify_on_join=True)
-        await watcher.discover(numbers[1:])
-    async with AsyncAdminClient(target(server)) as admin:
-        from discovery.client import Settings
-
-        await admin.register_user("j", numbers[1], settings=Settings(True, True, False, "EVERYONE"))
+    await watched_then_joined(server, e164_numbers(2, seed=31), "watcher", "j")
     assert server.store is not None
     assert await server.store.count_watches("watcher") == 0  # consumed: the event is stored
     assert await pending(server, "watcher") == []  # but not deliverable for up to an hour
@@ -179,14 +185,8 @@ async def test_discover_responses_have_one_size_per_request_size(server: Discove
 
 async def test_export_and_delete_my_data(server: DiscoveryServer) -> None:
     numbers = e164_numbers(4, seed=51)
-    async with AsyncAdminClient(target(server)) as admin:
-        await admin.register_user("me", numbers[0])
+    await watched_then_joined(server, numbers, "me", "friend")
     async with AsyncDiscoveryClient(target(server), user_id="me") as me:
-        await me.update_settings(notify_on_join=True)
-        await me.discover(numbers[1:])
-        async with AsyncAdminClient(target(server)) as admin:
-            await admin.register_user("friend", numbers[1], settings=Settings(True, True, False, "EVERYONE"))
-        await asyncio.sleep(0.1)
         export = await me.export_my_data()
         assert export["format"] == "discovery.v1.export/1" and export["registered"] is True
         assert export["settings"]["announce_mode"] == "ANNOUNCE_MODE_MUTUAL"
@@ -204,14 +204,10 @@ async def test_an_export_holds_unreleased_events_and_the_cli_writes_it(
     store_url: str, start_server: StartServer, tmp_path: Path
 ) -> None:
     server = await start_server(store=store_url, quota_capacity=0, join_release_jitter_seconds=3600.0)
-    me, friend = e164_numbers(2, seed=52)
-    async with AsyncAdminClient(target(server)) as admin:
-        await admin.register_user("me", me, settings=Settings(True, True, True))
-        async with AsyncDiscoveryClient(target(server), user_id="me") as client:
-            await client.discover([friend])  # a watch on friend
-            await admin.register_user("friend", friend)  # EVERYONE: an event, released within the hour
-            assert await pending(server, "me") == [], "not deliverable before its release"
-            export = await client.export_my_data()
+    await watched_then_joined(server, e164_numbers(2, seed=52), "me", "friend")  # released within the hour
+    assert await pending(server, "me") == [], "not deliverable before its release"
+    async with AsyncDiscoveryClient(target(server), user_id="me") as client:
+        export = await client.export_my_data()
     (event,) = export["pending_events"]
     assert event["user_id"] == "friend" and event["pending_release"] is True
     release, exported = (datetime.fromisoformat(t) for t in (event["joined_at"], export["exported_at"]))
