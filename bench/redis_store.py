@@ -36,6 +36,8 @@ from bench.data import Registry, make_registry, rows_as_bytes, split_ids, write_
 from bench.end_to_end import DISCOVER_METHOD, discover_frames, load
 from bench.loadgen import write_frames
 from bench.procs import auth_for, discovery_server, running, unthrottled_args
+from discovery.core.hashing import KeyRing
+from discovery.core.joins import make_announcement
 from discovery.core.model import NewUser, PrivacySettings
 from discovery.store import open_store
 from discovery.store.redis import RedisStore
@@ -55,7 +57,11 @@ def new_users(registry: Registry) -> list[NewUser]:
     keys = rows_as_bytes(np.frombuffer(registry.keys, dtype=np.uint8).reshape(-1, 16))
     shown, hidden = PrivacySettings(), PrivacySettings(discoverable=False)
     flags = registry.discoverable.tolist()
-    return [NewUser(i, k, shown if d else hidden) for i, k, d in zip(ids, keys, flags, strict=True)]
+    ring = KeyRing.from_secret(bytes(32))
+    return [
+        NewUser(i, k, shown if d else hidden, make_announcement(ring, i, k))
+        for i, k, d in zip(ids, keys, flags, strict=True)
+    ]
 
 
 async def bulk_import(url: str, users: Sequence[NewUser]) -> Json:
@@ -87,9 +93,11 @@ async def trim_feed(url: str) -> None:
     store = await open_store(url, feed_retention=0.0)
     try:
         assert isinstance(store, RedisStore)
-        await store.register(NewUser("bench-trim", bytes(16), PrivacySettings()))
+        ring = KeyRing.from_secret(bytes(32))
+        trim = make_announcement(ring, "bench-trim", bytes(16))
+        await store.register(NewUser("bench-trim", bytes(16), PrivacySettings(), trim))
         store._last_prune = 0.0
-        await store.unregister("bench-trim")
+        await store.unregister("bench-trim", trim.joiner_tag)
     finally:
         await store.close()
 

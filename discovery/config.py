@@ -18,6 +18,7 @@ in its group; to add a group, declare an ``Options`` dataclass and one field of
 from __future__ import annotations
 
 import argparse
+import enum
 import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
@@ -238,7 +239,8 @@ class ServerConfig(Options):
     @classmethod
     def from_options(cls, **values: Any) -> ServerConfig:
         """The config of flat option names (the flags' names with underscores); options not
-        given keep their defaults. An unknown name raises TypeError."""
+        given keep their defaults; an enum option also takes its flag's text. An unknown name
+        raises TypeError."""
         known = options_by_name()
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -248,7 +250,13 @@ class ServerConfig(Options):
             )
         grouped: dict[str, dict[str, Any]] = {}
         for name, value in values.items():
-            grouped.setdefault(known[name].group, {})[known[name].attribute] = value
+            o = known[name]
+            if issubclass(o.kind, enum.Enum):  # the flag's text, as the parser takes it
+                try:
+                    value = _enum(o.kind)(value)
+                except argparse.ArgumentTypeError as error:
+                    raise ValueError(f"unknown {o.flag} {error}") from None
+            grouped.setdefault(o.group, {})[o.attribute] = value
         direct = grouped.pop("", {})
         groups = {group: _group_types()[group](**given) for group, given in grouped.items()}
         return cls(**direct, **groups)
@@ -334,7 +342,24 @@ def _bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"not a boolean: {value!r}")
 
 
+def _enum(kind: type[enum.Enum]) -> Callable[[str], Any]:
+    """A parser of an enum option, by its lowercase name (what ``str`` of a member gives)."""
+
+    def parse(value: str | enum.Enum) -> Any:
+        if isinstance(value, kind):
+            return value
+        by_name = {str(member): member for member in kind}
+        try:
+            return by_name[str(value).strip().lower()]
+        except KeyError:
+            raise argparse.ArgumentTypeError(f"{value!r}; use one of {', '.join(by_name)}") from None
+
+    return parse
+
+
 def _parser_type(kind: type) -> Callable[[str], Any]:
+    if issubclass(kind, enum.Enum):
+        return _enum(kind)
     converters: dict[type, Callable[[str], Any]] = {bool: _bool, int: int, float: float, Path: Path}
     return converters.get(kind, str)
 

@@ -57,6 +57,7 @@ def test_cli_registers_commands(cli: ModuleType, monkeypatch: pytest.MonkeyPatch
         ["change-number", "a", "1"],
         ["import", "f.csv"],
         ["delete-my-data"],
+        ["export-my-data", "--out", "me.json"],
     ):
         assert callable(parser.parse_args(argv).func)
     assert parser.parse_args(["import", "f.csv", "--batch-size", "10"]).batch_size == 10

@@ -11,6 +11,7 @@ from discovery.cli import main
 from discovery.config import ServerConfig, add_server_options, config_from_args, options
 from discovery.core.directory import DirectoryLimits
 from discovery.core.joins import JoinPolicy
+from discovery.core.model import AnnounceMode
 from discovery.core.quota import QuotaPolicy
 
 
@@ -92,6 +93,7 @@ def test_every_option_is_one_flag_and_one_variable() -> None:
     }
     choices: dict[str, tuple[str, object]] = {name: (choice, choice) for name, choice in CHOICES.items()}
     choices["trace_sample_ratio"] = ("0.25", 0.25)  # a ratio: 7.5 is refused
+    choices["default_announce_mode"] = ("everyone", AnnounceMode.EVERYONE)
     for option in options():
         text, value = choices.get(option.name) or samples[option.kind]
         parser = argparse.ArgumentParser()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 from discovery.config import ServerConfig, options
@@ -51,6 +52,8 @@ def test_every_default_in_the_readme_is_the_declared_one() -> None:
             ok = stated == DERIVED[o.name]
         elif isinstance(actual, bool):
             ok = stated == str(actual).lower()
+        elif isinstance(actual, enum.Enum):
+            ok = stated == str(actual)  # the flag's text
         elif isinstance(actual, int | float):
             ok = stated is not None and float(stated.replace(",", "")) == actual
         elif actual == "":

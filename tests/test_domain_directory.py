@@ -51,7 +51,7 @@ async def test_only_unmatched_contacts_become_watches_and_only_for_watchers() ->
     assert d.store.data.watches.get("quiet", {}) == {} and "stranger" not in d.store.data.watches
     match = await d.directory.discover("alice", packed(2, 1, 3))
     assert match.user_ids == ["bob"]
-    assert set(d.store.data.watches["alice"]) == {d.key(2), d.key(3)}, "the matched contact is no watch"
+    assert set(d.store.data.watches["alice"]) == {d.tag(2), d.tag(3)}, "the matched contact is no watch"
     # Opting out drops them at once.
     await d.directory.update_settings("alice", PrivacySettings(notify_on_join=False), ["notify_on_join"])
     assert await d.store.count_watches("alice") == 0
@@ -63,7 +63,7 @@ async def test_the_store_sees_directory_keys_only() -> None:
     await d.directory.discover("alice", packed(2))
     record = await d.store.get_user("alice")
     assert record is not None and record.directory_key == d.key(1) != number(1)[:16]
-    assert list(d.store.data.watches["alice"]) == [d.key(2)]
+    assert list(d.store.data.watches["alice"]) == [d.tag(2)]
 
 
 async def test_request_limits() -> None:

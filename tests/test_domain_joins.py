@@ -8,9 +8,18 @@ from collections.abc import AsyncIterator
 import pytest
 
 from discovery.core.errors import UserNotRegistered
-from discovery.core.joins import JoinBatch, JoinPolicy
-from discovery.core.model import PrivacySettings
-from tests.support.domain import WATCHING, Domain, batches_until_caught_up, build_domain, number, packed
+from discovery.core.joins import JoinBatch
+from discovery.core.model import AnnounceMode, PrivacySettings
+from tests.support.domain import (
+    ANNOUNCING,
+    WATCHING,
+    Domain,
+    batches_until_caught_up,
+    build_domain,
+    join_policy,
+    number,
+    packed,
+)
 
 DAY = 86400.0
 
@@ -31,13 +40,13 @@ async def test_a_registration_fans_out_to_the_watchers() -> None:
     (batch,) = await batches_until_caught_up(stream)
     (event,) = batch.events
     assert (event.user_id, event.contact_prefix) == ("joiner", number(1)[:16])
-    assert [e.joiner for e in await d.store.inbox_read("bob", 0, 10, DAY)] == ["joiner"]
+    assert await d.joiners("bob") == ["joiner"]
     assert await d.store.count_watches("alice") == 1, "the watch on the joiner's number is consumed"
     await stream.aclose()
 
 
 @pytest.mark.parametrize(
-    "joiner", [PrivacySettings(announce_join=False), PrivacySettings(discoverable=False)]
+    "joiner", [ANNOUNCING.merged(announce_mode=AnnounceMode.OFF), ANNOUNCING.merged(discoverable=False)]
 )
 async def test_silent_or_hidden_joiners_tell_no_one(joiner: PrivacySettings) -> None:
     d = await build_domain()
@@ -56,21 +65,21 @@ async def test_a_watcher_who_opted_out_is_not_told() -> None:
 
 
 async def test_the_watch_cap_keeps_the_latest() -> None:
-    d = await build_domain(joins=JoinPolicy(watch_cap=3, settings_cache_seconds=0))
+    d = await build_domain(joins=join_policy(watch_cap=3))
     await watched(d, "alice", 1, 2)
     d.clock.advance(1)
     await watched(d, "alice", 3, 4)
     d.clock.advance(1)
     await watched(d, "alice", 5)
-    assert set(d.store.data.watches["alice"]) == {d.key(3), d.key(4), d.key(5)}
+    assert set(d.store.data.watches["alice"]) == {d.tag(3), d.tag(4), d.tag(5)}
     # Uploading a contact again refreshes its watch: now 3 is the newest, 4 goes first.
     d.clock.advance(1)
     await watched(d, "alice", 3, 6)
-    assert set(d.store.data.watches["alice"]) == {d.key(3), d.key(5), d.key(6)}
+    assert set(d.store.data.watches["alice"]) == {d.tag(3), d.tag(5), d.tag(6)}
 
 
 async def test_a_watch_lives_for_its_ttl() -> None:
-    d = await build_domain(joins=JoinPolicy(watch_ttl=100.0, settings_cache_seconds=0))
+    d = await build_domain(joins=join_policy(watch_ttl=100.0))
     await watched(d, "alice", 1, 2)
     d.clock.advance(60)
     await watched(d, "alice", 2)  # refreshed: 100 s from now
@@ -78,11 +87,11 @@ async def test_a_watch_lives_for_its_ttl() -> None:
     assert await d.store.count_watches("alice") == 1
     await d.directory.register("late", number(1))
     await d.directory.register("in-time", number(2))
-    assert [e.joiner for e in await d.store.inbox_read("alice", 0, 10, DAY)] == ["in-time"]
+    assert await d.joiners("alice") == ["in-time"]
 
 
 async def test_unacknowledged_events_expire_after_the_inbox_ttl() -> None:
-    d = await build_domain(joins=JoinPolicy(inbox_ttl=DAY, settings_cache_seconds=0))
+    d = await build_domain(joins=join_policy(inbox_ttl=DAY))
     await watched(d, "alice", 1)
     await d.directory.register("joiner", number(1))
     d.clock.advance(DAY + 1)
@@ -96,7 +105,7 @@ async def _events(stream: AsyncIterator[JoinBatch]) -> list[tuple[str, bool]]:
 
 @pytest.mark.parametrize("events", [5, 6, 7])
 async def test_delivery_pages_lose_nothing_at_their_boundaries(events: int) -> None:
-    d = await build_domain(joins=JoinPolicy(page_size=3, settings_cache_seconds=0))
+    d = await build_domain(joins=join_policy(page_size=3))
     await watched(d, "alice", *range(1, events + 1))
     for i in range(1, events + 1):
         await d.directory.register(f"j{i}", number(i))
@@ -133,7 +142,7 @@ async def test_live_events_follow_the_replay() -> None:
 
 
 async def test_acks_are_per_device() -> None:
-    d = await build_domain(joins=JoinPolicy(inbox_ttl=DAY, settings_cache_seconds=0))
+    d = await build_domain(joins=join_policy(inbox_ttl=DAY))
     await watched(d, "alice", 1, 2)
     await d.directory.register("x", number(1))
     await d.directory.register("y", number(2))
@@ -146,7 +155,7 @@ async def test_acks_are_per_device() -> None:
     # Each device resumes after its own ack.
     assert await d.store.inbox_attach("alice", "phone", 0) == second
     assert await d.store.inbox_attach("alice", "desktop", 0) == first
-    assert [e.joiner for e in await d.store.inbox_read("alice", 0, 10, DAY)] == ["y"]
+    assert await d.joiners("alice") == ["y"]
     # A device not seen within the inbox TTL stops holding entries back.
     d.clock.advance(DAY + 1)
     assert await d.joins.ack("alice", "phone", second) == 1
@@ -171,5 +180,5 @@ async def test_unregister_forgets_watcher_and_joiner() -> None:
     # Delete-my-data forgets watches and inbox but keeps the registration.
     await watched(d, "bob", 3, 4)
     await d.directory.register("z", number(4))
-    assert await d.directory.delete_my_data("bob") == 2  # the watch on 3 and the event of z
+    assert (await d.directory.delete_my_data("bob"))[0] == 2  # the watch on 3 and the event of z
     assert await d.store.get_user("bob") is not None

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from discovery.core.errors import InvalidArgument
-from discovery.core.model import NewUser, PrivacySettings
+from discovery.core.model import AnnounceMode, PrivacySettings
 from discovery.store import Store
 from discovery.store.sqlite import SqliteStore
+from tests.support.announce import joined_key, joiner, jtag, new_user, tags
 
-WATCHING = PrivacySettings(discoverable=True, announce_join=True, notify_on_join=True)
+WATCHING = PrivacySettings(discoverable=True, announce_mode=AnnounceMode.EVERYONE, notify_on_join=True)
 DAY = 86400.0
 
 
@@ -38,21 +39,21 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 
 async def add_user(store: Store, user_id: str, n: int, settings: PrivacySettings = WATCHING) -> None:
-    await store.register(NewUser(user_id, key(n), settings))
+    await store.register(new_user(user_id, key(n), settings))
 
 
 async def test_watches_need_notify_on_and_are_capped_oldest_first(store: Store) -> None:
     await add_user(store, "quiet", 1, PrivacySettings())
-    assert await store.add_watches("quiet", key(100), DAY, 10) == 0
-    assert await store.add_watches("stranger", key(100), DAY, 10) == 0
+    assert await store.add_watches("quiet", tags(key(100)), DAY, 10) == 0
+    assert await store.add_watches("stranger", tags(key(100)), DAY, 10) == 0
     await add_user(store, "alice", 2)
-    assert await store.add_watches("alice", key(100) + key(101), DAY, 3) == 2
-    assert await store.add_watches("alice", key(102), DAY, 3) == 3
-    assert await store.add_watches("alice", key(100), DAY, 3) == 3  # refreshed: now the newest
-    assert await store.add_watches("alice", key(103), DAY, 3) == 3  # drops 101, the oldest
+    assert await store.add_watches("alice", tags(key(100), key(101)), DAY, 3) == 2
+    assert await store.add_watches("alice", tags(key(102)), DAY, 3) == 3
+    assert await store.add_watches("alice", tags(key(100)), DAY, 3) == 3  # refreshed: now the newest
+    assert await store.add_watches("alice", tags(key(103)), DAY, 3) == 3  # drops 101, the oldest
     await add_user(store, "w101", 101)
     await add_user(store, "w100", 100)
-    assert [e.joiner for e in await store.inbox_read("alice", 0, 10, DAY)] == ["w100"]
+    assert [joiner(e) for e in await store.inbox_read("alice", 0, 10, DAY)] == ["w100"]
     assert await store.count_watches("alice") == 2
     assert await store.drop_watches("alice") == 2
 
@@ -60,30 +61,30 @@ async def test_watches_need_notify_on_and_are_capped_oldest_first(store: Store) 
 async def test_fan_out_is_part_of_the_registration(store: Store) -> None:
     for i, user in enumerate(("alice", "bob", "off")):
         await add_user(store, user, i + 1)
-    await store.add_watches("alice", key(50) + key(51) + key(52), DAY, 10)
-    await store.add_watches("bob", key(50), DAY, 10)
-    await store.add_watches("off", key(50), DAY, 10)
+    await store.add_watches("alice", tags(key(50), key(51), key(52)), DAY, 10)
+    await store.add_watches("bob", tags(key(50)), DAY, 10)
+    await store.add_watches("off", tags(key(50)), DAY, 10)
     await store.update_settings("off", PrivacySettings())  # opted out after watching
     await add_user(store, "joiner", 50)
     (entry,) = await store.inbox_read("alice", 0, 10, DAY)
-    assert (entry.joiner, entry.directory_key, entry.event_id) == ("joiner", key(50), str(entry.cursor))
-    assert [e.joiner for e in await store.inbox_read("bob", 0, 10, DAY)] == ["joiner"]
+    assert (joiner(entry), joined_key(entry), entry.event_id) == ("joiner", key(50), str(entry.cursor))
+    assert [joiner(e) for e in await store.inbox_read("bob", 0, 10, DAY)] == ["joiner"]
     assert await store.inbox_read("off", 0, 10, DAY) == []
     # Silent and undiscoverable joiners consume the watches without telling anyone.
-    await add_user(store, "silent", 51, PrivacySettings(True, False, False))
-    await add_user(store, "hidden", 52, PrivacySettings(False, True, False))
+    await add_user(store, "silent", 51, PrivacySettings(True, AnnounceMode.OFF, False))
+    await add_user(store, "hidden", 52, PrivacySettings(False, AnnounceMode.EVERYONE, False))
     assert await store.count_watches("alice") == 0
     assert len(await store.inbox_read("alice", 0, 10, DAY)) == 1
     # A failed registration rolls its fan-out back with it.
-    await store.add_watches("alice", key(53), DAY, 10)
+    await store.add_watches("alice", tags(key(53)), DAY, 10)
     with pytest.raises(Exception, match="another user"):
-        await store.register(NewUser("dup", key(50), WATCHING))
+        await store.register(new_user("dup", key(50), WATCHING))
     assert await store.count_watches("alice") == 1
 
 
 async def test_acks_are_per_device_and_inactive_devices_stop_counting(store: Store) -> None:
     await add_user(store, "alice", 1)
-    await store.add_watches("alice", key(60) + key(61), DAY, 10)
+    await store.add_watches("alice", tags(key(60), key(61)), DAY, 10)
     await add_user(store, "x", 60)
     await add_user(store, "y", 61)
     first, second = (e.cursor for e in await store.inbox_read("alice", 0, 10, DAY))
@@ -112,8 +113,8 @@ async def test_cursors_ahead_of_the_store_are_rejected(store: Store) -> None:
 
 async def test_expired_rows_are_ignored_then_purged(store: Store) -> None:
     await add_user(store, "alice", 1)
-    await store.add_watches("alice", key(70), 0.05, 10)
-    await store.add_watches("alice", key(71), DAY, 10)
+    await store.add_watches("alice", tags(key(70)), 0.05, 10)
+    await store.add_watches("alice", tags(key(71)), DAY, 10)
     await add_user(store, "x", 71)
     await store.inbox_attach("alice", "phone", 0)
     await asyncio.sleep(0.1)
@@ -127,13 +128,13 @@ async def test_expired_rows_are_ignored_then_purged(store: Store) -> None:
 async def test_unregister_forgets_watcher_and_joiner(store: Store) -> None:
     await add_user(store, "alice", 1)
     await add_user(store, "bob", 2)
-    await store.add_watches("alice", key(80) + key(81), DAY, 10)
-    await store.add_watches("bob", key(82), DAY, 10)
+    await store.add_watches("alice", tags(key(80), key(81)), DAY, 10)
+    await store.add_watches("bob", tags(key(82)), DAY, 10)
     await add_user(store, "x", 80)
     await add_user(store, "y", 82)
     await store.inbox_attach("alice", "phone", 0)
-    assert await store.delete_user_data("alice") == 3  # a watch, an entry, a device
-    await store.unregister("y")
+    assert await store.delete_user_data("alice", jtag("alice")) == 3  # a watch, an entry, a device
+    await store.unregister("y", jtag("y"))
     assert await store.inbox_read("bob", 0, 10, DAY) == []
 
 
@@ -142,15 +143,15 @@ async def test_signals_name_the_notified_users(sqlite_store: SqliteStore, tmp_pa
     store = sqlite_store
     await add_user(store, "alice", 1)
     await add_user(store, "bob", 2)
-    await store.add_watches("alice", key(90), DAY, 10)
-    await store.add_watches("bob", key(91), DAY, 10)
+    await store.add_watches("alice", tags(key(90)), DAY, 10)
+    await store.add_watches("bob", tags(key(91)), DAY, 10)
     signals = store.inbox_signals()
     await add_user(store, "x", 90)
     assert await asyncio.wait_for(signals.__anext__(), timeout=5) == {"alice"}
     # Another process on the same file: found by the instance's single poll.
     other = await open_sqlite(tmp_path / "store.db")
     try:
-        await other.register(NewUser("y", key(91), WATCHING))
+        await other.register(new_user("y", key(91), WATCHING))
     finally:
         await other.close()
     assert await asyncio.wait_for(signals.__anext__(), timeout=5) == {"bob"}

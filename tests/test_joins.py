@@ -292,19 +292,26 @@ async def test_announce_off_notify_off_and_undiscoverable_give_no_event(server: 
 
 
 async def test_change_number_and_import_fire_events(server: DiscoveryServer) -> None:
-    old, moved, imported = e164_numbers(3, seed=108)
+    """A number change announces only with announce_number_change (off by default); an
+    import announces as a registration does."""
+    old, moved, imported, old2, moved2 = e164_numbers(5, seed=108)
     await register(server, "alice", "+4915100000109", WATCHING)
     await register(server, "erin", old)
-    await watch(server, "alice", [moved, imported])
+    changes = Settings(
+        discoverable=True, announce_join=True, notify_on_join=False, announce_number_change=True
+    )
+    await register(server, "hal", old2, changes)
+    await watch(server, "alice", [moved, imported, moved2])
     async with channel_to(server) as channel:
         stream = RawStream(channel, "alice")
         await stream.replay()
         async with AsyncAdminClient(target(server)) as admin:
-            await admin.change_number("erin", moved)
-            assert (await stream.next_event()).user_id == "erin"
+            await admin.change_number("erin", moved)  # not announced: frank's event comes first
             summary = await admin.import_users([("frank", imported), ("gina", "+4915100000110")])
             assert summary.imported == 2
             assert (await stream.next_event()).user_id == "frank"
+            await admin.change_number("hal", moved2)
+            assert (await stream.next_event()).user_id == "hal"
         stream.call.cancel()
 
 

@@ -20,8 +20,10 @@ from collections.abc import Callable
 import pytest
 
 from discovery.core.errors import Unavailable
-from discovery.core.model import BucketCharge, RegisterOutcome
+from discovery.core.model import Announcement, BucketCharge, RegisterOutcome
 from discovery.store.redis.base import parse_redis_url
+from tests.support.announce import announcement, tags
+from tests.support.announce import joiner as joiner_of
 from tests.support.failover import Drill, count_missing, drill, new_user, open_store
 from tests.support.redis_fixtures import (
     REPLICATION_ARGS,
@@ -40,6 +42,12 @@ def report(name: str, result: Drill) -> None:
         f"\n{name}: acked={len(result.acked)} missing={len(result.missing)} "
         f"unavailable={result.unavailable} recovery_s={result.recovery_seconds}"
     )
+
+
+def moved_to(user_id: str) -> tuple[bytes, Announcement]:
+    """change_number's new key and announcement, those of the user ``user_id`` would be."""
+    key = new_user(user_id).directory_key
+    return key, announcement("old", key)
 
 
 def test_store_url_options() -> None:
@@ -78,7 +86,7 @@ async def test_replica_down_writes_fail_cleanly_reads_work_retries_are_safe(
         await store.register(new_user("watcher"))
         await store.register(new_user("old"))
         joiner = new_user("joiner")
-        assert await store.add_watches("watcher", joiner.directory_key, 3600.0, 100) == 1
+        assert await store.add_watches("watcher", tags(joiner.directory_key), 3600.0, 100) == 1
 
         replica.stop()
         started = time.monotonic()
@@ -88,8 +96,8 @@ async def test_replica_down_writes_fail_cleanly_reads_work_retries_are_safe(
         assert caught.value.retry_after > 0
         failing = [
             store.import_users([new_user("imported")], 0),
-            store.change_number("old", new_user("old-new").directory_key),
-            store.add_watches("watcher", new_user("x").directory_key, 3600.0, 100),
+            store.change_number("old", *moved_to("old-new")),
+            store.add_watches("watcher", tags(new_user("x").directory_key), 3600.0, 100),
             store.inbox_ack("watcher", "d1", 0, 3600.0),
             store.charge([BucketCharge("requests:watcher", 1.0, 10.0, 1.0)], time.time()),
         ]
@@ -104,7 +112,7 @@ async def test_replica_down_writes_fail_cleanly_reads_work_retries_are_safe(
         feed = await store.feed_read(0, 1000)
         assert {c.user_id for c in feed if c.user_id is not None} == present
         inbox = await store.inbox_read("watcher", 0, 100, 3600.0)
-        assert [e.joiner for e in inbox] == (["joiner"] if "joiner" in present else [])
+        assert [joiner_of(e) for e in inbox] == (["joiner"] if "joiner" in present else [])
 
         # The replica is back: the same calls, retried, succeed (no HASH/USER_ID taken).
         replica.start()
@@ -113,12 +121,12 @@ async def test_replica_down_writes_fail_cleanly_reads_work_retries_are_safe(
         assert await store.register(joiner) == RegisterOutcome.UNCHANGED
         report_ = await store.import_users([new_user("imported")], 0)
         assert report_.imported + report_.unchanged == 1 and not report_.rejections
-        moved = await store.change_number("old", new_user("old-new").directory_key)
+        moved = await store.change_number("old", *moved_to("old-new"))
         assert moved.user_id == "old"
-        again = await store.change_number("old", new_user("old-new").directory_key)
+        again = await store.change_number("old", *moved_to("old-new"))
         assert again.directory_key == new_user("old-new").directory_key
-        assert await store.add_watches("watcher", new_user("x").directory_key, 3600.0, 100) == 1
-        assert await store.add_watches("watcher", new_user("x").directory_key, 3600.0, 100) == 1
+        assert await store.add_watches("watcher", tags(new_user("x").directory_key), 3600.0, 100) == 1
+        assert await store.add_watches("watcher", tags(new_user("x").directory_key), 3600.0, 100) == 1
         cursor = (await store.inbox_read("watcher", 0, 100, 3600.0))[0].cursor
         assert await store.inbox_ack("watcher", "d1", cursor, 3600.0) is not None
         assert await store.inbox_ack("watcher", "d1", cursor, 3600.0) is not None

@@ -29,12 +29,13 @@ from discovery.app.server import DiscoveryServer
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, JoinEvent, Settings
 from discovery.config import ServerConfig
 from discovery.core.errors import FeedTruncated
-from discovery.core.model import NewUser
 from discovery.core.model import PrivacySettings as StoredSettings
 from discovery.store.redis import RedisStore
 from discovery.store.redis.base import parse_redis_url
+from tests.support.announce import new_user
 from tests.support.helpers import e164_numbers
 from tests.support.redis_fixtures import RedisProcess, stop_by_pid
+from tests.support.serve_process import JOIN_TEST_FLAGS
 
 T = TypeVar("T")
 WATCHING = Settings(discoverable=True, announce_join=True, notify_on_join=True)
@@ -68,6 +69,7 @@ class Instance:
                 "--port-file", str(port_file),
                 "--auth", "dev",
                 "--grace-seconds", "1",
+                *JOIN_TEST_FLAGS,
             ],
             env={**os.environ, "DISCOVERY_TEST_SECRET": self.secret},
             stdout=subprocess.DEVNULL,
@@ -176,7 +178,7 @@ async def test_health_is_not_serving_until_the_index_is_loaded(
     """A big-ish registry, so that the load takes long enough to watch the health service."""
     store = RedisStore(parse_redis_url(redis_url))
     await store.open()
-    users = [NewUser(f"user-{i}", os.urandom(16), StoredSettings()) for i in range(200_000)]
+    users = [new_user(f"user-{i}", os.urandom(16), StoredSettings()) for i in range(200_000)]
     for start in range(0, len(users), 10_000):
         await store.import_users(users[start : start + 10_000], start)
     await store.close()
@@ -215,7 +217,7 @@ async def test_redis_restart_makes_followers_reload(redis_factory: Callable[...,
     store = RedisStore(parse_redis_url(server.url))
     await store.open()
     try:
-        await store.register(NewUser("alice", os.urandom(16), StoredSettings()))
+        await store.register(new_user("alice", os.urandom(16), StoredSettings()))
         head = await store.feed_head()
         assert await store.feed_read(head, 10) == []
         server.kill()

@@ -7,12 +7,14 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from discovery.core.errors import ContactHashTaken, FeedTruncated, UserIdTaken, UserNotRegistered
 from discovery.core.index_sync import IndexSync
 from discovery.core.model import (
+    AnnounceMode,
     BucketCharge,
     ImportRejectionReason,
     NewUser,
@@ -22,6 +24,7 @@ from discovery.core.model import (
 from discovery.store import Store, open_store
 from discovery.store.redis import RedisStore
 from discovery.store.sqlite import SqliteStore
+from tests.support.announce import announcement, joined_key, joiner, jtag, new_user, tags
 from tests.support.stores import OpenStore
 
 
@@ -29,8 +32,8 @@ def key() -> bytes:
     return os.urandom(16)
 
 
-def user(user_id: str, directory_key: bytes | None = None, **settings: bool) -> NewUser:
-    return NewUser(user_id, directory_key or key(), PrivacySettings(**settings))
+def user(user_id: str, directory_key: bytes | None = None, **settings: Any) -> NewUser:
+    return new_user(user_id, directory_key or key(), PrivacySettings(**settings))
 
 
 async def test_register_and_conflicts(store: Store) -> None:
@@ -63,11 +66,11 @@ async def test_unicode_user_ids_round_trip(store: Store) -> None:
 async def test_unregister_frees_the_key(store: Store) -> None:
     alice = user("alice", discoverable=False)
     await store.register(alice)
-    removed = await store.unregister("alice")
+    removed = await store.unregister("alice", jtag("alice"))
     assert removed is not None
     assert removed.directory_key == alice.directory_key
     assert removed.settings.discoverable is False
-    assert await store.unregister("alice") is None
+    assert await store.unregister("alice", jtag("alice")) is None
     assert await store.get_user("alice") is None
     assert await store.registry_size() == 0
     assert await store.register(user("bob", alice.directory_key)) is RegisterOutcome.CREATED
@@ -75,23 +78,23 @@ async def test_unregister_frees_the_key(store: Store) -> None:
 
 async def test_change_number(store: Store) -> None:
     old, new = key(), key()
-    await store.register(user("dave", old, announce_join=False))
+    await store.register(user("dave", old, announce_mode=AnnounceMode.OFF))
     taken = user("erin")
     await store.register(taken)
     with pytest.raises(UserNotRegistered):
-        await store.change_number("nobody", key())
+        await store.change_number("nobody", key(), announcement("nobody", bytes(16)))
     with pytest.raises(ContactHashTaken):
-        await store.change_number("dave", taken.directory_key)
-    before = await store.change_number("dave", new)
+        await store.change_number("dave", taken.directory_key, announcement("dave", taken.directory_key))
+    before = await store.change_number("dave", new, announcement("dave", new))
     assert before.directory_key == old
     record = await store.get_user("dave")
     assert record is not None
     assert record.directory_key == new
-    assert record.settings == PrivacySettings(announce_join=False)
+    assert record.settings == PrivacySettings(announce_mode=AnnounceMode.OFF)
     # The old key is free again; moving to the same key changes nothing.
     assert await store.register(user("frank", old)) is RegisterOutcome.CREATED
     head = await store.feed_head()
-    assert (await store.change_number("dave", new)).directory_key == new
+    assert (await store.change_number("dave", new, announcement("dave", new))).directory_key == new
     assert await store.feed_head() == head
 
 
@@ -99,11 +102,11 @@ async def test_update_settings(store: Store) -> None:
     assert await store.update_settings("nobody", PrivacySettings()) is None
     await store.register(user("alice"))
     head = await store.feed_head()
-    quiet = PrivacySettings(discoverable=True, announce_join=False, notify_on_join=True)
+    quiet = PrivacySettings(discoverable=True, announce_mode=AnnounceMode.OFF, notify_on_join=True)
     record = await store.update_settings("alice", quiet)
     assert record is not None and record.settings == quiet
     assert await store.feed_head() == head, "only discoverability is in the feed"
-    hidden = PrivacySettings(discoverable=False, announce_join=False, notify_on_join=True)
+    hidden = PrivacySettings(discoverable=False, announce_mode=AnnounceMode.OFF, notify_on_join=True)
     await store.update_settings("alice", hidden)
     stored = await store.get_user("alice")
     assert stored is not None and stored.settings == hidden
@@ -116,7 +119,7 @@ async def test_import_report(store: Store) -> None:
     await store.register(existing)
     batch = [
         user("new-1", discoverable=False),
-        NewUser("existing", existing.directory_key, PrivacySettings()),
+        new_user("existing", existing.directory_key, PrivacySettings()),
         user("existing"),
         user("thief", existing.directory_key),
         *[user(f"bulk-{i}") for i in range(1200)],
@@ -135,7 +138,7 @@ async def test_import_report(store: Store) -> None:
 async def test_iter_registry_yields_everyone(store: Store) -> None:
     users = [user(f"u{i}", discoverable=i % 3 != 0) for i in range(2500)]
     await store.import_users(users, 0)
-    await store.unregister("u7")
+    await store.unregister("u7", jtag("u7"))
     seen: dict[str, tuple[bytes, bool]] = {}
     async for piece in store.iter_registry(1000):
         assert len(piece.keys) == 16 * len(piece.user_ids) == 16 * len(piece.discoverable)
@@ -152,8 +155,8 @@ async def test_feed_orders_changes_and_forgets_departed_users(store: Store) -> N
     a, b, b2 = key(), key(), key()
     await store.register(user("alice", a))
     await store.register(user("bob", b))
-    await store.change_number("bob", b2)
-    await store.unregister("alice")
+    await store.change_number("bob", b2, announcement("bob", b2))
+    await store.unregister("alice", jtag("alice"))
     head = await store.feed_head()
     changes = await store.feed_read(0, 100)
     assert [c.seq for c in changes] == sorted(c.seq for c in changes)
@@ -214,7 +217,7 @@ async def test_index_follows_writes_of_another_instance(open_backend: OpenStore)
             await asyncio.sleep(0.02)
         assert ids == ["newcomer"]
         assert time.monotonic() - started < 1.0, "a registration reaches every instance within a second"
-        await writer.unregister("u3")
+        await writer.unregister("u3", jtag("u3"))
         await writer.update_settings("u4", PrivacySettings(discoverable=False))
         deadline = time.monotonic() + 5
         while sync.users != 50 and time.monotonic() < deadline:
@@ -240,7 +243,7 @@ async def test_index_reloads_when_it_fell_behind_the_feed(open_backend: OpenStor
     writer._last_prune = 0.0  # type: ignore[attr-defined]
     for u in users[30:]:
         await writer.register(u)
-    await writer.unregister("u0")
+    await writer.unregister("u0", jtag("u0"))
     await sync.catch_up()
     assert sync.users == 44
     _, ids = sync.lookup(b"".join(u.directory_key for u in users))
@@ -308,16 +311,16 @@ async def test_quota_charges_of_one_call_stop_at_the_first_refusal(store: Store)
 
 async def test_join_signals_reach_another_instance(open_backend: OpenStore) -> None:
     writer, listener = await open_backend(), await open_backend()
-    watching = PrivacySettings(notify_on_join=True)
+    watching = PrivacySettings(notify_on_join=True, announce_mode=AnnounceMode.EVERYONE)
     for name in ("alice", "bob"):
         await writer.register(user(name, **{"notify_on_join": True}))
     joiner_key = key()
-    assert await writer.add_watches("alice", joiner_key, 3600.0, 10) == 1
+    assert await writer.add_watches("alice", tags(joiner_key), 3600.0, 10) == 1
     signals = listener.inbox_signals()
     waiting = asyncio.ensure_future(signals.__anext__())
     await asyncio.sleep(0.3)  # the listener subscribes
-    await writer.register(NewUser("carol", joiner_key, watching))
+    await writer.register(new_user("carol", joiner_key, watching))
     assert await asyncio.wait_for(waiting, timeout=5) == {"alice"}
     (entry,) = await listener.inbox_read("alice", 0, 10, 3600.0)
-    assert (entry.joiner, entry.directory_key) == ("carol", joiner_key)
+    assert (joiner(entry), joined_key(entry)) == ("carol", joiner_key)
     await signals.aclose()  # type: ignore[attr-defined]

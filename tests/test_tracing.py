@@ -36,6 +36,7 @@ from discovery.v1 import discovery_pb2, discovery_pb2_grpc, joins_pb2, joins_pb2
 from tests.support.auth_helpers import backend_token, bearer, client_token
 from tests.support.helpers import e164_numbers, local_formats
 from tests.support.privacy_scan import Needles, find_leaks
+from tests.support.server import JOIN_TEST_OPTIONS
 
 DISCOVER = "/discovery.v1.DiscoveryService/Discover"
 RPC_STATUS = "rpc.grpc.status_code"
@@ -66,6 +67,7 @@ async def start_traced(tmp_path: Path) -> AsyncIterator[StartTraced]:
             "data_dir": tmp_path / f"data{len(running)}",
             "grace_seconds": 1.0,
             "auth": "jwt",
+            **JOIN_TEST_OPTIONS,
         }
         options.update(overrides)
         tracing = Tracing.start(TracingOptions(trace_sample_ratio=ratio), exporter=exporter)

@@ -1,5 +1,5 @@
-"""Client-side CLI commands: ``discover``, ``settings``, ``delete-my-data`` (messenger-client API)
-and ``register``, ``unregister``, ``change-number``, ``import`` (backend API).
+"""Client-side CLI commands: ``discover``, ``settings``, ``export-my-data``, ``delete-my-data``
+(messenger-client API) and ``register``, ``unregister``, ``change-number``, ``import`` (backend API).
 
 ``add_client_commands(subparsers)`` registers them, from the :data:`COMMANDS` table, on the
 lead's argparse parser; each sets ``func`` to its handler. Exit codes and the common flags:
@@ -9,6 +9,8 @@ lead's argparse parser; each sets ``func`` to its handler. Exit codes and the co
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from discovery.cli._shared import (
     EXIT_OK,
     Handler,
+    InputError,
     Subparsers,
     add_private_arguments,
     client_kwargs,
@@ -109,6 +112,36 @@ def _cmd_delete_my_data(args: argparse.Namespace) -> int:
         print_json({"records_deleted": deleted})
     else:
         print(f"deleted {_plural(deleted, 'record')}")
+    return EXIT_OK
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out",
+        "-o",
+        metavar="FILE.json",
+        default="-",
+        help="write the export here, made with mode 0600 and replaced if it exists (default: - for stdout)",
+    )
+
+
+@guarded
+def _cmd_export_my_data(args: argparse.Namespace) -> int:
+    with DiscoveryClient(args.target, **client_kwargs(args)) as client:
+        exported = client.export_my_data()
+    text = json.dumps(exported, indent=2, ensure_ascii=False) + "\n"
+    if args.out == "-":
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        # Created private: the export holds the caller's contact hash prefixes and events.
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+    except OSError as exc:
+        raise InputError(f"cannot write {args.out!r}: {exc.strerror or exc}") from None
+    events = exported.get("pending_events", [])
+    print(f"wrote {args.out}: {_plural(len(events), 'pending event')}, format {exported.get('format')}")
     return EXIT_OK
 
 
@@ -258,6 +291,16 @@ COMMANDS: tuple[Command, ...] = (
         "Show the caller's privacy settings, or change those given.",
         _cmd_settings,
         _settings_arguments,
+    ),
+    Command(
+        "export-my-data",
+        "write everything kept on your behalf to a JSON file",
+        "Export what the service keeps on the caller's behalf (ExportMyData) as JSON: settings, "
+        "registration, watch count and expiry, pending join events (also those not released "
+        "yet), devices and quota levels. The format is the protobuf JSON mapping of "
+        "discovery.v1.ExportMyDataResponse (see README, 'Your data').",
+        _cmd_export_my_data,
+        _export_arguments,
     ),
     Command(
         "delete-my-data",

@@ -15,6 +15,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from discovery.client.address_book import prepare_address_book
@@ -34,7 +35,14 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-SETTINGS_FIELDS = ("discoverable", "announce_join", "notify_on_join")
+SETTINGS_FIELDS = (
+    "discoverable",
+    "announce_join",
+    "notify_on_join",
+    "announce_mode",
+    "announce_number_change",
+)
+ANNOUNCE_MODES = ("OFF", "MUTUAL", "EVERYONE")
 
 #: A unary method of a generated stub: ``method(request, timeout=..., metadata=...)`` returns
 #: the response (blocking stub) or an awaitable of it (asyncio stub). grpc ships no type stubs.
@@ -100,30 +108,60 @@ def to_contact_hash(number_or_hash: str | bytes, default_region: str | None) -> 
 
 
 def settings_from_pb(pb: discovery_pb2.Settings) -> Settings:
+    mode = discovery_pb2.AnnounceMode.Name(pb.announce_mode).removeprefix("ANNOUNCE_MODE_")
     return Settings(
         discoverable=bool(pb.discoverable),
         announce_join=bool(pb.announce_join),
         notify_on_join=bool(pb.notify_on_join),
+        announce_mode=None if mode == "UNSPECIFIED" else mode,
+        announce_number_change=bool(pb.announce_number_change),
     )
+
+
+def _mode_pb(mode: str) -> discovery_pb2.AnnounceMode.ValueType:
+    name = str(mode).upper()
+    if name not in ANNOUNCE_MODES:
+        raise ValueError(f"announce_mode must be one of {', '.join(ANNOUNCE_MODES)}, not {mode!r}")
+    return discovery_pb2.AnnounceMode.Value("ANNOUNCE_MODE_" + name)
 
 
 def settings_to_pb(settings: Settings) -> discovery_pb2.Settings:
-    return discovery_pb2.Settings(
+    """Without ``announce_mode`` the server maps announce_join (true: EVERYONE, false: OFF)."""
+    message = discovery_pb2.Settings(
         discoverable=settings.discoverable,
         announce_join=settings.announce_join,
         notify_on_join=settings.notify_on_join,
+        announce_number_change=settings.announce_number_change,
     )
+    if settings.announce_mode is not None:
+        message.announce_mode = _mode_pb(settings.announce_mode)
+        message.announce_join = str(settings.announce_mode).upper() != "OFF"
+    return message
 
 
 def update_settings_request(
-    discoverable: bool | None, announce_join: bool | None, notify_on_join: bool | None
+    discoverable: bool | None,
+    announce_join: bool | None,
+    notify_on_join: bool | None,
+    announce_mode: str | None = None,
+    announce_number_change: bool | None = None,
 ) -> discovery_pb2.UpdateSettingsRequest:
     """An UpdateSettingsRequest whose update_mask names exactly the non-None arguments."""
-    values = {"discoverable": discoverable, "announce_join": announce_join, "notify_on_join": notify_on_join}
+    values: dict[str, object] = {
+        "discoverable": discoverable,
+        "announce_join": announce_join,
+        "notify_on_join": notify_on_join,
+        "announce_mode": announce_mode,
+        "announce_number_change": announce_number_change,
+    }
     mask = [name for name in SETTINGS_FIELDS if values[name] is not None]
     if not mask:
         raise ValueError("update_settings needs at least one setting to change")
-    settings = discovery_pb2.Settings(**{name: bool(values[name]) for name in mask})
+    settings = discovery_pb2.Settings(
+        **{name: bool(values[name]) for name in mask if name != "announce_mode"}  # type: ignore[arg-type]
+    )
+    if announce_mode is not None:
+        settings.announce_mode = _mode_pb(announce_mode)
     return discovery_pb2.UpdateSettingsRequest(settings=settings, update_mask=mask)
 
 
@@ -174,17 +212,32 @@ def update_settings(
     discoverable: bool | None,
     announce_join: bool | None,
     notify_on_join: bool | None,
+    announce_mode: str | None = None,
+    announce_number_change: bool | None = None,
 ) -> Plan[Settings]:
-    request = update_settings_request(discoverable, announce_join, notify_on_join)
+    request = update_settings_request(
+        discoverable, announce_join, notify_on_join, announce_mode, announce_number_change
+    )
     response: discovery_pb2.UpdateSettingsResponse = yield Call(stub.UpdateSettings, request)
     return settings_from_pb(response.settings)
 
 
-def delete_my_data(stub: DiscoveryServiceStub) -> Plan[int]:
+def delete_my_data(stub: DiscoveryServiceStub, disable_notify_on_join: bool = False) -> Plan[int]:
     response: discovery_pb2.DeleteMyDataResponse = yield Call(
-        stub.DeleteMyData, discovery_pb2.DeleteMyDataRequest()
+        stub.DeleteMyData, discovery_pb2.DeleteMyDataRequest(disable_notify_on_join=disable_notify_on_join)
     )
     return int(response.records_deleted)
+
+
+def export_my_data(stub: DiscoveryServiceStub) -> Plan[dict[str, Any]]:
+    """The ExportMyDataResponse as JSON-ready data (proto field names; bytes in base64,
+    timestamps in RFC 3339, 64-bit integers as strings, as the protobuf JSON mapping has them)."""
+    response: discovery_pb2.ExportMyDataResponse = yield Call(
+        stub.ExportMyData, discovery_pb2.ExportMyDataRequest()
+    )
+    return json_format.MessageToDict(
+        response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
 
 def ack_joins(stub: JoinNotificationServiceStub, cursor: int, device_id: str) -> Plan[int]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import closing
 from types import TracebackType
-from typing import TYPE_CHECKING, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 import grpc
 
@@ -165,15 +165,32 @@ class AsyncDiscoveryClient(_AsyncBaseClient["DiscoveryServiceAsyncStub"], HasDis
         discoverable: bool | None = None,
         announce_join: bool | None = None,
         notify_on_join: bool | None = None,
+        *,
+        announce_mode: str | None = None,
+        announce_number_change: bool | None = None,
     ) -> Settings:
-        """Change the given settings (``update_mask`` = the non-None arguments); returns the new settings."""
+        """Change the given settings (``update_mask`` = the non-None arguments); returns the new settings.
+
+        ``announce_mode`` is ``"OFF"``, ``"MUTUAL"`` or ``"EVERYONE"``; ``announce_join`` is the
+        older switch (True: EVERYONE, False: OFF).
+        """
         return await self._run(
-            _calls.update_settings(self._stub, discoverable, announce_join, notify_on_join)
+            _calls.update_settings(
+                self._stub, discoverable, announce_join, notify_on_join, announce_mode, announce_number_change
+            )
         )
 
-    async def delete_my_data(self) -> int:
-        """Forget everything kept on behalf of the caller; returns the number of records removed."""
-        return await self._run(_calls.delete_my_data(self._stub))
+    async def delete_my_data(self, *, disable_notify_on_join: bool = False) -> int:
+        """Forget the watches, join events and devices kept on behalf of the caller; returns the
+        number of records removed. The registration, settings and quota levels stay (see README,
+        "Your data"). ``disable_notify_on_join`` also turns join notifications off in the same
+        call, so that the next Discover stores no watches again."""
+        return await self._run(_calls.delete_my_data(self._stub, disable_notify_on_join))
+
+    async def export_my_data(self) -> dict[str, Any]:
+        """Everything the service keeps on behalf of the caller (ExportMyData), as JSON-ready
+        data in the protobuf JSON mapping of ``ExportMyDataResponse`` (see README, "Your data")."""
+        return await self._run(_calls.export_my_data(self._stub))
 
     def subscribe_joins(
         self,

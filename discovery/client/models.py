@@ -5,7 +5,8 @@
     Match(entry: str, e164: str, user_id: str)
     InvalidEntry(entry: str, reason: str)
     DiscoverResult(matches: list[Match], invalid: list[InvalidEntry])
-    Settings(discoverable: bool, announce_join: bool, notify_on_join: bool)
+    Settings(discoverable: bool, announce_join: bool, notify_on_join: bool,
+             announce_mode: str | None = None, announce_number_change: bool = False)
     ImportRejection(position: int, user_id: str, reason: str, detail: str = "")
     ImportSummary(imported: int, unchanged: int, rejected_total: int, rejections: list[ImportRejection])
 
@@ -68,17 +69,29 @@ class DiscoverResult:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """A user's privacy settings."""
+    """A user's privacy settings.
+
+    ``announce_mode`` is who is told when the user joins: ``"OFF"``, ``"MUTUAL"`` (only people
+    whose number the user has) or ``"EVERYONE"``. The server always returns it; when you build
+    Settings without it, the server maps ``announce_join`` (True: EVERYONE, False: OFF), as for
+    clients that predate the modes. ``announce_join`` as returned is ``announce_mode != "OFF"``.
+    """
 
     discoverable: bool
     announce_join: bool
     notify_on_join: bool
+    #: Not compared (``==`` compares what clients that predate the modes compare, and
+    #: announce_join already tells OFF from the others).
+    announce_mode: str | None = field(default=None, compare=False)
+    announce_number_change: bool = False
 
-    def to_dict(self) -> dict[str, bool]:
+    def to_dict(self) -> dict[str, bool | str | None]:
         return {
             "discoverable": self.discoverable,
             "announce_join": self.announce_join,
             "notify_on_join": self.notify_on_join,
+            "announce_mode": self.announce_mode,
+            "announce_number_change": self.announce_number_change,
         }
 
 

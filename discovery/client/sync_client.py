@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -140,13 +140,32 @@ class DiscoveryClient(_BaseClient[DiscoveryServiceStub], HasDiscoverState, HasPr
         discoverable: bool | None = None,
         announce_join: bool | None = None,
         notify_on_join: bool | None = None,
+        *,
+        announce_mode: str | None = None,
+        announce_number_change: bool | None = None,
     ) -> Settings:
-        """Change the given settings (``update_mask`` = the non-None arguments); returns the new settings."""
-        return self._run(_calls.update_settings(self._stub, discoverable, announce_join, notify_on_join))
+        """Change the given settings (``update_mask`` = the non-None arguments); returns the new settings.
 
-    def delete_my_data(self) -> int:
-        """Forget everything kept on behalf of the caller; returns the number of records removed."""
-        return self._run(_calls.delete_my_data(self._stub))
+        ``announce_mode`` is ``"OFF"``, ``"MUTUAL"`` or ``"EVERYONE"``; ``announce_join`` is the
+        older switch (True: EVERYONE, False: OFF).
+        """
+        return self._run(
+            _calls.update_settings(
+                self._stub, discoverable, announce_join, notify_on_join, announce_mode, announce_number_change
+            )
+        )
+
+    def delete_my_data(self, *, disable_notify_on_join: bool = False) -> int:
+        """Forget the watches, join events and devices kept on behalf of the caller; returns the
+        number of records removed. The registration, settings and quota levels stay (see README,
+        "Your data"). ``disable_notify_on_join`` also turns join notifications off in the same
+        call, so that the next Discover stores no watches again."""
+        return self._run(_calls.delete_my_data(self._stub, disable_notify_on_join))
+
+    def export_my_data(self) -> dict[str, Any]:
+        """Everything the service keeps on behalf of the caller (ExportMyData), as JSON-ready
+        data in the protobuf JSON mapping of ``ExportMyDataResponse`` (see README, "Your data")."""
+        return self._run(_calls.export_my_data(self._stub))
 
     def ack_joins(self, cursor: int, device_id: str = "") -> int:
         """Acknowledge join events up to ``cursor`` for ``device_id``; returns how many the server deleted.

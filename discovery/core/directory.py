@@ -9,6 +9,7 @@ are never returned.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from discovery.core.errors import InvalidArgument, Reason, UserNotRegistered
@@ -21,8 +22,10 @@ from discovery.core.model import (
     DirectoryMatch,
     ImportRejectionReason,
     ImportReport,
+    MyData,
     NewUser,
     PrivacySettings,
+    QuotaLevel,
     RegisterOutcome,
     RejectedUser,
     UserRecord,
@@ -107,6 +110,10 @@ class Directory:
             return DirectoryMatch([], [], token, checked)
         positions, user_ids = self.sync.lookup(keys)
         await self.joins.watch_unmatched(caller, keys, positions)
+        if user_ids:
+            record = await self.joins.caller(caller)
+            if record is not None:
+                await self.joins.announce_mutual(record, user_ids)
         return DirectoryMatch(positions.tolist(), user_ids, token, checked)
 
     async def get_settings(self, caller: str) -> PrivacySettings:
@@ -138,8 +145,49 @@ class Directory:
         await self.sync.catch_up()
         return record.settings
 
-    async def delete_my_data(self, caller: str) -> int:
-        return await self.store.delete_user_data(caller)
+    async def delete_my_data(
+        self, caller: str, disable_notify_on_join: bool = False
+    ) -> tuple[int, PrivacySettings | None]:
+        """Forget the caller's watches, inbox and devices (the registration, settings and quota
+        levels stay: see README, "Your data"); optionally turn notify_on_join off first, so that
+        no watch is stored again. Returns how many records were removed and the settings."""
+        settings: PrivacySettings | None = None
+        dropped = 0
+        if disable_notify_on_join:
+            dropped = await self.store.count_watches(caller)  # the opt-out drops them
+            off = PrivacySettings(notify_on_join=False)
+            settings = await self.update_settings(caller, off, ["notify_on_join"])
+        removed = dropped + await self.store.delete_user_data(caller, self.keys.joiner_tag(caller))
+        self.joins.settings_changed(caller)
+        await self.store.erase_traces()
+        if settings is None:
+            record = await self.store.get_user(caller)
+            settings = record.settings if record is not None else None
+        return removed, settings
+
+    async def export_my_data(self, caller: str) -> MyData:
+        """Everything kept on behalf of the caller (ExportMyData), with the events not released
+        yet (their ``joined_at`` is after ``exported_at``)."""
+        exported_at = time.time()
+        record = await self.store.get_user(caller)
+        events = []
+        after = 0
+        while True:
+            ttl = self.joins.policy.inbox_ttl
+            page = await self.store.inbox_read(caller, after, 1000, ttl, released_only=False)
+            events += self.joins.events(page)
+            if len(page) < 1000:
+                break
+            after = page[-1].cursor
+        return MyData(
+            user_id=caller,
+            settings=record.settings if record is not None else None,
+            watches=await self.store.watch_summary(caller),
+            events=events,
+            devices=await self.store.devices(caller),
+            quotas=[QuotaLevel(*level) for level in await self.gate.levels(caller)],
+            exported_at=exported_at,
+        )
 
     async def _registered(self, user_id: str) -> UserRecord:
         record = await self.store.get_user(user_id)
@@ -154,10 +202,12 @@ class Directory:
     ) -> RegisterOutcome:
         self._check_new_user_id(user_id)
         check_contact_hash(contact_hash)
+        key = self.keys.directory_key_of(contact_hash)
         user = NewUser(
             user_id,
-            self.keys.directory_key_of(contact_hash),
+            key,
             settings or self.default_settings,
+            self.joins.announcement(user_id, key),
             await self._private_entry(contact_hash, user_id),
         )
         outcome = await self.store.register(user)
@@ -166,18 +216,21 @@ class Directory:
 
     async def unregister(self, user_id: str) -> None:
         check_user_id(user_id)
-        if await self.store.unregister(user_id) is None:
+        if await self.store.unregister(user_id, self.keys.joiner_tag(user_id)) is None:
             raise UserNotRegistered()
         await self.gate.forget(user_id)
         self.joins.user_left(user_id)
+        await self.store.erase_traces()
         await self.sync.catch_up()
 
     async def change_number(self, user_id: str, contact_hash: bytes) -> None:
         self._check_new_user_id(user_id)
         check_contact_hash(contact_hash)
+        key = self.keys.directory_key_of(contact_hash)
         await self.store.change_number(
             user_id,
-            self.keys.directory_key_of(contact_hash),
+            key,
+            self.joins.announcement(user_id, key),
             await self._private_entry(contact_hash, user_id),
         )
         await self.sync.catch_up()
@@ -192,7 +245,7 @@ class Directory:
     def _check_new_user_id(self, user_id: str) -> None:
         problem = self._new_user_id_problem(user_id)
         if problem is not None:
-            raise InvalidArgument.field("user_id", problem)
+            raise InvalidArgument.field("user_id", problem, Reason.INVALID_USER_ID)
 
     async def _private_entry(self, contact_hash: bytes, user_id: str) -> bytes | None:
         if self.private is None:
@@ -242,7 +295,11 @@ class Directory:
             )
             users = [
                 NewUser(
-                    c.user_id, keys[i * 16 : (i + 1) * 16], c.settings or self.default_settings, entries[i]
+                    c.user_id,
+                    keys[i * 16 : (i + 1) * 16],
+                    c.settings or self.default_settings,
+                    self.joins.announcement(c.user_id, keys[i * 16 : (i + 1) * 16]),
+                    entries[i],
                 )
                 for i, (_, c) in enumerate(valid)
             ]

@@ -13,12 +13,14 @@ The scheme and its test vectors are documented in ``docs/hashing.md``.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 
 import blake3
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from discovery.contact_hash import CONTACT_HASH_CONTEXT as CONTACT_HASH_CONTEXT
 from discovery.contact_hash import HASH_SIZE as HASH_SIZE
@@ -27,6 +29,10 @@ from discovery.contact_hash import contact_hash as contact_hash
 
 DIRECTORY_KEY_CONTEXT = "discovery.v1 2026-11-22 directory key AES-256 from server secret"
 TOKEN_KEY_CONTEXT = "discovery.v1 2026-11-22 previous-set token MAC key from server secret"
+WATCH_KEY_CONTEXT = "discovery.v1 2026-12-06 watch tag AES-256 from server secret"
+JOINER_KEY_CONTEXT = "discovery.v1 2026-12-06 joiner tag keyed BLAKE3 from server secret"
+NOTICE_KEY_CONTEXT = "discovery.v1 2026-12-06 inbox notice AES-256-GCM from server secret"
+NONCE_SIZE = 12
 
 MIN_SECRET_SIZE = 32
 _BLOCK = np.dtype((np.void, KEY_SIZE))  # one AES block
@@ -43,6 +49,9 @@ class KeyRing:
 
     directory_key: bytes
     token_key: bytes
+    watch_key: bytes = b""
+    joiner_key: bytes = b""
+    notice_key: bytes = b""
     _per_thread: threading.local = field(
         default_factory=threading.local, init=False, repr=False, compare=False
     )
@@ -54,6 +63,9 @@ class KeyRing:
         return cls(
             directory_key=derive_key(DIRECTORY_KEY_CONTEXT, secret),
             token_key=derive_key(TOKEN_KEY_CONTEXT, secret),
+            watch_key=derive_key(WATCH_KEY_CONTEXT, secret),
+            joiner_key=derive_key(JOINER_KEY_CONTEXT, secret),
+            notice_key=derive_key(NOTICE_KEY_CONTEXT, secret),
         )
 
     def directory_keys(self, packed_hashes: bytes | memoryview) -> bytes:
@@ -76,11 +88,45 @@ class KeyRing:
         call, which costs more than encrypting 1,000 blocks. One per thread, because a
         cipher context must not be used by two threads at once.
         """
-        encryptor: CipherContext | None = getattr(self._per_thread, "encryptor", None)
+        return self._ecb("encryptor", self.directory_key)
+
+    def _ecb(self, name: str, key: bytes) -> CipherContext:
+        encryptor: CipherContext | None = getattr(self._per_thread, name, None)
         if encryptor is None:
-            encryptor = Cipher(algorithms.AES(self.directory_key), modes.ECB()).encryptor()
-            self._per_thread.encryptor = encryptor
+            encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+            setattr(self._per_thread, name, encryptor)
         return encryptor
+
+    # -- what the join store keeps: nothing equal to, or linkable to, a registry row ------------
+
+    def watch_tags(self, directory_keys: bytes) -> bytes:
+        """The tags under which watches on n packed directory keys are kept: AES under a key of
+        their own, so a watch never equals the registry row of the watched user, and one AES
+        call tags a whole batch."""
+        if len(directory_keys) % KEY_SIZE:
+            raise ValueError("packed directory keys must be a multiple of 16 bytes")
+        return self._ecb("watch_encryptor", self.watch_key).update(directory_keys) if directory_keys else b""
+
+    def joiner_tag(self, user_id: str) -> bytes:
+        """A 16-byte keyed hash of a user id that marks the inbox events naming the user."""
+        return blake3.blake3(user_id.encode(), key=self.joiner_key).digest(KEY_SIZE)
+
+    def seal_notice(self, user_id: str, directory_key: bytes) -> bytes:
+        """The sealed (user id, directory key) of a join event: AES-256-GCM, random nonce."""
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce + self._aead().encrypt(nonce, directory_key + user_id.encode(), None)
+
+    def open_notice(self, notice: bytes) -> tuple[str, bytes]:
+        """(user id, directory key) of a sealed notice; raises InvalidTag when it was not ours."""
+        plain = self._aead().decrypt(notice[:NONCE_SIZE], notice[NONCE_SIZE:], None)
+        return plain[KEY_SIZE:].decode(), plain[:KEY_SIZE]
+
+    def _aead(self) -> AESGCM:
+        aead: AESGCM | None = getattr(self._per_thread, "aead", None)
+        if aead is None:
+            aead = AESGCM(self.notice_key)
+            self._per_thread.aead = aead
+        return aead
 
     def directory_key_of(self, contact_hash: bytes) -> bytes:
         return self.directory_keys(contact_hash)

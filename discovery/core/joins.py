@@ -4,20 +4,33 @@
   is registered with ``notify_on_join`` on. It expires after ``watch_ttl``, is refreshed
   when the contact is uploaded again, and a user has at most ``watch_cap`` of them (the
   ones that would expire first go first).
-* The store fans a registration out to the watchers' inboxes in the registering
-  transaction (see core.ports.JoinStore); this module only reads and delivers.
+* Who is told is the joiner's choice (``AnnounceMode``): EVERYONE is fanned out by the
+  store to the watchers' inboxes in the registering transaction (see core.ports.JoinStore);
+  MUTUAL waits for the joiner's own Discover: the watchers it matches whose watch is on the
+  joiner's key are told then (:meth:`Joins.announce_mutual`), so no address book is stored;
+  OFF consumes the watches and tells no one. A number change announces only with
+  ``announce_number_change``.
+* What the store keeps cannot be linked to the registry without the server secret: watches
+  are kept under a keyed tag of the directory key, and each event carries the joiner's id
+  and directory key sealed (AEAD), with a keyed tag of the joiner's id to delete them by
+  (:meth:`Joins.announcement`).
+* Release jitter: each announcement becomes deliverable a random delay (up to
+  ``release_jitter`` seconds) after the join, and the event's time is the release time, so
+  the join time does not leak to the second.
 * Delivery: a stream replays the inbox after a cursor in pages, then waits for a wake-up
   from the :class:`JoinHub` and reads again. Nothing is pushed into per-subscriber
   buffers, so an idle subscriber costs one small object and a slow one at most one page:
   the server's memory stays bounded whatever the clients do.
 * The contact is named by the 16-byte prefix of its contact hash, recovered from the
-  stored directory key with one AES call per page at delivery time; it is never stored.
+  sealed directory key with one AES call per page at delivery time; it is never stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -29,8 +42,8 @@ import numpy.typing as npt
 from discovery.core.background import log_retry
 from discovery.core.errors import InvalidArgument, QuotaExceeded, Reason, UserNotRegistered
 from discovery.core.hashing import KEY_SIZE, KeyRing
-from discovery.core.model import InboxEntry
-from discovery.core.options import Options, option, positive
+from discovery.core.model import Announcement, AnnounceMode, InboxEntry, UserRecord
+from discovery.core.options import Options, non_negative, option, positive
 from discovery.core.ports import Store
 
 log = logging.getLogger("discovery.joins")
@@ -82,6 +95,12 @@ class JoinPolicy(Options):
         name="join_max_streams_per_user",
         check=positive,
     )
+    release_jitter: float = option(
+        3600.0,
+        "join events become deliverable after a random delay of up to this long",
+        name="join_release_jitter_seconds",
+        check=non_negative,
+    )
     settings_cache_seconds: float = 2.0
 
 
@@ -120,6 +139,19 @@ def check_cursor(cursor: int, field: str) -> int:
     if not 0 <= cursor <= MAX_CURSOR:
         raise InvalidArgument.field(field, f"must be between 0 and {MAX_CURSOR}", Reason.CURSOR_OUT_OF_RANGE)
     return cursor
+
+
+_RANDOM = random.SystemRandom()
+
+
+def make_announcement(keys: KeyRing, user_id: str, directory_key: bytes, jitter: float = 0.0) -> Announcement:
+    """The watch tag, joiner tag, sealed notice and a random release delay in [0, jitter]."""
+    return Announcement(
+        watch_tag=keys.watch_tags(directory_key),
+        joiner_tag=keys.joiner_tag(user_id),
+        notice=keys.seal_notice(user_id, directory_key),
+        delay=_RANDOM.uniform(0.0, jitter) if jitter > 0 else 0.0,
+    )
 
 
 class Subscription:
@@ -255,7 +287,7 @@ class Joins:
         self.policy = policy or JoinPolicy()
         self.hub = JoinHub(self.policy.max_subscribers, self.policy.max_streams_per_user)
         self._tasks: list[asyncio.Task[None]] = []
-        self._wants = _NotifyOnJoinCache(self.policy.settings_cache_seconds)
+        self._wants = _RecordCache(self.policy.settings_cache_seconds)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -307,22 +339,46 @@ class Joins:
         positions = np.asarray(matched, dtype=np.int64)
         if positions.size >= n:
             return 0
-        wants = self._wants.get(caller)
-        if wants is None:
-            record = await self.store.get_user(caller)
-            wants = record is not None and record.settings.notify_on_join
-            self._wants.put(caller, wants)
-        if not wants:
+        record = await self.caller(caller)
+        if record is None or not record.settings.notify_on_join:
             return 0
         unmatched = keys
         if positions.size:
             keep = np.ones(n, dtype=np.bool_)
             keep[positions] = False
             unmatched = np.frombuffer(keys, dtype=np.uint8).reshape(n, KEY_SIZE)[keep].tobytes()
-        return await self.store.add_watches(caller, unmatched, self.policy.watch_ttl, self.policy.watch_cap)
+        return await self.store.add_watches(
+            caller, self.keys.watch_tags(unmatched), self.policy.watch_ttl, self.policy.watch_cap
+        )
 
     async def drop_watches(self, user_id: str) -> int:
         return await self.store.drop_watches(user_id)
+
+    def watch_tags(self, directory_keys: bytes) -> bytes:
+        return self.keys.watch_tags(directory_keys)
+
+    def announcement(self, user_id: str, directory_key: bytes) -> Announcement:
+        """What the store needs to announce ``user_id`` joining with ``directory_key``."""
+        return make_announcement(self.keys, user_id, directory_key, self.policy.release_jitter)
+
+    async def caller(self, user_id: str) -> UserRecord | None:
+        """The caller's record, remembered for a few seconds (see _RecordCache)."""
+        cached = self._wants.get(user_id)
+        if cached is not None:
+            return cached[0]
+        record = await self.store.get_user(user_id)
+        self._wants.put(user_id, record)
+        return record
+
+    async def announce_mutual(self, record: UserRecord, matched_user_ids: list[str]) -> int:
+        """MUTUAL: the joiner's Discover matched these users; tell those who watch the joiner's
+        key (they have the joiner's number, and the joiner has theirs). Returns how many."""
+        s = record.settings
+        if s.announce_mode is not AnnounceMode.MUTUAL or not s.discoverable or not matched_user_ids:
+            return 0
+        return await self.store.announce_mutual(
+            record.user_id, self.announcement(record.user_id, record.directory_key), matched_user_ids
+        )
 
     def settings_changed(self, user_id: str) -> None:
         self._wants.forget(user_id)
@@ -359,24 +415,35 @@ class Joins:
                 if entries or completes_replay:
                     if entries:
                         cursor = entries[-1].cursor
-                    yield JoinBatch(self._events(entries), caught_up=completes_replay)
+                    yield JoinBatch(self.events(entries), caught_up=completes_replay)
                     caught_up = caught_up or completes_replay
                 if not full:
-                    await sub.wait()
+                    await self._wait(sub)
             if sub.gone:
                 raise UserNotRegistered("caller")
         finally:
             self.hub.remove(sub)
 
-    def _events(self, entries: list[InboxEntry]) -> list[JoinNotice]:
+    async def _wait(self, sub: Subscription) -> None:
+        """Until woken; with release jitter also until the next look, since an event that was
+        stored unreleased becomes deliverable with no wake-up."""
+        if self.policy.release_jitter <= 0:
+            await sub.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sub.wait(), timeout=min(max(self.policy.release_jitter / 60, 1.0), 60.0))
+
+    def events(self, entries: list[InboxEntry]) -> list[JoinNotice]:
+        """Open the entries' notices: the joiner and the prefix the watcher uploaded."""
         if not entries:
             return []
-        prefixes = self.keys.recover_prefix(b"".join(e.directory_key for e in entries))
+        opened = [self.keys.open_notice(e.notice) for e in entries]
+        prefixes = self.keys.recover_prefix(b"".join(dkey for _, dkey in opened))
         return [
             JoinNotice(
                 cursor=e.cursor,
                 event_id=e.event_id,
-                user_id=e.joiner,
+                user_id=opened[i][0],
                 contact_prefix=prefixes[i * KEY_SIZE : (i + 1) * KEY_SIZE],
                 joined_at=e.joined_at,
             )
@@ -393,11 +460,12 @@ class Joins:
         return deleted
 
 
-class _NotifyOnJoinCache:
-    """Whether a user wants join notifications, remembered for a few seconds, so that most
+class _RecordCache:
+    """A user's record (or None: not registered), remembered for a few seconds, so that most
     Discover calls skip a store read. Staleness is safe: the store itself refuses watches for
-    a user with notify_on_join off, and a user who just turned it on elsewhere only misses
-    watches for at most ``ttl`` seconds. Changes through this instance take effect at once."""
+    a user with notify_on_join off and announces MUTUAL joins only for a user whose stored
+    mode is MUTUAL; a user who just changed a setting elsewhere sees it take effect within
+    ``ttl`` seconds. Changes through this instance take effect at once."""
 
     __slots__ = ("_entries", "_ttl")
 
@@ -405,20 +473,20 @@ class _NotifyOnJoinCache:
 
     def __init__(self, ttl: float) -> None:
         self._ttl = ttl
-        self._entries: dict[str, tuple[bool, float]] = {}
+        self._entries: dict[str, tuple[UserRecord | None, float]] = {}
 
-    def get(self, user_id: str) -> bool | None:
+    def get(self, user_id: str) -> tuple[UserRecord | None] | None:
         entry = self._entries.get(user_id)
         if entry is None or entry[1] < time.monotonic():
             return None
-        return entry[0]
+        return (entry[0],)
 
-    def put(self, user_id: str, wants: bool) -> None:
+    def put(self, user_id: str, record: UserRecord | None) -> None:
         if self._ttl <= 0:
             return
         if len(self._entries) >= self.MAX_ENTRIES:
             self._entries.clear()
-        self._entries[user_id] = (wants, time.monotonic() + self._ttl)
+        self._entries[user_id] = (record, time.monotonic() + self._ttl)
 
     def forget(self, user_id: str) -> None:
         self._entries.pop(user_id, None)

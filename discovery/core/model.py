@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from discovery.core.options import option
+
+
+class AnnounceMode(enum.IntEnum):
+    """Who is told when a user joins. The values are what the stores keep (0 and 1 are the
+    old ``announce_join`` false and true, so rows written before the modes read the same)."""
+
+    OFF = 0
+    EVERYONE = 1
+    MUTUAL = 2
+
+    def __str__(self) -> str:
+        """The name an option or a flag takes: off, mutual or everyone."""
+        return self.name.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,25 +31,43 @@ class PrivacySettings:
 
     # As options, the defaults of a new user (ServerConfig.defaults).
     discoverable: bool = option(True, "initial 'discoverable' of a new user", name="default_discoverable")
-    announce_join: bool = option(True, "initial 'announce_join' of a new user", name="default_announce_join")
+    announce_mode: AnnounceMode = option(
+        AnnounceMode.MUTUAL,
+        "who is told when a new user joins: off, mutual (only people they have) or everyone",
+        name="default_announce_mode",
+    )
     notify_on_join: bool = option(
         False, "initial 'notify_on_join' of a new user (opt-in)", name="default_notify_on_join"
     )
+    announce_number_change: bool = option(
+        False,
+        "initial 'announce_number_change' of a new user (a number change announces)",
+        name="default_announce_number_change",
+    )
 
-    def merged(
-        self,
-        discoverable: bool | None = None,
-        announce_join: bool | None = None,
-        notify_on_join: bool | None = None,
-    ) -> PrivacySettings:
-        return PrivacySettings(
-            discoverable=self.discoverable if discoverable is None else discoverable,
-            announce_join=self.announce_join if announce_join is None else announce_join,
-            notify_on_join=self.notify_on_join if notify_on_join is None else notify_on_join,
-        )
+    @property
+    def announce_join(self) -> bool:
+        """The old boolean: anyone may be told (every mode but OFF)."""
+        return self.announce_mode is not AnnounceMode.OFF
+
+    def merged(self, **changes: object) -> PrivacySettings:
+        """These settings with the named fields (of SETTING_NAMES) replaced; None keeps a field."""
+        values = {name: getattr(self, name) for name in SETTING_NAMES}
+        values.update({name: value for name, value in changes.items() if value is not None})
+        return PrivacySettings(**values)
+
+    @property
+    def announce_code(self) -> int:
+        """The stored form of the announce settings: the mode in bits 0-1, number change in bit 2."""
+        return int(self.announce_mode) | self.announce_number_change << 2
+
+    @staticmethod
+    def announce_fields(code: int) -> tuple[AnnounceMode, bool]:
+        """(announce_mode, announce_number_change) of a stored announce code."""
+        return AnnounceMode(code & 3), bool(code & 4)
 
 
-SETTING_NAMES = ("discoverable", "announce_join", "notify_on_join")
+SETTING_NAMES = ("discoverable", "announce_mode", "notify_on_join", "announce_number_change")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +118,29 @@ class ImportRejectionReason(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Announcement:
+    """What the store needs to announce a user's join, made by the domain (core/joins.py).
+
+    ``watch_tag`` is the keyed hash under which watches on the user's directory key are kept;
+    ``joiner_tag`` a keyed hash of the user id that marks the events naming the user (so they
+    can be deleted with the user); ``notice`` the sealed (joiner id, directory key) every event
+    carries; ``delay`` how many seconds after the join the events become deliverable.
+    """
+
+    watch_tag: bytes
+    joiner_tag: bytes
+    notice: bytes
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class NewUser:
     """A user to register: the directory key is already derived."""
 
     user_id: str
     directory_key: bytes
     settings: PrivacySettings
+    announcement: Announcement
     #: The private-mode entry (tag and sealed id, no h, no y); None when private mode is off.
     private: bytes | None = None
 
@@ -160,12 +209,49 @@ class QuotaCharge:
 class InboxEntry:
     """A stored join notification (see core.ports.JoinStore).
 
-    It names the contact only by the joiner's directory key; the contact-hash prefix the
-    watcher matches is recovered from it when the entry is delivered, never stored.
+    ``notice`` is the sealed (joiner's user id, joiner's directory key): the store cannot read
+    it. The contact-hash prefix the watcher matches is recovered from the directory key when
+    the entry is delivered, never stored. ``joined_at`` is when the event was released.
     """
 
     cursor: int
     event_id: str
-    joiner: str
-    directory_key: bytes
+    notice: bytes
     joined_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSummary:
+    """How many unexpired watches a user has, and when the first and the last expire (0: none)."""
+
+    count: int
+    first_expiry: float
+    last_expiry: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    device_id: str
+    acked: int
+    seen: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaLevel:
+    name: str
+    level: float
+    capacity: float
+
+
+@dataclass(frozen=True, slots=True)
+class MyData:
+    """Everything kept on behalf of one user (ExportMyData); ``settings`` is None when the user
+    is not registered. ``events`` are JoinNotice objects (core.joins), in cursor order."""
+
+    user_id: str
+    settings: PrivacySettings | None
+    watches: WatchSummary
+    events: list[Any]
+    devices: list[DeviceState]
+    quotas: list[QuotaLevel]
+    exported_at: float

@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from discovery.core.model import (
+    Announcement,
     BucketCharge,
+    DeviceState,
     ImportReport,
     InboxEntry,
     NewUser,
@@ -21,6 +23,7 @@ from discovery.core.model import (
     RegistryChange,
     RegistrySlice,
     UserRecord,
+    WatchSummary,
 )
 
 
@@ -37,22 +40,30 @@ class RegistryStore(Protocol):
         """
         ...
 
-    async def unregister(self, user_id: str) -> UserRecord | None:
-        """Remove every record that names the user; None if not registered."""
+    async def unregister(self, user_id: str, joiner_tag: bytes) -> UserRecord | None:
+        """Remove every record that names the user, and the events tagged ``joiner_tag``
+        (the user's, see core.joins); None if not registered."""
         ...
 
-    async def delete_user_data(self, user_id: str) -> int:
-        """Forget what is kept on the user's behalf (watches, inbox); the registration stays.
+    async def delete_user_data(self, user_id: str, joiner_tag: bytes) -> int:
+        """Forget what is kept on the user's behalf (watches, inbox, devices); the registration
+        stays. When the user is not registered, also the events tagged ``joiner_tag``.
 
         Returns how many records were removed.
         """
         ...
 
     async def change_number(
-        self, user_id: str, directory_key: bytes, private: bytes | None = None
+        self,
+        user_id: str,
+        directory_key: bytes,
+        announcement: Announcement,
+        private: bytes | None = None,
     ) -> UserRecord:
         """Move a user to a new key (and private-mode entry); returns the record as it was before.
 
+        The watches on the new key are consumed; watchers are told (per the user's
+        announce_mode) only when the user has ``announce_number_change`` on.
         Raises UserNotRegistered or ContactHashTaken.
         """
         ...
@@ -133,25 +144,34 @@ class JoinStore(Protocol):
 
     What is kept, and nothing more (see README, "Join notifications"):
 
-    * watches: directory key -> watcher, each with an absolute expiry;
-    * inbox entries: (user, cursor, joiner's user id, joiner's directory key, time of the join);
+    * watches: watch tag (a keyed hash of a directory key, never the key) -> watcher, each
+      with an absolute expiry;
+    * inbox entries: (user, cursor, joiner tag, sealed notice, release time), where the
+      notice (the joiner's id and directory key) and the joiner tag are made by the domain
+      (``Announcement``): the store cannot read or link them;
     * devices: (user, device id, acknowledged cursor, last seen).
 
     Rules every backend keeps:
 
     * **Fan-out is atomic with the registration.** ``register``, ``change_number`` to a new
-      key and every user ``import_users`` registers consume all watches on the new key and,
-      in the same atomic step, append one inbox entry for each watcher whose watch has not
-      expired, who is registered with ``notify_on_join`` on and is not the joiner, provided
-      the joiner has ``announce_join`` and ``discoverable`` on. A registration that was
+      key and every user ``import_users`` registers look up the watches under the user's
+      ``announcement.watch_tag``. When the joiner is discoverable with announce_mode
+      EVERYONE (and, for a number change, ``announce_number_change``), they are consumed
+      and, in the same atomic step, one inbox entry is appended for each watcher whose watch
+      has not expired, who is registered with ``notify_on_join`` on and is not the joiner.
+      With MUTUAL the watches stay for ``announce_mutual``; with OFF (or a number change
+      that does not announce) they are consumed and no one is told. A registration that was
       acknowledged never loses its events.
+    * **Release**: an entry is stored with the release time ``now + announcement.delay``;
+      reads return entries in cursor order up to the first one not yet released.
     * **Cursors** are positive integers, increasing in the order entries were appended to an
       inbox, never reused. A cursor above every cursor the store has issued is rejected with
       ``InvalidArgument`` on field ``cursor`` (``after_cursor`` for ``inbox_attach``).
     * **Expiry**: reads ignore expired rows (watches past their expiry; inbox entries and
       devices older than the ``max_age`` passed in), and ``purge_expired`` deletes them.
     * **Forgetting**: ``unregister`` and ``delete_user_data`` remove the user's watches, inbox
-      and devices; ``unregister`` also removes inbox entries that name the user as joiner.
+      and devices; ``unregister`` also removes inbox entries whose joiner tag is the one
+      passed (the user's).
     * **Wake-ups**: ``inbox_signals`` yields the ids of users who may have new inbox entries,
       soon after the entries are committed by any instance. A spurious id is harmless; a
       missing one delays delivery until the subscriber's next read.
@@ -166,6 +186,22 @@ class JoinStore(Protocol):
         watches, those that expire first are dropped. Returns how many watches the watcher
         has now.
         """
+        ...
+
+    async def announce_mutual(self, joiner: str, announcement: Announcement, watchers: Sequence[str]) -> int:
+        """The joiner's Discover matched ``watchers``: for each of them that watches
+        ``announcement.watch_tag`` (unexpired), is registered with notify_on_join and is not
+        the joiner, consume the watch and append an inbox entry, atomically, provided the
+        joiner is registered, discoverable, with announce_mode MUTUAL. Returns how many
+        entries were appended. Cheap when no one watches the tag (no write)."""
+        ...
+
+    async def watch_summary(self, watcher: str) -> WatchSummary:
+        """How many unexpired watches ``watcher`` has, and their first and last expiry."""
+        ...
+
+    async def devices(self, user_id: str) -> list[DeviceState]:
+        """The user's devices with their acknowledged cursor and when they were last seen."""
         ...
 
     async def drop_watches(self, watcher: str) -> int:
@@ -184,8 +220,12 @@ class JoinStore(Protocol):
         """
         ...
 
-    async def inbox_read(self, user_id: str, after: int, limit: int, max_age: float) -> list[InboxEntry]:
-        """Up to ``limit`` entries with cursor > ``after``, no older than ``max_age`` seconds, in order."""
+    async def inbox_read(
+        self, user_id: str, after: int, limit: int, max_age: float, released_only: bool = True
+    ) -> list[InboxEntry]:
+        """Up to ``limit`` entries with cursor > ``after``, no older than ``max_age`` seconds, in
+        order, up to the first one not released yet; with ``released_only`` False, those not
+        released yet too (ExportMyData: their ``joined_at`` is the release time, ahead)."""
         ...
 
     async def inbox_ack(self, user_id: str, device_id: str, cursor: int, max_age: float) -> int | None:
@@ -212,6 +252,12 @@ class Store(RegistryStore, QuotaStore, JoinStore, Protocol):
 
     async def ping(self) -> None:
         """Raise if the store cannot be reached."""
+        ...
+
+    async def erase_traces(self) -> None:
+        """Make deleted records unrecoverable from the store's files now (after a deletion):
+        SQLite checkpoints and truncates its write-ahead log; Redis keeps nothing on disk that
+        the store writes itself (a no-op)."""
         ...
 
     async def close(self) -> None: ...

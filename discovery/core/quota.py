@@ -171,6 +171,10 @@ class Gate(Protocol):
 
     async def forget(self, user_id: str) -> int: ...
 
+    async def levels(self, user_id: str) -> list[tuple[str, float, float]]:
+        """(purpose, level now, capacity) of each of the user's buckets (ExportMyData)."""
+        ...
+
 
 class AllowAllGate:
     """A gate that admits every request, charges nothing and issues no token (tests, tools)."""
@@ -188,6 +192,9 @@ class AllowAllGate:
 
     async def forget(self, user_id: str) -> int:
         return 0
+
+    async def levels(self, user_id: str) -> list[tuple[str, float, float]]:
+        return []
 
 
 ALLOW_ALL = AllowAllGate()
@@ -229,6 +236,22 @@ class DiscoverGate:
     async def forget(self, user_id: str) -> int:
         """Drop the user's buckets: an unregistered user leaves no record that names them."""
         return await self._store.forget_buckets([f"{purpose}:{user_id}" for purpose in BUCKET_PURPOSES])
+
+    async def levels(self, user_id: str) -> list[tuple[str, float, float]]:
+        """Each enforced bucket's level, read in one round trip by charging nothing (which
+        leaves the buckets as they are)."""
+        policy = self.policy
+        limits = (
+            ("requests", policy.rate_burst, policy.rate_per_minute / 60.0),
+            ("contacts", policy.capacity, policy.refill_per_hour / 3600.0),
+        )
+        enforced = [(purpose, capacity, leak) for purpose, capacity, leak in limits if capacity > 0]
+        charges = [BucketCharge(f"{purpose}:{user_id}", 0, cap, leak) for purpose, cap, leak in enforced]
+        outcomes = await self._store.charge(charges, self._clock()) if charges else []
+        return [
+            (purpose, outcome.level, float(capacity))
+            for (purpose, capacity, _), outcome in zip(enforced, outcomes, strict=True)
+        ]
 
     async def admit(self, caller: str) -> None:
         """Charge one request to the caller's request rate, or QuotaExceeded."""

@@ -48,16 +48,22 @@ class TimedStore:
     async def register(self, user: m.NewUser) -> m.RegisterOutcome:
         return await self._timed("register", self.inner.register(user))
 
-    async def unregister(self, user_id: str) -> m.UserRecord | None:
-        return await self._timed("unregister", self.inner.unregister(user_id))
+    async def unregister(self, user_id: str, joiner_tag: bytes) -> m.UserRecord | None:
+        return await self._timed("unregister", self.inner.unregister(user_id, joiner_tag))
 
-    async def delete_user_data(self, user_id: str) -> int:
-        return await self._timed("delete_user_data", self.inner.delete_user_data(user_id))
+    async def delete_user_data(self, user_id: str, joiner_tag: bytes) -> int:
+        return await self._timed("delete_user_data", self.inner.delete_user_data(user_id, joiner_tag))
 
     async def change_number(
-        self, user_id: str, directory_key: bytes, private: bytes | None = None
+        self,
+        user_id: str,
+        directory_key: bytes,
+        announcement: m.Announcement,
+        private: bytes | None = None,
     ) -> m.UserRecord:
-        return await self._timed("change_number", self.inner.change_number(user_id, directory_key, private))
+        return await self._timed(
+            "change_number", self.inner.change_number(user_id, directory_key, announcement, private)
+        )
 
     async def import_users(self, users: Sequence[m.NewUser], first_position: int) -> m.ImportReport:
         return await self._timed("import_users", self.inner.import_users(users, first_position))
@@ -105,11 +111,27 @@ class TimedStore:
     async def count_watches(self, watcher: str) -> int:
         return await self._timed("count_watches", self.inner.count_watches(watcher))
 
+    async def announce_mutual(
+        self, joiner: str, announcement: m.Announcement, watchers: Sequence[str]
+    ) -> int:
+        return await self._timed(
+            "announce_mutual", self.inner.announce_mutual(joiner, announcement, watchers)
+        )
+
+    async def watch_summary(self, watcher: str) -> m.WatchSummary:
+        return await self._timed("watch_summary", self.inner.watch_summary(watcher))
+
+    async def devices(self, user_id: str) -> list[m.DeviceState]:
+        return await self._timed("devices", self.inner.devices(user_id))
+
     async def inbox_attach(self, user_id: str, device_id: str, after: int) -> int | None:
         return await self._timed("inbox_attach", self.inner.inbox_attach(user_id, device_id, after))
 
-    async def inbox_read(self, user_id: str, after: int, limit: int, max_age: float) -> list[m.InboxEntry]:
-        return await self._timed("inbox_read", self.inner.inbox_read(user_id, after, limit, max_age))
+    async def inbox_read(
+        self, user_id: str, after: int, limit: int, max_age: float, released_only: bool = True
+    ) -> list[m.InboxEntry]:
+        read = self.inner.inbox_read(user_id, after, limit, max_age, released_only)
+        return await self._timed("inbox_read", read)
 
     async def inbox_ack(self, user_id: str, device_id: str, cursor: int, max_age: float) -> int | None:
         return await self._timed("inbox_ack", self.inner.inbox_ack(user_id, device_id, cursor, max_age))
@@ -124,6 +146,9 @@ class TimedStore:
 
     async def ping(self) -> None:
         await self._timed("ping", self.inner.ping())
+
+    async def erase_traces(self) -> None:
+        await self._timed("erase_traces", self.inner.erase_traces())
 
     async def close(self) -> None:
         await self._timed("close", self.inner.close())

@@ -22,57 +22,72 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64iscovery/v1/discovery.proto\x12\x0c\x64iscovery.v1\"b\n\x0f\x44iscoverRequest\x12\x16\n\x0e\x63ontact_hashes\x18\x01 \x01(\x0c\x12\x16\n\x0eprevious_token\x18\x02 \x01(\x0c\x12\x1f\n\x17previous_contact_hashes\x18\x03 \x01(\x0c\"P\n\x10\x44iscoverResponse\x12\x15\n\rmatch_indices\x18\x01 \x03(\r\x12\x16\n\x0ematch_user_ids\x18\x02 \x03(\t\x12\r\n\x05token\x18\x03 \x01(\x0c\"O\n\x08Settings\x12\x14\n\x0c\x64iscoverable\x18\x01 \x01(\x08\x12\x15\n\rannounce_join\x18\x02 \x01(\x08\x12\x16\n\x0enotify_on_join\x18\x03 \x01(\x08\"\x14\n\x12GetSettingsRequest\"?\n\x13GetSettingsResponse\x12(\n\x08settings\x18\x01 \x01(\x0b\x32\x16.discovery.v1.Settings\"V\n\x15UpdateSettingsRequest\x12(\n\x08settings\x18\x01 \x01(\x0b\x32\x16.discovery.v1.Settings\x12\x13\n\x0bupdate_mask\x18\x02 \x03(\t\"B\n\x16UpdateSettingsResponse\x12(\n\x08settings\x18\x01 \x01(\x0b\x32\x16.discovery.v1.Settings\"\x15\n\x13\x44\x65leteMyDataRequest\"/\n\x14\x44\x65leteMyDataResponse\x12\x17\n\x0frecords_deleted\x18\x01 \x01(\x04\"x\n\x13RegisterUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontact_hash\x18\x02 \x01(\x0c\x12-\n\x08settings\x18\x03 \x01(\x0b\x32\x16.discovery.v1.SettingsH\x00\x88\x01\x01\x42\x0b\n\t_settings\"\x16\n\x14RegisterUserResponse\"(\n\x15UnregisterUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x18\n\x16UnregisterUserResponse\"<\n\x13\x43hangeNumberRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontact_hash\x18\x02 \x01(\x0c\"\x16\n\x14\x43hangeNumberResponse\"o\n\nImportUser\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontact_hash\x18\x02 \x01(\x0c\x12-\n\x08settings\x18\x03 \x01(\x0b\x32\x16.discovery.v1.SettingsH\x00\x88\x01\x01\x42\x0b\n\t_settings\"=\n\x12ImportUsersRequest\x12\'\n\x05users\x18\x01 \x03(\x0b\x32\x18.discovery.v1.ImportUser\"c\n\x0fImportRejection\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12-\n\x06reason\x18\x03 \x01(\x0e\x32\x1d.discovery.v1.RejectionReason\"\x85\x01\n\x13ImportUsersResponse\x12\x10\n\x08imported\x18\x01 \x01(\x04\x12\x11\n\tunchanged\x18\x02 \x01(\x04\x12\x31\n\nrejections\x18\x03 \x03(\x0b\x32\x1d.discovery.v1.ImportRejection\x12\x16\n\x0erejected_total\x18\x04 \x01(\x04*\xfb\x01\n\x0fRejectionReason\x12 \n\x1cREJECTION_REASON_UNSPECIFIED\x10\x00\x12$\n REJECTION_REASON_INVALID_USER_ID\x10\x01\x12)\n%REJECTION_REASON_INVALID_CONTACT_HASH\x10\x02\x12\'\n#REJECTION_REASON_CONTACT_HASH_TAKEN\x10\x03\x12\"\n\x1eREJECTION_REASON_USER_ID_TAKEN\x10\x04\x12(\n$REJECTION_REASON_DUPLICATE_IN_IMPORT\x10\x05\x32\xe5\x02\n\x10\x44iscoveryService\x12I\n\x08\x44iscover\x12\x1d.discovery.v1.DiscoverRequest\x1a\x1e.discovery.v1.DiscoverResponse\x12R\n\x0bGetSettings\x12 .discovery.v1.GetSettingsRequest\x1a!.discovery.v1.GetSettingsResponse\x12[\n\x0eUpdateSettings\x12#.discovery.v1.UpdateSettingsRequest\x1a$.discovery.v1.UpdateSettingsResponse\x12U\n\x0c\x44\x65leteMyData\x12!.discovery.v1.DeleteMyDataRequest\x1a\".discovery.v1.DeleteMyDataResponse2\xf8\x02\n\x15\x44irectoryAdminService\x12U\n\x0cRegisterUser\x12!.discovery.v1.RegisterUserRequest\x1a\".discovery.v1.RegisterUserResponse\x12[\n\x0eUnregisterUser\x12#.discovery.v1.UnregisterUserRequest\x1a$.discovery.v1.UnregisterUserResponse\x12U\n\x0c\x43hangeNumber\x12!.discovery.v1.ChangeNumberRequest\x1a\".discovery.v1.ChangeNumberResponse\x12T\n\x0bImportUsers\x12 .discovery.v1.ImportUsersRequest\x1a!.discovery.v1.ImportUsersResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64iscovery/v1/discovery.proto\x12\x0c\x64iscovery.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n\x0f\x44iscoverRequest\x12\x16\n\x0e\x63ontact_hashes\x18\x01 \x01(\x0c\x12\x16\n\x0eprevious_token\x18\x02 \x01(\x0c\x12\x1f\n\x17previous_contact_hashes\x18\x03 \x01(\x0c\"a\n\x10\x44iscoverResponse\x12\x15\n\rmatch_indices\x18\x01 \x03(\r\x12\x16\n\x0ematch_user_ids\x18\x02 \x03(\t\x12\r\n\x05token\x18\x03 \x01(\x0c\x12\x0f\n\x07padding\x18\x04 \x01(\x0c\"\xa6\x01\n\x08Settings\x12\x14\n\x0c\x64iscoverable\x18\x01 \x01(\x08\x12\x19\n\rannounce_join\x18\x02 \x01(\x08\x42\x02\x18\x01\x12\x16\n\x0enotify_on_join\x18\x03 \x01(\x08\x12\x31\n\rannounce_mode\x18\x04 \x01(\x0e\x32\x1a.discovery.v1.AnnounceMode\x12\x1e\n\x16\x61nnounce_number_change\x18\x05 \x01(\x08\"\x14\n\x12GetSettingsRequest\"?\n\x13GetSettingsResponse\x12(\n\x08settings\x18\x01 \x01(\x0b\x32\x16.discovery.v1.Settings\"V\n\x15UpdateSettingsRequest\x12(\n\x08settings\x18\x01 \x01(\x0b\x32\x16.discovery.v1.Settings\x12\x13\n\x0bupdate_mask\x18\x02 \x03(\t\"B\n\x16UpdateSettingsResponse\x12(\n\x08settings\x18\x01 \x01(\x0b\x32\x16.discovery.v1.Settings\"5\n\x13\x44\x65leteMyDataRequest\x12\x1e\n\x16\x64isable_notify_on_join\x18\x01 \x01(\x08\"Y\n\x14\x44\x65leteMyDataResponse\x12\x17\n\x0frecords_deleted\x18\x01 \x01(\x04\x12(\n\x08settings\x18\x02 \x01(\x0b\x32\x16.discovery.v1.Settings\"\x15\n\x13\x45xportMyDataRequest\"\xc3\x03\n\x14\x45xportMyDataResponse\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nregistered\x18\x03 \x01(\x08\x12(\n\x08settings\x18\x04 \x01(\x0b\x32\x16.discovery.v1.Settings\x12\x13\n\x0bwatch_count\x18\x05 \x01(\x04\x12\x38\n\x14watches_expire_first\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13watches_expire_last\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x0epending_events\x18\x08 \x03(\x0b\x32\x1f.discovery.v1.ExportedJoinEvent\x12-\n\x07\x64\x65vices\x18\t \x03(\x0b\x32\x1c.discovery.v1.ExportedDevice\x12+\n\x06quotas\x18\n \x03(\x0b\x32\x1b.discovery.v1.ExportedQuota\x12/\n\x0b\x65xported_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x01\n\x11\x45xportedJoinEvent\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1b\n\x13\x63ontact_hash_prefix\x18\x03 \x01(\x0c\x12-\n\tjoined_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fpending_release\x18\x05 \x01(\x08\"h\n\x0e\x45xportedDevice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63ked_cursor\x18\x02 \x01(\x04\x12-\n\tlast_seen\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\rExportedQuota\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\x01\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x01\"x\n\x13RegisterUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontact_hash\x18\x02 \x01(\x0c\x12-\n\x08settings\x18\x03 \x01(\x0b\x32\x16.discovery.v1.SettingsH\x00\x88\x01\x01\x42\x0b\n\t_settings\"\x16\n\x14RegisterUserResponse\"(\n\x15UnregisterUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x18\n\x16UnregisterUserResponse\"<\n\x13\x43hangeNumberRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontact_hash\x18\x02 \x01(\x0c\"\x16\n\x14\x43hangeNumberResponse\"o\n\nImportUser\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontact_hash\x18\x02 \x01(\x0c\x12-\n\x08settings\x18\x03 \x01(\x0b\x32\x16.discovery.v1.SettingsH\x00\x88\x01\x01\x42\x0b\n\t_settings\"=\n\x12ImportUsersRequest\x12\'\n\x05users\x18\x01 \x03(\x0b\x32\x18.discovery.v1.ImportUser\"c\n\x0fImportRejection\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12-\n\x06reason\x18\x03 \x01(\x0e\x32\x1d.discovery.v1.RejectionReason\"\x85\x01\n\x13ImportUsersResponse\x12\x10\n\x08imported\x18\x01 \x01(\x04\x12\x11\n\tunchanged\x18\x02 \x01(\x04\x12\x31\n\nrejections\x18\x03 \x03(\x0b\x32\x1d.discovery.v1.ImportRejection\x12\x16\n\x0erejected_total\x18\x04 \x01(\x04*z\n\x0c\x41nnounceMode\x12\x1d\n\x19\x41NNOUNCE_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41NNOUNCE_MODE_OFF\x10\x01\x12\x18\n\x14\x41NNOUNCE_MODE_MUTUAL\x10\x02\x12\x1a\n\x16\x41NNOUNCE_MODE_EVERYONE\x10\x03*\xfb\x01\n\x0fRejectionReason\x12 \n\x1cREJECTION_REASON_UNSPECIFIED\x10\x00\x12$\n REJECTION_REASON_INVALID_USER_ID\x10\x01\x12)\n%REJECTION_REASON_INVALID_CONTACT_HASH\x10\x02\x12\'\n#REJECTION_REASON_CONTACT_HASH_TAKEN\x10\x03\x12\"\n\x1eREJECTION_REASON_USER_ID_TAKEN\x10\x04\x12(\n$REJECTION_REASON_DUPLICATE_IN_IMPORT\x10\x05\x32\xbc\x03\n\x10\x44iscoveryService\x12I\n\x08\x44iscover\x12\x1d.discovery.v1.DiscoverRequest\x1a\x1e.discovery.v1.DiscoverResponse\x12R\n\x0bGetSettings\x12 .discovery.v1.GetSettingsRequest\x1a!.discovery.v1.GetSettingsResponse\x12[\n\x0eUpdateSettings\x12#.discovery.v1.UpdateSettingsRequest\x1a$.discovery.v1.UpdateSettingsResponse\x12U\n\x0c\x44\x65leteMyData\x12!.discovery.v1.DeleteMyDataRequest\x1a\".discovery.v1.DeleteMyDataResponse\x12U\n\x0c\x45xportMyData\x12!.discovery.v1.ExportMyDataRequest\x1a\".discovery.v1.ExportMyDataResponse2\xf8\x02\n\x15\x44irectoryAdminService\x12U\n\x0cRegisterUser\x12!.discovery.v1.RegisterUserRequest\x1a\".discovery.v1.RegisterUserResponse\x12[\n\x0eUnregisterUser\x12#.discovery.v1.UnregisterUserRequest\x1a$.discovery.v1.UnregisterUserResponse\x12U\n\x0c\x43hangeNumber\x12!.discovery.v1.ChangeNumberRequest\x1a\".discovery.v1.ChangeNumberResponse\x12T\n\x0bImportUsers\x12 .discovery.v1.ImportUsersRequest\x1a!.discovery.v1.ImportUsersResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'discovery.v1.discovery_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REJECTIONREASON']._serialized_start=1338
-  _globals['_REJECTIONREASON']._serialized_end=1589
-  _globals['_DISCOVERREQUEST']._serialized_start=46
-  _globals['_DISCOVERREQUEST']._serialized_end=144
-  _globals['_DISCOVERRESPONSE']._serialized_start=146
-  _globals['_DISCOVERRESPONSE']._serialized_end=226
-  _globals['_SETTINGS']._serialized_start=228
-  _globals['_SETTINGS']._serialized_end=307
-  _globals['_GETSETTINGSREQUEST']._serialized_start=309
-  _globals['_GETSETTINGSREQUEST']._serialized_end=329
-  _globals['_GETSETTINGSRESPONSE']._serialized_start=331
-  _globals['_GETSETTINGSRESPONSE']._serialized_end=394
-  _globals['_UPDATESETTINGSREQUEST']._serialized_start=396
-  _globals['_UPDATESETTINGSREQUEST']._serialized_end=482
-  _globals['_UPDATESETTINGSRESPONSE']._serialized_start=484
-  _globals['_UPDATESETTINGSRESPONSE']._serialized_end=550
-  _globals['_DELETEMYDATAREQUEST']._serialized_start=552
-  _globals['_DELETEMYDATAREQUEST']._serialized_end=573
-  _globals['_DELETEMYDATARESPONSE']._serialized_start=575
-  _globals['_DELETEMYDATARESPONSE']._serialized_end=622
-  _globals['_REGISTERUSERREQUEST']._serialized_start=624
-  _globals['_REGISTERUSERREQUEST']._serialized_end=744
-  _globals['_REGISTERUSERRESPONSE']._serialized_start=746
-  _globals['_REGISTERUSERRESPONSE']._serialized_end=768
-  _globals['_UNREGISTERUSERREQUEST']._serialized_start=770
-  _globals['_UNREGISTERUSERREQUEST']._serialized_end=810
-  _globals['_UNREGISTERUSERRESPONSE']._serialized_start=812
-  _globals['_UNREGISTERUSERRESPONSE']._serialized_end=836
-  _globals['_CHANGENUMBERREQUEST']._serialized_start=838
-  _globals['_CHANGENUMBERREQUEST']._serialized_end=898
-  _globals['_CHANGENUMBERRESPONSE']._serialized_start=900
-  _globals['_CHANGENUMBERRESPONSE']._serialized_end=922
-  _globals['_IMPORTUSER']._serialized_start=924
-  _globals['_IMPORTUSER']._serialized_end=1035
-  _globals['_IMPORTUSERSREQUEST']._serialized_start=1037
-  _globals['_IMPORTUSERSREQUEST']._serialized_end=1098
-  _globals['_IMPORTREJECTION']._serialized_start=1100
-  _globals['_IMPORTREJECTION']._serialized_end=1199
-  _globals['_IMPORTUSERSRESPONSE']._serialized_start=1202
-  _globals['_IMPORTUSERSRESPONSE']._serialized_end=1335
-  _globals['_DISCOVERYSERVICE']._serialized_start=1592
-  _globals['_DISCOVERYSERVICE']._serialized_end=1949
-  _globals['_DIRECTORYADMINSERVICE']._serialized_start=1952
-  _globals['_DIRECTORYADMINSERVICE']._serialized_end=2328
+  _globals['_SETTINGS'].fields_by_name['announce_join']._loaded_options = None
+  _globals['_SETTINGS'].fields_by_name['announce_join']._serialized_options = b'\030\001'
+  _globals['_ANNOUNCEMODE']._serialized_start=2352
+  _globals['_ANNOUNCEMODE']._serialized_end=2474
+  _globals['_REJECTIONREASON']._serialized_start=2477
+  _globals['_REJECTIONREASON']._serialized_end=2728
+  _globals['_DISCOVERREQUEST']._serialized_start=79
+  _globals['_DISCOVERREQUEST']._serialized_end=177
+  _globals['_DISCOVERRESPONSE']._serialized_start=179
+  _globals['_DISCOVERRESPONSE']._serialized_end=276
+  _globals['_SETTINGS']._serialized_start=279
+  _globals['_SETTINGS']._serialized_end=445
+  _globals['_GETSETTINGSREQUEST']._serialized_start=447
+  _globals['_GETSETTINGSREQUEST']._serialized_end=467
+  _globals['_GETSETTINGSRESPONSE']._serialized_start=469
+  _globals['_GETSETTINGSRESPONSE']._serialized_end=532
+  _globals['_UPDATESETTINGSREQUEST']._serialized_start=534
+  _globals['_UPDATESETTINGSREQUEST']._serialized_end=620
+  _globals['_UPDATESETTINGSRESPONSE']._serialized_start=622
+  _globals['_UPDATESETTINGSRESPONSE']._serialized_end=688
+  _globals['_DELETEMYDATAREQUEST']._serialized_start=690
+  _globals['_DELETEMYDATAREQUEST']._serialized_end=743
+  _globals['_DELETEMYDATARESPONSE']._serialized_start=745
+  _globals['_DELETEMYDATARESPONSE']._serialized_end=834
+  _globals['_EXPORTMYDATAREQUEST']._serialized_start=836
+  _globals['_EXPORTMYDATAREQUEST']._serialized_end=857
+  _globals['_EXPORTMYDATARESPONSE']._serialized_start=860
+  _globals['_EXPORTMYDATARESPONSE']._serialized_end=1311
+  _globals['_EXPORTEDJOINEVENT']._serialized_start=1314
+  _globals['_EXPORTEDJOINEVENT']._serialized_end=1467
+  _globals['_EXPORTEDDEVICE']._serialized_start=1469
+  _globals['_EXPORTEDDEVICE']._serialized_end=1573
+  _globals['_EXPORTEDQUOTA']._serialized_start=1575
+  _globals['_EXPORTEDQUOTA']._serialized_end=1637
+  _globals['_REGISTERUSERREQUEST']._serialized_start=1639
+  _globals['_REGISTERUSERREQUEST']._serialized_end=1759
+  _globals['_REGISTERUSERRESPONSE']._serialized_start=1761
+  _globals['_REGISTERUSERRESPONSE']._serialized_end=1783
+  _globals['_UNREGISTERUSERREQUEST']._serialized_start=1785
+  _globals['_UNREGISTERUSERREQUEST']._serialized_end=1825
+  _globals['_UNREGISTERUSERRESPONSE']._serialized_start=1827
+  _globals['_UNREGISTERUSERRESPONSE']._serialized_end=1851
+  _globals['_CHANGENUMBERREQUEST']._serialized_start=1853
+  _globals['_CHANGENUMBERREQUEST']._serialized_end=1913
+  _globals['_CHANGENUMBERRESPONSE']._serialized_start=1915
+  _globals['_CHANGENUMBERRESPONSE']._serialized_end=1937
+  _globals['_IMPORTUSER']._serialized_start=1939
+  _globals['_IMPORTUSER']._serialized_end=2050
+  _globals['_IMPORTUSERSREQUEST']._serialized_start=2052
+  _globals['_IMPORTUSERSREQUEST']._serialized_end=2113
+  _globals['_IMPORTREJECTION']._serialized_start=2115
+  _globals['_IMPORTREJECTION']._serialized_end=2214
+  _globals['_IMPORTUSERSRESPONSE']._serialized_start=2217
+  _globals['_IMPORTUSERSRESPONSE']._serialized_end=2350
+  _globals['_DISCOVERYSERVICE']._serialized_start=2731
+  _globals['_DISCOVERYSERVICE']._serialized_end=3175
+  _globals['_DIRECTORYADMINSERVICE']._serialized_start=3178
+  _globals['_DIRECTORYADMINSERVICE']._serialized_end=3554
 # @@protoc_insertion_point(module_scope)

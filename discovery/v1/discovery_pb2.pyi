@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -17,7 +18,48 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _AnnounceMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AnnounceModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AnnounceMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ANNOUNCE_MODE_UNSPECIFIED: _AnnounceMode.ValueType  # 0
+    """Not set: in a request, announce_join decides (true: EVERYONE, false:
+    OFF); a response never carries it.
+    """
+    ANNOUNCE_MODE_OFF: _AnnounceMode.ValueType  # 1
+    """No one is told."""
+    ANNOUNCE_MODE_MUTUAL: _AnnounceMode.ValueType  # 2
+    """Only people whose own number is in my address book are told, when my
+    Discover finds them.
+    """
+    ANNOUNCE_MODE_EVERYONE: _AnnounceMode.ValueType  # 3
+    """Everyone who uploaded my number is told when I register."""
+
+class AnnounceMode(_AnnounceMode, metaclass=_AnnounceModeEnumTypeWrapper):
+    """Who is told when I join (see README, "Join notifications")."""
+
+ANNOUNCE_MODE_UNSPECIFIED: AnnounceMode.ValueType  # 0
+"""Not set: in a request, announce_join decides (true: EVERYONE, false:
+OFF); a response never carries it.
+"""
+ANNOUNCE_MODE_OFF: AnnounceMode.ValueType  # 1
+"""No one is told."""
+ANNOUNCE_MODE_MUTUAL: AnnounceMode.ValueType  # 2
+"""Only people whose own number is in my address book are told, when my
+Discover finds them.
+"""
+ANNOUNCE_MODE_EVERYONE: AnnounceMode.ValueType  # 3
+"""Everyone who uploaded my number is told when I register."""
+Global___AnnounceMode: _TypeAlias = AnnounceMode  # noqa: Y015
 
 class _RejectionReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -92,10 +134,15 @@ class DiscoverResponse(_message.Message):
     MATCH_INDICES_FIELD_NUMBER: _builtins.int
     MATCH_USER_IDS_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
+    PADDING_FIELD_NUMBER: _builtins.int
     token: _builtins.bytes
     """Proves this request's contact set: send it as previous_token, with these
     contact_hashes as previous_contact_hashes, on the next request. Opaque;
     empty when the server enforces no quota.
+    """
+    padding: _builtins.bytes
+    """Zero bytes that make the size of the response depend only on the number
+    of contact hashes in the request, not on how many matched. Ignore it.
     """
     @_builtins.property
     def match_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -113,10 +160,11 @@ class DiscoverResponse(_message.Message):
         match_indices: _abc.Iterable[_builtins.int] | None = ...,
         match_user_ids: _abc.Iterable[_builtins.str] | None = ...,
         token: _builtins.bytes = ...,
+        padding: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_indices", b"match_indices", "match_user_ids", b"match_user_ids", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["match_indices", b"match_indices", "match_user_ids", b"match_user_ids", "padding", b"padding", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -129,22 +177,48 @@ class Settings(_message.Message):
     DISCOVERABLE_FIELD_NUMBER: _builtins.int
     ANNOUNCE_JOIN_FIELD_NUMBER: _builtins.int
     NOTIFY_ON_JOIN_FIELD_NUMBER: _builtins.int
+    ANNOUNCE_MODE_FIELD_NUMBER: _builtins.int
+    ANNOUNCE_NUMBER_CHANGE_FIELD_NUMBER: _builtins.int
     discoverable: _builtins.bool
     """Others may find me by my number."""
-    announce_join: _builtins.bool
-    """Others who have my number may be told when I join."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def announce_join(self) -> _builtins.bool:
+        """Kept for clients that predate announce_mode. In a response: true unless
+        announce_mode is OFF. In a request it is read only when announce_mode is
+        UNSPECIFIED (true: EVERYONE, false: OFF); when both are set they must
+        agree.
+        """
+
+    @announce_join.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def announce_join(self, value: _builtins.bool) -> None:
+        """Kept for clients that predate announce_mode. In a response: true unless
+        announce_mode is OFF. In a request it is read only when announce_mode is
+        UNSPECIFIED (true: EVERYONE, false: OFF); when both are set they must
+        agree.
+        """
+
     notify_on_join: _builtins.bool
     """Tell me when one of my contacts joins."""
+    announce_mode: Global___AnnounceMode.ValueType
+    """Who is told when I join."""
+    announce_number_change: _builtins.bool
+    """Also tell them (per announce_mode) when I move to a new number. Off by
+    default.
+    """
     def __init__(
         self,
         *,
         discoverable: _builtins.bool = ...,
         announce_join: _builtins.bool = ...,
         notify_on_join: _builtins.bool = ...,
+        announce_mode: Global___AnnounceMode.ValueType = ...,
+        announce_number_change: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["announce_join", b"announce_join", "discoverable", b"discoverable", "notify_on_join", b"notify_on_join"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["announce_join", b"announce_join", "announce_mode", b"announce_mode", "announce_number_change", b"announce_number_change", "discoverable", b"discoverable", "notify_on_join", b"notify_on_join"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -198,7 +272,8 @@ class UpdateSettingsRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Which fields of settings to apply, by name ("discoverable",
-        "announce_join", "notify_on_join"). Empty means all of them.
+        "announce_join", "notify_on_join", "announce_mode",
+        "announce_number_change"). Empty means all of them.
         """
 
     def __init__(
@@ -239,12 +314,19 @@ Global___UpdateSettingsResponse: _TypeAlias = UpdateSettingsResponse  # noqa: Y0
 class DeleteMyDataRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    DISABLE_NOTIFY_ON_JOIN_FIELD_NUMBER: _builtins.int
+    disable_notify_on_join: _builtins.bool
+    """Also turn notify_on_join off in the same call, so that the next Discover
+    stores no new watches.
+    """
     def __init__(
         self,
+        *,
+        disable_notify_on_join: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disable_notify_on_join", b"disable_notify_on_join"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -255,20 +337,219 @@ class DeleteMyDataResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RECORDS_DELETED_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
     records_deleted: _builtins.int
     """How many stored records were removed."""
+    @_builtins.property
+    def settings(self) -> Global___Settings:
+        """The caller's settings after the call."""
+
     def __init__(
         self,
         *,
         records_deleted: _builtins.int = ...,
+        settings: Global___Settings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["records_deleted", b"records_deleted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records_deleted", b"records_deleted", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteMyDataResponse: _TypeAlias = DeleteMyDataResponse  # noqa: Y015
+
+@_typing.final
+class ExportMyDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportMyDataRequest: _TypeAlias = ExportMyDataRequest  # noqa: Y015
+
+@_typing.final
+class ExportMyDataResponse(_message.Message):
+    """Everything the service keeps on behalf of the caller. Nothing here names a
+    contact except in the form the caller's client maps back to its own
+    address book (the 16-byte contact hash prefix of a join event).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REGISTERED_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    WATCH_COUNT_FIELD_NUMBER: _builtins.int
+    WATCHES_EXPIRE_FIRST_FIELD_NUMBER: _builtins.int
+    WATCHES_EXPIRE_LAST_FIELD_NUMBER: _builtins.int
+    PENDING_EVENTS_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    QUOTAS_FIELD_NUMBER: _builtins.int
+    EXPORTED_AT_FIELD_NUMBER: _builtins.int
+    format: _builtins.str
+    """The form of this export; "discovery.v1.export/1" for this message."""
+    user_id: _builtins.str
+    """The caller."""
+    registered: _builtins.bool
+    """Whether the caller is registered. When false, only quota levels can
+    remain.
+    """
+    watch_count: _builtins.int
+    """Watches kept for unmatched contacts (join notifications): how many, and
+    when the first and the last of them expire. The watched contacts are not
+    given: the server cannot turn a watch back into a contact.
+    """
+    @_builtins.property
+    def settings(self) -> Global___Settings:
+        """The caller's settings (absent when not registered)."""
+
+    @_builtins.property
+    def watches_expire_first(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def watches_expire_last(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def pending_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportedJoinEvent]:
+        """Join events not yet deleted, in cursor order: those not delivered or not
+        acknowledged by every device, and those not released yet (see
+        ExportedJoinEvent.pending_release).
+        """
+
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportedDevice]:
+        """The caller's devices that subscribed to join events."""
+
+    @_builtins.property
+    def quotas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportedQuota]:
+        """The caller's quota and rate-limit levels."""
+
+    @_builtins.property
+    def exported_at(self) -> _timestamp_pb2.Timestamp:
+        """When this export was made."""
+
+    def __init__(
+        self,
+        *,
+        format: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        registered: _builtins.bool = ...,
+        settings: Global___Settings | None = ...,
+        watch_count: _builtins.int = ...,
+        watches_expire_first: _timestamp_pb2.Timestamp | None = ...,
+        watches_expire_last: _timestamp_pb2.Timestamp | None = ...,
+        pending_events: _abc.Iterable[Global___ExportedJoinEvent] | None = ...,
+        devices: _abc.Iterable[Global___ExportedDevice] | None = ...,
+        quotas: _abc.Iterable[Global___ExportedQuota] | None = ...,
+        exported_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exported_at", b"exported_at", "settings", b"settings", "watches_expire_first", b"watches_expire_first", "watches_expire_last", b"watches_expire_last"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "exported_at", b"exported_at", "format", b"format", "pending_events", b"pending_events", "quotas", b"quotas", "registered", b"registered", "settings", b"settings", "user_id", b"user_id", "watch_count", b"watch_count", "watches_expire_first", b"watches_expire_first", "watches_expire_last", b"watches_expire_last"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportMyDataResponse: _TypeAlias = ExportMyDataResponse  # noqa: Y015
+
+@_typing.final
+class ExportedJoinEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_HASH_PREFIX_FIELD_NUMBER: _builtins.int
+    JOINED_AT_FIELD_NUMBER: _builtins.int
+    PENDING_RELEASE_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.int
+    user_id: _builtins.str
+    """The user who joined."""
+    contact_hash_prefix: _builtins.bytes
+    """The first 16 bytes of the contact hash the caller uploaded."""
+    pending_release: _builtins.bool
+    """True while the event waits for its release (the random delay that hides
+    the time of a join, see README "Join notifications"): no stream has
+    delivered it yet.
+    """
+    @_builtins.property
+    def joined_at(self) -> _timestamp_pb2.Timestamp:
+        """When the event was released, or, when pending_release, when it will be."""
+
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.int = ...,
+        user_id: _builtins.str = ...,
+        contact_hash_prefix: _builtins.bytes = ...,
+        joined_at: _timestamp_pb2.Timestamp | None = ...,
+        pending_release: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["joined_at", b"joined_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_hash_prefix", b"contact_hash_prefix", "cursor", b"cursor", "joined_at", b"joined_at", "pending_release", b"pending_release", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportedJoinEvent: _TypeAlias = ExportedJoinEvent  # noqa: Y015
+
+@_typing.final
+class ExportedDevice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    ACKED_CURSOR_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """Empty for the shared default device."""
+    acked_cursor: _builtins.int
+    """The newest cursor the device acknowledged."""
+    @_builtins.property
+    def last_seen(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        acked_cursor: _builtins.int = ...,
+        last_seen: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_cursor", b"acked_cursor", "device_id", b"device_id", "last_seen", b"last_seen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportedDevice: _TypeAlias = ExportedDevice  # noqa: Y015
+
+@_typing.final
+class ExportedQuota(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The bucket's purpose: "contacts" (new contacts looked up) or "requests"."""
+    level: _builtins.float
+    """Its level now (it leaks back to 0 over time), and its capacity."""
+    capacity: _builtins.float
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        level: _builtins.float = ...,
+        capacity: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "level", b"level", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportedQuota: _TypeAlias = ExportedQuota  # noqa: Y015
 
 @_typing.final
 class RegisterUserRequest(_message.Message):

@@ -61,6 +61,11 @@ class DiscoveryServiceStub:
                 request_serializer=discovery_dot_v1_dot_discovery__pb2.DeleteMyDataRequest.SerializeToString,
                 response_deserializer=discovery_dot_v1_dot_discovery__pb2.DeleteMyDataResponse.FromString,
                 _registered_method=True)
+        self.ExportMyData = channel.unary_unary(
+                '/discovery.v1.DiscoveryService/ExportMyData',
+                request_serializer=discovery_dot_v1_dot_discovery__pb2.ExportMyDataRequest.SerializeToString,
+                response_deserializer=discovery_dot_v1_dot_discovery__pb2.ExportMyDataResponse.FromString,
+                _registered_method=True)
 
 
 class DiscoveryServiceServicer:
@@ -97,8 +102,19 @@ class DiscoveryServiceServicer:
 
     def DeleteMyData(self, request, context):
         """DeleteMyData forgets everything kept on behalf of the caller (watches,
-        undelivered notifications). The registration itself belongs to the
-        account service and is removed with UnregisterUser.
+        undelivered notifications, devices and their cursors). It keeps the
+        registration (it belongs to the account service and is removed with
+        UnregisterUser), the settings, and the quota levels: resetting them would
+        let a caller look up more contacts than the quota allows. See README,
+        "Your data".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportMyData(self, request, context):
+        """ExportMyData returns everything kept on behalf of the caller, in the
+        documented form of ExportMyDataResponse (access and portability).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,6 +142,11 @@ def add_DiscoveryServiceServicer_to_server(servicer, server):
                     servicer.DeleteMyData,
                     request_deserializer=discovery_dot_v1_dot_discovery__pb2.DeleteMyDataRequest.FromString,
                     response_serializer=discovery_dot_v1_dot_discovery__pb2.DeleteMyDataResponse.SerializeToString,
+            ),
+            'ExportMyData': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportMyData,
+                    request_deserializer=discovery_dot_v1_dot_discovery__pb2.ExportMyDataRequest.FromString,
+                    response_serializer=discovery_dot_v1_dot_discovery__pb2.ExportMyDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -243,6 +264,33 @@ class DiscoveryService:
             '/discovery.v1.DiscoveryService/DeleteMyData',
             discovery_dot_v1_dot_discovery__pb2.DeleteMyDataRequest.SerializeToString,
             discovery_dot_v1_dot_discovery__pb2.DeleteMyDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportMyData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/discovery.v1.DiscoveryService/ExportMyData',
+            discovery_dot_v1_dot_discovery__pb2.ExportMyDataRequest.SerializeToString,
+            discovery_dot_v1_dot_discovery__pb2.ExportMyDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,8 +50,15 @@ class DiscoveryServiceStub:
     """UpdateSettings changes the caller's privacy settings."""
     DeleteMyData: _grpc.UnaryUnaryMultiCallable[_discovery_pb2.DeleteMyDataRequest, _discovery_pb2.DeleteMyDataResponse]
     """DeleteMyData forgets everything kept on behalf of the caller (watches,
-    undelivered notifications). The registration itself belongs to the
-    account service and is removed with UnregisterUser.
+    undelivered notifications, devices and their cursors). It keeps the
+    registration (it belongs to the account service and is removed with
+    UnregisterUser), the settings, and the quota levels: resetting them would
+    let a caller look up more contacts than the quota allows. See README,
+    "Your data".
+    """
+    ExportMyData: _grpc.UnaryUnaryMultiCallable[_discovery_pb2.ExportMyDataRequest, _discovery_pb2.ExportMyDataResponse]
+    """ExportMyData returns everything kept on behalf of the caller, in the
+    documented form of ExportMyDataResponse (access and portability).
     """
 
 @_typing.type_check_only
@@ -76,8 +83,15 @@ class DiscoveryServiceAsyncStub(DiscoveryServiceStub):
     """UpdateSettings changes the caller's privacy settings."""
     DeleteMyData: _aio.UnaryUnaryMultiCallable[_discovery_pb2.DeleteMyDataRequest, _discovery_pb2.DeleteMyDataResponse]  # type: ignore[assignment]
     """DeleteMyData forgets everything kept on behalf of the caller (watches,
-    undelivered notifications). The registration itself belongs to the
-    account service and is removed with UnregisterUser.
+    undelivered notifications, devices and their cursors). It keeps the
+    registration (it belongs to the account service and is removed with
+    UnregisterUser), the settings, and the quota levels: resetting them would
+    let a caller look up more contacts than the quota allows. See README,
+    "Your data".
+    """
+    ExportMyData: _aio.UnaryUnaryMultiCallable[_discovery_pb2.ExportMyDataRequest, _discovery_pb2.ExportMyDataResponse]  # type: ignore[assignment]
+    """ExportMyData returns everything kept on behalf of the caller, in the
+    documented form of ExportMyDataResponse (access and portability).
     """
 
 class DiscoveryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -123,8 +137,21 @@ class DiscoveryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_discovery_pb2.DeleteMyDataResponse, _abc.Awaitable[_discovery_pb2.DeleteMyDataResponse]]:
         """DeleteMyData forgets everything kept on behalf of the caller (watches,
-        undelivered notifications). The registration itself belongs to the
-        account service and is removed with UnregisterUser.
+        undelivered notifications, devices and their cursors). It keeps the
+        registration (it belongs to the account service and is removed with
+        UnregisterUser), the settings, and the quota levels: resetting them would
+        let a caller look up more contacts than the quota allows. See README,
+        "Your data".
+        """
+
+    @_abc_1.abstractmethod
+    def ExportMyData(
+        self,
+        request: _discovery_pb2.ExportMyDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_discovery_pb2.ExportMyDataResponse, _abc.Awaitable[_discovery_pb2.ExportMyDataResponse]]:
+        """ExportMyData returns everything kept on behalf of the caller, in the
+        documented form of ExportMyDataResponse (access and portability).
         """
 
 def add_DiscoveryServiceServicer_to_server(servicer: DiscoveryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -103,7 +103,10 @@ class JoinEvent(_message.Message):
     """
     @_builtins.property
     def joined_at(self) -> _timestamp_pb2.Timestamp:
-        """When the user joined."""
+        """When the event was released: the join time plus the random release
+        delay (or, for MUTUAL, the time of the joiner's Discover plus that delay),
+        not the exact time of the join.
+        """
 
     def __init__(
         self,

@@ -32,12 +32,23 @@ class JoinNotificationServiceStub:
     authenticated principal of the call.
 
     A contact is watched when the caller has notify_on_join on and Discover
-    did not return it. When that contact registers (RegisterUser, ChangeNumber
-    to that number, or ImportUsers) and announces its join, an event is stored
-    in the caller's inbox, which keeps it for a configured time (14 days by
-    default). Delivery is at least once: a stream replays every stored event
-    after the given cursor, then sends live events as they happen, in cursor
-    order. Clients remove duplicates by event_id.
+    did not return it. Whether the caller hears when that contact registers
+    (RegisterUser, ChangeNumber to that number, or ImportUsers) is the joiner's
+    choice, Settings.announce_mode: OFF tells no one; MUTUAL (the default)
+    tells the caller only once the joiner's own Discover finds the caller's
+    number in the joiner's address book; EVERYONE tells every watcher at once.
+    A number change announces only with Settings.announce_number_change.
+
+    An announced event is stored in the caller's inbox and becomes deliverable
+    after a random release delay (up to an hour by default), so that its time
+    does not tell when the contact joined to the second. The inbox keeps it for
+    a configured time (14 days by default) after its release. Delivery is at
+    least once: a stream replays every released event after the given cursor,
+    then sends live events as they are released, in cursor order; an event not
+    released yet holds back the events after it. Clients remove duplicates by
+    event_id. The store keeps the joiner's id and number only sealed, under
+    keys of the server secret (see docs/threat-model.md); ExportMyData lists
+    every stored event, released or not.
 
     Errors carry one google.rpc.ErrorInfo each; errors.proto lists the reasons
     and which of them a client retries.
@@ -74,12 +85,23 @@ class JoinNotificationServiceAsyncStub(JoinNotificationServiceStub):
     authenticated principal of the call.
 
     A contact is watched when the caller has notify_on_join on and Discover
-    did not return it. When that contact registers (RegisterUser, ChangeNumber
-    to that number, or ImportUsers) and announces its join, an event is stored
-    in the caller's inbox, which keeps it for a configured time (14 days by
-    default). Delivery is at least once: a stream replays every stored event
-    after the given cursor, then sends live events as they happen, in cursor
-    order. Clients remove duplicates by event_id.
+    did not return it. Whether the caller hears when that contact registers
+    (RegisterUser, ChangeNumber to that number, or ImportUsers) is the joiner's
+    choice, Settings.announce_mode: OFF tells no one; MUTUAL (the default)
+    tells the caller only once the joiner's own Discover finds the caller's
+    number in the joiner's address book; EVERYONE tells every watcher at once.
+    A number change announces only with Settings.announce_number_change.
+
+    An announced event is stored in the caller's inbox and becomes deliverable
+    after a random release delay (up to an hour by default), so that its time
+    does not tell when the contact joined to the second. The inbox keeps it for
+    a configured time (14 days by default) after its release. Delivery is at
+    least once: a stream replays every released event after the given cursor,
+    then sends live events as they are released, in cursor order; an event not
+    released yet holds back the events after it. Clients remove duplicates by
+    event_id. The store keeps the joiner's id and number only sealed, under
+    keys of the server secret (see docs/threat-model.md); ExportMyData lists
+    every stored event, released or not.
 
     Errors carry one google.rpc.ErrorInfo each; errors.proto lists the reasons
     and which of them a client retries.
@@ -112,12 +134,23 @@ class JoinNotificationServiceServicer(metaclass=_abc_1.ABCMeta):
     authenticated principal of the call.
 
     A contact is watched when the caller has notify_on_join on and Discover
-    did not return it. When that contact registers (RegisterUser, ChangeNumber
-    to that number, or ImportUsers) and announces its join, an event is stored
-    in the caller's inbox, which keeps it for a configured time (14 days by
-    default). Delivery is at least once: a stream replays every stored event
-    after the given cursor, then sends live events as they happen, in cursor
-    order. Clients remove duplicates by event_id.
+    did not return it. Whether the caller hears when that contact registers
+    (RegisterUser, ChangeNumber to that number, or ImportUsers) is the joiner's
+    choice, Settings.announce_mode: OFF tells no one; MUTUAL (the default)
+    tells the caller only once the joiner's own Discover finds the caller's
+    number in the joiner's address book; EVERYONE tells every watcher at once.
+    A number change announces only with Settings.announce_number_change.
+
+    An announced event is stored in the caller's inbox and becomes deliverable
+    after a random release delay (up to an hour by default), so that its time
+    does not tell when the contact joined to the second. The inbox keeps it for
+    a configured time (14 days by default) after its release. Delivery is at
+    least once: a stream replays every released event after the given cursor,
+    then sends live events as they are released, in cursor order; an event not
+    released yet holds back the events after it. Clients remove duplicates by
+    event_id. The store keeps the joiner's id and number only sealed, under
+    keys of the server secret (see docs/threat-model.md); ExportMyData lists
+    every stored event, released or not.
 
     Errors carry one google.rpc.ErrorInfo each; errors.proto lists the reasons
     and which of them a client retries.

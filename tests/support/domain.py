@@ -12,12 +12,21 @@ from discovery.core.directory import Directory, DirectoryLimits
 from discovery.core.hashing import KeyRing, contact_hash
 from discovery.core.index_sync import IndexSync
 from discovery.core.joins import JoinBatch, JoinPolicy, Joins
-from discovery.core.model import PrivacySettings
+from discovery.core.model import AnnounceMode, PrivacySettings
 from discovery.core.quota import ALLOW_ALL, DiscoverGate, Gate, QuotaPolicy
 from tests.support.memory_store import MemoryStore
 
 SECRET = bytes(range(32))
 WATCHING = PrivacySettings(notify_on_join=True)
+#: The settings of a new user unless a test gives others: joins announced to every watcher
+#: (the server's default is MUTUAL, tested in tests/test_join_modes.py).
+ANNOUNCING = PrivacySettings(announce_mode=AnnounceMode.EVERYONE)
+
+
+def join_policy(**changes: float) -> JoinPolicy:
+    """A JoinPolicy with ``changes``, no settings cache (a test that flips notify_on_join sees
+    it at once) and no release jitter (events are deliverable at once)."""
+    return JoinPolicy(**{"settings_cache_seconds": 0.0, "release_jitter": 0.0, **changes})  # type: ignore[arg-type]
 
 
 class Clock:
@@ -56,6 +65,15 @@ class Domain:
         """The directory key of the i-th test number."""
         return self.keys.directory_key_of(number(i))
 
+    def tag(self, i: int) -> bytes:
+        """The watch tag of the i-th test number (what the store keeps for a watch on it)."""
+        return self.keys.watch_tags(self.key(i))
+
+    async def joiners(self, watcher: str, max_age: float = 86400.0) -> list[str]:
+        """Who joined, per the watcher's stored events (their sealed notices opened)."""
+        entries = await self.store.inbox_read(watcher, 0, 100, max_age)
+        return [self.keys.open_notice(entry.notice)[0] for entry in entries]
+
     def subscribe(self, user_id: str, device_id: str = "", after: int = 0) -> AsyncGenerator[JoinBatch]:
         """A join stream (an async generator: close it with ``aclose``)."""
         return cast(AsyncGenerator[JoinBatch], self.joins.subscribe(user_id, device_id, after))
@@ -81,14 +99,13 @@ async def build_domain(
     limits = limits or DirectoryLimits()
     sync = IndexSync(store)
     await sync.load()
-    # No settings cache: a test that flips notify_on_join sees it at once.
-    policy = joins or JoinPolicy(settings_cache_seconds=0.0)
+    policy = joins or join_policy()
     join_rules = Joins(store, keys, policy)
     gate: Gate = ALLOW_ALL
     if quota is not None:
         gate = DiscoverGate(store, keys, quota, limits.max_hashes_per_request, clock)
     directory = Directory(
-        store, sync, keys, limits=limits, default_settings=defaults, gate=gate, joins=join_rules
+        store, sync, keys, limits=limits, default_settings=defaults or ANNOUNCING, gate=gate, joins=join_rules
     )
     return Domain(clock, store, keys, sync, join_rules, gate, directory)
 

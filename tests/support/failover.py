@@ -12,15 +12,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from discovery.core.errors import Unavailable
-from discovery.core.model import NewUser, PrivacySettings
+from discovery.core.model import AnnounceMode, NewUser, PrivacySettings
 from discovery.store.redis import RedisStore
 from discovery.store.redis.base import parse_redis_url
+from tests.support.announce import new_user as announced_user
 
-SETTINGS = PrivacySettings(discoverable=True, announce_join=True, notify_on_join=True)
+SETTINGS = PrivacySettings(discoverable=True, announce_mode=AnnounceMode.EVERYONE, notify_on_join=True)
 
 
 def new_user(user_id: str) -> NewUser:
-    return NewUser(user_id, hashlib.sha256(user_id.encode()).digest()[:16], SETTINGS)
+    return announced_user(user_id, hashlib.sha256(user_id.encode()).digest()[:16], SETTINGS)
 
 
 @dataclass

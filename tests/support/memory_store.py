@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from discovery.core.hashing import KEY_SIZE
 from discovery.store.sqlite.quota import decide, leak
 
 Clock = Callable[[], float]
+#: (user id, announcement, the announce mode that applies) of a user just registered.
+_Joined = tuple[str, m.Announcement, m.AnnounceMode]
 
 
 @dataclass
@@ -50,9 +53,10 @@ class MemoryData:
     feed_floor: int = 0
     feed_changed: asyncio.Event = field(default_factory=asyncio.Event)
     buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (level, updated)
-    watches: dict[str, dict[bytes, float]] = field(default_factory=dict)  # watcher -> key -> expiry
-    watchers: dict[bytes, set[str]] = field(default_factory=dict)  # key -> watchers
+    watches: dict[str, dict[bytes, float]] = field(default_factory=dict)  # watcher -> watch tag -> expiry
+    watchers: dict[bytes, set[str]] = field(default_factory=dict)  # watch tag -> watchers
     inboxes: dict[str, dict[int, m.InboxEntry]] = field(default_factory=dict)  # user -> cursor -> entry
+    joiner_tags: dict[int, bytes] = field(default_factory=dict)  # cursor -> the event's joiner tag
     inbox_seq: int = 0
     devices: dict[tuple[str, str], _Device] = field(default_factory=dict)
     listeners: list[asyncio.Queue[set[str]]] = field(default_factory=list)
@@ -91,12 +95,12 @@ class MemoryStore:
         if user.directory_key in self.data.owners:
             raise ContactHashTaken()
         self._add(user)
-        self._registered([user.user_id])
+        self._registered([(user.user_id, user.announcement, user.settings.announce_mode)])
         return m.RegisterOutcome.CREATED
 
-    async def unregister(self, user_id: str) -> m.UserRecord | None:
+    async def unregister(self, user_id: str, joiner_tag: bytes) -> m.UserRecord | None:
         record = self.data.users.pop(user_id, None)
-        self._forget_user(user_id)
+        self._forget_user(user_id, joiner_tag)
         if record is None:
             return None
         del self.data.owners[record.directory_key]
@@ -105,11 +109,18 @@ class MemoryStore:
         self._wrote()
         return record
 
-    async def delete_user_data(self, user_id: str) -> int:
-        return self._forget_user(user_id)
+    async def delete_user_data(self, user_id: str, joiner_tag: bytes) -> int:
+        return self._forget_user(user_id, joiner_tag)
+
+    async def erase_traces(self) -> None:
+        """Nothing to do: the store writes no file."""
 
     async def change_number(
-        self, user_id: str, directory_key: bytes, private: bytes | None = None
+        self,
+        user_id: str,
+        directory_key: bytes,
+        announcement: m.Announcement,
+        private: bytes | None = None,
     ) -> m.UserRecord:
         record = self.data.users.get(user_id)
         if record is None:
@@ -125,12 +136,14 @@ class MemoryStore:
         self._scrub_feed(user_id)
         self._append_change(record.directory_key, None, False, old_private)
         self._append_change(directory_key, user_id, record.settings.discoverable, private)
-        self._registered([user_id])
+        settings = record.settings
+        mode = settings.announce_mode if settings.announce_number_change else m.AnnounceMode.OFF
+        self._registered([(user_id, announcement, mode)])
         return record
 
     async def import_users(self, users: Sequence[m.NewUser], first_position: int) -> m.ImportReport:
         report = m.ImportReport()
-        imported: list[str] = []
+        imported: list[_Joined] = []
         for offset, user in enumerate(users):
             existing = self.data.users.get(user.user_id)
             reason: m.ImportRejectionReason | None = None
@@ -145,7 +158,7 @@ class MemoryStore:
                 report.rejections.append(m.RejectedUser(first_position + offset, user.user_id, reason))
                 continue
             self._add(user)
-            imported.append(user.user_id)
+            imported.append((user.user_id, user.announcement, user.settings.announce_mode))
         report.imported = len(imported)
         report.rejected_total = len(report.rejections)
         self._registered(imported)
@@ -264,27 +277,63 @@ class MemoryStore:
 
     # -- join notifications ---------------------------------------------------------------------
 
-    def _registered(self, user_ids: Iterable[str]) -> None:
-        """In the registering step: consume the watches on each new key and fan out."""
-        data, now = self.data, self.clock()
+    def _registered(self, joined: Iterable[_Joined]) -> None:
+        """In the registering step: look up the watches on each new watch tag; EVERYONE tells
+        their watchers, OFF consumes them silently, MUTUAL keeps them for announce_mutual."""
         notified: set[str] = set()
-        for user_id in user_ids:
-            joiner = data.users[user_id]
-            key, settings = joiner.directory_key, joiner.settings
-            for watcher in sorted(data.watchers.pop(key, set())):
-                expires = data.watches[watcher].pop(key)
-                if not (settings.announce_join and settings.discoverable) or watcher == user_id:
-                    continue
-                record = data.users.get(watcher)
-                if expires > now and record is not None and record.settings.notify_on_join:
-                    data.inbox_seq += 1
-                    entry = m.InboxEntry(data.inbox_seq, str(data.inbox_seq), user_id, key, now)
-                    data.inboxes.setdefault(watcher, {})[entry.cursor] = entry
-                    notified.add(watcher)
-        if notified:
-            for queue in data.listeners:
-                queue.put_nowait(set(notified))
+        for user_id, announcement, mode in joined:
+            if mode is m.AnnounceMode.MUTUAL:
+                continue
+            watchers = sorted(self.data.watchers.get(announcement.watch_tag, set()))
+            if mode is m.AnnounceMode.EVERYONE:
+                notified |= self._announce(user_id, announcement, watchers)
+            self._unwatch_tag(announcement.watch_tag, watchers)
+        self._signal(notified)
         self._wrote()
+
+    def _announce(self, joiner: str, announcement: m.Announcement, watchers: Iterable[str]) -> set[str]:
+        """Append an event for each of ``watchers`` that may be told; returns who was."""
+        data, now = self.data, self.clock()
+        record = data.users.get(joiner)
+        if record is None or not record.settings.discoverable:
+            return set()
+        told = set()
+        for watcher in watchers:
+            expires = data.watches.get(watcher, {}).get(announcement.watch_tag, 0.0)
+            watcher_record = data.users.get(watcher)
+            if watcher == joiner or expires <= now or watcher_record is None:
+                continue
+            if not watcher_record.settings.notify_on_join:
+                continue
+            data.inbox_seq += 1
+            entry = m.InboxEntry(
+                data.inbox_seq, str(data.inbox_seq), announcement.notice, now + announcement.delay
+            )
+            data.inboxes.setdefault(watcher, {})[entry.cursor] = entry
+            data.joiner_tags[entry.cursor] = announcement.joiner_tag
+            told.add(watcher)
+        return told
+
+    def _signal(self, notified: set[str]) -> None:
+        if notified:
+            for queue in self.data.listeners:
+                queue.put_nowait(set(notified))
+
+    def _unwatch_tag(self, tag: bytes, watchers: Iterable[str]) -> None:
+        for watcher in watchers:
+            self._unwatch(watcher, [tag])
+
+    async def announce_mutual(
+        self, joiner: str, announcement: m.Announcement, watchers: Sequence[str]
+    ) -> int:
+        record = self.data.users.get(joiner)
+        if record is None or record.settings.announce_mode is not m.AnnounceMode.MUTUAL:
+            return 0
+        watching = self.data.watchers.get(announcement.watch_tag, set())
+        told = self._announce(joiner, announcement, sorted(set(watchers) & watching))
+        self._unwatch_tag(announcement.watch_tag, told)
+        self._signal(told)
+        return len(told)
 
     def _unwatch(self, watcher: str, keys: Iterable[bytes]) -> int:
         mine = self.data.watches.get(watcher, {})
@@ -297,19 +346,25 @@ class MemoryStore:
                     del self.data.watchers[key]
         return removed
 
-    def _forget_user(self, user_id: str) -> int:
+    def _drop_events(self, inbox: dict[int, m.InboxEntry], cursors: Iterable[int]) -> None:
+        for cursor in list(cursors):
+            del inbox[cursor]
+            self.data.joiner_tags.pop(cursor, None)
+
+    def _forget_user(self, user_id: str, joiner_tag: bytes) -> int:
         data = self.data
         removed = self._unwatch(user_id, data.watches.get(user_id, {}))
         data.watches.pop(user_id, None)
-        removed += len(data.inboxes.pop(user_id, {}))
+        mine = data.inboxes.pop(user_id, {})
+        removed += len(mine)
+        self._drop_events(mine, set(mine))
         for device in [d for d in data.devices if d[0] == user_id]:
             del data.devices[device]
             removed += 1
         if user_id not in data.users:
             # Unregistered: no inbox may still name them as the one who joined.
             for inbox in data.inboxes.values():
-                for cursor in [c for c, e in inbox.items() if e.joiner == user_id]:
-                    del inbox[cursor]
+                self._drop_events(inbox, [c for c in inbox if data.joiner_tags.get(c) == joiner_tag])
         return removed
 
     async def add_watches(self, watcher: str, keys: bytes, ttl: float, cap: int) -> int:
@@ -331,6 +386,15 @@ class MemoryStore:
     async def drop_watches(self, watcher: str) -> int:
         return self._unwatch(watcher, self.data.watches.get(watcher, {}))
 
+    async def watch_summary(self, watcher: str) -> m.WatchSummary:
+        now = self.clock()
+        live = [expires for expires in self.data.watches.get(watcher, {}).values() if expires > now]
+        return m.WatchSummary(len(live), min(live), max(live)) if live else m.WatchSummary(0, 0.0, 0.0)
+
+    async def devices(self, user_id: str) -> list[m.DeviceState]:
+        mine = sorted((d, state) for (user, d), state in self.data.devices.items() if user == user_id)
+        return [m.DeviceState(d, state.acked, state.seen) for d, state in mine]
+
     async def count_watches(self, watcher: str) -> int:
         now = self.clock()
         return sum(expires > now for expires in self.data.watches.get(watcher, {}).values())
@@ -349,11 +413,14 @@ class MemoryStore:
         device.seen = self.clock()
         return max(after, device.acked)
 
-    async def inbox_read(self, user_id: str, after: int, limit: int, max_age: float) -> list[m.InboxEntry]:
-        oldest = self.clock() - max_age
+    async def inbox_read(
+        self, user_id: str, after: int, limit: int, max_age: float, released_only: bool = True
+    ) -> list[m.InboxEntry]:
+        now = self.clock()
         entries = self.data.inboxes.get(user_id, {}).values()
-        fresh = (e for e in entries if e.cursor > after and e.joined_at > oldest)
-        return [entry for entry, _ in zip(fresh, range(limit), strict=False)]
+        fresh = (e for e in entries if e.cursor > after and e.joined_at > now - max_age)
+        released = itertools.takewhile(lambda e: e.joined_at <= now or not released_only, fresh)
+        return list(itertools.islice(released, limit))
 
     async def inbox_ack(self, user_id: str, device_id: str, cursor: int, max_age: float) -> int | None:
         self._check_cursor(cursor, "cursor")
@@ -366,8 +433,7 @@ class MemoryStore:
         active = [d.acked for (user, _), d in devices if user == user_id and d.seen > now - max_age]
         inbox = self.data.inboxes.get(user_id, {})
         done = [c for c in inbox if active and c <= min(active)]
-        for c in done:
-            del inbox[c]
+        self._drop_events(inbox, done)
         return len(done)
 
     async def purge_expired(self, max_age: float) -> int:
@@ -377,8 +443,7 @@ class MemoryStore:
             purged += self._unwatch(watcher, [key for key, expires in mine.items() if expires <= now])
         for inbox in data.inboxes.values():
             old = [c for c, e in inbox.items() if e.joined_at <= now - max_age]
-            for c in old:
-                del inbox[c]
+            self._drop_events(inbox, old)
             purged += len(old)
         stale = [d for d, device in data.devices.items() if device.seen <= now - max_age]
         for d in stale:

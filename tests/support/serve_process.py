@@ -25,6 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from discovery.client import call_metadata
 from discovery.v1 import joins_pb2, joins_pb2_grpc
 
+#: Join events deliverable at once, and announced to everyone (the in-process test servers'
+#: settings, tests/support/server.py; the default, MUTUAL, is tested in tests/test_join_modes.py).
+JOIN_TEST_FLAGS = ("--join-release-jitter-seconds", "0", "--default-announce-mode", "everyone")
 START_TIMEOUT = 60.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -69,6 +72,7 @@ class ServeProcess:
                     "--data-dir", str(self.data_dir),
                     "--port-file", str(port_file),
                     "--auth", "dev",
+                    *JOIN_TEST_FLAGS,
                     *store,
                     *self.args,
                 ],

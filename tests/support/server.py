@@ -39,6 +39,14 @@ def log_capture() -> io.StringIO:
     root.setLevel(previous)
 
 
+#: Join tests see events at once, and announce to everyone unless they ask for the server's
+#: default (MUTUAL: tests/test_join_modes.py).
+JOIN_TEST_OPTIONS: dict[str, object] = {
+    "join_release_jitter_seconds": 0.0,
+    "default_announce_mode": "everyone",
+}
+
+
 @pytest.fixture
 async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
     """Start servers on 127.0.0.1:0 with a data dir in tmp_path; all are stopped at the end.
@@ -54,6 +62,7 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
             "data_dir": tmp_path / "data",
             "grace_seconds": 1.0,
             "auth": "dev",
+            **JOIN_TEST_OPTIONS,
         }
         options.update(overrides)
         server = DiscoveryServer(ServerConfig.from_options(**options))

@@ -252,8 +252,12 @@ class Keys:
         return self._key_bucket + directory_key[:2]
 
     def watches_of(self, user_id: str) -> bytes:
-        """The zset of the directory keys a user watches (score: expiry)."""
+        """The zset of the watch tags a user watches (score: expiry)."""
         return self.registry_tag + b":ww:" + user_id.encode()
+
+    def devices_of(self, user_id: str) -> bytes:
+        """The hash of a user's devices (device id -> ACKED:SEEN)."""
+        return self.registry_tag + b":dv:" + user_id.encode()
 
     @property
     def join_signals(self) -> bytes:
@@ -274,10 +278,6 @@ class LuaScript:
     def __init__(self, source: str) -> None:
         self.source = source.encode()
         self.sha = hashlib.sha1(self.source).hexdigest()
-
-
-def pack_flags(discoverable: bool, announce_join: bool, notify_on_join: bool) -> bytes:
-    return bytes((discoverable | announce_join << 1 | notify_on_join << 2,))
 
 
 class RedisBase:

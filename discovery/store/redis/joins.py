@@ -15,13 +15,14 @@ delivery until the subscriber's next read.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from discovery.core.errors import InvalidArgument, Reason
-from discovery.core.model import InboxEntry
-from discovery.store.redis.base import MAX_BLOCK_SECONDS, LuaScript, RedisBase
-from discovery.store.redis.lua import PRELUDE
+from discovery.core.model import Announcement, DeviceState, InboxEntry, WatchSummary
+from discovery.store.redis.base import MAX_BLOCK_SECONDS, Arg, LuaScript, RedisBase
+from discovery.store.redis.lua import FAN_OUT, PRELUDE
+from discovery.store.redis.registry import announcement_args
 
 AHEAD, NOT_REGISTERED = -5, -4
 MAX_BLOCK_MS = int(MAX_BLOCK_SECONDS * 1000)
@@ -100,23 +101,56 @@ return math.max(tonumber(ARGV[3]), acked)
 """
 )
 
-# KEYS: meta. ARGV: user id, after, limit, max age (s). Skips entries older than max age.
+# KEYS: meta. ARGV: user id, after, limit, max age (s), released only (1/0). Skips entries
+# older than max age and, with released only, stops at the first entry not released yet.
 READ = LuaScript(
     _CHECKS
     + """
 local inbox = inbox_of(ARGV[1])
 local limit = tonumber(ARGV[3])
-local cutoff = now_s() - tonumber(ARGV[4])
+local now = now_s()
+local cutoff = now - tonumber(ARGV[4])
 local out, offset = {}, 0
 while #out < limit do
   local batch = redis.call('ZRANGEBYSCORE', inbox, '(' .. ARGV[2], '+inf', 'LIMIT', offset, limit)
   if #batch == 0 then break end
   for _, member in ipairs(batch) do
-    if #out < limit and inbox_time(member) > cutoff then out[#out + 1] = member end
+    local t = inbox_time(member)
+    if t > now and ARGV[5] == '1' then return out end
+    if #out < limit and t > cutoff then out[#out + 1] = member end
   end
   offset = offset + #batch
 end
 return out
+"""
+)
+
+# KEYS: meta. ARGV: joiner, inbox TTL (ms), the announcement (watch tag, joiner tag, notice,
+# delay), then the ids of the users the joiner's Discover matched. See JoinStore.announce_mutual.
+ANNOUNCE_MUTUAL = LuaScript(
+    PRELUDE
+    + FAN_OUT
+    + """
+local joiner = ARGV[1]
+local rec = redis.call('HGET', user_bucket(joiner), joiner)
+if not rec or mode_of(string.sub(rec, 17, 17), false) ~= 'mutual' or not bit(string.byte(rec, 17), 0) then
+  return 0
+end
+local a = announcement(ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+local wk = watchers_of(a.wtag)
+if redis.call('EXISTS', wk) == 0 then return 0 end
+local now, notified = now_s(), {}
+for i = 7, #ARGV do
+  local watcher = ARGV[i]
+  local expires = redis.call('ZSCORE', wk, watcher)
+  if expires and tonumber(expires) > now and watcher ~= joiner and wants_joins(watcher) then
+    redis.call('ZREM', wk, watcher)
+    redis.call('ZREM', watches_of(watcher), a.wtag)
+    append_event(watcher, a, now, ARGV[2], notified)
+  end
+end
+signal(notified)
+return #notified
 """
 )
 
@@ -217,6 +251,30 @@ class RedisJoins(RedisBase):
         key = self.keys.watches_of(watcher)
         return int(await self._redis.zcount(key, f"({time.time()!r}", "+inf"))
 
+    async def watch_summary(self, watcher: str) -> WatchSummary:
+        key = self.keys.watches_of(watcher)
+        live = f"({time.time()!r}"
+        count = int(await self._redis.zcount(key, live, "+inf"))
+        if not count:
+            return WatchSummary(0, 0.0, 0.0)
+        first = await self._redis.zrangebyscore(key, live, "+inf", start=0, num=1, withscores=True)
+        last = await self._redis.zrevrangebyscore(key, "+inf", live, start=0, num=1, withscores=True)
+        return WatchSummary(count, float(first[0][1]), float(last[0][1]))
+
+    async def devices(self, user_id: str) -> list[DeviceState]:
+        raw: Any = await self._redis.hgetall(self.keys.devices_of(user_id))
+        out = []
+        for device, value in sorted(raw.items()):
+            acked, seen = value.split(b":", 1)
+            out.append(DeviceState(device.decode(), int(acked), float(seen)))
+        return out
+
+    async def announce_mutual(self, joiner: str, announcement: Announcement, watchers: Sequence[str]) -> int:
+        args = [joiner.encode(), self._inbox_ttl_ms, *announcement_args(announcement)]
+        return int(
+            await self._write(ANNOUNCE_MUTUAL, [self.keys.meta], [*args, *(w.encode() for w in watchers)])
+        )
+
     # -- inbox ----------------------------------------------------------------------------------
 
     async def inbox_attach(self, user_id: str, device_id: str, after: int) -> int | None:
@@ -227,15 +285,16 @@ class RedisJoins(RedisBase):
         )
         return await self._checked(reply, "after_cursor")
 
-    async def inbox_read(self, user_id: str, after: int, limit: int, max_age: float) -> list[InboxEntry]:
+    async def inbox_read(
+        self, user_id: str, after: int, limit: int, max_age: float, released_only: bool = True
+    ) -> list[InboxEntry]:
         self._learn_inbox_ttl(max_age)
-        members = await self._eval(READ, [self.keys.meta], [user_id.encode(), after, limit, repr(max_age)])
+        args: list[Arg] = [user_id.encode(), after, limit, repr(max_age), int(released_only)]
+        members = await self._eval(READ, [self.keys.meta], args)
         entries = []
         for member in members:
             cursor, joined, rest = member.split(b":", 2)
-            entries.append(
-                InboxEntry(int(cursor), cursor.decode(), rest[16:].decode(), rest[:16], float(joined))
-            )
+            entries.append(InboxEntry(int(cursor), cursor.decode(), rest[16:], float(joined)))
         return entries
 
     async def inbox_ack(self, user_id: str, device_id: str, cursor: int, max_age: float) -> int | None:

@@ -23,7 +23,14 @@ local function watchers_of(key) return TAG .. ':wk:' .. key end
 local function watches_of(uid) return TAG .. ':ww:' .. uid end
 local function inbox_of(uid) return TAG .. ':in:' .. uid end
 local function devices_of(uid) return TAG .. ':dv:' .. uid end
-local function notified_by(uid) return TAG .. ':jn:' .. uid end
+local function notified_by(jtag) return TAG .. ':jn:' .. jtag end
+-- FLAGS: bit 0 discoverable, 1 announce EVERYONE, 2 notify_on_join, 3 announce MUTUAL,
+-- 4 announce number changes (neither 1 nor 3: OFF).
+local function bit(f, n) return math.floor(f / 2 ^ n) % 2 == 1 end
+local function wants_joins(uid)
+  local rec = redis.call('HGET', user_bucket(uid), uid)
+  return rec and bit(string.byte(rec, 17), 2)
+end
 local function feed_entry(key, flags, uid) return key .. string.char(string.byte(flags) % 2) .. uid end
 local function inbox_time(member)
   local first = string.find(member, ':', 1, true)
@@ -73,31 +80,48 @@ local function unwatch(uid, keys)
 end
 """
 
-# Consumes every watch on ``key`` and appends a join event to the inbox of each watcher
-# whose watch is unexpired, who is registered with notify_on_join and is not the joiner,
-# when the joiner announces joins and is discoverable. Returns the notified user ids.
+# An announcement, as the domain made it (core.model.Announcement): the watch tag, the joiner
+# tag, the sealed notice and the release delay in seconds.
+# ``fan_out`` applies the mode to the watches on the tag: EVERYONE consumes them and appends an
+# event to the inbox of each watcher whose watch is unexpired, who is registered with
+# notify_on_join and is not the joiner, when the joiner is discoverable; OFF consumes them and
+# tells no one; MUTUAL leaves them for the joiner's Discover (ANNOUNCE_MUTUAL).
 FAN_OUT = """
-local function fan_out(joiner, key, flags, now, inbox_ttl, notified)
-  local wk = watchers_of(key)
+local function announcement(wtag, jtag, notice, delay)
+  return {wtag = wtag, jtag = jtag, notice = notice, delay = tonumber(delay)}
+end
+-- The mode that applies: 'everyone', 'mutual' or 'off' (a number change announces only
+-- with bit 4).
+local function mode_of(flags, number_change)
+  local f = string.byte(flags)
+  if number_change and not bit(f, 4) then return 'off' end
+  if bit(f, 1) then return 'everyone' end
+  if bit(f, 3) then return 'mutual' end
+  return 'off'
+end
+local function append_event(watcher, a, now, inbox_ttl, notified)
+  local cursor = redis.call('HINCRBY', KEYS[1], 'jseq', 1)
+  local inbox = inbox_of(watcher)
+  local ttl = tonumber(inbox_ttl) + math.ceil(a.delay * 1000)
+  local released = string.format('%.6f', now + a.delay)
+  redis.call('ZADD', inbox, cursor, cursor .. ':' .. released .. ':' .. a.jtag .. a.notice)
+  redis.call('PEXPIRE', inbox, ttl)
+  redis.call('SADD', notified_by(a.jtag), watcher)
+  redis.call('PEXPIRE', notified_by(a.jtag), ttl)
+  notified[#notified + 1] = watcher
+end
+local function fan_out(joiner, a, flags, mode, now, inbox_ttl, notified)
+  if mode == 'mutual' then return end
+  local wk = watchers_of(a.wtag)
   local watches = redis.call('ZRANGE', wk, 0, -1, 'WITHSCORES')
   if #watches == 0 then return end
   redis.call('DEL', wk)
-  local f = string.byte(flags)
-  local announce = f % 2 == 1 and math.floor(f / 2) % 2 == 1
+  local announce = mode == 'everyone' and bit(string.byte(flags), 0)
   for i = 1, #watches, 2 do
     local watcher = watches[i]
-    redis.call('ZREM', watches_of(watcher), key)
-    if announce and watcher ~= joiner and tonumber(watches[i + 1]) > now then
-      local rec = redis.call('HGET', user_bucket(watcher), watcher)
-      if rec and math.floor(string.byte(rec, 17) / 4) % 2 == 1 then
-        local cursor = redis.call('HINCRBY', KEYS[1], 'jseq', 1)
-        local inbox = inbox_of(watcher)
-        redis.call('ZADD', inbox, cursor, cursor .. ':' .. string.format('%.6f', now) .. ':' .. key .. joiner)
-        redis.call('PEXPIRE', inbox, inbox_ttl)
-        redis.call('SADD', notified_by(joiner), watcher)
-        redis.call('PEXPIRE', notified_by(joiner), inbox_ttl)
-        notified[#notified + 1] = watcher
-      end
+    redis.call('ZREM', watches_of(watcher), a.wtag)
+    if announce and watcher ~= joiner and tonumber(watches[i + 1]) > now and wants_joins(watcher) then
+      append_event(watcher, a, now, inbox_ttl, notified)
     end
   end
 end
@@ -109,33 +133,50 @@ local function signal(notified)
     redis.call('PEXPIRE', key, 60000)
   end
 end
-local function announce(joiner, key, flags, inbox_ttl)
+local function announce(joiner, a, flags, mode, inbox_ttl)
   local notified = {}
-  fan_out(joiner, key, flags, now_s(), inbox_ttl, notified)
+  fan_out(joiner, a, flags, mode, now_s(), inbox_ttl, notified)
   signal(notified)
 end
 """
 
 # Forgets what is kept on a user's behalf (watches, inbox, devices); when the user is not
-# registered, also the events in other inboxes that name them as the one who joined.
+# registered, also the events in other inboxes tagged with their joiner tag.
 # Returns how many watches, inbox entries and devices were removed.
 FORGET = """
-local function forget(uid, registered)
+local function forget(uid, registered, jtag)
   local ww = watches_of(uid)
   local keys = redis.call('ZRANGE', ww, 0, -1)
   unwatch(uid, keys)
   local removed = #keys + redis.call('ZCARD', inbox_of(uid)) + redis.call('HLEN', devices_of(uid))
+  -- The joiners' sets of whom they told no longer name this watcher.
+  for _, member in ipairs(redis.call('ZRANGE', inbox_of(uid), 0, -1)) do
+    local second = string.find(member, ':', string.find(member, ':', 1, true) + 1, true)
+    redis.call('SREM', notified_by(string.sub(member, second + 1, second + 16)), uid)
+  end
   redis.call('DEL', ww, inbox_of(uid), devices_of(uid))
   if not registered then
-    local jn = notified_by(uid)
+    local jn = notified_by(jtag)
     for _, watcher in ipairs(redis.call('SMEMBERS', jn)) do
       local inbox = inbox_of(watcher)
       for _, member in ipairs(redis.call('ZRANGE', inbox, 0, -1)) do
         local second = string.find(member, ':', string.find(member, ':', 1, true) + 1, true)
-        if string.sub(member, second + 17) == uid then redis.call('ZREM', inbox, member) end
+        if string.sub(member, second + 1, second + 16) == jtag then redis.call('ZREM', inbox, member) end
       end
     end
     redis.call('DEL', jn)
+    -- Wake-ups that name the user are re-added without them (others still get theirs).
+    local js = TAG .. ':joins'
+    for _, entry in ipairs(redis.call('XRANGE', js, '-', '+')) do
+      local kept, named = {}, false
+      for line in string.gmatch(entry[2][2], '[^\\n]+') do
+        if line == uid then named = true else kept[#kept + 1] = line end
+      end
+      if named then
+        redis.call('XDEL', js, entry[1])
+        if #kept > 0 then redis.call('XADD', js, '*', 'u', table.concat(kept, '\\n')) end
+      end
+    end
   end
   return removed
 end

@@ -20,6 +20,8 @@ import numpy as np
 
 from discovery.core.errors import ContactHashTaken, FeedTruncated, UserIdTaken, UserNotRegistered
 from discovery.core.model import (
+    Announcement,
+    AnnounceMode,
     ImportRejectionReason,
     ImportReport,
     NewUser,
@@ -30,7 +32,7 @@ from discovery.core.model import (
     RejectedUser,
     UserRecord,
 )
-from discovery.store.redis.base import BUCKETS, MAX_BLOCK_SECONDS, Call, LuaScript, RedisBase, pack_flags
+from discovery.store.redis.base import BUCKETS, MAX_BLOCK_SECONDS, Call, LuaScript, RedisBase
 from discovery.store.redis.lua import FAN_OUT, FORGET, PRELUDE
 
 IMPORT_CHUNK = 500
@@ -43,7 +45,8 @@ UNCHANGED, CREATED, USER_ID_TAKEN, CONTACT_HASH_TAKEN, RETRY, NOT_REGISTERED = 0
 _WITH_JOINS = PRELUDE + FAN_OUT + FORGET
 
 # KEYS: meta, feed, user bucket, key bucket. ARGV: user id, directory key, flags, inbox TTL (ms),
-# private-mode entry ('' for none).
+# then the announcement: watch tag, joiner tag, notice, delay (s); then the private-mode entry
+# ('' for none).
 REGISTER = LuaScript(
     _WITH_JOINS
     + """
@@ -55,19 +58,20 @@ end
 local field = string.sub(ARGV[2], 3)
 if redis.call('HEXISTS', KEYS[4], field) == 1 then return -2 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-add_feed(seq, feed_entry(ARGV[2], ARGV[3], ARGV[1]), ARGV[5])
-set_private(ARGV[1], ARGV[3], ARGV[5])
+add_feed(seq, feed_entry(ARGV[2], ARGV[3], ARGV[1]), ARGV[9])
+set_private(ARGV[1], ARGV[3], ARGV[9])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ARGV[3] .. seq)
 redis.call('HSET', KEYS[4], field, '')
 redis.call('HINCRBY', KEYS[1], 'users', 1)
-announce(ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+announce(ARGV[1], announcement(ARGV[5], ARGV[6], ARGV[7], ARGV[8]), ARGV[3], mode_of(ARGV[3], false), ARGV[4])
 return 1
 """
 )
 
 # KEYS: meta, feed. ARGV: inbox TTL (ms), then the users packed as USER_BUCKET(2) KEY(16)
-# FLAGS(1) LEN(1) USER_ID each: a few large arguments cost far less to send than five per user;
-# then the private-mode entry size (0: none) and the entries, in user order.
+# FLAGS(1) LEN(1) USER_ID WATCH_TAG(16) JOINER_TAG(16) LEN(1) NOTICE DELAY_MS(4, big-endian)
+# each: a few large arguments cost far less to send than nine per user; then the private-mode
+# entry size (0: none) and the entries, in user order.
 IMPORT = LuaScript(
     _WITH_JOINS
     + """
@@ -83,6 +87,12 @@ while pos <= #blob do
   local flags = string.sub(blob, pos + 18, pos + 18)
   local uid = string.sub(blob, pos + 20, pos + 19 + string.byte(blob, pos + 19))
   pos = pos + 20 + #uid
+  local wtag, jtag = string.sub(blob, pos, pos + 15), string.sub(blob, pos + 16, pos + 31)
+  local notice = string.sub(blob, pos + 33, pos + 32 + string.byte(blob, pos + 32))
+  pos = pos + 33 + #notice
+  local b1, b2, b3, b4 = string.byte(blob, pos, pos + 3)
+  local delay = (((b1 * 256 + b2) * 256 + b3) * 256 + b4) / 1000
+  pos = pos + 4
   -- Claim the user id, then the key (undoing the claim when the key is taken).
   if redis.call('HSETNX', ub, uid, key .. flags .. (seq + 1)) == 0 then
     if string.sub(redis.call('HGET', ub, uid), 1, 16) == key then out[i] = 0 else out[i] = -1 end
@@ -94,8 +104,8 @@ while pos <= #blob do
     local private = string.sub(pentries, (i - 1) * psize + 1, i * psize)
     add_feed(seq, feed_entry(key, flags, uid), private)
     set_private(uid, flags, private)
-    joined[#joined + 1] = {uid, key, flags}
-    watched[#watched + 1] = watchers_of(key)
+    joined[#joined + 1] = {uid, announcement(wtag, jtag, notice, delay), flags}
+    watched[#watched + 1] = watchers_of(wtag)
     out[i] = 1
   end
 end
@@ -105,7 +115,7 @@ if #joined > 0 then
   -- One EXISTS for the whole chunk: most imported keys are watched by nobody.
   if redis.call('EXISTS', unpack(watched)) > 0 then
     local now, notified = now_s(), {}
-    for _, j in ipairs(joined) do fan_out(j[1], j[2], j[3], now, ARGV[1], notified) end
+    for _, j in ipairs(joined) do fan_out(j[1], j[2], j[3], mode_of(j[3], false), now, ARGV[1], notified) end
     signal(notified)
   end
 end
@@ -113,7 +123,7 @@ return out
 """
 )
 
-# KEYS: meta, feed, user bucket, key bucket. ARGV: user id, the key the caller read.
+# KEYS: meta, feed, user bucket, key bucket. ARGV: user id, the key the caller read, joiner tag.
 UNREGISTER = LuaScript(
     _WITH_JOINS
     + """
@@ -126,22 +136,23 @@ local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 add_feed(seq, ARGV[2] .. '\\0', private_of(ARGV[1]))
 redis.call('HDEL', TAG .. ':pe', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'users', -1)
-forget(ARGV[1], false)
+forget(ARGV[1], false, ARGV[3])
 return rec
 """
 )
 
-# KEYS: meta. ARGV: user id. Forgets the user's join data (see FORGET).
+# KEYS: meta. ARGV: user id, joiner tag. Forgets the user's join data (see FORGET).
 FORGET_USER = LuaScript(
     _WITH_JOINS
     + """
 local registered = redis.call('HGET', user_bucket(ARGV[1]), ARGV[1])
-return forget(ARGV[1], registered ~= false)
+return forget(ARGV[1], registered ~= false, ARGV[2])
 """
 )
 
 # KEYS: meta, feed, user bucket, old key bucket, new key bucket.
-# ARGV: user id, old key, new key, inbox TTL (ms), new private-mode entry ('' for none).
+# ARGV: user id, old key, new key, inbox TTL (ms), then the announcement (see REGISTER), then
+# the new private-mode entry ('' for none).
 CHANGE_NUMBER = LuaScript(
     _WITH_JOINS
     + """
@@ -156,10 +167,10 @@ redis.call('HDEL', KEYS[4], string.sub(ARGV[2], 3))
 redis.call('HSET', KEYS[5], field, '')
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 2)
 add_feed(seq - 1, ARGV[2] .. '\\0', private_of(ARGV[1]))
-add_feed(seq, feed_entry(ARGV[3], flags, ARGV[1]), ARGV[5])
-set_private(ARGV[1], flags, ARGV[5])
+add_feed(seq, feed_entry(ARGV[3], flags, ARGV[1]), ARGV[9])
+set_private(ARGV[1], flags, ARGV[9])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3] .. flags .. seq)
-announce(ARGV[1], ARGV[3], flags, ARGV[4])
+announce(ARGV[1], announcement(ARGV[5], ARGV[6], ARGV[7], ARGV[8]), flags, mode_of(flags, true), ARGV[4])
 return rec
 """
 )
@@ -211,20 +222,40 @@ return {m[1] or '0', m[2] or '0', redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'C
 )
 
 
+# FLAGS bits 1 and 3: the announce mode.
+_MODE_BITS = {AnnounceMode.OFF: 0, AnnounceMode.EVERYONE: 2, AnnounceMode.MUTUAL: 8}
+
+
 def _record(user_id: str, rec: bytes) -> UserRecord:
     flags = rec[16]
+    mode = AnnounceMode.EVERYONE if flags & 2 else AnnounceMode.MUTUAL if flags & 8 else AnnounceMode.OFF
     return UserRecord(
         user_id=user_id,
         directory_key=rec[:16],
         settings=PrivacySettings(
-            discoverable=bool(flags & 1), announce_join=bool(flags & 2), notify_on_join=bool(flags & 4)
+            discoverable=bool(flags & 1),
+            announce_mode=mode,
+            notify_on_join=bool(flags & 4),
+            announce_number_change=bool(flags & 16),
         ),
     )
 
 
 @functools.cache
 def _flags(settings: PrivacySettings) -> bytes:
-    return pack_flags(settings.discoverable, settings.announce_join, settings.notify_on_join)
+    return bytes(
+        (
+            settings.discoverable
+            | _MODE_BITS[settings.announce_mode]
+            | settings.notify_on_join << 2
+            | settings.announce_number_change << 4,
+        )
+    )
+
+
+def announcement_args(a: Announcement) -> list[bytes | str]:
+    """An announcement as the scripts' last four arguments."""
+    return [a.watch_tag, a.joiner_tag, a.notice, repr(a.delay)]
 
 
 _LENGTH = [bytes((n,)) for n in range(256)]
@@ -251,7 +282,14 @@ class RedisRegistry(RedisBase):
         code = await self._write(
             REGISTER,
             self._registry_keys(uid, user.directory_key),
-            [uid, user.directory_key, _flags(user.settings), self._inbox_ttl_ms, user.private or b""],
+            [
+                uid,
+                user.directory_key,
+                _flags(user.settings),
+                self._inbox_ttl_ms,
+                *announcement_args(user.announcement),
+                user.private or b"",
+            ],
         )
         if code == UNCHANGED:
             return RegisterOutcome.UNCHANGED
@@ -266,25 +304,33 @@ class RedisRegistry(RedisBase):
         rec: bytes | None = await self._redis.hget(self.keys.user_bucket(uid), uid)  # type: ignore[assignment]
         return None if rec is None else rec[:16]
 
-    async def unregister(self, user_id: str) -> UserRecord | None:
+    async def unregister(self, user_id: str, joiner_tag: bytes) -> UserRecord | None:
         uid = user_id.encode()
         reply: Any = NOT_REGISTERED
         while (key := await self._current_key(uid)) is not None:
-            reply = await self._write(UNREGISTER, self._registry_keys(uid, key), [uid, key])
+            reply = await self._write(UNREGISTER, self._registry_keys(uid, key), [uid, key, joiner_tag])
             if reply != RETRY:
                 break
         if not isinstance(reply, bytes):
             # Data kept on behalf of an unknown user (watches) is forgotten too.
-            await self.delete_user_data(user_id)
+            await self.delete_user_data(user_id, joiner_tag)
             return None
         await self._written()
         return _record(user_id, reply)
 
-    async def delete_user_data(self, user_id: str) -> int:
-        return int(await self._write(FORGET_USER, [self.keys.meta], [user_id.encode()]))
+    async def delete_user_data(self, user_id: str, joiner_tag: bytes) -> int:
+        return int(await self._write(FORGET_USER, [self.keys.meta], [user_id.encode(), joiner_tag]))
+
+    async def erase_traces(self) -> None:
+        """Nothing to do: the store writes no file itself (Redis persistence is the operator's,
+        see docs/threat-model.md)."""
 
     async def change_number(
-        self, user_id: str, directory_key: bytes, private: bytes | None = None
+        self,
+        user_id: str,
+        directory_key: bytes,
+        announcement: Announcement,
+        private: bytes | None = None,
     ) -> UserRecord:
         uid = user_id.encode()
         while True:
@@ -294,7 +340,14 @@ class RedisRegistry(RedisBase):
             reply = await self._write(
                 CHANGE_NUMBER,
                 self._registry_keys(uid, key, directory_key),
-                [uid, key, directory_key, self._inbox_ttl_ms, private or b""],
+                [
+                    uid,
+                    key,
+                    directory_key,
+                    self._inbox_ttl_ms,
+                    *announcement_args(announcement),
+                    private or b"",
+                ],
             )
             if reply == NOT_REGISTERED:
                 raise UserNotRegistered()
@@ -327,6 +380,7 @@ class RedisRegistry(RedisBase):
             add = packed.extend
             for user in chunk:
                 uid = user.user_id.encode()
+                a = user.announcement
                 add(
                     (
                         k.user_bucket(uid)[-2:],
@@ -334,6 +388,11 @@ class RedisRegistry(RedisBase):
                         _flags(user.settings),
                         _LENGTH[len(uid)],
                         uid,
+                        a.watch_tag,
+                        a.joiner_tag,
+                        _LENGTH[len(a.notice)],
+                        a.notice,
+                        min(int(a.delay * 1000), 2**32 - 1).to_bytes(4, "big"),
                     )
                 )
             entries = [user.private or b"" for user in chunk]

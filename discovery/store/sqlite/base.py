@@ -7,6 +7,7 @@ serialised transaction and the event loop never blocks on disk.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from discovery.core.errors import Unavailable
+
+log = logging.getLogger("discovery.store")
 
 T = TypeVar("T")
 
@@ -32,7 +35,7 @@ CREATE TABLE IF NOT EXISTS users (
     user_id TEXT PRIMARY KEY,
     dkey BLOB NOT NULL UNIQUE,
     discoverable INTEGER NOT NULL,
-    announce_join INTEGER NOT NULL,
+    announce_join INTEGER NOT NULL, -- announce mode (bits 0-1) and number change (bit 2)
     notify_on_join INTEGER NOT NULL,
     private BLOB
 );
@@ -95,6 +98,7 @@ class SqliteBase:
         conn.execute(f"PRAGMA busy_timeout={_LOCK_POLL_MS}")
         # Deleted pages are zeroed so that forgotten keys do not linger in free pages.
         conn.execute("PRAGMA secure_delete=ON")
+        self._migrate(conn)
         conn.executescript(self.schema())
         for table in ("users", "registry_feed"):  # files written before private mode
             if "private" not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
@@ -108,6 +112,28 @@ class SqliteBase:
     def schema(self) -> str:
         """The DDL; mixins that keep more tables extend it."""
         return SCHEMA
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring tables of an older file to the current form, before the DDL runs."""
+
+    async def erase_traces(self) -> None:
+        """Checkpoint the WAL into the database and truncate it to 0 bytes.
+
+        Deleted rows are zeroed in the database file (``secure_delete``), but until a
+        checkpoint the WAL still holds the pages as they were before the deletion, and after a
+        plain checkpoint its old frames stay in the file until overwritten. TRUNCATE copies
+        every frame into the database and cuts the file to nothing. A reader of another
+        process can make it wait: it is retried a few times, then logged.
+        """
+        await self._run(self._erase_traces_sync)
+
+    def _erase_traces_sync(self) -> None:
+        for _ in range(20):
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:
+                return
+            time.sleep(0.01)
+        log.warning("the WAL could not be truncated: another connection reads", extra={"event": "wal_busy"})
 
     async def ping(self) -> None:
         await self._run(lambda: self._db.execute("SELECT 1").fetchone())
@@ -205,10 +231,10 @@ class SqliteBase:
 
     # -- hooks the join notification mixin overrides --------------------------------------------
 
-    def _after_register(self, conn: sqlite3.Connection, users: list[tuple[str, bytes, bool]]) -> None:
-        """Called in the registering transaction with (user_id, directory_key, announce_join)."""
+    def _after_register(self, conn: sqlite3.Connection, users: list[Any]) -> None:
+        """Called in the registering transaction with (user_id, announcement, mode) per user."""
 
-    def _forget_user(self, conn: sqlite3.Connection, user_id: str) -> int:
+    def _forget_user(self, conn: sqlite3.Connection, user_id: str, joiner_tag: bytes) -> int:
         """Called in the unregistering transaction; removes data kept on the user's behalf."""
         return 0
 

@@ -19,34 +19,34 @@ import collections
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 from discovery.core.errors import InvalidArgument, Reason
 from discovery.core.hashing import KEY_SIZE
-from discovery.core.model import InboxEntry
+from discovery.core.model import Announcement, AnnounceMode, DeviceState, InboxEntry, WatchSummary
 from discovery.store.sqlite.base import SqliteBase
 
 T = TypeVar("T")
 
 JOIN_SCHEMA = """
 CREATE TABLE IF NOT EXISTS join_watches (
-    dkey BLOB NOT NULL,
+    wtag BLOB NOT NULL,
     watcher TEXT NOT NULL,
     expires REAL NOT NULL,
-    PRIMARY KEY (dkey, watcher)
+    PRIMARY KEY (wtag, watcher)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS join_watches_watcher ON join_watches(watcher, expires);
 CREATE INDEX IF NOT EXISTS join_watches_expires ON join_watches(expires);
 CREATE TABLE IF NOT EXISTS join_inbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id TEXT NOT NULL,
-    joiner TEXT NOT NULL,
-    dkey BLOB NOT NULL,
+    jtag BLOB NOT NULL,
+    notice BLOB NOT NULL,
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS join_inbox_user ON join_inbox(user_id, seq);
-CREATE INDEX IF NOT EXISTS join_inbox_joiner ON join_inbox(joiner);
+CREATE INDEX IF NOT EXISTS join_inbox_jtag ON join_inbox(jtag);
 CREATE INDEX IF NOT EXISTS join_inbox_created ON join_inbox(created);
 CREATE TABLE IF NOT EXISTS join_devices (
     user_id TEXT NOT NULL,
@@ -58,37 +58,68 @@ CREATE TABLE IF NOT EXISTS join_devices (
 CREATE INDEX IF NOT EXISTS join_devices_seen ON join_devices(seen);
 """
 
+
+def _migrate_join_tables(conn: sqlite3.Connection) -> None:
+    """Files from before watch tags and sealed events kept directory keys and joiner ids in
+    clear: drop those watches and events (watches come back with the next Discover), keeping
+    the newest cursor so cursors are never reused."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(join_inbox)")}
+    if not columns or "notice" in columns:
+        return
+    head = _inbox_head(conn)
+    conn.execute("DROP TABLE join_inbox")
+    conn.execute("DROP TABLE IF EXISTS join_watches")
+    conn.executescript(JOIN_SCHEMA)
+    conn.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('join_inbox', ?)", (head,))
+
+
 # One purge transaction deletes at most this many rows of a table, so registrations queued
 # behind the sweeper on the writer thread wait milliseconds, not seconds.
 PURGE_BATCH = 5000
 
-_FAN_OUT = (
-    "INSERT INTO join_inbox(user_id, joiner, dkey, created)"
-    " SELECT w.watcher, :joiner, w.dkey, :now FROM join_watches w"
-    " JOIN users u ON u.user_id = w.watcher"
-    " WHERE w.dkey = :dkey AND w.expires > :now AND w.watcher != :joiner AND u.notify_on_join = 1"
-    " AND EXISTS (SELECT 1 FROM users j WHERE j.user_id = :joiner AND j.discoverable = 1)"
-    " ORDER BY w.watcher"
+_JOINER_MAY_BE_TOLD = (
+    " AND EXISTS (SELECT 1 FROM users j WHERE j.user_id = :joiner AND j.discoverable = 1{mode})"
 )
+_FAN_OUT = (
+    "INSERT INTO join_inbox(user_id, jtag, notice, created)"
+    " SELECT w.watcher, :jtag, :notice, :release FROM join_watches w"
+    " JOIN users u ON u.user_id = w.watcher"
+    " WHERE w.wtag = :wtag AND w.expires > :now AND w.watcher != :joiner AND u.notify_on_join = 1"
+    + _JOINER_MAY_BE_TOLD.format(mode="")
+    + " ORDER BY w.watcher"
+)
+# MUTUAL: only the watchers the joiner's Discover matched ({marks} is their ids' placeholders).
+_MUTUAL = (
+    "INSERT INTO join_inbox(user_id, jtag, notice, created)"
+    " SELECT w.watcher, :jtag, :notice, :release FROM join_watches w"
+    " JOIN users u ON u.user_id = w.watcher"
+    " WHERE w.wtag = :wtag AND w.watcher IN ({marks}) AND w.expires > :now AND w.watcher != :joiner"
+    " AND u.notify_on_join = 1"
+    + _JOINER_MAY_BE_TOLD.format(mode=f" AND j.announce_join & 3 = {int(AnnounceMode.MUTUAL)}")
+    + " ORDER BY w.watcher"
+)
+
+#: (user id, announcement, the mode that applies to this registration) of a registered user.
+Joined = tuple[str, Announcement, AnnounceMode]
 
 
 _PARAMS_PER_QUERY = 500
 
 
-def _watched(conn: sqlite3.Connection, users: list[tuple[str, bytes, bool]]) -> list[tuple[str, bytes, bool]]:
-    """The users whose directory key has a watch: one indexed IN query per 500 keys, so a
-    bulk import of keys nobody watches skips the per-user fan-out statements."""
+def _watched(conn: sqlite3.Connection, users: list[Joined]) -> list[Joined]:
+    """The users whose watch tag has a watch: one indexed IN query per 500 tags, so a bulk
+    import of keys nobody watches skips the per-user fan-out statements."""
     if len(users) <= 1:
         return users
     watched: set[bytes] = set()
     for start in range(0, len(users), _PARAMS_PER_QUERY):
-        keys = [dkey for _, dkey, _ in users[start : start + _PARAMS_PER_QUERY]]
-        marks = ",".join("?" * len(keys))
+        tags = [a.watch_tag for _, a, _ in users[start : start + _PARAMS_PER_QUERY]]
+        marks = ",".join("?" * len(tags))
         watched.update(
             bytes(row[0])
-            for row in conn.execute(f"SELECT DISTINCT dkey FROM join_watches WHERE dkey IN ({marks})", keys)
+            for row in conn.execute(f"SELECT DISTINCT wtag FROM join_watches WHERE wtag IN ({marks})", tags)
         )
-    return [user for user in users if user[1] in watched]
+    return [user for user in users if user[1].watch_tag in watched]
 
 
 def _inbox_head(conn: sqlite3.Connection) -> int:
@@ -127,6 +158,17 @@ def _settle(reads: list[_Read], done: asyncio.Future[list[list[InboxEntry] | Bas
             future.set_result(result)
 
 
+def _event_params(joiner: str, announcement: Announcement, now: float) -> dict[str, object]:
+    return {
+        "joiner": joiner,
+        "wtag": announcement.watch_tag,
+        "jtag": announcement.joiner_tag,
+        "notice": announcement.notice,
+        "now": now,
+        "release": now + announcement.delay,
+    }
+
+
 def _registered(conn: sqlite3.Connection, user_id: str) -> bool:
     return conn.execute("SELECT 1 FROM users WHERE user_id = ?", (user_id,)).fetchone() is not None
 
@@ -145,6 +187,10 @@ class SqliteJoins(SqliteBase):
     def schema(self) -> str:
         return super().schema() + JOIN_SCHEMA
 
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        super()._migrate(conn)
+        _migrate_join_tables(conn)
+
     def _open_sync(self) -> None:
         super()._open_sync()
         self._inbox_seen = _inbox_head(self._db)
@@ -155,20 +201,26 @@ class SqliteJoins(SqliteBase):
 
     # -- hooks called inside the registry's transactions ----------------------------------------
 
-    def _after_register(self, conn: sqlite3.Connection, users: list[tuple[str, bytes, bool]]) -> None:
+    def _after_register(self, conn: sqlite3.Connection, users: list[Joined]) -> None:
         super()._after_register(conn, users)
         users = _watched(conn, users)
         if not users:
             return
         now = time.time()
         before = _inbox_head(conn)
-        announced = [
-            {"joiner": user_id, "dkey": dkey, "now": now} for user_id, dkey, announce in users if announce
-        ]
-        if announced:
-            conn.executemany(_FAN_OUT, announced)
-        # The watches are consumed whether or not anyone was told.
-        conn.executemany("DELETE FROM join_watches WHERE dkey = ?", [(dkey,) for _, dkey, _ in users])
+        conn.executemany(
+            _FAN_OUT,
+            [_event_params(uid, a, now) for uid, a, mode in users if mode is AnnounceMode.EVERYONE],
+        )
+        # EVERYONE and OFF consume the watches; MUTUAL keeps them for the joiner's Discover.
+        conn.executemany(
+            "DELETE FROM join_watches WHERE wtag = ?",
+            [(a.watch_tag,) for _, a, mode in users if mode is not AnnounceMode.MUTUAL],
+        )
+        self._signal_since(conn, before)
+
+    def _signal_since(self, conn: sqlite3.Connection, before: int) -> None:
+        """Queue the wake-ups of the users whose inbox got entries after cursor ``before``."""
         after = _inbox_head(conn)
         if after > before:
             notified = {
@@ -179,8 +231,8 @@ class SqliteJoins(SqliteBase):
             # No other process appended in between: these rows need no poll to be found.
             self._inbox_seen = after
 
-    def _forget_user(self, conn: sqlite3.Connection, user_id: str) -> int:
-        removed = super()._forget_user(conn, user_id)
+    def _forget_user(self, conn: sqlite3.Connection, user_id: str, joiner_tag: bytes) -> int:
+        removed = super()._forget_user(conn, user_id, joiner_tag)
         for table, column in (
             ("join_watches", "watcher"),
             ("join_inbox", "user_id"),
@@ -188,9 +240,48 @@ class SqliteJoins(SqliteBase):
         ):
             removed += conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (user_id,)).rowcount
         if not _registered(conn, user_id):
-            # Unregistered: no inbox may still name them as the one who joined.
-            conn.execute("DELETE FROM join_inbox WHERE joiner = ?", (user_id,))
+            # Unregistered: no inbox may still hold an event about them.
+            conn.execute("DELETE FROM join_inbox WHERE jtag = ?", (joiner_tag,))
         return removed
+
+    async def announce_mutual(self, joiner: str, announcement: Announcement, watchers: Sequence[str]) -> int:
+        watchers = list(watchers)
+        if not await self._run(lambda: self._has_watch(announcement.watch_tag, watchers)):
+            return 0
+        told: int = await self._write(lambda conn: self._mutual_sync(conn, joiner, announcement, watchers))
+        return told
+
+    def _has_watch(self, tag: bytes, watchers: list[str]) -> bool:
+        """A read on the store thread: most Discover calls of MUTUAL users find no watch."""
+        for start in range(0, len(watchers), _PARAMS_PER_QUERY):
+            chunk = watchers[start : start + _PARAMS_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT 1 FROM join_watches WHERE wtag = ? AND watcher IN ({marks}) LIMIT 1"
+            if self._db.execute(sql, (tag, *chunk)).fetchone():
+                return True
+        return False
+
+    def _mutual_sync(
+        self, conn: sqlite3.Connection, joiner: str, announcement: Announcement, watchers: list[str]
+    ) -> int:
+        before = _inbox_head(conn)
+        now = time.time()
+        for start in range(0, len(watchers), _PARAMS_PER_QUERY):
+            chunk = watchers[start : start + _PARAMS_PER_QUERY]
+            names = [f"w{i}" for i in range(len(chunk))]
+            params: dict[str, object] = {
+                **_event_params(joiner, announcement, now),
+                **dict(zip(names, chunk, strict=True)),
+            }
+            conn.execute(_MUTUAL.format(marks=",".join(":" + n for n in names)), params)
+            marks = ",".join("?" * len(chunk))
+            conn.execute(
+                f"DELETE FROM join_watches WHERE wtag = ? AND watcher IN ({marks})"
+                " AND EXISTS (SELECT 1 FROM join_inbox WHERE seq > ? AND user_id = join_watches.watcher)",
+                (announcement.watch_tag, *chunk, before),
+            )
+        self._signal_since(conn, before)
+        return _inbox_head(conn) - before
 
     def _notify_changed(self) -> None:
         super()._notify_changed()
@@ -215,8 +306,8 @@ class SqliteJoins(SqliteBase):
         now = time.time()
         conn.execute("DELETE FROM join_watches WHERE watcher = ? AND expires <= ?", (watcher, now))
         conn.executemany(
-            "INSERT INTO join_watches(dkey, watcher, expires) VALUES (?, ?, ?)"
-            " ON CONFLICT(dkey, watcher) DO UPDATE SET expires = MAX(expires, excluded.expires)",
+            "INSERT INTO join_watches(wtag, watcher, expires) VALUES (?, ?, ?)"
+            " ON CONFLICT(wtag, watcher) DO UPDATE SET expires = MAX(expires, excluded.expires)",
             ((keys[i : i + KEY_SIZE], watcher, now + ttl) for i in range(0, len(keys), KEY_SIZE)),
         )
         count = int(
@@ -224,8 +315,8 @@ class SqliteJoins(SqliteBase):
         )
         if count > cap:
             conn.execute(
-                "DELETE FROM join_watches WHERE watcher = ? AND dkey IN (SELECT dkey FROM join_watches"
-                " WHERE watcher = ? ORDER BY expires, dkey LIMIT ?)",
+                "DELETE FROM join_watches WHERE watcher = ? AND wtag IN (SELECT wtag FROM join_watches"
+                " WHERE watcher = ? ORDER BY expires, wtag LIMIT ?)",
                 (watcher, watcher, count - cap),
             )
             count = cap
@@ -236,6 +327,25 @@ class SqliteJoins(SqliteBase):
             lambda conn: conn.execute("DELETE FROM join_watches WHERE watcher = ?", (watcher,)).rowcount
         )
         return dropped
+
+    async def watch_summary(self, watcher: str) -> WatchSummary:
+        row = await self._run(
+            lambda: self._db.execute(
+                "SELECT COUNT(*), MIN(expires), MAX(expires) FROM join_watches"
+                " WHERE watcher = ? AND expires > ?",
+                (watcher, time.time()),
+            ).fetchone()
+        )
+        return WatchSummary(int(row[0]), float(row[1] or 0.0), float(row[2] or 0.0))
+
+    async def devices(self, user_id: str) -> list[DeviceState]:
+        rows = await self._run(
+            lambda: self._db.execute(
+                "SELECT device_id, acked, seen FROM join_devices WHERE user_id = ? ORDER BY device_id",
+                (user_id,),
+            ).fetchall()
+        )
+        return [DeviceState(d, int(a), float(seen)) for d, a, seen in rows]
 
     async def count_watches(self, watcher: str) -> int:
         return int(
@@ -266,12 +376,17 @@ class SqliteJoins(SqliteBase):
         ).fetchone()
         return max(after, int(row[0]))
 
-    async def inbox_read(self, user_id: str, after: int, limit: int, max_age: float) -> list[InboxEntry]:
+    async def inbox_read(
+        self, user_id: str, after: int, limit: int, max_age: float, released_only: bool = True
+    ) -> list[InboxEntry]:
         """Reads issued in the same event-loop turn share one trip to the writer thread.
 
         One registration watched by a thousand live subscribers wakes them all at once; their
-        reads then cost one thread hand-off instead of a thousand.
+        reads then cost one thread hand-off instead of a thousand. (Reads of unreleased
+        entries, for an export, are rare: they go alone.)
         """
+        if not released_only:
+            return await self._run(lambda: self._inbox_read_sync(user_id, after, limit, max_age, False))
         future: asyncio.Future[list[InboxEntry]] = asyncio.get_running_loop().create_future()
         self._reads.append((user_id, after, limit, max_age, future))
         if len(self._reads) == 1:
@@ -293,15 +408,21 @@ class SqliteJoins(SqliteBase):
         except Exception as error:
             return error
 
-    def _inbox_read_sync(self, user_id: str, after: int, limit: int, max_age: float) -> list[InboxEntry]:
+    def _inbox_read_sync(
+        self, user_id: str, after: int, limit: int, max_age: float, released_only: bool = True
+    ) -> list[InboxEntry]:
+        now = time.time()
         rows = self._db.execute(
-            "SELECT seq, joiner, dkey, created FROM join_inbox"
+            "SELECT seq, notice, created FROM join_inbox"
             " WHERE user_id = ? AND seq > ? AND created > ? ORDER BY seq LIMIT ?",
-            (user_id, after, time.time() - max_age, limit),
+            (user_id, after, now - max_age, limit),
         ).fetchall()
-        return [
-            InboxEntry(seq, str(seq), joiner, bytes(dkey), created) for seq, joiner, dkey, created in rows
-        ]
+        entries = []
+        for seq, notice, created in rows:
+            if created > now and released_only:
+                break  # not released yet: nothing after it is delivered before it
+            entries.append(InboxEntry(seq, str(seq), bytes(notice), created))
+        return entries
 
     async def inbox_ack(self, user_id: str, device_id: str, cursor: int, max_age: float) -> int | None:
         deleted: int | None = await self._joins_write(
@@ -345,8 +466,8 @@ class SqliteJoins(SqliteBase):
         cutoff = now - max_age
         statements = (
             (
-                "DELETE FROM join_watches WHERE (dkey, watcher) IN"
-                " (SELECT dkey, watcher FROM join_watches WHERE expires <= ? LIMIT ?)",
+                "DELETE FROM join_watches WHERE (wtag, watcher) IN"
+                " (SELECT wtag, watcher FROM join_watches WHERE expires <= ? LIMIT ?)",
                 now,
             ),
             (

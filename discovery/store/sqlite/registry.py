@@ -13,6 +13,8 @@ import numpy as np
 
 from discovery.core.errors import ContactHashTaken, FeedTruncated, UserIdTaken, UserNotRegistered
 from discovery.core.model import (
+    Announcement,
+    AnnounceMode,
     ImportRejectionReason,
     ImportReport,
     NewUser,
@@ -29,13 +31,22 @@ _USER_COLUMNS = "user_id, dkey, discoverable, announce_join, notify_on_join"
 
 
 def _record(row: tuple[str, bytes, int, int, int]) -> UserRecord:
+    mode, number_change = PrivacySettings.announce_fields(row[3])
     return UserRecord(
         user_id=row[0],
         directory_key=bytes(row[1]),
         settings=PrivacySettings(
-            discoverable=bool(row[2]), announce_join=bool(row[3]), notify_on_join=bool(row[4])
+            discoverable=bool(row[2]),
+            announce_mode=mode,
+            notify_on_join=bool(row[4]),
+            announce_number_change=number_change,
         ),
     )
+
+
+def _number_change_mode(settings: PrivacySettings) -> AnnounceMode:
+    """The mode that applies when a user moves to a new number."""
+    return settings.announce_mode if settings.announce_number_change else AnnounceMode.OFF
 
 
 class SqliteRegistry(SqliteBase):
@@ -59,41 +70,54 @@ class SqliteRegistry(SqliteBase):
                 user.user_id,
                 user.directory_key,
                 s.discoverable,
-                s.announce_join,
+                s.announce_code,
                 s.notify_on_join,
                 user.private,
             ),
         )
         self._append_change(conn, user.directory_key, user.user_id, s.discoverable, user.private)
-        self._after_register(conn, [(user.user_id, user.directory_key, s.announce_join)])
+        self._after_register(conn, [(user.user_id, user.announcement, s.announce_mode)])
         return RegisterOutcome.CREATED
 
-    async def unregister(self, user_id: str) -> UserRecord | None:
-        return await self._write(lambda conn: self._unregister_sync(conn, user_id))
+    async def unregister(self, user_id: str, joiner_tag: bytes) -> UserRecord | None:
+        return await self._write(lambda conn: self._unregister_sync(conn, user_id, joiner_tag))
 
-    def _unregister_sync(self, conn: sqlite3.Connection, user_id: str) -> UserRecord | None:
+    def _unregister_sync(
+        self, conn: sqlite3.Connection, user_id: str, joiner_tag: bytes
+    ) -> UserRecord | None:
         record = self._user_row(conn, user_id)
         if record is None:
             # Data kept on behalf of an unknown user (watches) is still forgotten.
-            self._forget_user(conn, user_id)
+            self._forget_user(conn, user_id, joiner_tag)
             return None
         private = self._private_of(conn, user_id)
         conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
-        self._forget_user(conn, user_id)
+        self._forget_user(conn, user_id, joiner_tag)
         self._scrub_feed(conn, user_id)
         self._append_change(conn, record.directory_key, None, False, private)
         return record
 
-    async def delete_user_data(self, user_id: str) -> int:
-        return await self._write(lambda conn: self._forget_user(conn, user_id))
+    async def delete_user_data(self, user_id: str, joiner_tag: bytes) -> int:
+        return await self._write(lambda conn: self._forget_user(conn, user_id, joiner_tag))
 
     async def change_number(
-        self, user_id: str, directory_key: bytes, private: bytes | None = None
+        self,
+        user_id: str,
+        directory_key: bytes,
+        announcement: Announcement,
+        private: bytes | None = None,
     ) -> UserRecord:
-        return await self._write(lambda conn: self._change_number_sync(conn, user_id, directory_key, private))
+        return await self._write(
+            lambda conn: self._change_number_sync(conn, user_id, directory_key, announcement, private)
+        )
 
     def _change_number_sync(
-        self, conn: sqlite3.Connection, user_id: str, directory_key: bytes, private: bytes | None
+        self,
+        conn: sqlite3.Connection,
+        user_id: str,
+        directory_key: bytes,
+        announcement: Announcement,
+        private: bytes | None,
     ) -> UserRecord:
         record = self._user_row(conn, user_id)
         if record is None:
@@ -109,7 +133,7 @@ class SqliteRegistry(SqliteBase):
         self._scrub_feed(conn, user_id)
         self._append_change(conn, record.directory_key, None, False, old_private)
         self._append_change(conn, directory_key, user_id, record.settings.discoverable, private)
-        self._after_register(conn, [(user_id, directory_key, record.settings.announce_join)])
+        self._after_register(conn, [(user_id, announcement, _number_change_mode(record.settings))])
         return record
 
     async def update_settings(self, user_id: str, settings: PrivacySettings) -> UserRecord | None:
@@ -123,7 +147,7 @@ class SqliteRegistry(SqliteBase):
             return None
         conn.execute(
             "UPDATE users SET discoverable = ?, announce_join = ?, notify_on_join = ? WHERE user_id = ?",
-            (settings.discoverable, settings.announce_join, settings.notify_on_join, user_id),
+            (settings.discoverable, settings.announce_code, settings.notify_on_join, user_id),
         )
         if settings.discoverable != record.settings.discoverable:
             self._append_change(
@@ -153,7 +177,7 @@ class SqliteRegistry(SqliteBase):
                     u.user_id,
                     u.directory_key,
                     u.settings.discoverable,
-                    u.settings.announce_join,
+                    u.settings.announce_code,
                     u.settings.notify_on_join,
                     u.private,
                 )
@@ -174,7 +198,7 @@ class SqliteRegistry(SqliteBase):
             (time.time(),),
         )
         imported = [
-            (u.user_id, u.directory_key, u.settings.announce_join)
+            (u.user_id, u.announcement, u.settings.announce_mode)
             for i, u in enumerate(users)
             if first + i not in skip
         ]
