@@ -192,7 +192,7 @@ class Directory:
     def _check_new_user_id(self, user_id: str) -> None:
         problem = self._new_user_id_problem(user_id)
         if problem is not None:
-            raise InvalidArgument.field("user_id", problem)
+            raise InvalidArgument.field("user_id", problem, Reason.INVALID_USER_ID)
 
     async def _private_entry(self, contact_hash: bytes, user_id: str) -> bytes | None:
         if self.private is None:

@@ -53,8 +53,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     previous_contact_hashes (their contacts are then charged once).
     """
     INVALID_USER_ID: _ErrorReason.ValueType  # 7
-    """INVALID_ARGUMENT. A user_id is empty, longer than 128 bytes of UTF-8 or
-    holds non-printable characters. Do not retry.
+    """INVALID_ARGUMENT. A user_id is empty, longer than 128 bytes of UTF-8
+    (in private mode: than the server's private id pad) or holds
+    non-printable characters. Do not retry.
     """
     INVALID_CONTACT_HASH: _ErrorReason.ValueType  # 8
     """INVALID_ARGUMENT. A contact_hash is not exactly 32 bytes. Do not retry."""
@@ -260,8 +261,9 @@ expired. Resend the same contact_hashes without previous_token and
 previous_contact_hashes (their contacts are then charged once).
 """
 INVALID_USER_ID: ErrorReason.ValueType  # 7
-"""INVALID_ARGUMENT. A user_id is empty, longer than 128 bytes of UTF-8 or
-holds non-printable characters. Do not retry.
+"""INVALID_ARGUMENT. A user_id is empty, longer than 128 bytes of UTF-8
+(in private mode: than the server's private id pad) or holds
+non-printable characters. Do not retry.
 """
 INVALID_CONTACT_HASH: ErrorReason.ValueType  # 8
 """INVALID_ARGUMENT. A contact_hash is not exactly 32 bytes. Do not retry."""
