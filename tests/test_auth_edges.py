@@ -1,6 +1,7 @@
-"""Authentication edges, for every RPC of every API service: a signed token whose sub is empty
-or blank is refused (the backend scope too), and so is any request with more than one
-authorization (or development x-discovery-user-id) header."""
+"""Authentication edges, for every RPC of every API service (private mode on, so that
+PrivateDiscoveryService runs too): a signed token whose sub is empty or blank is refused (the
+backend scope too), and so is any request with more than one authorization (or development
+x-discovery-user-id) header."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from discovery.core.hashing import contact_hash
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.support.auth_helpers import as_backend, as_user
+from tests.support.error_cases import PRIVATE
 from tests.support.rpc import METHODS, invoke, reason
 from tests.support.server import StartServer, user_metadata
 
@@ -27,6 +29,7 @@ def test_every_api_service_is_covered() -> None:
         "discovery.v1.DiscoveryService",
         "discovery.v1.DirectoryAdminService",
         "discovery.v1.JoinNotificationService",
+        "discovery.v1.PrivateDiscoveryService",
     } <= services
 
 
@@ -34,7 +37,7 @@ def test_every_api_service_is_covered() -> None:
 async def test_blank_subjects_and_duplicate_headers_are_refused(
     start_server: StartServer, method: MethodDescriptor
 ) -> None:
-    server = await start_server(auth="jwt")
+    server = await start_server(auth="jwt", **PRIVATE)
     key = jwt_secret(server.config)
     async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         backend = as_backend(server)
@@ -68,7 +71,7 @@ async def test_blank_subjects_and_duplicate_headers_are_refused(
 async def test_duplicate_development_headers_are_refused(
     start_server: StartServer, method: MethodDescriptor
 ) -> None:
-    server = await start_server()
+    server = await start_server(**PRIVATE)
     async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         for metadata in (
             (*user_metadata("alice"), *user_metadata("mallory")),

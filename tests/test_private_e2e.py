@@ -22,6 +22,7 @@ from discovery.private_scheme import Bucket, ProofError, bucket_size, tag_of
 from discovery.v1 import private_pb2, private_pb2_grpc
 from tests.support.helpers import e164_numbers
 from tests.support.privacy_scan import Needles, find_leaks, scan_tree
+from tests.support.rpc import reason
 from tests.support.server import (
     RequestRecorder,
     StartServer,
@@ -200,6 +201,8 @@ async def test_bad_blinded_elements_are_refused_and_cost_nothing(
     details = status_details(caught.value)
     fields = [v.field for d in details for v in getattr(d, "field_violations", [])]
     assert field in fields
+    expected = "TOO_MANY_BLINDED_ELEMENTS" if name == "over the cap" else "MALFORMED_BLINDED_ELEMENTS"
+    assert reason(caught.value) == expected
     assert await bucket_level(server, "mallory") == 0
 
 
@@ -216,20 +219,35 @@ async def test_bad_prefix_and_cursors_are_refused(
         params = await stub.GetPrivateParams(private_pb2.GetPrivateParamsRequest(), metadata=md)
         assert params.prefix_bits == 1
         cases = [
-            stub.GetPrivateBuckets(private_pb2.GetPrivateBucketsRequest(prefixes=[b"\x80\x00"]), metadata=md),
-            stub.GetPrivateBuckets(private_pb2.GetPrivateBucketsRequest(prefixes=[b"\x40"]), metadata=md),
-            stub.GetPrivateDelta(
-                private_pb2.GetPrivateDeltaRequest(epoch=params.epoch, cursor=params.cursor + 1000),
-                metadata=md,
+            (
+                stub.GetPrivateBuckets(
+                    private_pb2.GetPrivateBucketsRequest(prefixes=[b"\x80\x00"]), metadata=md
+                ),
+                "BUCKET_PREFIX_REFUSED",
             ),
-            stub.GetPrivateDelta(
-                private_pb2.GetPrivateDeltaRequest(epoch=params.epoch + 1, cursor=0), metadata=md
+            (
+                stub.GetPrivateBuckets(private_pb2.GetPrivateBucketsRequest(prefixes=[b"\x40"]), metadata=md),
+                "BUCKET_PREFIX_REFUSED",
+            ),
+            (
+                stub.GetPrivateDelta(
+                    private_pb2.GetPrivateDeltaRequest(epoch=params.epoch, cursor=params.cursor + 1000),
+                    metadata=md,
+                ),
+                "PRIVATE_CURSOR_REFUSED",
+            ),
+            (
+                stub.GetPrivateDelta(
+                    private_pb2.GetPrivateDeltaRequest(epoch=params.epoch + 1, cursor=0), metadata=md
+                ),
+                "PRIVATE_EPOCH_REFUSED",
             ),
         ]
-        for call in cases:
+        for call, expected in cases:
             with pytest.raises(aio.AioRpcError) as caught:
                 await call
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert reason(caught.value) == expected
             assert status_details(caught.value)
         # Buckets are all one size, whatever they hold.
         response = await stub.GetPrivateBuckets(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from voprf import ristretto
 
-from discovery.core.errors import InvalidArgument
+from discovery.core.errors import InvalidArgument, Reason
 from discovery.core.private import (
     OffLoopEvaluator,
     OprfKey,
@@ -173,28 +173,30 @@ def _field(excinfo: pytest.ExceptionInfo[InvalidArgument]) -> str:
 def test_bad_blinded_elements_are_refused() -> None:
     key = OprfKey.from_secret(SECRET, 1)
     good = blind_batch([b"a" * 32]).blinded
-    for bad, field in [
-        (good + bytes(32), "blinded_elements[1]"),  # the identity
-        (b"\xff" * 32, "blinded_elements[0]"),  # not a canonical encoding
-        (good + b"\x01" + bytes(31), "blinded_elements[1]"),  # a non-canonical or off-group encoding
-        (good[:31], "blinded_elements"),  # not a multiple of 32
-        (good * 3, "blinded_elements"),  # over the cap
+    malformed, too_many = Reason.MALFORMED_BLINDED_ELEMENTS, Reason.TOO_MANY_BLINDED_ELEMENTS
+    for bad, field, reason in [
+        (good + bytes(32), "blinded_elements[1]", malformed),  # the identity
+        (b"\xff" * 32, "blinded_elements[0]", malformed),  # not a canonical encoding
+        (good + b"\x01" + bytes(31), "blinded_elements[1]", malformed),  # non-canonical or off-group
+        (good[:31], "blinded_elements", malformed),  # not a multiple of 32
+        (good * 3, "blinded_elements", too_many),  # over the cap
     ]:
         with pytest.raises(InvalidArgument) as excinfo:
             evaluate_blinded(key, bad, max_count=2)
-        assert _field(excinfo) == field
+        assert (_field(excinfo), excinfo.value.reason) == (field, reason)
     assert check_blinded_shape(good * 2, 2) == 2
     layout = BucketLayout(11, 50)
     for prefix in (b"\x00", b"\x00\x00\x00", b"\x00\x01"):  # 11 bits: two bytes, low 5 bits zero
         with pytest.raises(InvalidArgument) as excinfo:
             check_bucket_prefix(prefix, layout)
-        assert _field(excinfo) == "prefix"
+        assert (_field(excinfo), excinfo.value.reason) == ("prefix", Reason.BUCKET_PREFIX_REFUSED)
     assert check_bucket_prefix(b"\xff\xe0", layout) == b"\xff\xe0"
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidArgument) as excinfo:
         check_cursor(11, 1, 10, 1)
+    assert excinfo.value.reason == Reason.PRIVATE_CURSOR_REFUSED
     with pytest.raises(InvalidArgument) as excinfo:
         check_cursor(3, 2, 10, 1)
-    assert _field(excinfo) == "cursor.epoch"
+    assert (_field(excinfo), excinfo.value.reason) == ("cursor.epoch", Reason.PRIVATE_EPOCH_REFUSED)
 
 
 def test_buckets_are_one_size_whatever_they_hold() -> None:

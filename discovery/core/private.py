@@ -19,7 +19,7 @@ from typing import Literal
 
 from voprf import ristretto
 
-from discovery.core.errors import FieldViolation, InvalidArgument
+from discovery.core.errors import FieldViolation, InvalidArgument, Reason
 from discovery.core.hashing import MIN_SECRET_SIZE, derive_key
 from discovery.private_scheme import (
     DEFAULT_ID_PAD,
@@ -87,11 +87,17 @@ def check_blinded_shape(
 ) -> int:
     """The number of blinded elements, or InvalidArgument (cheap: run it before charging the quota)."""
     if len(packed) % ELEMENT_SIZE:
-        raise InvalidArgument.field(field, f"length {len(packed)} is not a multiple of {ELEMENT_SIZE} bytes")
+        raise InvalidArgument.field(
+            field,
+            f"length {len(packed)} is not a multiple of {ELEMENT_SIZE} bytes",
+            Reason.MALFORMED_BLINDED_ELEMENTS,
+        )
     count = len(packed) // ELEMENT_SIZE
     if count > max_count:
         raise InvalidArgument.field(
-            field, f"{count} blinded elements exceed the limit of {max_count} per request"
+            field,
+            f"{count} blinded elements exceed the limit of {max_count} per request",
+            Reason.TOO_MANY_BLINDED_ELEMENTS,
         )
     return count
 
@@ -155,6 +161,7 @@ def _invalid_element(index: int, field: str) -> InvalidArgument:
     return InvalidArgument(
         f"invalid {field}: element {index} is not a valid ristretto255 encoding or is the identity",
         [FieldViolation(f"{field}[{index}]", "not a valid, non-identity ristretto255 element")],
+        Reason.MALFORMED_BLINDED_ELEMENTS,
     )
 
 
@@ -282,7 +289,7 @@ def registration_entry(
 def check_bucket_prefix(prefix: bytes, layout: BucketLayout, field: str = "prefix") -> bytes:
     problem = prefix_problem(prefix, layout.prefix_bits)
     if problem:
-        raise InvalidArgument.field(field, problem)
+        raise InvalidArgument.field(field, problem, Reason.BUCKET_PREFIX_REFUSED)
     return prefix
 
 
@@ -290,13 +297,25 @@ def check_cursor(
     cursor: int, epoch: int, current_cursor: int, current_epoch: int, field: str = "cursor"
 ) -> int:
     """A snapshot or delta cursor from the client: not from the future, not from another epoch."""
+    check_epoch(epoch, current_epoch, f"{field}.epoch")
+    if not 0 <= cursor <= current_cursor:
+        raise cursor_ahead(field)
+    return cursor
+
+
+def check_epoch(epoch: int, current_epoch: int, field: str = "epoch") -> None:
+    """The key epoch of a client's snapshot must be the current one (PRIVATE_EPOCH_REFUSED)."""
     if epoch != current_epoch:
         raise InvalidArgument.field(
-            f"{field}.epoch", f"epoch {epoch} is not the current key epoch {current_epoch}"
+            field,
+            f"epoch {epoch} is not the current key epoch {current_epoch}",
+            Reason.PRIVATE_EPOCH_REFUSED,
         )
-    if not 0 <= cursor <= current_cursor:
-        raise InvalidArgument.field(field, "the cursor is ahead of the directory")
-    return cursor
+
+
+def cursor_ahead(field: str = "cursor") -> InvalidArgument:
+    """A client's cursor ahead of every change of the directory: fetch a new snapshot."""
+    return InvalidArgument.field(field, "the cursor is ahead of the directory", Reason.PRIVATE_CURSOR_REFUSED)
 
 
 @dataclass

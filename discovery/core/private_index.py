@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from discovery.core.background import log_retry
-from discovery.core.errors import FeedTruncated, InvalidArgument
+from discovery.core.errors import FeedTruncated, InvalidArgument, Reason
 from discovery.core.ports import Store
 from discovery.core.private import (
     MAX_BLINDED_PER_REQUEST,
@@ -35,6 +35,8 @@ from discovery.core.private import (
     OprfKey,
     PrivateEntry,
     check_bucket_prefix,
+    check_epoch,
+    cursor_ahead,
 )
 from discovery.core.quota import Gate
 from discovery.private_scheme import (
@@ -435,15 +437,12 @@ class PrivateDiscovery:
 
     async def _checked_cursor(self, epoch: int, cursor: int) -> bool:
         """True: the cursor is known here; False: ahead of this instance but not of the store."""
-        if epoch != self.key.epoch:
-            raise InvalidArgument.field(
-                "epoch", f"epoch {epoch} is not the current key epoch {self.key.epoch}"
-            )
+        check_epoch(epoch, self.key.epoch)
         if cursor <= self.index.cursor:
             return True
         if cursor <= await self.index.store_head():
             return False
-        raise InvalidArgument.field("cursor", "the cursor is ahead of the directory")
+        raise cursor_ahead()
 
     async def delta(self, epoch: int, cursor: int) -> Delta | None:
         """The delta from `cursor` to the released head; None: fetch a snapshot."""
@@ -478,7 +477,9 @@ class PrivateDiscovery:
     async def buckets(self, prefixes: Sequence[bytes]) -> list[bytes]:
         if len(prefixes) > MAX_BUCKETS_PER_REQUEST:
             raise InvalidArgument.field(
-                "prefixes", f"{len(prefixes)} prefixes exceed the limit of {MAX_BUCKETS_PER_REQUEST}"
+                "prefixes",
+                f"{len(prefixes)} prefixes exceed the limit of {MAX_BUCKETS_PER_REQUEST}",
+                Reason.TOO_MANY_BUCKET_PREFIXES,
             )
         index = self.index
         await index.snapshot()

@@ -53,8 +53,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     previous_contact_hashes (their contacts are then charged once).
     """
     INVALID_USER_ID: _ErrorReason.ValueType  # 7
-    """INVALID_ARGUMENT. A user_id is empty, longer than 128 bytes of UTF-8 or
-    holds non-printable characters. Do not retry.
+    """INVALID_ARGUMENT. A user_id is empty, longer than 128 bytes of UTF-8
+    (in private mode: than the server's private id pad) or holds
+    non-printable characters. Do not retry.
     """
     INVALID_CONTACT_HASH: _ErrorReason.ValueType  # 8
     """INVALID_ARGUMENT. A contact_hash is not exactly 32 bytes. Do not retry."""
@@ -74,6 +75,42 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     server's max_import_batch (in the BadRequest description). Nothing of
     that message was imported; earlier messages of the stream were. Send
     smaller messages (importing again is idempotent).
+    """
+    MALFORMED_BLINDED_ELEMENTS: _ErrorReason.ValueType  # 13
+    """INVALID_ARGUMENT. PrivateDiscoveryService/EvaluateBlinded:
+    blinded_elements is not a multiple of 32 bytes, or an element (the
+    BadRequest field names blinded_elements[i]) is not a canonical
+    ristretto255 encoding or is the identity. Nothing was charged. Do not
+    retry; blind each contact hash as docs/private-mode.md says.
+    """
+    TOO_MANY_BLINDED_ELEMENTS: _ErrorReason.ValueType  # 14
+    """INVALID_ARGUMENT. More blinded elements in one EvaluateBlinded request
+    than GetPrivateParams' max_blinded_per_request. Nothing was charged.
+    Split the request and send the parts.
+    """
+    BUCKET_PREFIX_REFUSED: _ErrorReason.ValueType  # 15
+    """INVALID_ARGUMENT. PrivateDiscoveryService/GetPrivateBuckets: a prefix
+    (prefixes[i]) is not ceil(prefix_bits / 8) bytes or has non-zero bits
+    after the first prefix_bits. prefix_bits follows the directory's size:
+    call GetPrivateParams again and recompute the prefixes before retrying.
+    """
+    TOO_MANY_BUCKET_PREFIXES: _ErrorReason.ValueType  # 16
+    """INVALID_ARGUMENT. More prefixes in one GetPrivateBuckets request than
+    the server's limit (1,000; in the BadRequest description). Split the
+    request and send the parts.
+    """
+    PRIVATE_CURSOR_REFUSED: _ErrorReason.ValueType  # 17
+    """INVALID_ARGUMENT. GetPrivateDelta or SubscribePrivateDeltas: the cursor
+    is ahead of every change the directory holds (a snapshot of another
+    deployment). Do not retry with it: fetch a new snapshot
+    (GetPrivateSnapshot) and continue from its cursor.
+    """
+    PRIVATE_EPOCH_REFUSED: _ErrorReason.ValueType  # 18
+    """INVALID_ARGUMENT. GetPrivateDelta or SubscribePrivateDeltas: epoch is
+    not the server's current key epoch, so the client's snapshot and OPRF
+    outputs are of another key. Do not retry with it: call GetPrivateParams
+    (pin the new epoch's key), evaluate the contacts again and fetch a new
+    snapshot.
     """
     CREDENTIALS_MISSING: _ErrorReason.ValueType  # 20
     """UNAUTHENTICATED. The call carries no credentials (no authorization
@@ -224,8 +261,9 @@ expired. Resend the same contact_hashes without previous_token and
 previous_contact_hashes (their contacts are then charged once).
 """
 INVALID_USER_ID: ErrorReason.ValueType  # 7
-"""INVALID_ARGUMENT. A user_id is empty, longer than 128 bytes of UTF-8 or
-holds non-printable characters. Do not retry.
+"""INVALID_ARGUMENT. A user_id is empty, longer than 128 bytes of UTF-8
+(in private mode: than the server's private id pad) or holds
+non-printable characters. Do not retry.
 """
 INVALID_CONTACT_HASH: ErrorReason.ValueType  # 8
 """INVALID_ARGUMENT. A contact_hash is not exactly 32 bytes. Do not retry."""
@@ -245,6 +283,42 @@ IMPORT_BATCH_TOO_LARGE: ErrorReason.ValueType  # 12
 server's max_import_batch (in the BadRequest description). Nothing of
 that message was imported; earlier messages of the stream were. Send
 smaller messages (importing again is idempotent).
+"""
+MALFORMED_BLINDED_ELEMENTS: ErrorReason.ValueType  # 13
+"""INVALID_ARGUMENT. PrivateDiscoveryService/EvaluateBlinded:
+blinded_elements is not a multiple of 32 bytes, or an element (the
+BadRequest field names blinded_elements[i]) is not a canonical
+ristretto255 encoding or is the identity. Nothing was charged. Do not
+retry; blind each contact hash as docs/private-mode.md says.
+"""
+TOO_MANY_BLINDED_ELEMENTS: ErrorReason.ValueType  # 14
+"""INVALID_ARGUMENT. More blinded elements in one EvaluateBlinded request
+than GetPrivateParams' max_blinded_per_request. Nothing was charged.
+Split the request and send the parts.
+"""
+BUCKET_PREFIX_REFUSED: ErrorReason.ValueType  # 15
+"""INVALID_ARGUMENT. PrivateDiscoveryService/GetPrivateBuckets: a prefix
+(prefixes[i]) is not ceil(prefix_bits / 8) bytes or has non-zero bits
+after the first prefix_bits. prefix_bits follows the directory's size:
+call GetPrivateParams again and recompute the prefixes before retrying.
+"""
+TOO_MANY_BUCKET_PREFIXES: ErrorReason.ValueType  # 16
+"""INVALID_ARGUMENT. More prefixes in one GetPrivateBuckets request than
+the server's limit (1,000; in the BadRequest description). Split the
+request and send the parts.
+"""
+PRIVATE_CURSOR_REFUSED: ErrorReason.ValueType  # 17
+"""INVALID_ARGUMENT. GetPrivateDelta or SubscribePrivateDeltas: the cursor
+is ahead of every change the directory holds (a snapshot of another
+deployment). Do not retry with it: fetch a new snapshot
+(GetPrivateSnapshot) and continue from its cursor.
+"""
+PRIVATE_EPOCH_REFUSED: ErrorReason.ValueType  # 18
+"""INVALID_ARGUMENT. GetPrivateDelta or SubscribePrivateDeltas: epoch is
+not the server's current key epoch, so the client's snapshot and OPRF
+outputs are of another key. Do not retry with it: call GetPrivateParams
+(pin the new epoch's key), evaluate the contacts again and fetch a new
+snapshot.
 """
 CREDENTIALS_MISSING: ErrorReason.ValueType  # 20
 """UNAUTHENTICATED. The call carries no credentials (no authorization

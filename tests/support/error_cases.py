@@ -1,8 +1,8 @@
 """One live call for each error reason the server can emit, on every service (pytest plugin).
 
-``error_world`` starts three real servers (development auth, JWT auth, tight limits) with a
-few registered users; ``ERROR_CASES`` are calls that each must fail with a given code and
-reason. tests/test_error_contract.py and tests/test_request_id.py run them.
+``error_world`` starts three real servers (development auth, JWT auth, tight limits; the first
+two in private mode) with a few registered users; ``ERROR_CASES`` are calls that each must
+fail with a given code and reason. tests/test_error_contract.py and tests/test_request_id.py run them.
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from discovery.app.credentials import jwt_secret, mint_token
 from discovery.app.server import DiscoveryServer
+from discovery.app.wiring import PRIVATE_EPOCH
 from discovery.core.hashing import contact_hash
+from discovery.core.private import MAX_BLINDED_PER_REQUEST
+from discovery.core.private_index import MAX_BUCKETS_PER_REQUEST
 from discovery.v1 import discovery_pb2 as pb
-from discovery.v1 import joins_pb2
+from discovery.v1 import joins_pb2, private_pb2
 from tests.support.auth_helpers import as_backend, as_user
 from tests.support.rpc import METHODS, Metadata, error_info, invoke, request_id
 from tests.support.server import StartServer, status_details, user_metadata
@@ -46,8 +49,8 @@ DETAIL_OF = {
 
 @dataclass
 class World:
-    dev: DiscoveryServer  # development auth; max 3 hashes, import batches of 2, 1 stream per user
-    jwt: DiscoveryServer  # JWT auth
+    dev: DiscoveryServer  # development auth, private mode; max 3 hashes, import batches of 2, 1 stream a user
+    jwt: DiscoveryServer  # JWT auth, private mode
     tight: DiscoveryServer  # development auth; quota of 1 contact, 1 request, 1 stream in all
     channels: dict[str, aio.Channel]
 
@@ -86,12 +89,15 @@ def jwt_token(subject: str, ttl: float = 600.0, scope: str = "") -> Callable[[Wo
     return metadata
 
 
-C, A, J = (
+C, A, J, P = (
     "discovery.v1.DiscoveryService",
     "discovery.v1.DirectoryAdminService",
     "discovery.v1.JoinNotificationService",
+    "discovery.v1.PrivateDiscoveryService",
 )
 GARBAGE = b"\x0a\xff\xff\xff\xff\x0f"
+#: PrivateDiscoveryService on, changes released at once.
+PRIVATE = {"private_mode": True, "private_jitter_seconds": 0.0}
 
 ERROR_CASES = [
     Case(
@@ -270,6 +276,96 @@ ERROR_CASES = [
         "IMPORT_BATCH_TOO_LARGE",
     ),
     Case(
+        "garbage private",
+        "dev",
+        f"{P}.EvaluateBlinded",
+        GARBAGE,
+        dev("alice"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MALFORMED_REQUEST",
+    ),
+    Case(
+        "blinded elements not a multiple of 32 bytes",
+        "dev",
+        f"{P}.EvaluateBlinded",
+        private_pb2.EvaluateBlindedRequest(blinded_elements=b"\x01" * 33),
+        dev("alice"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MALFORMED_BLINDED_ELEMENTS",
+    ),
+    Case(
+        "blinded identity",
+        "dev",
+        f"{P}.EvaluateBlinded",
+        private_pb2.EvaluateBlindedRequest(blinded_elements=bytes(32)),
+        dev("alice"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MALFORMED_BLINDED_ELEMENTS",
+    ),
+    Case(
+        "blinded elements over the cap",
+        "dev",
+        f"{P}.EvaluateBlinded",
+        private_pb2.EvaluateBlindedRequest(blinded_elements=bytes(32 * (MAX_BLINDED_PER_REQUEST + 1))),
+        dev("alice"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "TOO_MANY_BLINDED_ELEMENTS",
+    ),
+    Case(
+        "bucket prefix of the wrong length",
+        "dev",
+        f"{P}.GetPrivateBuckets",
+        private_pb2.GetPrivateBucketsRequest(prefixes=[b"\x00\x00\x00"]),
+        dev("alice"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "BUCKET_PREFIX_REFUSED",
+    ),
+    Case(
+        "bucket prefixes over the cap",
+        "dev",
+        f"{P}.GetPrivateBuckets",
+        private_pb2.GetPrivateBucketsRequest(prefixes=[b""] * (MAX_BUCKETS_PER_REQUEST + 1)),
+        dev("alice"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "TOO_MANY_BUCKET_PREFIXES",
+    ),
+    Case(
+        "private cursor ahead",
+        "dev",
+        f"{P}.GetPrivateDelta",
+        private_pb2.GetPrivateDeltaRequest(epoch=PRIVATE_EPOCH, cursor=10**9),
+        dev("alice"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PRIVATE_CURSOR_REFUSED",
+    ),
+    Case(
+        "private stream cursor ahead",
+        "dev",
+        f"{P}.SubscribePrivateDeltas",
+        private_pb2.SubscribePrivateDeltasRequest(epoch=PRIVATE_EPOCH, cursor=10**9),
+        dev("alice"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PRIVATE_CURSOR_REFUSED",
+    ),
+    Case(
+        "private delta of another epoch",
+        "dev",
+        f"{P}.GetPrivateDelta",
+        private_pb2.GetPrivateDeltaRequest(epoch=PRIVATE_EPOCH + 1, cursor=0),
+        dev("alice"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PRIVATE_EPOCH_REFUSED",
+    ),
+    Case(
+        "private stream of another epoch",
+        "dev",
+        f"{P}.SubscribePrivateDeltas",
+        private_pb2.SubscribePrivateDeltasRequest(epoch=PRIVATE_EPOCH + 1),
+        dev("alice"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PRIVATE_EPOCH_REFUSED",
+    ),
+    Case(
         "no dev header",
         "dev",
         f"{C}.GetSettings",
@@ -378,6 +474,24 @@ ERROR_CASES = [
         "CREDENTIALS_MISSING",
     ),
     Case(
+        "private params without a token",
+        "jwt",
+        f"{P}.GetPrivateParams",
+        private_pb2.GetPrivateParamsRequest(),
+        nobody,
+        grpc.StatusCode.UNAUTHENTICATED,
+        "CREDENTIALS_MISSING",
+    ),
+    Case(
+        "private snapshot with an expired token",
+        "jwt",
+        f"{P}.GetPrivateSnapshot",
+        private_pb2.GetPrivateSnapshotRequest(),
+        jwt_token("alice", ttl=-60),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "TOKEN_EXPIRED",
+    ),
+    Case(
         "basic auth",
         "jwt",
         f"{C}.Discover",
@@ -476,8 +590,9 @@ async def error_world(start_server: StartServer, tmp_path: Path) -> AsyncIterato
             max_import_batch=2,
             join_max_streams_per_user=1,
             rate_limit_burst=0,
+            **PRIVATE,
         ),
-        "jwt": await start_server(data_dir=tmp_path / "jwt", auth="jwt"),
+        "jwt": await start_server(data_dir=tmp_path / "jwt", auth="jwt", **PRIVATE),
         "tight": await start_server(
             data_dir=tmp_path / "tight", quota_capacity=1, rate_limit_burst=1, join_max_streams=1
         ),
