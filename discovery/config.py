@@ -9,8 +9,8 @@ makes the flag ``--name-with-dashes`` and the variable ``DISCOVERY_NAME``; the c
 when a group is built, so a bad value is refused at start with a message naming the flag.
 
 ``OPTIONS`` lists every option, flat; ``ServerConfig.from_options(**flat)`` builds a config
-from flat names (the CLI and the tests use it); tests/test_docs.py checks the README's
-configuration table against ``OPTIONS``. To add an option, declare one ``option(...)`` field
+from flat names (the CLI and the tests use it); tests/test_docs.py checks the
+table of docs/configuration.md against ``OPTIONS``. To add an option, declare one ``option(...)`` field
 in its group; to add a group, declare an ``Options`` dataclass and one field of
 ``ServerConfig`` below.
 """

@@ -1,4 +1,4 @@
-"""Every documented limit, at its value and one past it (README "Configuration", docs/errors.md)."""
+"""Every documented limit, at its value and one past it (docs/configuration.md, docs/errors.md)."""
 
 from __future__ import annotations
 

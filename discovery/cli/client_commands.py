@@ -298,7 +298,7 @@ COMMANDS: tuple[Command, ...] = (
         "Export what the service keeps on the caller's behalf (ExportMyData) as JSON: settings, "
         "registration, watch count and expiry, pending join events (also those not released "
         "yet), devices and quota levels. The format is the protobuf JSON mapping of "
-        "discovery.v1.ExportMyDataResponse (see README, 'Your data').",
+        "discovery.v1.ExportMyDataResponse (see docs/joins.md, 'Your data').",
         _cmd_export_my_data,
         _export_arguments,
     ),

@@ -157,14 +157,14 @@ class DiscoveryClient(_BaseClient[DiscoveryServiceStub], HasDiscoverState, HasPr
 
     def delete_my_data(self, *, disable_notify_on_join: bool = False) -> int:
         """Forget the watches, join events and devices kept on behalf of the caller; returns the
-        number of records removed. The registration, settings and quota levels stay (see README,
+        number of records removed. The registration, settings and quota levels stay (see docs/joins.md,
         "Your data"). ``disable_notify_on_join`` also turns join notifications off in the same
         call, so that the next Discover stores no watches again."""
         return self._run(_calls.delete_my_data(self._stub, disable_notify_on_join))
 
     def export_my_data(self) -> dict[str, Any]:
         """Everything the service keeps on behalf of the caller (ExportMyData), as JSON-ready
-        data in the protobuf JSON mapping of ``ExportMyDataResponse`` (see README, "Your data")."""
+        data in the protobuf JSON mapping of ``ExportMyDataResponse`` (see docs/joins.md, "Your data")."""
         return self._run(_calls.export_my_data(self._stub))
 
     def ack_joins(self, cursor: int, device_id: str = "") -> int:

@@ -149,7 +149,7 @@ class Directory:
         self, caller: str, disable_notify_on_join: bool = False
     ) -> tuple[int, PrivacySettings | None]:
         """Forget the caller's watches, inbox and devices (the registration, settings and quota
-        levels stay: see README, "Your data"); optionally turn notify_on_join off first, so that
+        levels stay: see docs/joins.md, "Your data"); optionally turn notify_on_join off first, so that
         no watch is stored again. Returns how many records were removed and the settings."""
         settings: PrivacySettings | None = None
         dropped = 0

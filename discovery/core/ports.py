@@ -142,7 +142,7 @@ class QuotaStore(Protocol):
 class JoinStore(Protocol):
     """Watches, per-user inboxes and per-device acknowledgements for join notifications.
 
-    What is kept, and nothing more (see README, "Join notifications"):
+    What is kept, and nothing more (see docs/joins.md):
 
     * watches: watch tag (a keyed hash of a directory key, never the key) -> watcher, each
       with an absolute expiry;
