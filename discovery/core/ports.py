@@ -203,4 +203,10 @@ class Store(RegistryStore, QuotaStore, JoinStore, Protocol):
         """Raise if the store cannot be reached."""
         ...
 
+    async def write_ready(self) -> None:
+        """Raise (Unavailable) if the store would refuse an acknowledged write now: no primary, a
+        read-only store, or fewer replicas than a replicated write waits for. Writes nothing
+        that a reader sees."""
+        ...
+
     async def close(self) -> None: ...

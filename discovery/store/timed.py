@@ -120,6 +120,9 @@ class TimedStore:
     async def ping(self) -> None:
         await self._timed("ping", self.inner.ping())
 
+    async def write_ready(self) -> None:
+        await self._timed("write_ready", self.inner.write_ready())
+
     async def close(self) -> None:
         await self._timed("close", self.inner.close())
 

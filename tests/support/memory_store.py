@@ -76,6 +76,9 @@ class MemoryStore:
     async def ping(self) -> None:
         return None
 
+    async def write_ready(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 
