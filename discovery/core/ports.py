@@ -14,6 +14,7 @@ from discovery.core.model import (
     BucketCharge,
     ImportReport,
     InboxEntry,
+    InboxEpoch,
     NewUser,
     PrivacySettings,
     QuotaCharge,
@@ -193,6 +194,18 @@ class JoinStore(Protocol):
 
     def inbox_signals(self) -> AsyncIterator[set[str]]:
         """Ids of users who may have new inbox entries, as they are committed (runs until cancelled)."""
+        ...
+
+    async def inbox_epochs(self) -> list[InboxEpoch]:
+        """The epochs of inbox cursors, oldest first (at most MAX_EPOCHS); the last is current.
+
+        A backend starts a new epoch, before it issues another cursor, whenever its history
+        may have lost entries it issued (Redis: another process holds the sequence, i.e. a
+        promoted replica or a restart; SQLite: the file was opened, perhaps restored from a
+        copy), with the newest cursor it holds as the base. Epochs are non-zero and never
+        reused. A cursor is issued in the current epoch; core.joins.resume_after maps the
+        cursor of an older epoch to this one.
+        """
         ...
 
 

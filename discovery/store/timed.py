@@ -115,6 +115,9 @@ class TimedStore:
     def inbox_signals(self) -> AsyncIterator[set[str]]:
         return self.inner.inbox_signals()
 
+    async def inbox_epochs(self) -> list[m.InboxEpoch]:
+        return await self._timed("inbox_epochs", self.inner.inbox_epochs())
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def ping(self) -> None:

@@ -52,10 +52,40 @@ local function unwatch(uid, keys)
 end
 """
 
+# Inbox cursor epochs (core.ports.JoinStore.inbox_epochs). Meta field ``jnode`` is the run id
+# of the process that issued the newest cursors; another process (a promoted replica, a
+# restart) may hold a shorter history, so before it issues a cursor it starts a new epoch: the
+# first 15 hex digits of its run id, with the newest cursor it holds as the base. ``jepochs``
+# lists "EPOCH:BASE" oldest first (the last 16). Returns that list.
+EPOCHS = """
+local function inbox_epochs()
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  local known = redis.call('HMGET', KEYS[1], 'jnode', 'jepochs')
+  if known[1] == run then return known[2] end
+  local list = {}
+  for item in string.gmatch(known[2] or '', '[^,]+') do list[#list + 1] = item end
+  list[#list + 1] = string.sub(run, 1, 15) .. ':' .. (redis.call('HGET', KEYS[1], 'jseq') or '0')
+  while #list > 16 do table.remove(list, 1) end
+  local joined = table.concat(list, ',')
+  redis.call('HSET', KEYS[1], 'jnode', run, 'jepochs', joined)
+  return joined
+end
+local epoch_checked = false
+local function next_cursor()
+  if not epoch_checked then
+    inbox_epochs()
+    epoch_checked = true
+  end
+  return redis.call('HINCRBY', KEYS[1], 'jseq', 1)
+end
+"""
+
 # Consumes every watch on ``key`` and appends a join event to the inbox of each watcher
 # whose watch is unexpired, who is registered with notify_on_join and is not the joiner,
 # when the joiner announces joins and is discoverable. Returns the notified user ids.
-FAN_OUT = """
+FAN_OUT = (
+    EPOCHS
+    + """
 local function fan_out(joiner, key, flags, now, inbox_ttl, notified)
   local wk = watchers_of(key)
   local watches = redis.call('ZRANGE', wk, 0, -1, 'WITHSCORES')
@@ -69,7 +99,7 @@ local function fan_out(joiner, key, flags, now, inbox_ttl, notified)
     if announce and watcher ~= joiner and tonumber(watches[i + 1]) > now then
       local rec = redis.call('HGET', user_bucket(watcher), watcher)
       if rec and math.floor(string.byte(rec, 17) / 4) % 2 == 1 then
-        local cursor = redis.call('HINCRBY', KEYS[1], 'jseq', 1)
+        local cursor = next_cursor()
         local inbox = inbox_of(watcher)
         redis.call('ZADD', inbox, cursor, cursor .. ':' .. string.format('%.6f', now) .. ':' .. key .. joiner)
         redis.call('PEXPIRE', inbox, inbox_ttl)
@@ -94,6 +124,7 @@ local function announce(joiner, key, flags, inbox_ttl)
   signal(notified)
 end
 """
+)
 
 # Forgets what is kept on a user's behalf (watches, inbox, devices); when the user is not
 # registered, also the events in other inboxes that name them as the one who joined.
