@@ -7,11 +7,12 @@ persistence, node timeout 1.5 s):
   ImportUsers rate (batches of 1,000, two in flight) with ``min_replicas`` N = 0 and N = 1;
 * **failover** (with ``--failover-replicas``, default 1): two service instances in this
   process, 4 writers registering users through the store and one Discover loop per instance
-  (100 contact hashes per request, from a caller without join notifications, so a read) run while the primary holding the registry's slot is
-  SIGKILLed; once its replica is promoted it is restarted, as a supervisor would, and comes
-  back as a replica. From the kill: the first acknowledged write, and when every instance's
-  index holds every user of the registry (converged). Discover requests per second before
-  the kill, from the kill to convergence, and after it.
+  (100 contact hashes per request, from a caller without join notifications, so a read)
+  run while the primary holding the registry's slot is SIGKILLed; once its replica is
+  promoted it is restarted, as a supervisor would, and comes back as a replica. From the
+  kill: the first acknowledged write, and when every instance's index holds every user of
+  the registry (converged). Discover requests per second before the kill, from the kill to
+  convergence, and after it.
 
     .venv/bin/python -m bench redis_ha
     .venv/bin/python -m bench redis_ha --registrations 200 --import-users 10000   # quick
