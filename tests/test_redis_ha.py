@@ -160,15 +160,23 @@ async def test_health_admin_not_serving_while_too_few_replicas(
 # -- failover drills --------------------------------------------------------------------------
 
 
+def cut_replication_link(primary: RedisProcess) -> None:
+    """Drop the primary's connection to its (paused) replica, so writes made during the gap
+    reach neither the replica nor its socket buffer: the replica cannot reconnect while paused."""
+    with primary.client() as client:
+        client.client_kill_filter(_type="replica")
+
+
 def kill_cluster_primary(cluster: ReplicatedCluster, gap: float = 0.0) -> Callable[[Drill], object]:
     """SIGKILL the primary of the registry's slot; with ``gap``, first pause its replica
-    (SIGSTOP) for that long, and resume it right after the kill."""
+    (SIGSTOP) and cut its link for that long, and resume it right after the kill."""
 
     async def fault(result: Drill) -> None:
         primary = cluster.owner(REGISTRY_TAG)
         replica = cluster.replica_of(primary)
         if gap:
             replica.pause()
+            cut_replication_link(primary)
             await asyncio.sleep(gap)
         result.killed_at = time.monotonic()
         primary.kill()
@@ -192,6 +200,7 @@ def kill_sentinel_primary(setup: SentinelProcesses, gap: float = 0.0) -> Callabl
         primary, replica = setup.current_primary(), setup.current_replica()
         if gap:
             replica.pause()
+            cut_replication_link(primary)
             await asyncio.sleep(gap)
         result.killed_at = time.monotonic()
         primary.kill()
