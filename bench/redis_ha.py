@@ -40,11 +40,10 @@ from discovery.config import ServerConfig
 from discovery.core.errors import Unavailable
 from discovery.core.model import NewUser, PrivacySettings
 from discovery.v1 import discovery_pb2, discovery_pb2_grpc
-from tests.support.failover import new_user, open_store
+from tests.support.failover import REGISTRY_TAG, new_user, open_store
 from tests.support.redis_fixtures import ReplicatedCluster, start_replicated_cluster
 
 Json = dict[str, Any]
-REGISTRY_TAG = "{discovery}"
 IMPORT_BATCH = 1000
 HASHES_PER_DISCOVER = 100
 WRITERS = 4

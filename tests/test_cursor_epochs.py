@@ -2,7 +2,9 @@
 the SDK.
 
 The tail is lost as an operator would lose it: SQLite restored from an older copy of its
-file, Redis restarted from an older RDB snapshot. A watcher whose cursor lies ahead of what
+file, Redis restarted from an older RDB snapshot, and a failover with N = 0 (Redis Cluster
+and Sentinel) after a replication gap, the primary dying with events its replica never
+got. A watcher whose cursor lies ahead of what
 the store then holds must get every event issued afterwards, although those events reuse
 its cursor numbers; an old client (no epoch) keeps today's answer. Every loop is bounded.
 """
@@ -30,8 +32,9 @@ from discovery.client import (
 from discovery.core.joins import MAX_EPOCHS, resume_after
 from discovery.core.model import InboxEpoch
 from discovery.v1 import joins_pb2, joins_pb2_grpc
+from tests.support.failover import REGISTRY_TAG, cut_replication_link
 from tests.support.helpers import e164_numbers
-from tests.support.redis_fixtures import RedisProcess
+from tests.support.redis_fixtures import RedisProcess, ReplicatedCluster, SentinelProcesses
 from tests.support.server import StartServer, user_metadata
 
 WATCHING = Settings(discoverable=True, announce_join=True, notify_on_join=True)
@@ -201,3 +204,57 @@ async def test_ack_with_an_older_epoch_keeps_the_new_events(
     deleted = await server.joins.ack("alice", "", 3, stale)
     assert deleted == min(3, epochs[-1].base)
     assert len(await store.inbox_read("alice", 0, 100, 3600.0)) == 3 - deleted
+
+
+@pytest.mark.parametrize("setup", ["cluster", "sentinel"])
+async def test_failover_after_a_replication_gap_skips_no_new_event(
+    setup: str, request: pytest.FixtureRequest, start_server: StartServer
+) -> None:
+    """N = 0: the primary dies with join events its replica never got (the replica paused and
+    its link cut), which the watcher's SDK already handed out; the promoted replica reuses
+    their cursors for the events of later registrations, and the watcher gets every one."""
+    if setup == "cluster":
+        cluster: ReplicatedCluster = request.getfixturevalue("replicated_cluster")
+        url = cluster.url
+
+        def nodes() -> tuple[RedisProcess, RedisProcess]:
+            primary = cluster.owner(REGISTRY_TAG)
+            return primary, cluster.replica_of(primary)
+
+        def promoted(old: RedisProcess, replica: RedisProcess) -> None:
+            cluster.wait_promoted(replica)
+    else:
+        sentinel: SentinelProcesses = request.getfixturevalue("sentinel_factory")()
+        url = sentinel.url()
+
+        def nodes() -> tuple[RedisProcess, RedisProcess]:
+            return sentinel.current_primary(), sentinel.current_replica()
+
+        def promoted(old: RedisProcess, replica: RedisProcess) -> None:
+            sentinel.wait_promoted(old)
+
+    server = await start_server(store=url, store_check_seconds=0.2)
+    gap: list[RedisProcess] = []
+
+    async def snapshot(server: DiscoveryServer) -> DiscoveryServer:
+        primary, replica = nodes()
+        with primary.client() as client:
+            assert client.wait(1, 5000) == 1  # the replica has everything so far
+        replica.pause()
+        cut_replication_link(primary)
+        gap[:] = [primary, replica]
+        return server
+
+    async def restore(server: DiscoveryServer) -> DiscoveryServer:
+        primary, replica = gap
+        primary.kill()
+        replica.resume()
+        await asyncio.to_thread(promoted, primary, replica)
+        await asyncio.to_thread(primary.start)  # back as a replica of the promoted one
+        return server
+
+    try:
+        await lost_tail_scenario(server, snapshot, restore)
+    finally:
+        for node in gap:
+            node.resume()

@@ -24,7 +24,15 @@ from discovery.api.health import NOT_SERVING, SERVING
 from discovery.core.errors import Unavailable
 from discovery.core.model import BucketCharge, RegisterOutcome
 from discovery.store.redis.base import parse_redis_url
-from tests.support.failover import Drill, count_missing, drill, new_user, open_store
+from tests.support.failover import (
+    REGISTRY_TAG,
+    Drill,
+    count_missing,
+    cut_replication_link,
+    drill,
+    new_user,
+    open_store,
+)
 from tests.support.redis_fixtures import (
     REPLICATION_ARGS,
     RedisProcess,
@@ -35,8 +43,6 @@ from tests.support.redis_fixtures import (
 )
 from tests.support.serve_process import wait_health
 from tests.support.server import StartServer
-
-REGISTRY_TAG = "{discovery}"
 
 
 def report(name: str, result: Drill) -> None:
@@ -158,13 +164,6 @@ async def test_health_admin_not_serving_while_too_few_replicas(
 
 
 # -- failover drills --------------------------------------------------------------------------
-
-
-def cut_replication_link(primary: RedisProcess) -> None:
-    """Drop the primary's connection to its (paused) replica, so writes made during the gap
-    reach neither the replica nor its socket buffer: the replica cannot reconnect while paused."""
-    with primary.client() as client:
-        client.client_kill_filter(_type="replica")
 
 
 def kill_cluster_primary(cluster: ReplicatedCluster, gap: float = 0.0) -> Callable[[Drill], object]:
