@@ -39,6 +39,7 @@ STANDALONE: dict[str, str] = {
     "joins_fanout": "register-to-event latency with 1,000 live subscribers, memory per stream up to 10,000",
     "soak": "1,000 subscribers plus steady load for 60 s: calls, events lost, memory and fds over time",
     "redis_store": "Discover and import on Redis and Redis Cluster against the embedded store",
+    "redis_ha": "cluster with replicas: cost of min_replicas N=0/1, then a failover (recovery, Discover)",
     "quota_gate": "the cost of the quota gate on the hot path",
     "index_micro": "the index alone: lookups per second",
 }

@@ -106,6 +106,18 @@ class StoreOptions(Options):
         name="store_check_seconds",
         check=positive,
     )
+    redis_min_replicas: int = option(
+        0,
+        "Redis: every acknowledged write waits until this many replicas have it (0: asynchronous "
+        "replication); the store URL's min_replicas wins",
+        check=non_negative,
+    )
+    redis_replica_timeout_seconds: float = option(
+        1.0,
+        "Redis: how long a write waits for redis_min_replicas replicas before failing UNAVAILABLE; "
+        "the store URL's replica_timeout_ms wins",
+        check=positive,
+    )
 
 
 @dataclass(frozen=True, slots=True)

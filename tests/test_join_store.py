@@ -111,6 +111,18 @@ async def test_cursors_ahead_of_the_store_are_rejected(store: Store) -> None:
     assert info.value.violations[0].field == "cursor"
 
 
+async def test_cursor_epochs_are_stable_and_start_at_most_at_the_head(store: Store) -> None:
+    """One epoch while one process holds the history; cursors issued after it lie above its base."""
+    first = await store.inbox_epochs()
+    assert first and all(e.epoch > 0 for e in first) and first[-1].base == 0
+    await add_user(store, "alice", 1)
+    await store.add_watches("alice", tags(key(70)), DAY, 10)
+    await add_user(store, "x", 70)
+    (entry,) = await store.inbox_read("alice", 0, 10, DAY)
+    again = await store.inbox_epochs()
+    assert again == first and entry.cursor > again[-1].base
+
+
 async def test_expired_rows_are_ignored_then_purged(store: Store) -> None:
     await add_user(store, "alice", 1)
     await store.add_watches("alice", tags(key(70)), 0.05, 10)

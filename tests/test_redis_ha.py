@@ -19,12 +19,22 @@ from collections.abc import Callable
 
 import pytest
 
+from discovery.api.auth import ADMIN_SERVICE, CLIENT_SERVICE, JOIN_SERVICE
+from discovery.api.health import NOT_SERVING, SERVING
 from discovery.core.errors import Unavailable
 from discovery.core.model import Announcement, BucketCharge, RegisterOutcome
 from discovery.store.redis.base import parse_redis_url
 from tests.support.announce import announcement, tags
 from tests.support.announce import joiner as joiner_of
-from tests.support.failover import Drill, count_missing, drill, new_user, open_store
+from tests.support.failover import (
+    REGISTRY_TAG,
+    Drill,
+    count_missing,
+    cut_replication_link,
+    drill,
+    new_user,
+    open_store,
+)
 from tests.support.redis_fixtures import (
     REPLICATION_ARGS,
     RedisProcess,
@@ -33,8 +43,8 @@ from tests.support.redis_fixtures import (
     replicas_online,
     wait_until,
 )
-
-REGISTRY_TAG = "{discovery}"
+from tests.support.serve_process import wait_health
+from tests.support.server import StartServer
 
 
 def report(name: str, result: Drill) -> None:
@@ -136,18 +146,44 @@ async def test_replica_down_writes_fail_cleanly_reads_work_retries_are_safe(
         await store.close()
 
 
+async def test_health_admin_not_serving_while_too_few_replicas(
+    redis_factory: Callable[..., RedisProcess], start_server: StartServer
+) -> None:
+    """With N = 1 and the replica down, the backend-facing admin service (whose every call
+    writes) is NOT_SERVING while the client-facing services, whose reads work, stay SERVING."""
+    primary = redis_factory(*REPLICATION_ARGS)
+    replica = redis_factory(*REPLICATION_ARGS, "--replicaof", "127.0.0.1", str(primary.port))
+    wait_until(lambda: replicas_online(primary, 1), 20, "the replica is in sync")
+    server = await start_server(
+        store=primary.url,
+        redis_min_replicas=1,
+        redis_replica_timeout_seconds=0.3,
+        store_check_seconds=0.2,
+    )
+    target = f"127.0.0.1:{server.port}"
+    for service in ("", CLIENT_SERVICE, ADMIN_SERVICE, JOIN_SERVICE):
+        await wait_health(target, SERVING, timeout=5, service=service)
+    replica.stop()
+    await wait_health(target, NOT_SERVING, timeout=10, service=ADMIN_SERVICE)
+    for service in ("", CLIENT_SERVICE, JOIN_SERVICE):
+        await wait_health(target, SERVING, timeout=1, service=service)
+    replica.start()
+    await wait_health(target, SERVING, timeout=20, service=ADMIN_SERVICE)
+
+
 # -- failover drills --------------------------------------------------------------------------
 
 
 def kill_cluster_primary(cluster: ReplicatedCluster, gap: float = 0.0) -> Callable[[Drill], object]:
     """SIGKILL the primary of the registry's slot; with ``gap``, first pause its replica
-    (SIGSTOP) for that long, and resume it right after the kill."""
+    (SIGSTOP) and cut its link for that long, and resume it right after the kill."""
 
     async def fault(result: Drill) -> None:
         primary = cluster.owner(REGISTRY_TAG)
         replica = cluster.replica_of(primary)
         if gap:
             replica.pause()
+            cut_replication_link(primary)
             await asyncio.sleep(gap)
         result.killed_at = time.monotonic()
         primary.kill()
@@ -171,6 +207,7 @@ def kill_sentinel_primary(setup: SentinelProcesses, gap: float = 0.0) -> Callabl
         primary, replica = setup.current_primary(), setup.current_replica()
         if gap:
             replica.pause()
+            cut_replication_link(primary)
             await asyncio.sleep(gap)
         result.killed_at = time.monotonic()
         primary.kill()

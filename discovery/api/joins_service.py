@@ -33,7 +33,12 @@ def batch_to_pb(batch: JoinBatch) -> pb.SubscribeJoinsResponse:
                 joined_at=joined_at,
             )
         )
-    return pb.SubscribeJoinsResponse(events=events, caught_up=batch.caught_up)
+    return pb.SubscribeJoinsResponse(
+        events=events,
+        caught_up=batch.caught_up,
+        epoch=batch.epoch,
+        resumed_after_cursor=batch.resumed_after or 0,
+    )
 
 
 class JoinNotificationService(pb_grpc.JoinNotificationServiceServicer):
@@ -46,7 +51,9 @@ class JoinNotificationService(pb_grpc.JoinNotificationServiceServicer):
     ) -> AsyncIterator[pb.SubscribeJoinsResponse]:
         backlog = 0
         replaying = True
-        async for batch in self._joins.subscribe(current_user_id(), request.device_id, request.after_cursor):
+        async for batch in self._joins.subscribe(
+            current_user_id(), request.device_id, request.after_cursor, request.after_epoch
+        ):
             self._metrics.events_delivered.inc(len(batch.events))
             if replaying:
                 backlog += len(batch.events)
@@ -58,5 +65,5 @@ class JoinNotificationService(pb_grpc.JoinNotificationServiceServicer):
     async def AckJoins(
         self, request: pb.AckJoinsRequest, context: aio.ServicerContext
     ) -> pb.AckJoinsResponse:
-        deleted = await self._joins.ack(current_user_id(), request.device_id, request.cursor)
+        deleted = await self._joins.ack(current_user_id(), request.device_id, request.cursor, request.epoch)
         return pb.AckJoinsResponse(events_deleted=deleted)

@@ -11,12 +11,13 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 from grpc_health.v1 import health_pb2
 
-from discovery.api.auth import Authenticator
+from discovery.api.auth import ADMIN_SERVICE, Authenticator
 from discovery.app.credentials import is_loopback
 from discovery.app.wiring import Service, build
 from discovery.config import ServerConfig
@@ -40,6 +41,8 @@ class DiscoveryServer:
         self.port = 0
         self.metrics_port = 0
         self.store_healthy = False
+        self.store_writable = True
+        self._serving = False
         self._service: Service | None = None
         self._metrics_http: Any = None
         self._running = False
@@ -147,31 +150,38 @@ class DiscoveryServer:
         metrics.gauge_from(metrics.live_subscribers, lambda: len(joins.hub))
 
     async def _monitor_store(self, store: Store) -> None:
-        """Ping the store; NOT_SERVING while it cannot be reached, SERVING again once it can."""
+        """Ping the store; NOT_SERVING while it cannot be reached, SERVING again once it can.
+        While it answers but refuses writes, only the backend-facing admin service is NOT_SERVING."""
         interval = self.config.store.check_seconds
+        timeout = max(interval, 1.0) + self.config.store.redis_replica_timeout_seconds
         while True:
             await asyncio.sleep(interval)
-            try:
-                await asyncio.wait_for(store.ping(), timeout=max(interval, 1.0))
-                healthy = True
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                healthy = False
-                reason = type(error).__name__
+            healthy, reason = await _probe(store.ping(), timeout)
+            writable, refusal = await _probe(store.write_ready(), timeout) if healthy else (False, "")
             if healthy != self.store_healthy:
                 self.store_healthy = healthy
                 if healthy:
                     log.info("store reachable again", extra={"event": "store_up"})
                 else:
                     log.warning("store unreachable", extra={"event": "store_down", "error": reason})
-                await self._set_serving(healthy)
+            if healthy and writable != self.store_writable:
+                if writable:
+                    log.info("store accepts writes again", extra={"event": "store_writable"})
+                else:
+                    log.warning("store refuses writes", extra={"event": "store_read_only", "error": refusal})
+            if (healthy, writable) != (self._serving, self.store_writable):
+                self.store_writable = writable
+                await self._set_serving(healthy, writable)
 
-    async def _set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+    async def _set_serving(self, serving: bool, writable: bool = True) -> None:
+        """Every service SERVING or NOT_SERVING; while the store refuses writes (``writable``
+        false), the admin service (every call of which writes) is NOT_SERVING alone."""
+        self._serving = serving
         for name in ("", *self.service.services):
+            up = serving and (writable or name != ADMIN_SERVICE)
+            status = (
+                health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
             await self.service.health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -210,6 +220,17 @@ class DiscoveryServer:
 
     async def wait(self) -> None:
         await self._stopped.wait()
+
+
+async def _probe(check: Awaitable[None], timeout: float) -> tuple[bool, str]:
+    """Whether ``check`` succeeded within ``timeout`` seconds, and else the error's name."""
+    try:
+        await asyncio.wait_for(check, timeout=timeout)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        return False, type(error).__name__
+    return True, ""
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

@@ -79,6 +79,8 @@ async def build(
             config.store_url,
             sqlite_synchronous=config.store.sqlite_synchronous,
             feed_retention=config.store.feed_retention_seconds,
+            min_replicas=config.store.redis_min_replicas,
+            replica_timeout=config.store.redis_replica_timeout_seconds,
         ),
         metrics.store_seconds,
         metrics.store_errors,

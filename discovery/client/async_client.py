@@ -201,8 +201,10 @@ class AsyncDiscoveryClient(_AsyncBaseClient["DiscoveryServiceAsyncStub"], HasDis
         auto_ack: bool = False,
         initial_backoff: float = 0.2,
         max_backoff: float = 30.0,
+        epoch: int = 0,
     ) -> JoinSubscription:
-        """Join events after ``cursor``, then live ones, mapped to entries of ``address_book``.
+        """Join events after ``cursor`` (of ``epoch``, both as last read from a subscription), then live
+        ones, mapped to entries of ``address_book``.
 
         An async iterator that reconnects with its cursor and backs off; see
         :mod:`discovery.client.joins`. ``device_id`` names this installation, so that an
@@ -218,6 +220,7 @@ class AsyncDiscoveryClient(_AsyncBaseClient["DiscoveryServiceAsyncStub"], HasDis
             initial_backoff=initial_backoff,
             max_backoff=max_backoff,
             default_region=self.default_region,
+            epoch=epoch,
         )
 
     async def ack_joins(self, cursor: int, device_id: str = "") -> int:

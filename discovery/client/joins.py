@@ -9,6 +9,7 @@ API::
         .match(prefix: bytes) -> tuple[str | None, tuple[str, ...]]
     JoinSubscription (async iterator of JoinEvent; made by AsyncDiscoveryClient.subscribe_joins)
         .cursor: int                  # cursor of the last event handed out; persist it to resume
+        .epoch: int                   # the cursor's epoch (0: not known yet); persist it with the cursor
         .live: asyncio.Event          # set while a stream has replayed the backlog and is live
         .update_address_book(entries) # match later events against a changed address book
         await .ack(cursor=None)       # acknowledge up to cursor (default: .cursor) for this device
@@ -22,6 +23,12 @@ RetryInfo is honoured); it raises :class:`DiscoveryError` for errors a retry can
 (``NOT_FOUND``: the caller is not registered; ``INVALID_ARGUMENT``; ``UNAUTHENTICATED``...).
 Delivery is at least once; the iterator drops events it has already handed out (by
 event id and by cursor), so the caller sees each event once per subscription.
+
+Cursors carry an epoch. When the server's history lost its newest events (a failover, a
+restored backup), it starts a new epoch and tells the stream where it resumes; the
+iterator then continues from there and forgets the event ids it has seen (they are unique
+within an epoch only) after that point, so the events of the new history, which may reuse
+cursor numbers and ids, are all handed out.
 
 With ``auto_ack=True`` the iterator acknowledges each stream message's events once the
 caller asked for the event after them, i.e. after the caller processed them.
@@ -133,12 +140,14 @@ class JoinSubscription:
         initial_backoff: float = 0.2,
         max_backoff: float = 30.0,
         default_region: str | None = None,
+        epoch: int = 0,
     ) -> None:
         if cursor < 0:
             raise ValueError("cursor must not be negative")
         if initial_backoff <= 0 or max_backoff < initial_backoff:
             raise ValueError("need 0 < initial_backoff <= max_backoff")
         self.cursor = cursor
+        self.epoch = epoch
         self.device_id = device_id
         self.auto_ack = auto_ack
         self.initial_backoff = initial_backoff
@@ -149,7 +158,7 @@ class JoinSubscription:
         self._metadata = metadata
         self._matcher = matcher
         self._region = default_region
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[str, int] = OrderedDict()
         self._events = self._run()
 
     def __aiter__(self) -> JoinSubscription:
@@ -168,7 +177,7 @@ class JoinSubscription:
         """Acknowledge every event up to ``cursor`` (default: the last one handed out) for this
         device; returns how many events the server deleted."""
         request = joins_pb2.AckJoinsRequest(
-            cursor=self.cursor if cursor is None else cursor, device_id=self.device_id
+            cursor=self.cursor if cursor is None else cursor, device_id=self.device_id, epoch=self.epoch
         )
         try:
             response: joins_pb2.AckJoinsResponse = await self._stub.AckJoins(request, metadata=self._metadata)
@@ -179,10 +188,23 @@ class JoinSubscription:
     def _is_new(self, event: joins_pb2.JoinEvent) -> bool:
         if event.cursor <= self.cursor or event.event_id in self._seen:
             return False
-        self._seen[event.event_id] = None
+        self._seen[event.event_id] = int(event.cursor)
         if len(self._seen) > DEDUP_WINDOW:
             self._seen.popitem(last=False)
         return True
+
+    def _follow_epoch(self, message: joins_pb2.SubscribeJoinsResponse) -> None:
+        """Adopt the message's epoch. When the server resumed before the cursor, the history after
+        that point was lost: continue from there, and forget the ids seen after it (the new
+        history may reuse them)."""
+        if not message.epoch or message.epoch == self.epoch:
+            return
+        resumed = int(message.resumed_after_cursor)
+        if self.epoch and resumed < self.cursor:
+            self.cursor = resumed
+            for event_id in [i for i, cursor in self._seen.items() if cursor > resumed]:
+                del self._seen[event_id]
+        self.epoch = int(message.epoch)
 
     def _event(self, event: joins_pb2.JoinEvent) -> JoinEvent:
         e164, entries = self._matcher.match(event.contact_hash_prefix)
@@ -198,12 +220,15 @@ class JoinSubscription:
     async def _run(self) -> AsyncGenerator[JoinEvent, None]:
         delay = self.initial_backoff
         while True:
-            request = joins_pb2.SubscribeJoinsRequest(after_cursor=self.cursor, device_id=self.device_id)
+            request = joins_pb2.SubscribeJoinsRequest(
+                after_cursor=self.cursor, device_id=self.device_id, after_epoch=self.epoch
+            )
             call = self._stub.SubscribeJoins(request, metadata=self._metadata)
             wait = delay
             try:
                 async for message in call:
                     delay = wait = self.initial_backoff
+                    self._follow_epoch(message)
                     if message.caught_up:
                         self.live.set()
                     handed_out = False

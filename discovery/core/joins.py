@@ -33,7 +33,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +42,7 @@ import numpy.typing as npt
 from discovery.core.background import log_retry
 from discovery.core.errors import InvalidArgument, QuotaExceeded, Reason, UserNotRegistered
 from discovery.core.hashing import KEY_SIZE, KeyRing
-from discovery.core.model import Announcement, AnnounceMode, InboxEntry, UserRecord
+from discovery.core.model import Announcement, AnnounceMode, InboxEntry, InboxEpoch, UserRecord
 from discovery.core.options import Options, non_negative, option, positive
 from discovery.core.ports import Store
 
@@ -51,6 +51,8 @@ log = logging.getLogger("discovery.joins")
 DAY = 86400.0
 MAX_CURSOR = 2**63 - 1
 MAX_DEVICE_ID = 64
+#: Epochs a store remembers (core.ports.JoinStore.inbox_epochs).
+MAX_EPOCHS = 16
 _DEVICE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
@@ -102,6 +104,9 @@ class JoinPolicy(Options):
         check=non_negative,
     )
     settings_cache_seconds: float = 2.0
+    #: How often an instance asks the store for its cursor epoch, so live streams learn of a
+    #: history that lost its tail (a failover) even when their store calls did not fail.
+    epoch_check_seconds: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +127,11 @@ class JoinBatch:
 
     events: list[JoinNotice]
     caught_up: bool
+    #: The epoch of the events' cursors (0: the store has none).
+    epoch: int = 0
+    #: Set on a stream's first message and on the first after its epoch changed: the stream
+    #: delivers the events after this cursor of ``epoch``.
+    resumed_after: int | None = None
 
 
 def check_device_id(device_id: str) -> str:
@@ -152,6 +162,24 @@ def make_announcement(keys: KeyRing, user_id: str, directory_key: bytes, jitter:
         notice=keys.seal_notice(user_id, directory_key),
         delay=_RANDOM.uniform(0.0, jitter) if jitter > 0 else 0.0,
     )
+
+
+def resume_after(epochs: Sequence[InboxEpoch], epoch: int, cursor: int) -> int:
+    """Where a cursor of ``epoch`` resumes in the current epoch (the last of ``epochs``).
+
+    Epoch 0 (a client that knows none) and the current epoch keep the cursor. A cursor of an
+    older epoch is trusted only up to the base of every later epoch: past it, the history it
+    counted may be lost and its numbers reused. An epoch the store does not know (its start
+    was lost with the tail) resumes at the current base, or at the lowest base when older
+    epochs may have been forgotten.
+    """
+    if epoch == 0 or not epochs or epoch == epochs[-1].epoch:
+        return cursor
+    known = [i for i, e in enumerate(epochs) if e.epoch == epoch]
+    if known:
+        return min([cursor, *(e.base for e in epochs[known[0] + 1 :])])
+    later = epochs if len(epochs) >= MAX_EPOCHS else epochs[-1:]
+    return min([cursor, *(e.base for e in later)])
 
 
 class Subscription:
@@ -195,6 +223,8 @@ class JoinHub:
         self._subs: dict[str, set[Subscription]] = {}
         self._count = 0
         self._closed = False
+        #: The store's cursor epochs as last seen (see :meth:`learn`).
+        self.epochs: list[InboxEpoch] = []
 
     def __len__(self) -> int:
         return self._count
@@ -247,6 +277,20 @@ class JoinHub:
             for sub in subs:
                 sub.wake()
 
+    @property
+    def epoch(self) -> int:
+        return self.epochs[-1].epoch if self.epochs else 0
+
+    def learn(self, epochs: list[InboxEpoch]) -> None:
+        """Adopt the store's epochs unless they are older than the known ones (a slow reply);
+        a new epoch wakes every stream, which then resumes in it."""
+        if not epochs or epochs[-1].epoch in {e.epoch for e in self.epochs}:
+            return
+        changed = bool(self.epochs)
+        self.epochs = epochs
+        if changed:
+            self.wake_all()
+
     def close_user(self, user_id: str) -> None:
         for sub in self._subs.get(user_id, ()):
             sub.close(gone=True)
@@ -295,6 +339,7 @@ class Joins:
         self._tasks = [
             asyncio.create_task(self.hub.run(self.store), name="join-wakeups"),
             asyncio.create_task(self._sweep(), name="join-sweeper"),
+            asyncio.create_task(self._follow_epochs(), name="join-epochs"),
         ]
 
     def end_streams(self) -> None:
@@ -328,6 +373,17 @@ class Joins:
                 continue
             if purged:
                 log.info("expired join data purged", extra={"event": "join_purged", "records": purged})
+
+    async def _follow_epochs(self) -> None:
+        """Learn of a new cursor epoch within ``epoch_check_seconds``, traffic or not."""
+        while self.hub.open:
+            await asyncio.sleep(self.policy.epoch_check_seconds)
+            try:
+                self.hub.learn(await self.store.inbox_epochs())
+            except Exception:
+                if not self.hub.open:
+                    return
+                log_retry(log, "reading the cursor epoch failed", "join_epoch_error")
 
     # -- watches --------------------------------------------------------------------------------
 
@@ -390,8 +446,14 @@ class Joins:
 
     # -- delivery -------------------------------------------------------------------------------
 
-    async def subscribe(self, user_id: str, device_id: str, after: int) -> AsyncIterator[JoinBatch]:
+    async def subscribe(
+        self, user_id: str, device_id: str, after: int, epoch: int = 0
+    ) -> AsyncIterator[JoinBatch]:
         """Replay the inbox after ``after`` (or the device's ack), then live events, forever.
+
+        ``after`` counts in ``epoch`` (0: the current one, as before epochs), mapped to the
+        current epoch by :func:`resume_after`; when the epoch changes under the stream, its
+        cursor is mapped the same way, so an event issued in the new history is never skipped.
 
         The subscription is registered before the first read, and its wake flag is cleared
         before every read, so an entry committed at any moment is either in that read or
@@ -401,21 +463,30 @@ class Joins:
         check_cursor(after, "after_cursor")
         sub = self.hub.add(user_id)
         try:
-            start = await self.store.inbox_attach(user_id, device_id, after)
+            epochs = await self.store.inbox_epochs()
+            self.hub.learn(epochs)
+            current = epochs[-1].epoch
+            start = await self.store.inbox_attach(user_id, device_id, resume_after(epochs, epoch, after))
             if start is None:
                 raise UserNotRegistered("caller")
             cursor = start
+            resumed: int | None = start
             caught_up = False
             page = self.policy.page_size
             while sub.open:
                 sub.clear()
+                if self.hub.epoch != current:
+                    cursor = resumed = resume_after(self.hub.epochs, current, cursor)
+                    current = self.hub.epoch
                 entries = await self.store.inbox_read(user_id, cursor, page, self.policy.inbox_ttl)
                 full = len(entries) >= page
                 completes_replay = not caught_up and not full
-                if entries or completes_replay:
+                if entries or completes_replay or resumed is not None:
                     if entries:
                         cursor = entries[-1].cursor
-                    yield JoinBatch(self.events(entries), caught_up=completes_replay)
+                    events = self.events(entries)
+                    yield JoinBatch(events, completes_replay, epoch=current, resumed_after=resumed)
+                    resumed = None
                     caught_up = caught_up or completes_replay
                 if not full:
                     await self._wait(sub)
@@ -450,10 +521,16 @@ class Joins:
             for i, e in enumerate(entries)
         ]
 
-    async def ack(self, user_id: str, device_id: str, cursor: int) -> int:
-        """Acknowledge for one device; returns how many entries every active device has now processed."""
+    async def ack(self, user_id: str, device_id: str, cursor: int, epoch: int = 0) -> int:
+        """Acknowledge for one device; returns how many entries every active device has now processed.
+
+        A cursor of an older ``epoch`` acknowledges only what is common to both histories."""
         check_device_id(device_id)
         check_cursor(cursor, "cursor")
+        if epoch:
+            epochs = await self.store.inbox_epochs()
+            self.hub.learn(epochs)
+            cursor = resume_after(epochs, epoch, cursor)
         deleted = await self.store.inbox_ack(user_id, device_id, cursor, self.policy.inbox_ttl)
         if deleted is None:
             raise UserNotRegistered("caller")

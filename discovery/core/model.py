@@ -255,3 +255,16 @@ class MyData:
     devices: list[DeviceState]
     quotas: list[QuotaLevel]
     exported_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEpoch:
+    """One history of inbox cursors (see core.ports.JoinStore.inbox_epochs).
+
+    A store starts a new epoch whenever its history of cursors may have lost its tail (a
+    promoted replica, a restart, a restored file); ``base`` is the newest cursor it held then,
+    so cursors up to ``base`` mean the same events in this epoch as in the one before.
+    """
+
+    epoch: int
+    base: int

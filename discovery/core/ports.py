@@ -16,6 +16,7 @@ from discovery.core.model import (
     DeviceState,
     ImportReport,
     InboxEntry,
+    InboxEpoch,
     NewUser,
     PrivacySettings,
     QuotaCharge,
@@ -246,6 +247,18 @@ class JoinStore(Protocol):
         """Ids of users who may have new inbox entries, as they are committed (runs until cancelled)."""
         ...
 
+    async def inbox_epochs(self) -> list[InboxEpoch]:
+        """The epochs of inbox cursors, oldest first (at most MAX_EPOCHS); the last is current.
+
+        A backend starts a new epoch, before it issues another cursor, whenever its history
+        may have lost entries it issued (Redis: another process holds the sequence, i.e. a
+        promoted replica or a restart; SQLite: the file was opened, perhaps restored from a
+        copy), with the newest cursor it holds as the base. Epochs are non-zero and never
+        reused. A cursor is issued in the current epoch; core.joins.resume_after maps the
+        cursor of an older epoch to this one.
+        """
+        ...
+
 
 class Store(RegistryStore, QuotaStore, JoinStore, Protocol):
     """The whole persistence surface of the service."""
@@ -258,6 +271,12 @@ class Store(RegistryStore, QuotaStore, JoinStore, Protocol):
         """Make deleted records unrecoverable from the store's files now (after a deletion):
         SQLite checkpoints and truncates its write-ahead log; Redis keeps nothing on disk that
         the store writes itself (a no-op)."""
+        ...
+
+    async def write_ready(self) -> None:
+        """Raise (Unavailable) if the store would refuse an acknowledged write now: no primary, a
+        read-only store, or fewer replicas than a replicated write waits for. Writes nothing
+        that a reader sees."""
         ...
 
     async def close(self) -> None: ...

@@ -142,6 +142,9 @@ class TimedStore:
     def inbox_signals(self) -> AsyncIterator[set[str]]:
         return self.inner.inbox_signals()
 
+    async def inbox_epochs(self) -> list[m.InboxEpoch]:
+        return await self._timed("inbox_epochs", self.inner.inbox_epochs())
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def ping(self) -> None:
@@ -149,6 +152,9 @@ class TimedStore:
 
     async def erase_traces(self) -> None:
         await self._timed("erase_traces", self.inner.erase_traces())
+
+    async def write_ready(self) -> None:
+        await self._timed("write_ready", self.inner.write_ready())
 
     async def close(self) -> None:
         await self._timed("close", self.inner.close())

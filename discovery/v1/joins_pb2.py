@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64iscovery/v1/joins.proto\x12\x0c\x64iscovery.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\x15SubscribeJoinsRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\x04\x12\x11\n\tdevice_id\x18\x02 \x01(\t\"T\n\x16SubscribeJoinsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.discovery.v1.JoinEvent\x12\x11\n\tcaught_up\x18\x02 \x01(\x08\"\x8a\x01\n\tJoinEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x1b\n\x13\x63ontact_hash_prefix\x18\x04 \x01(\x0c\x12-\n\tjoined_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"4\n\x0f\x41\x63kJoinsRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x11\n\tdevice_id\x18\x02 \x01(\t\"*\n\x10\x41\x63kJoinsResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x04\x32\xc3\x01\n\x17JoinNotificationService\x12]\n\x0eSubscribeJoins\x12#.discovery.v1.SubscribeJoinsRequest\x1a$.discovery.v1.SubscribeJoinsResponse0\x01\x12I\n\x08\x41\x63kJoins\x12\x1d.discovery.v1.AckJoinsRequest\x1a\x1e.discovery.v1.AckJoinsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64iscovery/v1/joins.proto\x12\x0c\x64iscovery.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"U\n\x15SubscribeJoinsRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\x04\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x66ter_epoch\x18\x03 \x01(\x04\"\x81\x01\n\x16SubscribeJoinsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.discovery.v1.JoinEvent\x12\x11\n\tcaught_up\x18\x02 \x01(\x08\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x1c\n\x14resumed_after_cursor\x18\x04 \x01(\x04\"\x8a\x01\n\tJoinEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x1b\n\x13\x63ontact_hash_prefix\x18\x04 \x01(\x0c\x12-\n\tjoined_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x0f\x41\x63kJoinsRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"*\n\x10\x41\x63kJoinsResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x04\x32\xc3\x01\n\x17JoinNotificationService\x12]\n\x0eSubscribeJoins\x12#.discovery.v1.SubscribeJoinsRequest\x1a$.discovery.v1.SubscribeJoinsResponse0\x01\x12I\n\x08\x41\x63kJoins\x12\x1d.discovery.v1.AckJoinsRequest\x1a\x1e.discovery.v1.AckJoinsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,15 +33,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'discovery.v1.joins_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBSCRIBEJOINSREQUEST']._serialized_start=75
-  _globals['_SUBSCRIBEJOINSREQUEST']._serialized_end=139
-  _globals['_SUBSCRIBEJOINSRESPONSE']._serialized_start=141
-  _globals['_SUBSCRIBEJOINSRESPONSE']._serialized_end=225
-  _globals['_JOINEVENT']._serialized_start=228
-  _globals['_JOINEVENT']._serialized_end=366
-  _globals['_ACKJOINSREQUEST']._serialized_start=368
-  _globals['_ACKJOINSREQUEST']._serialized_end=420
-  _globals['_ACKJOINSRESPONSE']._serialized_start=422
-  _globals['_ACKJOINSRESPONSE']._serialized_end=464
-  _globals['_JOINNOTIFICATIONSERVICE']._serialized_start=467
-  _globals['_JOINNOTIFICATIONSERVICE']._serialized_end=662
+  _globals['_SUBSCRIBEJOINSREQUEST']._serialized_end=160
+  _globals['_SUBSCRIBEJOINSRESPONSE']._serialized_start=163
+  _globals['_SUBSCRIBEJOINSRESPONSE']._serialized_end=292
+  _globals['_JOINEVENT']._serialized_start=295
+  _globals['_JOINEVENT']._serialized_end=433
+  _globals['_ACKJOINSREQUEST']._serialized_start=435
+  _globals['_ACKJOINSREQUEST']._serialized_end=502
+  _globals['_ACKJOINSRESPONSE']._serialized_start=504
+  _globals['_ACKJOINSRESPONSE']._serialized_end=546
+  _globals['_JOINNOTIFICATIONSERVICE']._serialized_start=549
+  _globals['_JOINNOTIFICATIONSERVICE']._serialized_end=744
 # @@protoc_insertion_point(module_scope)

@@ -25,6 +25,7 @@ class SubscribeJoinsRequest(_message.Message):
 
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
+    AFTER_EPOCH_FIELD_NUMBER: _builtins.int
     after_cursor: _builtins.int
     """Deliver events with a cursor greater than this; 0 for every stored
     event. The server starts after the larger of this and the device's last
@@ -35,15 +36,22 @@ class SubscribeJoinsRequest(_message.Message):
     [A-Za-z0-9._:-]). Acknowledgements are kept per device; every request
     without a device_id belongs to one shared default device.
     """
+    after_epoch: _builtins.int
+    """The epoch of after_cursor: the epoch of the message that carried it. 0
+    (a client that knows no epochs) counts after_cursor in the current epoch,
+    as before epochs. A cursor of another epoch resumes at what both
+    histories hold (see SubscribeJoinsResponse.epoch); never an error.
+    """
     def __init__(
         self,
         *,
         after_cursor: _builtins.int = ...,
         device_id: _builtins.str = ...,
+        after_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "device_id", b"device_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "after_epoch", b"after_epoch", "device_id", b"device_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -55,9 +63,24 @@ class SubscribeJoinsResponse(_message.Message):
 
     EVENTS_FIELD_NUMBER: _builtins.int
     CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    RESUMED_AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     caught_up: _builtins.bool
     """Set on the message that completes the replay of stored events; every
     later message carries live events.
+    """
+    epoch: _builtins.int
+    """The epoch of this message's cursors, on every message. The server starts
+    a new epoch when its history may have lost its newest events (a Redis
+    failover or restart, a restored file): cursor numbers after the new
+    epoch's start may then be reused by other events, and event ids are
+    unique within an epoch only. Keep the epoch with the cursor.
+    """
+    resumed_after_cursor: _builtins.int
+    """Set on the first message of a stream and on the first message after the
+    epoch changed: the stream delivers the events after this cursor of
+    epoch. When epoch differs from the one a client holds, it continues from
+    this cursor and forgets the event ids it has seen.
     """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___JoinEvent]:
@@ -70,10 +93,12 @@ class SubscribeJoinsResponse(_message.Message):
         *,
         events: _abc.Iterable[Global___JoinEvent] | None = ...,
         caught_up: _builtins.bool = ...,
+        epoch: _builtins.int = ...,
+        resumed_after_cursor: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "epoch", b"epoch", "events", b"events", "resumed_after_cursor", b"resumed_after_cursor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -131,19 +156,25 @@ class AckJoinsRequest(_message.Message):
 
     CURSOR_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     cursor: _builtins.int
     """Every event with a cursor up to and including this one was processed."""
     device_id: _builtins.str
     """The device that processed them (see SubscribeJoinsRequest.device_id)."""
+    epoch: _builtins.int
+    """The epoch of cursor (see SubscribeJoinsRequest.after_epoch); a cursor of
+    an older epoch acknowledges only the events both histories hold.
+    """
     def __init__(
         self,
         *,
         cursor: _builtins.int = ...,
         device_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "device_id", b"device_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "device_id", b"device_id", "epoch", b"epoch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

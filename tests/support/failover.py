@@ -16,8 +16,18 @@ from discovery.core.model import AnnounceMode, NewUser, PrivacySettings
 from discovery.store.redis import RedisStore
 from discovery.store.redis.base import parse_redis_url
 from tests.support.announce import new_user as announced_user
+from tests.support.redis_fixtures import RedisProcess
 
 SETTINGS = PrivacySettings(discoverable=True, announce_mode=AnnounceMode.EVERYONE, notify_on_join=True)
+#: The hash tag of the registry (and of join notifications) in the default namespace.
+REGISTRY_TAG = "{discovery}"
+
+
+def cut_replication_link(primary: RedisProcess) -> None:
+    """Drop the primary's connection to its (paused) replica, so writes made during the gap
+    reach neither the replica nor its socket buffer: the replica cannot reconnect while paused."""
+    with primary.client() as client:
+        client.client_kill_filter(_type="replica")
 
 
 def new_user(user_id: str) -> NewUser:

@@ -81,6 +81,9 @@ class MemoryStore:
     async def ping(self) -> None:
         return None
 
+    async def write_ready(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 
@@ -461,3 +464,7 @@ class MemoryStore:
                 yield users
         finally:
             self.data.listeners.remove(queue)
+
+    async def inbox_epochs(self) -> list[m.InboxEpoch]:
+        """One history: nothing held in memory loses its tail."""
+        return [m.InboxEpoch(1, 0)]

@@ -151,20 +151,21 @@ def serve_processes(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
         process.stop()
 
 
-async def health_status(channel: aio.Channel, timeout: float = 2.0) -> int:
-    """The overall health status (``grpc.health.v1.Health/Check``)."""
-    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+async def health_status(channel: aio.Channel, timeout: float = 2.0, service: str = "") -> int:
+    """The health status of ``service`` (default: overall) (``grpc.health.v1.Health/Check``)."""
+    request = health_pb2.HealthCheckRequest(service=service)
+    reply = await health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout)
     return int(reply.status)
 
 
-async def wait_health(target: str, status: int, timeout: float = 15.0) -> None:
+async def wait_health(target: str, status: int, timeout: float = 15.0, service: str = "") -> None:
     """Poll Check until it reports ``status`` (errors while the store is down count as not yet)."""
     deadline = time.monotonic() + timeout
     last: object = None
     async with aio.insecure_channel(target) as channel:
         while True:
             try:
-                last = await health_status(channel, timeout=1.0)
+                last = await health_status(channel, timeout=1.0, service=service)
             except aio.AioRpcError as error:
                 last = error.code()
             if last == status:

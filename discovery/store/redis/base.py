@@ -334,6 +334,14 @@ class RedisBase:
     async def ping(self) -> None:
         await self._redis.ping()
 
+    async def write_ready(self) -> None:
+        """The no-op write of every registry write (the fence) and, with ``min_replicas``, its
+        WAIT: fails on a replica (READONLY), without a primary, or with too few replicas."""
+        if not self.min_replicas:
+            await self._redis.hincrby(self.keys.meta, "fence", 0)
+            return
+        await self._confirmed(self.keys.meta, [])
+
     async def close(self) -> None:
         if self._blocked:
             await asyncio.wait(self._blocked, timeout=MAX_BLOCK_SECONDS + 1)

@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from discovery.core.errors import InvalidArgument, Reason
-from discovery.core.model import Announcement, DeviceState, InboxEntry, WatchSummary
+from discovery.core.model import Announcement, DeviceState, InboxEntry, InboxEpoch, WatchSummary
 from discovery.store.redis.base import MAX_BLOCK_SECONDS, Arg, LuaScript, RedisBase
-from discovery.store.redis.lua import FAN_OUT, PRELUDE
+from discovery.store.redis.lua import EPOCHS, FAN_OUT, PRELUDE
 from discovery.store.redis.registry import announcement_args
 
 AHEAD, NOT_REGISTERED = -5, -4
@@ -218,6 +218,10 @@ return removed
 )
 
 
+# KEYS: meta. Starts a new epoch if another process holds the sequence (lua.EPOCHS).
+INBOX_EPOCHS = LuaScript(EPOCHS + "return inbox_epochs()")
+
+
 def _glob_escape(text: bytes) -> bytes:
     out = bytearray()
     for byte in text:
@@ -319,6 +323,16 @@ class RedisJoins(RedisBase):
             if found:
                 purged += int(await self._eval(PURGE, [self.keys.meta], [repr(max_age), *found]))
         return purged
+
+    # -- cursor epochs --------------------------------------------------------------------------
+
+    async def inbox_epochs(self) -> list[InboxEpoch]:
+        reply: bytes = await self._eval(INBOX_EPOCHS, [self.keys.meta], [])
+        epochs = []
+        for item in reply.split(b","):
+            epoch, _, base = item.partition(b":")
+            epochs.append(InboxEpoch(int(epoch, 16), int(base)))
+        return epochs
 
     # -- wake-ups -------------------------------------------------------------------------------
 

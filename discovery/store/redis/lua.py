@@ -80,13 +80,43 @@ local function unwatch(uid, keys)
 end
 """
 
+# Inbox cursor epochs (core.ports.JoinStore.inbox_epochs). Meta field ``jnode`` is the run id
+# of the process that issued the newest cursors; another process (a promoted replica, a
+# restart) may hold a shorter history, so before it issues a cursor it starts a new epoch: the
+# first 15 hex digits of its run id, with the newest cursor it holds as the base. ``jepochs``
+# lists "EPOCH:BASE" oldest first (the last 16). Returns that list.
+EPOCHS = """
+local function inbox_epochs()
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  local known = redis.call('HMGET', KEYS[1], 'jnode', 'jepochs')
+  if known[1] == run then return known[2] end
+  local list = {}
+  for item in string.gmatch(known[2] or '', '[^,]+') do list[#list + 1] = item end
+  list[#list + 1] = string.sub(run, 1, 15) .. ':' .. (redis.call('HGET', KEYS[1], 'jseq') or '0')
+  while #list > 16 do table.remove(list, 1) end
+  local joined = table.concat(list, ',')
+  redis.call('HSET', KEYS[1], 'jnode', run, 'jepochs', joined)
+  return joined
+end
+local epoch_checked = false
+local function next_cursor()
+  if not epoch_checked then
+    inbox_epochs()
+    epoch_checked = true
+  end
+  return redis.call('HINCRBY', KEYS[1], 'jseq', 1)
+end
+"""
+
 # An announcement, as the domain made it (core.model.Announcement): the watch tag, the joiner
 # tag, the sealed notice and the release delay in seconds.
 # ``fan_out`` applies the mode to the watches on the tag: EVERYONE consumes them and appends an
 # event to the inbox of each watcher whose watch is unexpired, who is registered with
 # notify_on_join and is not the joiner, when the joiner is discoverable; OFF consumes them and
 # tells no one; MUTUAL leaves them for the joiner's Discover (ANNOUNCE_MUTUAL).
-FAN_OUT = """
+FAN_OUT = (
+    EPOCHS
+    + """
 local function announcement(wtag, jtag, notice, delay)
   return {wtag = wtag, jtag = jtag, notice = notice, delay = tonumber(delay)}
 end
@@ -100,7 +130,7 @@ local function mode_of(flags, number_change)
   return 'off'
 end
 local function append_event(watcher, a, now, inbox_ttl, notified)
-  local cursor = redis.call('HINCRBY', KEYS[1], 'jseq', 1)
+  local cursor = next_cursor()
   local inbox = inbox_of(watcher)
   local ttl = tonumber(inbox_ttl) + math.ceil(a.delay * 1000)
   local released = string.format('%.6f', now + a.delay)
@@ -139,6 +169,7 @@ local function announce(joiner, a, flags, mode, inbox_ttl)
   signal(notified)
 end
 """
+)
 
 # Forgets what is kept on a user's behalf (watches, inbox, devices); when the user is not
 # registered, also the events in other inboxes tagged with their joiner tag.

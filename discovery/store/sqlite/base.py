@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -137,6 +138,11 @@ class SqliteBase:
 
     async def ping(self) -> None:
         await self._run(lambda: self._db.execute("SELECT 1").fetchone())
+
+    async def write_ready(self) -> None:
+        """Writes fail only on a file (or directory, for the WAL) that became read-only."""
+        if not os.access(self.path, os.W_OK) or not os.access(self.path.parent, os.W_OK):
+            raise Unavailable("the store's file is read-only")
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -24,7 +25,15 @@ from typing import Any, TypeVar
 
 from discovery.core.errors import InvalidArgument, Reason
 from discovery.core.hashing import KEY_SIZE
-from discovery.core.model import Announcement, AnnounceMode, DeviceState, InboxEntry, WatchSummary
+from discovery.core.joins import MAX_EPOCHS
+from discovery.core.model import (
+    Announcement,
+    AnnounceMode,
+    DeviceState,
+    InboxEntry,
+    InboxEpoch,
+    WatchSummary,
+)
 from discovery.store.sqlite.base import SqliteBase
 
 T = TypeVar("T")
@@ -56,6 +65,11 @@ CREATE TABLE IF NOT EXISTS join_devices (
     PRIMARY KEY (user_id, device_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS join_devices_seen ON join_devices(seen);
+CREATE TABLE IF NOT EXISTS join_epochs (
+    n INTEGER PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    base INTEGER NOT NULL
+);
 """
 
 
@@ -169,6 +183,19 @@ def _event_params(joiner: str, announcement: Announcement, now: float) -> dict[s
     }
 
 
+def _new_epoch(conn: sqlite3.Connection) -> None:
+    """A file being opened may be an older copy (a restored backup) whose cursors lag behind
+    what clients hold: start a new epoch of inbox cursors at its newest one, keep the last
+    MAX_EPOCHS (core.ports.JoinStore.inbox_epochs)."""
+    conn.execute(
+        "INSERT INTO join_epochs(epoch, base) VALUES (?, ?)", (secrets.randbits(62) | 1, _inbox_head(conn))
+    )
+    conn.execute(
+        "DELETE FROM join_epochs WHERE n NOT IN (SELECT n FROM join_epochs ORDER BY n DESC LIMIT ?)",
+        (MAX_EPOCHS,),
+    )
+
+
 def _registered(conn: sqlite3.Connection, user_id: str) -> bool:
     return conn.execute("SELECT 1 FROM users WHERE user_id = ?", (user_id,)).fetchone() is not None
 
@@ -194,6 +221,7 @@ class SqliteJoins(SqliteBase):
     def _open_sync(self) -> None:
         super()._open_sync()
         self._inbox_seen = _inbox_head(self._db)
+        self._transaction(_new_epoch)
 
     async def _joins_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """A transaction that touches no registry row, so the change feed's waiters stay asleep."""
@@ -481,6 +509,14 @@ class SqliteJoins(SqliteBase):
             ),
         )
         return [conn.execute(sql, (limit, PURGE_BATCH)).rowcount for sql, limit in statements]
+
+    # -- cursor epochs --------------------------------------------------------------------------
+
+    async def inbox_epochs(self) -> list[InboxEpoch]:
+        rows = await self._run(
+            lambda: self._db.execute("SELECT epoch, base FROM join_epochs ORDER BY n").fetchall()
+        )
+        return [InboxEpoch(int(epoch), int(base)) for epoch, base in rows]
 
     # -- wake-ups -------------------------------------------------------------------------------
 
