@@ -46,6 +46,9 @@ from tests.support.redis_fixtures import (
 from tests.support.serve_process import wait_health
 from tests.support.server import StartServer
 
+#: Long enough for a healthy replica to confirm on a loaded 2-core machine; a missing one fails within it.
+REPLICA_TIMEOUT = 1.0
+
 
 def report(name: str, result: Drill) -> None:
     print(
@@ -91,7 +94,7 @@ async def test_replica_down_writes_fail_cleanly_reads_work_retries_are_safe(
     primary = redis_factory(*REPLICATION_ARGS)
     replica = redis_factory(*REPLICATION_ARGS, "--replicaof", "127.0.0.1", str(primary.port))
     wait_until(lambda: replicas_online(primary, 1), 20, "the replica is in sync")
-    store = await open_store(primary.url, min_replicas=1, replica_timeout=0.3)
+    store = await open_store(primary.url, min_replicas=1, replica_timeout=REPLICA_TIMEOUT)
     try:
         await store.register(new_user("watcher"))
         await store.register(new_user("old"))
@@ -102,7 +105,7 @@ async def test_replica_down_writes_fail_cleanly_reads_work_retries_are_safe(
         started = time.monotonic()
         with pytest.raises(Unavailable) as caught:
             await store.register(joiner)
-        assert time.monotonic() - started < 0.3 + 1.0
+        assert time.monotonic() - started < REPLICA_TIMEOUT + 1.5
         assert caught.value.retry_after > 0
         failing = [
             store.import_users([new_user("imported")], 0),
