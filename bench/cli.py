@@ -28,6 +28,7 @@ SCENARIOS: dict[str, str] = {
     "end_to_end": "3. Discover over gRPC from a separate load generator, against a gRPC echo ceiling",
     "scaling": "4. hot path against registry size and contacts per request; server peak memory (plot)",
     "bulk_import": "5. ImportUsers into the embedded store, users per second",
+    "end_to_end_default": "6. Discover with the default config (jwt, quotas, re-sync token) against echo",
 }
 
 

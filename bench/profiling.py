@@ -55,11 +55,14 @@ def pyspy_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("py-spy")
 
 
-def pyspy_start(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes] | None:
+def pyspy_start(
+    pid: int, seconds: float, output: Path, *, native: bool = False
+) -> subprocess.Popen[bytes] | None:
     """Start sampling ``pid`` for ``seconds`` into ``output`` (collapsed stacks); None without py-spy.
 
     Only samples where a thread holds the GIL count (``--gil``): the server's Python work is
-    what bounds its throughput, and time spent waiting is left out.
+    what bounds its throughput, and time spent waiting is left out. ``native`` adds the C
+    frames (numpy, protobuf, the gRPC core); py-spy then has to pause the process per sample.
     """
     binary = pyspy_binary()
     if binary is None:
@@ -78,7 +81,7 @@ def pyspy_start(pid: int, seconds: float, output: Path) -> subprocess.Popen[byte
             "raw",
             "--output",
             str(output),
-            "--nonblocking",
+            *(("--native",) if native else ("--nonblocking",)),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
