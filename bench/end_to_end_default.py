@@ -40,7 +40,7 @@ CONCURRENCY = 16
 GOAL_FRACTION_OF_ECHO = 0.75
 PROFILE_SECONDS = 8.0
 FULL_USERS = 3000  # client users: 30 requests of burst each, 0.17/s refill each
-QUICK_USERS = 48
+QUICK_USERS = 256
 QUOTA_OFF = ("--quota-capacity", "0", "--rate-limit-burst", "0")
 Json = dict[str, Any]
 

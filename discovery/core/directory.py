@@ -94,7 +94,7 @@ class Directory:
         except InvalidArgument:
             await self.gate.admit(caller)  # a refused request still counts against the rate
             raise
-        token = await self.gate.charge(caller, ordered, previous_hashes, previous_token)
+        token = await self.gate.charge(caller, ordered, previous_hashes, previous_token, packed_hashes)
         checked = len(keys) // KEY_SIZE
         if not keys:
             return DirectoryMatch([], [], token, checked)
