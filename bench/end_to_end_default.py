@@ -221,7 +221,8 @@ def run(ctx: Context) -> Report:
                 for work in loads:
                     runs[work.name].append(measured(ctx, work, per_round, sizes.e2e_warmup))
             if ctx.profile:
-                report.results["profile"] = profile(ctx, loads[0], workdir / "server-default.pyspy.txt")
+                # Kept beside the JSON (the work directory goes): docs/perf holds copies.
+                report.results["profile"] = profile(ctx, loads[0], ctx.out / "end_to_end_default.pyspy.txt")
         report.results["server"]["peak_rss_mib"] = round(default.memory_kib().get("VmHWM", 0) / 1024, 1)
     lines = {w.name: summarize(runs[w.name]) for w in loads}
     d, e, q, qe = (lines[w.name] for w in loads)
