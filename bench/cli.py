@@ -30,6 +30,7 @@ SCENARIOS: dict[str, str] = {
     "bulk_import": "5. ImportUsers into the embedded store, users per second",
     "end_to_end_default": "6. Discover with the default config (jwt, quotas, re-sync token) against echo",
     "stall_growth": "8. Discover p99 while the index grows, against its normal p99",
+    "stall_resubscribe": "9. Discover p99 while every join stream resubscribes at once",
     "stall_register": "7. RegisterUser of a number 200 live join streams watch, against an unwatched one",
 }
 

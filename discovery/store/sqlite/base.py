@@ -22,6 +22,11 @@ T = TypeVar("T")
 SCHEMA_VERSION = 1
 _LOCK_POLL_MS = 25
 _CACHE_KIB = 256 * 1024
+#: WAL pages after which a commit checkpoints: SQLite's default, and the policy of imports
+#: (64 MiB: fewer, larger checkpoints, and a page that several import batches write is
+#: copied to the database once). The next other write restores the default.
+CHECKPOINT_PAGES = 1000
+IMPORT_CHECKPOINT_PAGES = 16384
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -73,6 +78,7 @@ class SqliteBase:
         self._last_prune = 0.0
         self._switch = threading.Lock()
         self._current: _Job[Any] | None = None
+        self._checkpoint_pages = CHECKPOINT_PAGES
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -150,6 +156,7 @@ class SqliteBase:
     def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._db
         self._begin(conn)
+        self._checkpoint_every(conn, CHECKPOINT_PAGES)  # an import's ``fn`` raises it again
         try:
             result = fn(conn)
             self._maybe_prune_feed(conn)
@@ -175,6 +182,12 @@ class SqliteBase:
                 raise Unavailable("the call was cancelled while the store was locked")
             if time.monotonic() > deadline:
                 raise Unavailable("the store is locked by another writer")
+
+    def _checkpoint_every(self, conn: sqlite3.Connection, pages: int) -> None:
+        """The checkpoint policy of the next commits (a connection setting, read at commit)."""
+        if pages != self._checkpoint_pages:
+            conn.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
+            self._checkpoint_pages = pages
 
     def _notify_changed(self) -> None:
         self._changed.set()
