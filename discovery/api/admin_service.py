@@ -43,12 +43,25 @@ class DirectoryAdminService(pb_grpc.DirectoryAdminServiceServicer):
     async def ImportUsers(
         self, request_iterator: AsyncIterator[pb.ImportUsersRequest], context: aio.ServicerContext
     ) -> pb.ImportUsersResponse:
-        """Each streamed batch is validated and committed on its own: a rejected user never
-        blocks the others, and what was reported imported is durable."""
+        """Each streamed batch is validated and imported as if alone, in order: a rejected user
+        never blocks the others. Consecutive batches of up to ``import_transaction_users`` in
+        all commit in one transaction; the response comes after the last commit, so what it
+        reports imported is durable (a stream that breaks off may leave its last batches out,
+        and a retried import brings them in: users already there are ``unchanged``)."""
         require_scope(current_principal(), DIRECTORY_WRITE_SCOPE)
         limits = self._directory.limits
         total = ImportReport()
         position = 0
+        group: list[tuple[list[ImportCandidate], int]] = []
+        grouped = 0
+
+        async def commit() -> None:
+            nonlocal grouped
+            for report in await self._directory.import_batches(group):
+                total.add(report, limits.max_reported_rejections)
+            group.clear()
+            grouped = 0
+
         async for batch in request_iterator:
             candidates = [
                 ImportCandidate(
@@ -60,6 +73,11 @@ class DirectoryAdminService(pb_grpc.DirectoryAdminServiceServicer):
             ]
             for start in range(0, len(candidates), limits.max_import_batch):
                 chunk = candidates[start : start + limits.max_import_batch]
-                total.add(await self._directory.import_batch(chunk, position), limits.max_reported_rejections)
+                group.append((chunk, position))
                 position += len(chunk)
+                grouped += len(chunk)
+                if grouped >= limits.import_transaction_users:
+                    await commit()
+        if group:
+            await commit()
         return import_report_to_pb(total)

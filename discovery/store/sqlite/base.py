@@ -202,9 +202,13 @@ class SqliteBase:
         self._last_prune = now
         head = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM registry_feed").fetchone()[0]
         floor = max(head - self._feed_max_len, 0)
-        oldest_kept = conn.execute(
-            "SELECT MIN(seq) FROM registry_feed WHERE created >= ?", (now - self._feed_retention,)
-        ).fetchone()[0]
+        # The first row in seq order that is recent enough: a walk from the oldest row that
+        # stops there (MIN(seq) with this WHERE scanned the whole feed, 1M rows, every 5 s).
+        row = conn.execute(
+            "SELECT seq FROM registry_feed WHERE created >= ? ORDER BY seq LIMIT 1",
+            (now - self._feed_retention,),
+        ).fetchone()
+        oldest_kept = row[0] if row is not None else None
         floor = max(floor, (oldest_kept - 1) if oldest_kept is not None else head)
         current = conn.execute("SELECT value FROM meta WHERE name = 'feed_floor'").fetchone()[0]
         if floor > current:

@@ -119,6 +119,9 @@ class SqliteRegistry(SqliteBase):
     async def import_users(self, users: Sequence[NewUser], first_position: int) -> ImportReport:
         return await self._write(lambda conn: self._import_sync(conn, users, first_position))
 
+    async def import_user_groups(self, groups: Sequence[Sequence[NewUser]]) -> list[ImportReport]:
+        return await self._write(lambda conn: [self._import_sync(conn, users, 0) for users in groups])
+
     def _import_sync(self, conn: sqlite3.Connection, users: Sequence[NewUser], first: int) -> ImportReport:
         """Set-based: the batch goes into a temp table and conflicts are found with two joins."""
         report = ImportReport()
