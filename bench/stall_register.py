@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.context import Context
-from bench.joins_fanout import Server, Subscribers, number, percentiles
+from bench.joins_fanout import Server, Subscribers, in_child, number, percentiles
 from bench.report import Goal, Report
 from bench.summary import headline
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient
@@ -60,6 +60,10 @@ async def measure(target: str, watchers: int, rounds: int, baseline: int) -> Jso
     }
 
 
+def measure_sync(target: str, watchers: int, rounds: int, baseline: int) -> Json:
+    return asyncio.run(measure(target, watchers, rounds, baseline))
+
+
 def run(ctx: Context) -> Report:
     watchers = 200
     rounds, baseline = (10, 10) if ctx.quick else (60, 60)
@@ -76,7 +80,7 @@ def run(ctx: Context) -> Report:
     with tempfile.TemporaryDirectory(prefix="stall-register-", dir=ctx.work) as tmp:
         server = Server(Path(tmp), max_streams=watchers + 100)
         try:
-            report.results.update(asyncio.run(measure(server.target, watchers, rounds, baseline)))
+            report.results.update(in_child(measure_sync, server.target, watchers, rounds, baseline))
         finally:
             server.stop()
     watched = report.results["register_watched"]

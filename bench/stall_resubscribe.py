@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.context import Context
 from bench.end_to_end import DISCOVER_METHOD, load
-from bench.joins_fanout import Server, Subscribers, number
+from bench.joins_fanout import Server, Subscribers, in_child, number
 from bench.loadgen import write_frames
 from bench.report import Goal, Report
 from bench.summary import headline
@@ -63,6 +63,10 @@ async def measure(target: str, streams: int, frames: Path, seconds: float) -> Js
     return {"normal": normal, "storm": storm, "all_streams_caught_up_s": round(caught_up, 3)}
 
 
+def measure_sync(target: str, streams: int, frames: Path, seconds: float) -> Json:
+    return asyncio.run(measure(target, streams, frames, seconds))
+
+
 def run(ctx: Context) -> Report:
     streams = 500 if ctx.quick else 10_000
     seconds = 4.0 if ctx.quick else 20.0  # the full window spans the whole storm (about 16 s)
@@ -84,7 +88,7 @@ def run(ctx: Context) -> Report:
         )
         server = Server(Path(tmp) / "data", max_streams=streams + 100)
         try:
-            report.results.update(asyncio.run(measure(server.target, streams, frames, seconds)))
+            report.results.update(in_child(measure_sync, server.target, streams, frames, seconds))
         finally:
             server.stop()
     normal, storm = report.results["normal"], report.results["storm"]

@@ -187,13 +187,15 @@ class JoinHub:
         call itself and other calls wait for the whole fan-out (tens of ms for 200 streams).
         In slices, other work gets the store and the loop between them.
         """
-        woken = 0
-        for user_id in user_ids:
-            for sub in self._subs.get(user_id, ()):
+        subs = [sub for user_id in user_ids for sub in self._subs.get(user_id, ())]
+        if len(subs) > WAKE_SLICE:
+            # The registering call first: its own next store call goes ahead of the reads.
+            await asyncio.sleep(WAKE_PAUSE)
+        for start in range(0, len(subs), WAKE_SLICE):
+            if start:
+                await asyncio.sleep(WAKE_PAUSE)
+            for sub in subs[start : start + WAKE_SLICE]:
                 sub.wake()
-                woken += 1
-                if woken % WAKE_SLICE == 0:
-                    await asyncio.sleep(WAKE_PAUSE)
 
     def wake_all(self) -> None:
         for subs in self._subs.values():
