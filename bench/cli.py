@@ -33,6 +33,10 @@ SCENARIOS: dict[str, str] = {
     "end_to_end": "3. Discover over gRPC from a separate load generator, against a gRPC echo ceiling",
     "scaling": "4. hot path against registry size and contacts per request; server peak memory (plot)",
     "bulk_import": "5. ImportUsers into the embedded store, users per second",
+    "end_to_end_default": "6. Discover with the default config (jwt, quotas, re-sync token) against echo",
+    "stall_growth": "7. Discover p99 while the index grows, against its normal p99",
+    "stall_resubscribe": "8. Discover p99 while every join stream resubscribes at once",
+    "stall_register": "9. RegisterUser of a number 200 live join streams watch, against an unwatched one",
 }
 
 STANDALONE: dict[str, str] = {

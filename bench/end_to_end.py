@@ -59,6 +59,7 @@ def load(
     warmup: float,
     *,
     keep_first: bool = False,
+    metadata_file: Path | None = None,
 ) -> Json:
     args = [
         "-m",
@@ -81,6 +82,8 @@ def load(
         args += ["--metadata", f"{key}={value}"]
     if keep_first:
         args.append("--keep-first")
+    if metadata_file is not None:
+        args += ["--metadata-file", str(metadata_file)]
     return run_json(args, timeout=seconds + warmup + 300)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import statistics
@@ -34,6 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +264,14 @@ async def measure(args: argparse.Namespace, rng: random.Random, server: Server) 
         "goal_streams": 10_000,
         "goal_streams_met": opened >= 10_000,
     }
+
+
+def in_child(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a fresh (spawned) process. grpc.aio binds its poller to the first event
+    loop of a process, so a harness that runs several scenarios with ``asyncio.run`` each
+    drives gRPC from a child per scenario."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def main() -> None:

@@ -69,11 +69,15 @@ async def unary(args: argparse.Namespace) -> dict[str, Any]:
     """``concurrency`` callers, each sending its next request as soon as the last returned."""
     frames = read_frames(args.frames)
     metadata = _metadata(args.metadata)
+    # Per-frame metadata (frame i goes with line i: e.g. the bearer token of the user whose
+    # previous-set token frame i carries), added to the common metadata.
+    per_frame = _per_frame_metadata(args.metadata_file, metadata, len(frames))
     async with _channel(args.target) as channel:
         call = channel.unary_unary(args.method)  # bytes in, bytes out
-        first: bytes = await call(frames[0], metadata=metadata, timeout=60)
+        first: bytes = await call(frames[0], metadata=per_frame[0], timeout=60)
         latencies: list[float] = []
         errors: list[str] = []
+        calls = [1]  # every call made, warm-up included (the harness divides server CPU by it)
         start = time.perf_counter() + args.warmup
         stop = start + args.seconds
 
@@ -83,13 +87,15 @@ async def unary(args: argparse.Namespace) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 if t0 >= stop:
                     return
+                k = i % len(frames)
                 try:
-                    await call(frames[i % len(frames)], metadata=metadata, timeout=60)
+                    await call(frames[k], metadata=per_frame[k], timeout=60)
                 except aio.AioRpcError as e:
                     errors.append(f"{e.code().name}: {e.details()}")
                     continue
                 finally:
                     i += args.concurrency
+                    calls[0] += 1
                 if t0 >= start:
                     latencies.append(time.perf_counter() - t0)
 
@@ -99,6 +105,7 @@ async def unary(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "concurrency": args.concurrency,
         "requests": len(latencies),
+        "calls_total": calls[0],
         "errors": len(errors),
         "first_errors": errors[:3],
         "seconds": round(elapsed, 3),
@@ -110,6 +117,17 @@ async def unary(args: argparse.Namespace) -> dict[str, Any]:
         "response_bytes": len(first),
         "first_response": first.hex() if args.keep_first else None,
     }
+
+
+def _per_frame_metadata(
+    path: Path | None, common: tuple[tuple[str, str], ...], frames: int
+) -> list[tuple[tuple[str, str], ...]]:
+    if path is None:
+        return [common] * frames
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if len(lines) != frames:
+        raise SystemExit(f"{path}: {len(lines)} metadata lines for {frames} frames")
+    return [common + tuple((str(k), str(v)) for k, v in line) for line in lines]
 
 
 async def stream(args: argparse.Namespace) -> dict[str, Any]:
@@ -143,6 +161,12 @@ def main() -> None:
     parser.add_argument("--method", required=True)
     parser.add_argument("--frames", type=Path, required=True)
     parser.add_argument("--metadata", action="append", default=[], help="key=value (repeatable)")
+    parser.add_argument(
+        "--metadata-file",
+        type=Path,
+        default=None,
+        help="JSON list of [key, value] pairs per frame, one a line",
+    )
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)

@@ -55,11 +55,14 @@ def pyspy_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("py-spy")
 
 
-def pyspy_start(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes] | None:
+def pyspy_start(
+    pid: int, seconds: float, output: Path, *, native: bool = False
+) -> subprocess.Popen[bytes] | None:
     """Start sampling ``pid`` for ``seconds`` into ``output`` (collapsed stacks); None without py-spy.
 
     Only samples where a thread holds the GIL count (``--gil``): the server's Python work is
-    what bounds its throughput, and time spent waiting is left out.
+    what bounds its throughput, and time spent waiting is left out. ``native`` adds the C
+    frames (numpy, protobuf, the gRPC core); py-spy then has to pause the process per sample.
     """
     binary = pyspy_binary()
     if binary is None:
@@ -78,7 +81,7 @@ def pyspy_start(pid: int, seconds: float, output: Path) -> subprocess.Popen[byte
             "raw",
             "--output",
             str(output),
-            "--nonblocking",
+            *(("--native",) if native else ("--nonblocking",)),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -137,3 +140,61 @@ def _frame(frame: str) -> str:
     parts = Path(path).parts
     short = "/".join(parts[-2:]) if len(parts) > 1 else path
     return f"{name} ({short})" if short else name
+
+
+#: Leaf frames of a thread that waits (py-spy --native samples them too).
+IDLE_LEAVES = (
+    "epoll_wait",
+    "_queue_SimpleQueue_get",
+    "PyThread_acquire_lock_timed",
+    "pthread_cond_timedwait",
+    "pthread_cond_wait",
+    "sem_wait",
+    "sem_timedwait",
+    "select_epoll_poll",
+    "poll",
+    "nanosleep",
+)
+
+
+def busy_breakdown(text: str, top: int = 40) -> Json:
+    """Collapsed --native stacks without the waiting ones, split into the event-loop thread
+    and the others; inclusive shares of the busy samples per frame name."""
+    threads: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    busy = idle = 0
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        names = [f.partition(" (")[0] for f in stack.split(";")]
+        # An unresolved libc address under a lock or queue wait is the futex wait itself.
+        waiting = names[-1] in IDLE_LEAVES or any(n in IDLE_LEAVES for n in names[-4:])
+        if waiting:
+            idle += count
+            continue
+        busy += count
+        threads["event loop" if "run_serve" in names else "other threads"] += count
+        for name in set(names):
+            inclusive[name] += count
+    share = {k: round(v / max(1, busy), 3) for k, v in threads.items()}
+    return {
+        "busy_samples": busy,
+        "idle_samples": idle,
+        "threads": share,
+        "inclusive": [
+            {"function": f, "share": round(c / max(1, busy), 3)} for f, c in inclusive.most_common(top)
+        ],
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(
+        json.dumps(
+            busy_breakdown(Path(sys.argv[1]).read_text(), int(sys.argv[2]) if len(sys.argv) > 2 else 60),
+            indent=1,
+        )
+    )

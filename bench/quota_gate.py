@@ -7,8 +7,9 @@ batch (one AES call), check duplicates, probe an index of ``--n`` users. On top 
   for a re-sync also key, check, sort and verify the previous set and count the new ones;
 * ``first_sync``: the whole gate on a real SQLite store: the request-rate and the
   contact charge (one transaction on the writer thread) and the token;
-* ``resync``: the whole gate for an unchanged set sent with its token: the rate charge
-  and the token checks (the contact charge of 0 needs no transaction).
+* ``resync``: the whole gate for an unchanged set sent with its token, as Discover calls
+  it (with the request's hashes, so the previous set is recognised as the same): the rate
+  charge and the token checks (the contact charge of 0 needs no transaction).
 
     python -m bench quota_gate --batch 1000 5000
 """
@@ -90,7 +91,7 @@ async def run(n: int, batches: list[int], rounds: int, seed: int) -> dict[str, o
                     ordered: SortedKeys = ordered, packed: bytes = packed, token: bytes = token
                 ) -> object:
                     await gate.admit("bench")
-                    return await gate.charge("bench", ordered, packed, token)
+                    return await gate.charge("bench", ordered, packed, token, packed)
 
                 base = await timed(baseline, rounds)
                 figures = {"baseline_us": round(base, 1)}

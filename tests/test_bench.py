@@ -18,7 +18,17 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCENARIOS = ["hot_path", "baselines", "end_to_end", "scaling", "bulk_import"]
+SCENARIOS = [
+    "hot_path",
+    "baselines",
+    "end_to_end",
+    "scaling",
+    "bulk_import",
+    "end_to_end_default",
+    "stall_growth",
+    "stall_resubscribe",
+    "stall_register",
+]
 TOP_KEYS = {
     "scenario",
     "quick",
@@ -58,7 +68,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]],
         text=True,
         cwd=REPO,
         env=env,
-        timeout=240,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     docs = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
@@ -103,8 +113,19 @@ def test_results_are_plausible(run: tuple[list[dict[str, Any]], Path]) -> None:
     assert e2e["discover"]["c1"]["errors"] == 0 and e2e["discover"]["c16"]["errors"] == 0
     assert 350 < e2e["discover"]["matches_in_first_response"] < 550
     assert e2e["discover"]["c16"]["requests"] > 0 and e2e["echo"]["c16"]["requests"] > 0
-    assert docs["bulk_import"]["imported"] == run[0][-1]["parameters"]["users"]
+    params = {d["scenario"]: d["parameters"] for d in run[0]}
+    assert docs["bulk_import"]["imported"] == params["bulk_import"]["users"]
     assert all(row["peak_rss_mib"] > 0 for row in docs["scaling"]["server_memory"])
+    default = docs["end_to_end_default"]
+    for line in ("default", "echo", "quota_off", "echo_plain"):
+        assert default[line]["errors"] == 0 and default[line]["server_cpu_us_per_call"] > 0
+    assert 350 < default["matches_in_first_response"] < 550
+    assert docs["stall_growth"]["growths"], "the growth run saw no index growth"
+    assert docs["stall_resubscribe"]["storm"]["errors"] == 0
+    assert (
+        docs["stall_register"]["register_watched"]["samples"]
+        == params["stall_register"]["watched_registrations"]
+    )
 
 
 def test_plot_and_summary(run: tuple[list[dict[str, Any]], Path]) -> None:

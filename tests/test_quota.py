@@ -138,6 +138,21 @@ async def test_a_wrong_token_is_invalid_and_charges_nothing(
             grpc.StatusCode.INVALID_ARGUMENT,
         )
         assert violations(details) == [field]
+    # An unchanged re-sync (previous set byte-equal to the request) takes the short path:
+    # its token is checked all the same.
+    for token in (flipped, others.token, first.token[:-1], b""):
+        details = await expect(
+            client.Discover(
+                pb.DiscoverRequest(
+                    contact_hashes=packed(H[:10]),
+                    previous_token=token,
+                    previous_contact_hashes=packed(H[:10]),
+                ),
+                metadata=user_metadata("u"),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert violations(details) == ["previous_token"]
     assert await bucket_level(quota_server, "u") == 10
 
 

@@ -135,6 +135,31 @@ async def test_import_report(store: Store) -> None:
     assert record is not None and record.settings.discoverable is False
 
 
+async def test_import_groups_run_in_order(store: Store) -> None:
+    """Groups of one import_user_groups call are imported one after the other: a later
+    group sees the earlier ones registered, exactly as separate import_users calls."""
+    bob = user("bob")
+    reports = await store.import_user_groups(
+        [
+            [bob, user("carl")],
+            [
+                NewUser("bob", bob.directory_key, PrivacySettings()),
+                user("bob"),
+                user("dora", bob.directory_key),
+            ],
+        ]
+    )
+    first, second = reports
+    assert (first.imported, first.unchanged, first.rejected_total) == (2, 0, 0)
+    assert (second.imported, second.unchanged, second.rejected_total) == (0, 1, 2)
+    assert [(r.position, r.user_id, r.reason) for r in second.rejections] == [
+        (1, "bob", ImportRejectionReason.USER_ID_TAKEN),
+        (2, "dora", ImportRejectionReason.CONTACT_HASH_TAKEN),
+    ]
+    changes = await store.feed_read(0, 100)
+    assert sorted(c.user_id or "" for c in changes) == ["bob", "carl"]
+
+
 async def test_iter_registry_yields_everyone(store: Store) -> None:
     users = [user(f"u{i}", discoverable=i % 3 != 0) for i in range(2500)]
     await store.import_users(users, 0)

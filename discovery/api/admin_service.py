@@ -43,14 +43,27 @@ class DirectoryAdminService(pb_grpc.DirectoryAdminServiceServicer):
     async def ImportUsers(
         self, request_iterator: AsyncIterator[pb.ImportUsersRequest], context: aio.ServicerContext
     ) -> pb.ImportUsersResponse:
-        """Each streamed message is validated and committed on its own: a rejected user never
-        blocks the others, and what was reported imported is durable. A message of more than
-        ``max_import_batch`` users fails the call (IMPORT_BATCH_TOO_LARGE) before any of its
-        users is imported; the messages before it stay imported."""
+        """Each streamed message is validated and imported as if alone, in order: a rejected user
+        never blocks the others. Consecutive messages of up to ``import_transaction_users`` in
+        all commit in one transaction; the response comes after the last commit, so what it
+        reports imported is durable (a stream that breaks off may leave its last messages out,
+        and a retried import brings them in: users already there are ``unchanged``). A message
+        of more than ``max_import_batch`` users fails the call (IMPORT_BATCH_TOO_LARGE) before any
+        of its users is imported; the messages before it are committed first and stay imported."""
         require_scope(current_principal(), DIRECTORY_WRITE_SCOPE)
         limits = self._directory.limits
         total = ImportReport()
         position = 0
+        group: list[tuple[list[ImportCandidate], int]] = []
+        grouped = 0
+
+        async def commit() -> None:
+            nonlocal grouped
+            for report in await self._directory.import_batches(group):
+                total.add(report, limits.max_reported_rejections)
+            group.clear()
+            grouped = 0
+
         async for batch in request_iterator:
             candidates = [
                 ImportCandidate(
@@ -60,8 +73,14 @@ class DirectoryAdminService(pb_grpc.DirectoryAdminServiceServicer):
                 )
                 for u in batch.users
             ]
-            total.add(
-                await self._directory.import_batch(candidates, position), limits.max_reported_rejections
-            )
+            if len(candidates) > limits.max_import_batch:
+                await commit()  # the messages before it stay imported
+                self._directory.check_import_batch(candidates)
+            group.append((candidates, position))
             position += len(candidates)
+            grouped += len(candidates)
+            if grouped >= limits.import_transaction_users:
+                await commit()
+        if group:
+            await commit()
         return import_report_to_pb(total)

@@ -51,6 +51,9 @@ class DirectoryLimits(Options):
     )
     max_import_batch: int = option(10_000, "cap on users in one ImportUsers message", check=positive)
     max_reported_rejections: int = 1000
+    #: Users of an import stream committed in one transaction (whole messages, in order):
+    #: each index page is then written once for several keys instead of once per key.
+    import_transaction_users: int = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +107,7 @@ class Directory:
         except InvalidArgument:
             await self.gate.admit(caller)  # a refused request still counts against the rate
             raise
-        token = await self.gate.charge(caller, ordered, previous_hashes, previous_token)
+        token = await self.gate.charge(caller, ordered, previous_hashes, previous_token, packed_hashes)
         checked = len(keys) // KEY_SIZE
         if not keys:
             return DirectoryMatch([], [], token, checked)
@@ -255,13 +258,51 @@ class Directory:
     async def import_batch(self, candidates: list[ImportCandidate], first_position: int) -> ImportReport:
         """Import one batch. Invalid entries and duplicates within the batch are rejected here,
         conflicts with the registry by the store; the rest is registered in one transaction."""
+        return (await self.import_batches([(candidates, first_position)]))[0]
+
+    def check_import_batch(self, candidates: list[ImportCandidate]) -> None:
+        """InvalidArgument (IMPORT_BATCH_TOO_LARGE) for a message over ``max_import_batch``."""
         if len(candidates) > self.limits.max_import_batch:
             raise InvalidArgument.field(
                 "users",
                 f"{len(candidates)} users exceed the batch limit of {self.limits.max_import_batch}",
                 Reason.IMPORT_BATCH_TOO_LARGE,
             )
-        report = ImportReport()
+
+    async def import_batches(self, batches: list[tuple[list[ImportCandidate], int]]) -> list[ImportReport]:
+        """Import several batches of a stream in one store transaction, each as if alone and in
+        order (a later batch sees the earlier ones registered): the same outcomes as one
+        transaction each, with each index page written once per transaction, not per batch."""
+        for candidates, _ in batches:
+            self.check_import_batch(candidates)
+        prepared = [self._screen(candidates, first) for candidates, first in batches]
+        groups = [await self._new_users(valid) for _, valid in prepared]
+        stored = await self.store.import_user_groups([g for g in groups if g]) if any(groups) else []
+        outcomes = iter(stored)
+        reports = []
+        for (rejections, valid), users in zip(prepared, groups, strict=True):
+            report = ImportReport()
+            if users:
+                outcome = next(outcomes)
+                # The store numbers the valid users 0..n-1; map back to stream positions.
+                for rejection in outcome.rejections:
+                    rejections.append(
+                        RejectedUser(valid[rejection.position][0], rejection.user_id, rejection.reason)
+                    )
+                report.imported = outcome.imported
+                report.unchanged = outcome.unchanged
+            rejections.sort(key=lambda r: r.position)
+            report.rejected_total = len(rejections)
+            report.rejections = rejections[: self.limits.max_reported_rejections]
+            reports.append(report)
+        if stored:
+            await self.sync.catch_up()
+        return reports
+
+    def _screen(
+        self, candidates: list[ImportCandidate], first_position: int
+    ) -> tuple[list[RejectedUser], list[tuple[int, ImportCandidate]]]:
+        """Invalid entries and duplicates within the batch, and the valid rest with their positions."""
         rejections: list[RejectedUser] = []
         valid: list[tuple[int, ImportCandidate]] = []
         seen_ids: set[str] = set()
@@ -282,37 +323,21 @@ class Directory:
             seen_hashes.add(candidate.contact_hash)
             valid.append((position, candidate))
         seen_hashes.clear()
-        if valid:
-            keys = self.keys.directory_keys(b"".join(c.contact_hash for _, c in valid))
-            entries: list[bytes | None] = (
-                list(
-                    await self.private.entries(
-                        [c.contact_hash for _, c in valid], [c.user_id for _, c in valid]
-                    )
-                )
-                if self.private is not None
-                else [None] * len(valid)
-            )
-            users = [
-                NewUser(
-                    c.user_id,
-                    keys[i * 16 : (i + 1) * 16],
-                    c.settings or self.default_settings,
-                    self.joins.announcement(c.user_id, keys[i * 16 : (i + 1) * 16]),
-                    entries[i],
-                )
-                for i, (_, c) in enumerate(valid)
-            ]
-            stored = await self.store.import_users(users, 0)
-            # The store numbers the valid users 0..n-1; map back to stream positions.
-            for rejection in stored.rejections:
-                rejections.append(
-                    RejectedUser(valid[rejection.position][0], rejection.user_id, rejection.reason)
-                )
-            report.imported = stored.imported
-            report.unchanged = stored.unchanged
-            await self.sync.catch_up()
-        rejections.sort(key=lambda r: r.position)
-        report.rejected_total = len(rejections)
-        report.rejections = rejections[: self.limits.max_reported_rejections]
-        return report
+        return rejections, valid
+
+    async def _new_users(self, valid: list[tuple[int, ImportCandidate]]) -> list[NewUser]:
+        """The users to store: directory keys, announcements and (in private mode) private entries."""
+        if not valid:
+            return []
+        keys = self.keys.directory_keys(b"".join(c.contact_hash for _, c in valid))
+        hashes, ids = [c.contact_hash for _, c in valid], [c.user_id for _, c in valid]
+        entries: list[bytes | None] = (
+            list(await self.private.entries(hashes, ids)) if self.private is not None else [None] * len(valid)
+        )
+        users = []
+        for i, (_, c) in enumerate(valid):
+            key = keys[i * 16 : (i + 1) * 16]
+            settings = c.settings or self.default_settings
+            announcement = self.joins.announcement(c.user_id, key)
+            users.append(NewUser(c.user_id, key, settings, announcement, entries[i]))
+        return users

@@ -138,8 +138,18 @@ class IndexSync:
         releases the GIL), so lookups go on meanwhile instead of waiting ~0.5 s per 10M users.
         The lock keeps every other change out until the new table is adopted."""
         if self._index.needs_growth(more):
+            started = time.monotonic()
             table = await asyncio.to_thread(self._index.grown_table, more)
             self._index.adopt(table)  # False only if the index changed; it then grows inline
+            log.info(
+                "index grown",
+                extra={
+                    "event": "index_grown",
+                    "users": len(self._index),
+                    "seconds": round(time.monotonic() - started, 3),
+                    "memory_bytes": self._index.memory_bytes(),
+                },
+            )
 
     async def follow(self, stop: asyncio.Event) -> None:
         """Follow the feed until ``stop`` is set. Store errors are logged and retried."""

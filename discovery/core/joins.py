@@ -210,6 +210,11 @@ class Subscription:
         await self._wake.wait()
 
 
+#: Subscriptions woken at once by one fan-out, and the pause before the next slice.
+WAKE_SLICE = 16
+WAKE_PAUSE = 0.001
+
+
 class JoinHub:
     """Fans "user X has new inbox entries" out to the local subscriptions of X.
 
@@ -272,6 +277,25 @@ class JoinHub:
             for sub in self._subs.get(user_id, ()):
                 sub.wake()
 
+    async def wake_paced(self, user_ids: Iterable[str]) -> None:
+        """Wake the subscriptions of ``user_ids`` a slice at a time, pausing between slices.
+
+        A number that many streams watch wakes them all at once; each then reads its inbox
+        (a store call) and sends an event. Woken together, their reads queue on the store
+        ahead of everything else and their sends fill the event loop, so the registering
+        call itself and other calls wait for the whole fan-out (tens of ms for 200 streams).
+        In slices, other work gets the store and the loop between them.
+        """
+        subs = [sub for user_id in user_ids for sub in self._subs.get(user_id, ())]
+        if len(subs) > WAKE_SLICE:
+            # The registering call first: its own next store call goes ahead of the reads.
+            await asyncio.sleep(WAKE_PAUSE)
+        for start in range(0, len(subs), WAKE_SLICE):
+            if start:
+                await asyncio.sleep(WAKE_PAUSE)
+            for sub in subs[start : start + WAKE_SLICE]:
+                sub.wake()
+
     def wake_all(self) -> None:
         for subs in self._subs.values():
             for sub in subs:
@@ -311,7 +335,7 @@ class JoinHub:
         while not self._closed:
             try:
                 async for user_ids in store.inbox_signals():
-                    self.wake(user_ids)
+                    await self.wake_paced(user_ids)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -73,6 +73,11 @@ class RegistryStore(Protocol):
         """Register a batch; each user is imported, unchanged or rejected with a reason."""
         ...
 
+    async def import_user_groups(self, groups: Sequence[Sequence[NewUser]]) -> list[ImportReport]:
+        """``import_users(group, 0)`` for each group in order, as one transaction where the
+        store has them (a later group sees the earlier ones registered)."""
+        ...
+
     async def get_user(self, user_id: str) -> UserRecord | None: ...
 
     async def update_settings(self, user_id: str, settings: PrivacySettings) -> UserRecord | None:

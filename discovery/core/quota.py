@@ -114,25 +114,28 @@ class SetTokens:
         self._ttl = ttl
         self._skew = max_clock_skew
 
-    def _tag(self, caller: str, issued: bytes, keys: SortedKeys) -> bytes:
+    def _tag(self, caller: str, issued: bytes, packed: bytes) -> bytes:
         user = caller.encode("utf-8")
         mac = blake3.blake3(key=self._key)
         mac.update(bytes([TOKEN_VERSION]) + issued + len(user).to_bytes(2, "big") + user)
-        mac.update(keys.packed())
+        mac.update(packed)
         return mac.digest()
 
-    def issue(self, caller: str, keys: SortedKeys, now: float) -> bytes:
+    def issue(self, caller: str, keys: SortedKeys, now: float, packed: bytes | None = None) -> bytes:
+        """The token for ``keys``; ``packed`` is ``keys.packed()`` when the caller has it already."""
         issued = int(now).to_bytes(8, "big")
-        return bytes([TOKEN_VERSION]) + issued + self._tag(caller, issued, keys)
+        return bytes([TOKEN_VERSION]) + issued + self._tag(caller, issued, packed or keys.packed())
 
-    def verify(self, caller: str, keys: SortedKeys, token: bytes, now: float) -> None:
+    def verify(
+        self, caller: str, keys: SortedKeys, token: bytes, now: float, packed: bytes | None = None
+    ) -> None:
         """Raise InvalidArgument unless ``token`` was issued to ``caller`` for exactly this set."""
         if len(token) != TOKEN_SIZE or token[0] != TOKEN_VERSION:
             raise InvalidArgument.field(
                 "previous_token", "is not a token this server issued", Reason.PREVIOUS_SET_REFUSED
             )
         issued = token[1:9]
-        if not hmac.compare_digest(self._tag(caller, issued, keys), token[9:]):
+        if not hmac.compare_digest(self._tag(caller, issued, packed or keys.packed()), token[9:]):
             raise InvalidArgument.field(
                 "previous_token",
                 "does not match previous_contact_hashes and the caller; "
@@ -159,9 +162,16 @@ class Gate(Protocol):
         ...
 
     async def charge(
-        self, caller: str, current: SortedKeys, previous_hashes: bytes, previous_token: bytes
+        self,
+        caller: str,
+        current: SortedKeys,
+        previous_hashes: bytes,
+        previous_token: bytes,
+        current_hashes: bytes = b"",
     ) -> bytes:
-        """Charge the request rate and the new contacts of a valid request; returns its token."""
+        """Charge the request rate and the new contacts of a valid request; returns its token.
+        ``current_hashes`` (the request's contact hashes, when given) lets an unchanged
+        re-sync skip keying and sorting its previous set again."""
         ...
 
     async def charge_count(self, caller: str, count: int) -> None:
@@ -183,7 +193,12 @@ class AllowAllGate:
         return None
 
     async def charge(
-        self, caller: str, current: SortedKeys, previous_hashes: bytes, previous_token: bytes
+        self,
+        caller: str,
+        current: SortedKeys,
+        previous_hashes: bytes,
+        previous_token: bytes,
+        current_hashes: bytes = b"",
     ) -> bytes:
         return b""
 
@@ -258,19 +273,34 @@ class DiscoverGate:
         await self._charge(caller, self._rate(caller), self._clock())
 
     async def charge(
-        self, caller: str, current: SortedKeys, previous_hashes: bytes, previous_token: bytes
+        self,
+        caller: str,
+        current: SortedKeys,
+        previous_hashes: bytes,
+        previous_token: bytes,
+        current_hashes: bytes = b"",
     ) -> bytes:
         """Charge the request and the contacts of ``current`` not in the proven previous set;
         returns the token for ``current``. Raises InvalidArgument for a bad previous set (then
-        only the request rate is charged), QuotaExceeded over quota (then no contacts are)."""
+        only the request rate is charged), QuotaExceeded over quota (then no contacts are).
+
+        An unchanged re-sync (``previous_hashes`` equal to ``current_hashes``, byte for byte)
+        is the common case: its previous set is the current one, already keyed, sorted and
+        checked, so only the token is verified, over the same packed keys it is issued on."""
         policy = self.policy
         now = self._clock()
+        packed: bytes | None = None
+        previous: SortedKeys | None = None
         try:
             if policy.capacity <= 0:
                 # No contact quota: nothing to charge, and a token would prove nothing.
                 check_packed_hashes(
                     previous_hashes, self._max_hashes, "previous_contact_hashes", Reason.PREVIOUS_SET_REFUSED
                 )
+            elif previous_token and current_hashes and previous_hashes == current_hashes:
+                packed = current.packed()
+                self._tokens.verify(caller, current, previous_token, now, packed)
+                previous = current
             else:
                 previous = self._previous(caller, previous_hashes, previous_token, now)
         except InvalidArgument:
@@ -279,9 +309,12 @@ class DiscoverGate:
         if policy.capacity <= 0:
             await self._charge(caller, self._rate(caller), now)
             return b""
-        new = count_new(current, previous) if previous is not None else len(current)
+        if previous is current:
+            new = 0
+        else:
+            new = count_new(current, previous) if previous is not None else len(current)
         await self._charge(caller, self._rate(caller) + self._contacts(caller, new), now)
-        return self._tokens.issue(caller, current, now)
+        return self._tokens.issue(caller, current, now, packed)
 
     async def charge_count(self, caller: str, count: int) -> None:
         contacts = self._contacts(caller, count) if self.policy.capacity > 0 else []

@@ -68,6 +68,9 @@ class TimedStore:
     async def import_users(self, users: Sequence[m.NewUser], first_position: int) -> m.ImportReport:
         return await self._timed("import_users", self.inner.import_users(users, first_position))
 
+    async def import_user_groups(self, groups: Sequence[Sequence[m.NewUser]]) -> list[m.ImportReport]:
+        return await self._timed("import_user_groups", self.inner.import_user_groups(groups))
+
     async def get_user(self, user_id: str) -> m.UserRecord | None:
         return await self._timed("get_user", self.inner.get_user(user_id))
 

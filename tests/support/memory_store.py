@@ -144,6 +144,10 @@ class MemoryStore:
         self._registered([(user_id, announcement, mode)])
         return record
 
+    async def import_user_groups(self, groups: Sequence[Sequence[m.NewUser]]) -> list[m.ImportReport]:
+        """Each group as one import, in order (one atomic step here: nothing runs in between)."""
+        return [await self.import_users(group, 0) for group in groups]
+
     async def import_users(self, users: Sequence[m.NewUser], first_position: int) -> m.ImportReport:
         report = m.ImportReport()
         imported: list[_Joined] = []

@@ -414,6 +414,10 @@ class RedisRegistry(RedisBase):
             await self._written()
         return report
 
+    async def import_user_groups(self, groups: Sequence[Sequence[NewUser]]) -> list[ImportReport]:
+        """One group after the other: a later group's scripts must see the earlier ones' writes."""
+        return [await self.import_users(users, 0) for users in groups]
+
     # -- reads ----------------------------------------------------------------------------------
 
     async def get_user(self, user_id: str) -> UserRecord | None:

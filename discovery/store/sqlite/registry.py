@@ -25,7 +25,7 @@ from discovery.core.model import (
     RejectedUser,
     UserRecord,
 )
-from discovery.store.sqlite.base import SqliteBase
+from discovery.store.sqlite.base import IMPORT_CHECKPOINT_PAGES, SqliteBase
 
 _USER_COLUMNS = "user_id, dkey, discoverable, announce_join, notify_on_join"
 
@@ -160,9 +160,13 @@ class SqliteRegistry(SqliteBase):
     async def import_users(self, users: Sequence[NewUser], first_position: int) -> ImportReport:
         return await self._write(lambda conn: self._import_sync(conn, users, first_position))
 
+    async def import_user_groups(self, groups: Sequence[Sequence[NewUser]]) -> list[ImportReport]:
+        return await self._write(lambda conn: [self._import_sync(conn, users, 0) for users in groups])
+
     def _import_sync(self, conn: sqlite3.Connection, users: Sequence[NewUser], first: int) -> ImportReport:
         """Set-based: the batch goes into a temp table and conflicts are found with two joins."""
         report = ImportReport()
+        self._checkpoint_every(conn, IMPORT_CHECKPOINT_PAGES)
         conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS import_batch (pos INTEGER PRIMARY KEY, user_id TEXT NOT NULL,"
             " dkey BLOB NOT NULL, discoverable INTEGER, announce_join INTEGER, notify_on_join INTEGER,"
@@ -188,9 +192,12 @@ class SqliteRegistry(SqliteBase):
         skip = unchanged | rejected.keys()
         if skip:
             conn.executemany("DELETE FROM import_batch WHERE pos = ?", [(p,) for p in skip])
+        # Users in key order: the rows of the batch fill the dkey index from left to right
+        # (neighbouring pages, already in cache) instead of at random places. The feed keeps
+        # the order of the import.
         conn.execute(
             f"INSERT INTO users({_USER_COLUMNS}, private) SELECT user_id, dkey, discoverable, announce_join,"
-            " notify_on_join, private FROM import_batch ORDER BY pos"
+            " notify_on_join, private FROM import_batch ORDER BY dkey"
         )
         conn.execute(
             "INSERT INTO registry_feed(dkey, user_id, discoverable, created, private)"
