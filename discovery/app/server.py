@@ -225,7 +225,10 @@ class DiscoveryServer:
 async def _probe(check: Awaitable[None], timeout: float) -> tuple[bool, str]:
     """Whether ``check`` succeeded within ``timeout`` seconds, and else the error's name."""
     try:
-        await asyncio.wait_for(check, timeout=timeout)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that arrives as the check completes, and the monitor would then never stop.
+        async with asyncio.timeout(timeout):
+            await check
     except asyncio.CancelledError:
         raise
     except Exception as error:
@@ -233,11 +236,18 @@ async def _probe(check: Awaitable[None], timeout: float) -> tuple[bool, str]:
     return True, ""
 
 
-async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+async def _cancel(task: asyncio.Task[None] | None, timeout: float = 5.0) -> None:
+    """Cancel a background task and wait for it to end, for ``timeout`` seconds at most: a task
+    whose cancellation a library swallowed must not hold up the shutdown."""
+    if task is None:
+        return
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        log.warning("background task did not stop", extra={"event": "task_stuck", "task": task.get_name()})
+        return
+    with contextlib.suppress(asyncio.CancelledError):
+        task.result()
 
 
 async def serve(config: ServerConfig, tracing: Tracing | None = None) -> None:

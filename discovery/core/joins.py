@@ -526,7 +526,8 @@ class Joins:
             await sub.wait()
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(sub.wait(), timeout=min(max(self.policy.release_jitter / 60, 1.0), 60.0))
+            async with asyncio.timeout(min(max(self.policy.release_jitter / 60, 1.0), 60.0)):
+                await sub.wait()
 
     def events(self, entries: list[InboxEntry]) -> list[JoinNotice]:
         """Open the entries' notices: the joiner and the prefix the watcher uploaded."""

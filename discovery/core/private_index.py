@@ -185,7 +185,8 @@ class PrivateIndex:
             except Exception:  # the store is down: keep serving the released set
                 log_retry(log, "private index follow failed; retrying", "private_follow_error")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=poll)
+                    async with asyncio.timeout(poll):
+                        await stop.wait()
 
     async def catch_up(self) -> None:
         """Read every change committed so far, then release those that are due."""

@@ -525,7 +525,8 @@ class SqliteJoins(SqliteBase):
         while True:
             timeout = max(0.0, self._poll_interval - (time.monotonic() - last_poll))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._joins_wake.wait(), timeout=timeout)
+                async with asyncio.timeout(timeout):
+                    await self._joins_wake.wait()
             self._joins_wake.clear()
             users: set[str] = set()
             while self._joins_pending:

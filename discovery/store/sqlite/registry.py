@@ -320,7 +320,8 @@ class SqliteRegistry(SqliteBase):
         """Local writes wake waiters at once; writes by other processes are seen by polling."""
         changed = self._changed
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout=min(timeout, self._poll_interval))
+            async with asyncio.timeout(min(timeout, self._poll_interval)):
+                await changed.wait()
 
 
 def _import_conflicts(conn: sqlite3.Connection) -> tuple[dict[int, ImportRejectionReason], set[int]]:
