@@ -86,6 +86,9 @@ class Server:
         args += ["--data-dir", str(data_dir), "--port-file", str(port_file), "--log-level", "WARNING"]
         args += ["--default-notify-on-join", "true", "--join-max-streams", str(max_streams)]
         args += ["--quota-capacity", "0", "--rate-limit-burst", "0"]
+        # Fan-out at registration is what these scenarios measure: every watcher is told (the
+        # EVERYONE mode; MUTUAL, the default, tells at the joiner's Discover), with no release delay.
+        args += ["--default-announce-mode", "everyone", "--join-release-jitter-seconds", "0"]
         # The server's logs go to $JOINS_BENCH_SERVER_LOG when set.
         self.log = Path(os.environ.get("JOINS_BENCH_SERVER_LOG", os.devnull)).open("wb")  # noqa: SIM115
         self.process = subprocess.Popen(args, env=env, stderr=self.log)

@@ -73,7 +73,7 @@ def run(ctx: Context) -> Report:
             "watchers": watchers,
             "watched_registrations": rounds,
             "unwatched_registrations": baseline,
-            "server": "discovery serve, embedded SQLite, dev auth, notify_on_join on, quotas off",
+            "server": "discovery serve, embedded SQLite, dev auth, notify_on_join on, EVERYONE, quotas off",
             "client": "this process: the admin client and all the streams (raw grpc.aio)",
         },
     )

@@ -143,7 +143,7 @@ async def test_import_groups_run_in_order(store: Store) -> None:
         [
             [bob, user("carl")],
             [
-                NewUser("bob", bob.directory_key, PrivacySettings()),
+                user("bob", bob.directory_key),
                 user("bob"),
                 user("dora", bob.directory_key),
             ],
