@@ -74,18 +74,7 @@ async def build(
     authenticator = authenticator or build_authenticator(config)
     credentials = server_credentials(config.tls)
     metrics = Metrics()
-    store = timed_store(
-        await open_store(
-            config.store_url,
-            sqlite_synchronous=config.store.sqlite_synchronous,
-            feed_retention=config.store.feed_retention_seconds,
-            min_replicas=config.store.redis_min_replicas,
-            replica_timeout=config.store.redis_replica_timeout_seconds,
-        ),
-        metrics.store_seconds,
-        metrics.store_errors,
-        tracing.store_tracer(),
-    )
+    store = await build_store(config, metrics, tracing)
     sync = IndexSync(store)
     joins = Joins(store, keys, config.joins)
     gate = DiscoverGate(store, keys, config.quota, config.limits.max_hashes_per_request)
@@ -132,6 +121,18 @@ async def build(
         services,
         bind,
     )
+
+
+async def build_store(config: ServerConfig, metrics: Metrics, tracing: Tracing) -> Store:
+    """The configured store, timed for the metrics and traced."""
+    opened = await open_store(
+        config.store_url,
+        sqlite_synchronous=config.store.sqlite_synchronous,
+        feed_retention=config.store.feed_retention_seconds,
+        min_replicas=config.store.redis_min_replicas,
+        replica_timeout=config.store.redis_replica_timeout_seconds,
+    )
+    return timed_store(opened, metrics.store_seconds, metrics.store_errors, tracing.store_tracer())
 
 
 def build_private(

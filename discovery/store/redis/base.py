@@ -167,20 +167,7 @@ def parse_redis_url(url: str) -> RedisTarget:
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES:
         raise ValueError(f"not a redis store URL: scheme {parts.scheme!r}")
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    namespace = DEFAULT_NAMESPACE
-    sentinel_password: str | None = None
-    replication: list[tuple[str, str]] = []
-    rest: list[tuple[str, str]] = []
-    for name, value in query:
-        if name == "namespace":
-            namespace = value
-        elif name in ("min_replicas", "replica_timeout_ms"):
-            replication.append((name, value))
-        elif name == "sentinel_password" and parts.scheme in SENTINEL_SCHEMES:
-            sentinel_password = value
-        else:
-            rest.append((name, value))
+    namespace, sentinel_password, replication, rest = _query_options(parts.query, parts.scheme)
     if not namespace or any(c in namespace for c in "{}"):
         raise ValueError("the redis namespace must be non-empty and must not contain braces")
     min_replicas, replica_timeout = _replication_options(replication)
@@ -218,6 +205,27 @@ def parse_redis_url(url: str) -> RedisTarget:
     if parts.path not in ("", "/", "/0"):
         raise ValueError("Redis Cluster has only database 0")
     return RedisTarget(cluster=True, nodes=_host_list(hosts, "cluster node"), **common)
+
+
+def _query_options(
+    query: str, scheme: str
+) -> tuple[str, str | None, list[tuple[str, str]], list[tuple[str, str]]]:
+    """The namespace, the sentinels' password, the replication options and the other
+    parameters (passed on to redis-py) of a store URL's query."""
+    namespace = DEFAULT_NAMESPACE
+    sentinel_password: str | None = None
+    replication: list[tuple[str, str]] = []
+    rest: list[tuple[str, str]] = []
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name == "namespace":
+            namespace = value
+        elif name in ("min_replicas", "replica_timeout_ms"):
+            replication.append((name, value))
+        elif name == "sentinel_password" and scheme in SENTINEL_SCHEMES:
+            sentinel_password = value
+        else:
+            rest.append((name, value))
+    return namespace, sentinel_password, replication, rest
 
 
 class Keys:
