@@ -380,6 +380,15 @@ def env_name(option: str) -> str:
     return "DISCOVERY_" + option.upper()
 
 
+#: Options that no longer exist -> what replaced them. Setting one is an error, not a silent
+#: change of behaviour (an old DISCOVERY_DEFAULT_ANNOUNCE_JOIN=false must not turn into MUTUAL).
+RETIRED = {"default_announce_join": "--default-announce-mode (off, mutual or everyone)"}
+
+
+def _retired_dest(name: str) -> str:
+    return f"retired_{name}"
+
+
 def add_server_options(
     parser: argparse.ArgumentParser,
     env: Mapping[str, str] | None = None,
@@ -401,10 +410,18 @@ def add_server_options(
             metavar=o.name.upper(),
             help=f"{o.help} [{o.env}; default {o.default}]",
         )
+    for name in RETIRED:
+        parser.add_argument(
+            flag(name), dest=_retired_dest(name), default=env.get(env_name(name)), help=argparse.SUPPRESS
+        )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    """The config of the parsed flags; options the parser did not offer keep their defaults."""
+    """The config of the parsed flags; options the parser did not offer keep their defaults.
+    A retired option, given as a flag or a variable, is refused with what replaced it."""
+    for name, instead in RETIRED.items():
+        if getattr(args, _retired_dest(name), None) is not None:
+            raise ValueError(f"{flag(name)} ({env_name(name)}) was replaced by {instead}")
     return ServerConfig.from_options(
         **{o.name: getattr(args, o.name) for o in options() if hasattr(args, o.name)}
     )

@@ -58,6 +58,21 @@ def test_serve_refuses_bad_environment(
     assert "--join-page-size must be positive" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("by", ["flag", "variable"])
+def test_a_retired_option_is_refused_with_its_replacement(
+    by: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old deployment's DISCOVERY_DEFAULT_ANNOUNCE_JOIN=false must not silently become MUTUAL."""
+    argv = ["serve", "--data-dir", str(tmp_path)]
+    if by == "flag":
+        argv += ["--default-announce-join", "false"]
+    else:
+        monkeypatch.setenv("DISCOVERY_DEFAULT_ANNOUNCE_JOIN", "false")
+    assert main(argv) == 2
+    assert "was replaced by --default-announce-mode" in capsys.readouterr().err
+    assert not (tmp_path / "discovery.db").exists()
+
+
 def test_an_unknown_option_is_refused_by_name() -> None:
     with pytest.raises(TypeError, match="unknown server option 'quota_capcity'"):
         ServerConfig.from_options(quota_capcity=0)
