@@ -15,6 +15,7 @@ counting the rest), so an unauthenticated socket cannot fill the disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import re
@@ -131,39 +132,38 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
     def _unary(self, behaviour: Behaviour, method: str) -> Behaviour:
         async def call(request: Any, context: aio.ServicerContext) -> Any:
-            outcome = self._begin(method, context)
-            try:
-                self._authenticate(outcome, context)
+            async with self._guarded(method, context):
                 # The work stops at the caller's deadline: cancellation reaches the store,
                 # which drops or interrupts what it was doing for this call.
                 async with asyncio.timeout(context.time_remaining()):
                     return await behaviour(request, context)
-            except asyncio.CancelledError:
-                outcome.code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception as error:
-                await self._fail(outcome, context, error)
-            finally:
-                self._observe(outcome)
 
         return call
 
     def _streaming(self, behaviour: Behaviour, method: str) -> Behaviour:
         async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-            outcome = self._begin(method, context)
-            try:
-                self._authenticate(outcome, context)
+            async with self._guarded(method, context):
                 async for item in behaviour(request, context):
                     yield item
-            except asyncio.CancelledError:
-                outcome.code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception as error:
-                await self._fail(outcome, context, error)
-            finally:
-                self._observe(outcome)
 
         return call
+
+    @contextlib.asynccontextmanager
+    async def _guarded(self, method: str, context: aio.ServicerContext) -> AsyncIterator[None]:
+        """One call's bookkeeping, for both shapes of handler: its outcome and request id,
+        authentication, the status of any error (``_fail`` aborts the call) and, at the end,
+        the observers."""
+        outcome = self._begin(method, context)
+        try:
+            self._authenticate(outcome, context)
+            yield
+        except asyncio.CancelledError:
+            outcome.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as error:
+            await self._fail(outcome, context, error)
+        finally:
+            self._observe(outcome)
 
     def _begin(self, method: str, context: aio.ServicerContext) -> CallOutcome:
         outcome = CallOutcome(method, tuple(context.invocation_metadata() or ()))
