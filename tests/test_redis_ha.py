@@ -184,16 +184,23 @@ def kill_cluster_primary(cluster: ReplicatedCluster, gap: float = 0.0) -> Callab
     async def fault(result: Drill) -> None:
         primary = cluster.owner(REGISTRY_TAG)
         replica = cluster.replica_of(primary)
-        if gap:
-            replica.pause()
-            cut_replication_link(primary)
-            await asyncio.sleep(gap)
-        result.killed_at = time.monotonic()
-        primary.kill()
-        replica.resume()
-        await rejoin(primary, lambda: cluster.wait_promoted(replica))
+        await kill_primary(result, primary, replica, gap, lambda: cluster.wait_promoted(replica))
 
     return fault
+
+
+async def kill_primary(
+    result: Drill, primary: RedisProcess, replica: RedisProcess, gap: float, promoted: Callable[[], object]
+) -> None:
+    """The fault of every drill: an optional replication gap, SIGKILL, then the rejoin."""
+    if gap:
+        replica.pause()
+        cut_replication_link(primary)
+        await asyncio.sleep(gap)
+    result.killed_at = time.monotonic()
+    primary.kill()
+    replica.resume()
+    await rejoin(primary, promoted)
 
 
 async def rejoin(old_primary: RedisProcess, promoted: Callable[[], object]) -> None:
@@ -208,14 +215,7 @@ async def rejoin(old_primary: RedisProcess, promoted: Callable[[], object]) -> N
 def kill_sentinel_primary(setup: SentinelProcesses, gap: float = 0.0) -> Callable[[Drill], object]:
     async def fault(result: Drill) -> None:
         primary, replica = setup.current_primary(), setup.current_replica()
-        if gap:
-            replica.pause()
-            cut_replication_link(primary)
-            await asyncio.sleep(gap)
-        result.killed_at = time.monotonic()
-        primary.kill()
-        replica.resume()
-        await rejoin(primary, lambda: setup.wait_promoted(primary))
+        await kill_primary(result, primary, replica, gap, lambda: setup.wait_promoted(primary))
 
     return fault
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 import redis
@@ -397,33 +397,48 @@ class ReplicatedCluster:
             node.stop()
 
 
-def start_replicated_cluster(directory: Path) -> ReplicatedCluster:
-    cluster = ReplicatedCluster(
-        [
-            RedisProcess(
-                free_port(cluster=True),
-                directory / f"node{i}",
-                [
-                    "--appendonly",
-                    "no",
-                    *REPLICATION_ARGS,
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    str(directory / f"node{i}" / "nodes.conf"),
-                    "--cluster-node-timeout",
-                    "1500",
-                ],
-            )
-            for i in range(6)
-        ]
-    )
+def cluster_nodes(directory: Path, count: int, node_timeout_ms: int, *args: str) -> list[RedisProcess]:
+    """``count`` cluster-enabled redis-server processes (not started) under ``directory``."""
+    return [
+        RedisProcess(
+            free_port(cluster=True),
+            directory / f"node{i}",
+            [
+                "--appendonly",
+                "no",
+                *args,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(directory / f"node{i}" / "nodes.conf"),
+                "--cluster-node-timeout",
+                str(node_timeout_ms),
+            ],
+        )
+        for i in range(count)
+    ]
+
+
+class _Processes(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Processes)
+
+
+def started(cluster: C) -> C:
+    """``cluster`` once started; stopped again if it does not come up."""
     try:
         cluster.start()
     except BaseException:
         cluster.stop()
         raise
     return cluster
+
+
+def start_replicated_cluster(directory: Path) -> ReplicatedCluster:
+    return started(ReplicatedCluster(cluster_nodes(directory, 6, 1500, *REPLICATION_ARGS)))
 
 
 def start_redis(directory: Path, *args: str) -> RedisProcess:
@@ -433,31 +448,7 @@ def start_redis(directory: Path, *args: str) -> RedisProcess:
 
 
 def start_cluster(directory: Path) -> RedisClusterProcesses:
-    cluster = RedisClusterProcesses(
-        [
-            RedisProcess(
-                free_port(cluster=True),
-                directory / f"node{i}",
-                [
-                    "--appendonly",
-                    "no",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    str(directory / f"node{i}" / "nodes.conf"),
-                    "--cluster-node-timeout",
-                    "2000",
-                ],
-            )
-            for i in range(3)
-        ]
-    )
-    try:
-        cluster.start()
-    except BaseException:
-        cluster.stop()
-        raise
-    return cluster
+    return started(RedisClusterProcesses(cluster_nodes(directory, 3, 2000)))
 
 
 @pytest.fixture(scope="session")
