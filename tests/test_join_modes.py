@@ -200,6 +200,21 @@ async def test_export_and_delete_my_data(server: DiscoveryServer) -> None:
         assert after["watch_count"] == "0" and after["pending_events"] == []
 
 
+async def test_the_cli_deletes_my_data_and_can_turn_notifications_off(server: DiscoveryServer) -> None:
+    await watched_then_joined(server, e164_numbers(4, seed=53), "me", "friend")
+    parser = argparse.ArgumentParser()
+    add_client_commands(parser.add_subparsers())
+    base = ["delete-my-data", "--target", target(server), "--user-id", "me", "--json"]
+    args = parser.parse_args([*base, "--disable-notify-on-join"])
+    assert await asyncio.to_thread(args.func, args) == 0  # the CLI blocks: off the server's loop
+    async with AsyncDiscoveryClient(target(server), user_id="me") as me:
+        assert (await me.get_settings()).notify_on_join is False
+        assert (await me.export_my_data())["watch_count"] == "0"
+    args = parser.parse_args(base)
+    assert args.disable_notify_on_join is False
+    assert await asyncio.to_thread(args.func, args) == 0
+
+
 async def test_an_export_holds_unreleased_events_and_the_cli_writes_it(
     store_url: str, start_server: StartServer, tmp_path: Path
 ) -> None:

@@ -107,12 +107,20 @@ def _cmd_settings(args: argparse.Namespace) -> int:
 @guarded
 def _cmd_delete_my_data(args: argparse.Namespace) -> int:
     with DiscoveryClient(args.target, **client_kwargs(args)) as client:
-        deleted = client.delete_my_data()
+        deleted = client.delete_my_data(disable_notify_on_join=args.disable_notify_on_join)
     if args.json:
         print_json({"records_deleted": deleted})
     else:
         print(f"deleted {_plural(deleted, 'record')}")
     return EXIT_OK
+
+
+def _delete_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--disable-notify-on-join",
+        action="store_true",
+        help="also turn join notifications off in the same call, so later discovers store no watches",
+    )
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
@@ -305,8 +313,11 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "delete-my-data",
         "forget everything kept on your behalf",
-        "Delete the caller's watches and undelivered notifications.",
+        "Delete the caller's watches, undelivered join events and devices (DeleteMyData). The "
+        "registration, settings and quota levels stay; --disable-notify-on-join also turns join "
+        "notifications off, so that later discovers keep no watches.",
         _cmd_delete_my_data,
+        _delete_arguments,
     ),
     Command(
         "register",
