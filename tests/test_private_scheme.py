@@ -340,7 +340,7 @@ def test_round_trip_finds_exactly_the_registered(small: bool) -> None:
             ids = [u for s in snapshot.sealed_for(tag_of(y)) if (u := open_sealed(y, 3, s)) is not None]
         else:
             range_ = snapshot.bucket_range(tag_of(y), directory.bucket_users)
-            assert range_[:5] <= tag_of(y) <= range_[5:]  # the range is sent, never the tag
+            assert range_[:5] <= tag_of(y) <= range_[5:]  # the bucket's range holds it
             ids = Bucket.deserialize(directory.bucket(range_).serialize()).open(y)
         if ids:
             found[h] = ids

@@ -5,8 +5,8 @@ The grid. A client holds the snapshot's sorted distinct tags ``T`` (``n`` of the
 ``[floor(j * n / B), floor((j + 1) * n / B))``, so it holds ``floor(n / B)`` or ``ceil(n / B)`` tags: ``k`` or
 ``k + 1`` once ``n >= k * k``, and ``k`` to ``2k - 1`` below (all ``n`` when ``n < 2k``). The tag of rank
 ``r`` is in bucket ``j = ((r + 1) * B - 1) // n``. The client asks for the bucket's *range*,
-``T[first] || T[last]`` (5 + 5 bytes), never its own tag, so the server learns only that the contact is one
-of the ``k`` or more registered users of that range.
+``T[first] || T[last]`` (5 + 5 bytes), the same for every tag of the bucket, so the server learns only that
+the contact is one of the ``k`` or more registered users of that range.
 
 The server refuses (``BUCKET_RANGE_REFUSED``) a range that is not 10 bytes, whose first tag is above its
 last, or that holds more than ``capacity`` or fewer than ``min_users`` registered users of its released set:
