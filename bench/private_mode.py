@@ -2,6 +2,8 @@
 
     python -m bench.private_mode                     # 100k, 1M and 10M registered users
     python -m bench.private_mode --sizes 10000 --quick
+    python -m bench.private_mode --only-sync          # first_sync, first_sync_options, registration
+    python -m bench.private_mode --only-sizes         # the structure group at each of --sizes
 
 One line per figure group:
 - ``oprf``: server CPU per 1,000 evaluations (one batch, one proof; goal <= 250 ms), client CPU to blind,
@@ -420,7 +422,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only-sync", action="store_true", help="only the first_sync and registration groups"
     )
+    parser.add_argument("--only-sizes", action="store_true", help="only the structure group at each size")
     args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.only_sizes:
+        for n in sizes:
+            print(json.dumps(structure_figures(n)), flush=True)
+        return 0
     for pad in (DEFAULT_ID_PAD, 128):
         print(json.dumps(first_sync_figures(args.sync_size, id_pad=pad)), flush=True)
     for row in first_sync_options(args.sync_size):
@@ -432,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(oprf_figures(count)), flush=True)
     print(json.dumps(asyncio.run(off_loop_figures(count))), flush=True)
     print(json.dumps(asyncio.run(snapshot_rebuild_figures(args.sync_size))), flush=True)
-    for n in (int(s) for s in args.sizes.split(",") if s):
+    for n in sizes:
         print(json.dumps(structure_figures(n)), flush=True)
     return 0
 
