@@ -440,3 +440,37 @@ async def test_off_loop_evaluation_keeps_the_loop_responsive() -> None:
         assert await pool.outputs_of(key, [b"x" * 32]) == [key.output_of(b"x" * 32)]
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("small", [False, True], ids=["tags", "small-directory"])
+def test_join_events_are_opened_from_the_delta_once_each(small: bool) -> None:
+    from discovery.client.private import PrivateState
+
+    key = OprfKey.from_secret(SECRET, 1)
+    directory = _directory(key, 40, small)
+    book = [os.urandom(32) for _ in range(4)]
+    directory.put("old", registration_entry(key, book[0], "old"))
+    state = PrivateState(epoch=1, outputs={h: key.output_of(h) for h in book})
+    state.snapshot = directory.snapshot()
+    start = state.snapshot.cursor
+    directory.put("bob", registration_entry(key, book[1], "bob"))
+    directory.put("dave", registration_entry(key, book[2], "dave"))
+    delta = directory.delta(start, with_sealed_ids=True)
+    events, opened = state.joins(delta, book)
+    assert sorted(user for _, user in events) == ["bob", "dave"]
+    assert state.snapshot.cursor == start, "joins changes nothing: the caller applies"
+    state.apply(delta, opened)
+    assert sorted(state.opened.values()) == [("bob",), ("dave",)]
+    # The same entries touched again (another setting changed), and one contact leaving: no event.
+    after = directory.cursor
+    directory.put("old", registration_entry(key, book[0], "old"))
+    directory.put("bob", None)
+    again = directory.delta(after, with_sealed_ids=True)
+    assert state.joins(again, book)[0] == []
+    state.apply(again, state.joins(again, book)[1])
+    # A stream resumed from an older cursor reports every id it carries for the book (at least once),
+    # here dave again and old (touched since).
+    replayed, _ = state.joins(directory.delta(start, with_sealed_ids=True), book)
+    assert sorted(user for _, user in replayed) == ["dave", "old"]
+    with pytest.raises(SchemeError):  # a tags-only delta cannot open a joiner
+        state.joins(Delta(1, after, after, ()), book)
