@@ -2,6 +2,8 @@
 
     python -m bench.private_mode                     # 100k, 1M and 10M registered users
     python -m bench.private_mode --sizes 10000 --quick
+    python -m bench.private_mode --only-sync          # first_sync, first_sync_options, registration
+    python -m bench.private_mode --only-sizes         # the structure group at each of --sizes
 
 One line per figure group:
 - ``oprf``: server CPU per 1,000 evaluations (one batch, one proof; goal <= 250 ms), client CPU to blind,
@@ -10,11 +12,13 @@ One line per figure group:
   a thread pool and in a process pool;
 - ``structure`` (per size): the Elias-Fano snapshot of 40-bit tags (the chosen structure) next to a binary
   fuse filter (pyfusefilter Fuse16): bytes per registered user, build time, client decode and lookup cost of
-  1,000 contacts, false-positive rate; delta bytes per registration; the bucket layout and response size;
-  the first sync of 1,000 contacts with 300 registered (snapshot + one bucket per hit);
+  1,000 contacts, false-positive rate; delta bytes per registration (tags only, and with sealed ids for
+  the join stream); the range bucket's capacity and response size; the first sync of 1,000 contacts with
+  300 registered (snapshot + one bucket per hit);
 - ``first_sync``: the SDK's private-mode plan run against the server's domain in this process with
   ``--sync-size`` registered users: bytes downloaded (goal <= 4 MB), client CPU (goal <= 1 s), and the
-  evaluations of a warm re-sync (goal 0);
+  evaluations of a warm re-sync (goal 0), with the default id_pad (64) and with 128;
+- ``first_sync_options``: the first sync's bytes for other k (``--private-bucket-min-users``) and id_pad;
 - ``registration``: the private-mode entries of an import batch and of one registration, in the worker pool.
 """
 
@@ -34,13 +38,14 @@ import numpy as np
 
 from discovery.core.private import OffLoopEvaluator, OprfKey, entry_from_output, evaluate_blinded
 from discovery.private_scheme import (
+    DEFAULT_BUCKET_USERS,
     DEFAULT_ID_PAD,
     SMALL_DIRECTORY_MAX,
     Delta,
     DeltaRecord,
     Snapshot,
     blind_batch,
-    bucket_layout,
+    bucket_capacity,
     bucket_size,
     finalize_batch,
     sealed_size,
@@ -193,8 +198,11 @@ def structure_figures(n: int, contacts: int = 1000, hits: int = 300) -> dict[str
     ef_lookup = wall_ms(lambda: decoded.contains(queries))
     probes = rng.integers(0, TAG_SPACE, size=200_000, dtype=np.uint64)
     ef_fp = float(np.isin(probes, tags).mean())
-    delta = Delta(1, n, n + 1000, tuple(DeltaRecord(True, os.urandom(5)) for _ in range(1000)))
-    layout = bucket_layout(n)
+    delta = Delta(1, n, n + 1000, tuple(DeltaRecord(os.urandom(5), 1) for _ in range(1000)))
+    filler = os.urandom(sealed_size())
+    joins = Delta(1, n, n + 1000, tuple(DeltaRecord(os.urandom(5), 1, (filler,)) for _ in range(1000)), True)
+    k = DEFAULT_BUCKET_USERS
+    capacity = bucket_capacity(n, k)
     out: dict[str, Any] = {
         "group": "structure",
         "registered": n,
@@ -206,13 +214,13 @@ def structure_figures(n: int, contacts: int = 1000, hits: int = 300) -> dict[str
         "false_positive_rate": ef_fp,
         "false_positive_rate_theory": round(n / TAG_SPACE, 9),
         "delta_bytes_per_registration": round(len(delta.serialize()) / 1000, 2),
-        "bucket_prefix_bits": layout.prefix_bits,
-        "bucket_mean_load": round(n / (1 << layout.prefix_bits), 1),
-        "bucket_capacity": layout.capacity,
-        "bucket_bytes_id_pad_128": bucket_size(layout, DEFAULT_ID_PAD),
-        "bucket_bytes_id_pad_36": bucket_size(layout, 36),
-        "first_sync_mb_id_pad_128": round((len(raw) + hits * bucket_size(layout, DEFAULT_ID_PAD)) / 1e6, 2),
-        "first_sync_mb_id_pad_36": round((len(raw) + hits * bucket_size(layout, 36)) / 1e6, 2),
+        "join_delta_bytes_per_registration": round(len(joins.serialize()) / 1000, 2),
+        "bucket_users": k,
+        "bucket_capacity": capacity,
+        "bucket_bytes_id_pad_64": bucket_size(capacity, DEFAULT_ID_PAD),
+        "bucket_bytes_id_pad_128": bucket_size(capacity, 128),
+        "first_sync_mb_id_pad_64": round((len(raw) + hits * bucket_size(capacity, DEFAULT_ID_PAD)) / 1e6, 2),
+        "first_sync_mb_id_pad_128": round((len(raw) + hits * bucket_size(capacity, 128)) / 1e6, 2),
         "small_directory_snapshot_mb": round(min(n, SMALL_DIRECTORY_MAX) * (5 + sealed_size()) / 1e6, 2),
     }
     out.update(fuse_figures(tags, queries, probes))
@@ -285,7 +293,7 @@ class _Direct:
         t = time.process_time()
         return self._count(
             self.pb.GetPrivateBucketsResponse(
-                buckets=asyncio.run(self.private.buckets(list(request.prefixes)))
+                buckets=asyncio.run(self.private.buckets(list(request.ranges)))
             ),
             t,
         )
@@ -310,7 +318,7 @@ def first_sync_figures(
         entries.setdefault(entry.tag, set()).add(entry.sealed)
     index._entries, index.count = entries, sum(len(v) for v in entries.values())
     private = PrivateDiscovery(index, key, None, ALLOW_ALL)  # type: ignore[arg-type]
-    asyncio.run(private.params())  # the server builds its snapshot before the client asks
+    asyncio.run(index.snapshot())  # the server builds its snapshot before the client asks
     stub = _Direct(private)
     state = PrivateState()
 
@@ -348,8 +356,9 @@ def first_sync_figures(
 
 
 def first_sync_options(n: int, hits: int = 300) -> list[dict[str, Any]]:
-    """The first sync's bytes at `n` users for each bucket k (users per prefix) and id_pad, from the real
-    snapshot and bucket layouts; and what general-purpose compression takes off the snapshot."""
+    """The first sync's bytes at `n` users for each k (``--private-bucket-min-users``) and id_pad, from the
+    real snapshot and the range bucket capacity; and what general-purpose compression takes off the
+    snapshot."""
     import lzma
     import zlib
 
@@ -357,18 +366,18 @@ def first_sync_options(n: int, hits: int = 300) -> list[dict[str, Any]]:
     raw = Snapshot(1, n, np.unique(rng.integers(0, TAG_SPACE, size=n, dtype=np.uint64))).serialize()
     compressed = {"zlib_9": len(zlib.compress(raw, 9)), "lzma": len(lzma.compress(raw))}
     rows: list[dict[str, Any]] = []
-    for k in (32, 16, 8):
-        layout = bucket_layout(n, k)
-        for pad in (128, 36, 16):
-            total = len(raw) + hits * bucket_size(layout, pad)
+    for k in (64, 32, 16):
+        capacity = bucket_capacity(n, k)
+        for pad in (128, 64, 36):
+            total = len(raw) + hits * bucket_size(capacity, pad)
             rows.append(
                 {
                     "group": "first_sync_options",
                     "registered": n,
-                    "bucket_min_users": k,
-                    "mean_users_per_prefix": round(n / (1 << layout.prefix_bits), 1),
+                    "bucket_users": k,
+                    "bucket_capacity": capacity,
                     "id_pad": pad,
-                    "bucket_bytes": bucket_size(layout, pad),
+                    "bucket_bytes": bucket_size(capacity, pad),
                     "first_sync_mb": round(total / 1e6, 2),
                     "meets_4_mb": total <= 4_000_000,
                     "snapshot_mb": round(len(raw) / 1e6, 3),
@@ -413,8 +422,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only-sync", action="store_true", help="only the first_sync and registration groups"
     )
+    parser.add_argument("--only-sizes", action="store_true", help="only the structure group at each size")
     args = parser.parse_args(argv)
-    for pad in (DEFAULT_ID_PAD, 36):
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.only_sizes:
+        for n in sizes:
+            print(json.dumps(structure_figures(n)), flush=True)
+        return 0
+    for pad in (DEFAULT_ID_PAD, 128):
         print(json.dumps(first_sync_figures(args.sync_size, id_pad=pad)), flush=True)
     for row in first_sync_options(args.sync_size):
         print(json.dumps(row), flush=True)
@@ -425,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(oprf_figures(count)), flush=True)
     print(json.dumps(asyncio.run(off_loop_figures(count))), flush=True)
     print(json.dumps(asyncio.run(snapshot_rebuild_figures(args.sync_size))), flush=True)
-    for n in (int(s) for s in args.sizes.split(",") if s):
+    for n in sizes:
         print(json.dumps(structure_figures(n)), flush=True)
     return 0
 

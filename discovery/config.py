@@ -42,7 +42,7 @@ from discovery.core.options import (
     positive,
 )
 from discovery.core.quota import QuotaPolicy
-from discovery.private_scheme.bucket import MIN_LOAD
+from discovery.private_scheme.bucket import DEFAULT_BUCKET_USERS
 from discovery.private_scheme.derive import DEFAULT_ID_PAD
 
 AUTH_MODES = ("jwt", "dev")
@@ -216,8 +216,8 @@ class PrivateOptions(Options):
         check=non_negative,
     )
     bucket_min_users: int = option(
-        MIN_LOAD,
-        "registered users a bucket prefix stands for, at least, on average (the k-anonymity of a fetch)",
+        DEFAULT_BUCKET_USERS,
+        "k: registered users in each bucket of the range grid, at least (the k-anonymity of a fetch)",
         name="private_bucket_min_users",
         check=positive,
     )

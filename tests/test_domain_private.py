@@ -17,7 +17,7 @@ from discovery.core.model import ImportRejectionReason, PrivacySettings
 from discovery.core.private import OffLoopEvaluator, OprfKey
 from discovery.core.private_index import PrivateDiscovery, PrivateIndex, PrivateRegistrar
 from discovery.core.quota import ALLOW_ALL
-from discovery.private_scheme import Snapshot, open_sealed, sealed_size, tag_of
+from discovery.private_scheme import Bucket, Snapshot, open_sealed, sealed_size, tag_of
 from tests.support.domain import SECRET, number
 from tests.support.memory_store import MemoryStore
 
@@ -57,13 +57,13 @@ async def test_the_set_follows_every_kind_of_registry_change(
     await directory.update_settings("carol", PrivacySettings(discoverable=True))
     await index.catch_up()
     assert Snapshot.deserialize(await index.rebuild()).contains(tags) == [False, False, True, True]
-    layout = (await discovery.params()).layout
-    (raw,) = await discovery.buckets([tags[3][: (layout.prefix_bits + 7) // 8]])
+    (raw,) = await discovery.buckets([tags[3] * 2])  # the range of alice's tag alone
+    assert Bucket.deserialize(raw).open(key.output_of(number(4))) == ["alice"]
     # A fresh index loaded from the store holds the same set.
     reloaded = PrivateIndex(index._store, key.epoch)
     await reloaded.load()
     assert reloaded.count == 2
-    assert raw and open_sealed(key.output_of(number(4)), 1, snapshot.sealed_for(tags[3])[0]) == "alice"
+    assert open_sealed(key.output_of(number(4)), 1, snapshot.sealed_for(tags[3])[0]) == "alice"
 
 
 async def test_a_stale_snapshot_is_rebuilt_off_the_loop_once_for_every_caller() -> None:

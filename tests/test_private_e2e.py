@@ -18,7 +18,7 @@ from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, DiscoveryCl
 from discovery.client.private import PrivateKeyMismatch, PrivateState
 from discovery.contact_hash import contact_hash
 from discovery.core.hashing import KEY_SIZE
-from discovery.private_scheme import Bucket, ProofError, bucket_size, tag_of
+from discovery.private_scheme import Bucket, ProofError, Snapshot, bucket_capacity, bucket_size, tag_of
 from discovery.v1 import private_pb2, private_pb2_grpc
 from tests.support.helpers import e164_numbers
 from tests.support.privacy_scan import Needles, find_leaks, scan_tree
@@ -206,7 +206,14 @@ async def test_bad_blinded_elements_are_refused_and_cost_nothing(
     assert await bucket_level(server, "mallory") == 0
 
 
-async def test_bad_prefix_and_cursors_are_refused(
+async def _snapshot(stub: private_pb2_grpc.PrivateDiscoveryServiceStub, md: object) -> Snapshot:
+    chunks = [
+        c.chunk async for c in stub.GetPrivateSnapshot(private_pb2.GetPrivateSnapshotRequest(), metadata=md)
+    ]
+    return Snapshot.deserialize(b"".join(chunks))
+
+
+async def test_bad_ranges_and_cursors_are_refused(
     start_private: Callable[..., Awaitable[DiscoveryServer]],
 ) -> None:
     server = await start_private(private_snapshot_ids_max=0)
@@ -217,56 +224,108 @@ async def test_bad_prefix_and_cursors_are_refused(
         stub = private_pb2_grpc.PrivateDiscoveryServiceStub(channel)
         md = user_metadata("mallory")
         params = await stub.GetPrivateParams(private_pb2.GetPrivateParamsRequest(), metadata=md)
-        assert params.prefix_bits == 1
+        assert (params.bucket_users, params.bucket_capacity) == (32, bucket_capacity(100, 32))
+        snapshot = await _snapshot(stub, md)
+        tags = [int(t).to_bytes(5, "big") for t in snapshot.tags]
+        refused_ranges = [
+            b"\x00" * 9,  # not 10 bytes
+            tags[5] + tags[0],  # first above last
+            tags[0] + tags[3],  # 4 registered users: fewer than k - 3
+            tags[0] + tags[-1],  # all 100: more than the capacity
+        ]
         cases = [
             (
                 stub.GetPrivateBuckets(
-                    private_pb2.GetPrivateBucketsRequest(prefixes=[b"\x80\x00"]), metadata=md
+                    private_pb2.GetPrivateBucketsRequest(ranges=[tags[0] + tags[32], bad]), metadata=md
                 ),
-                "BUCKET_PREFIX_REFUSED",
-            ),
-            (
-                stub.GetPrivateBuckets(private_pb2.GetPrivateBucketsRequest(prefixes=[b"\x40"]), metadata=md),
-                "BUCKET_PREFIX_REFUSED",
-            ),
+                "BUCKET_RANGE_REFUSED",
+                "ranges[1]",
+            )
+            for bad in refused_ranges
+        ]
+        cases += [
             (
                 stub.GetPrivateDelta(
                     private_pb2.GetPrivateDeltaRequest(epoch=params.epoch, cursor=params.cursor + 1000),
                     metadata=md,
                 ),
                 "PRIVATE_CURSOR_REFUSED",
+                "cursor",
             ),
             (
                 stub.GetPrivateDelta(
                     private_pb2.GetPrivateDeltaRequest(epoch=params.epoch + 1, cursor=0), metadata=md
                 ),
                 "PRIVATE_EPOCH_REFUSED",
+                "epoch",
             ),
         ]
-        for call, expected in cases:
+        for call, expected, field in cases:
             with pytest.raises(aio.AioRpcError) as caught:
                 await call
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert reason(caught.value) == expected
-            assert status_details(caught.value)
-        # Buckets are all one size, whatever they hold.
+            fields = [
+                v.field for d in status_details(caught.value) for v in getattr(d, "field_violations", [])
+            ]
+            assert fields == [field]
+        # The grid's buckets (3 of 33 or 34 users) are all one size, whatever they hold.
+        ranges = list(dict.fromkeys(snapshot.bucket_range(t, params.bucket_users) for t in tags))
         response = await stub.GetPrivateBuckets(
-            private_pb2.GetPrivateBucketsRequest(prefixes=[b"\x00", b"\x80"]), metadata=md
+            private_pb2.GetPrivateBucketsRequest(ranges=ranges), metadata=md
         )
-        sizes = {len(b) for b in response.buckets}
-        layout = Bucket.deserialize(response.buckets[0]).layout
-        assert sizes == {bucket_size(layout, params.id_pad)}
-        real = [
-            sum(1 for t, _ in Bucket.deserialize(b).entries if t in _tags(server)) for b in response.buckets
-        ]
-        assert sum(real) == 100
+        assert len(ranges) == 3
+        assert {len(b) for b in response.buckets} == {bucket_size(params.bucket_capacity, params.id_pad)}
+        registered = _sealed(server)
+        real = [sum(1 for s in Bucket.deserialize(b).sealed if s in registered) for b in response.buckets]
+        assert sorted(real) == [33, 33, 34]
     assert await bucket_level(server, "mallory") == 0
 
 
-def _tags(server: DiscoveryServer) -> set[bytes]:
+def _sealed(server: DiscoveryServer) -> set[bytes]:
     private = server.service.private
     assert private is not None
-    return set(private.index._entries)
+    return {s for found in private.index._entries.values() for s in found}
+
+
+async def test_a_refused_range_brings_the_snapshot_up_to_date_and_is_asked_again(
+    start_private: Callable[..., Awaitable[DiscoveryServer]],
+) -> None:
+    """A client whose snapshot is older than the server's set by more than a bucket's slack is refused its
+    ranges (BUCKET_RANGE_REFUSED); the SDK fetches a delta and asks again, once."""
+    server = await start_private(private_snapshot_ids_max=0, private_bucket_min_users=4)
+    numbers = e164_numbers(61, seed=53)
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.import_users([(f"u{i}", n) for i, n in enumerate(numbers[:20])])
+        await until(lambda: _count(server, 20))
+        async with AsyncDiscoveryClient(target(server), user_id="carol") as client:
+            assert (await client.discover_private(numbers[60:])).matches == []  # a snapshot of 20 users
+            await admin.import_users([(f"u{i}", numbers[i]) for i in range(20, 60)])
+            await until(lambda: _count(server, 60))
+            stub = private_pb2_grpc.PrivateDiscoveryServiceStub(client._channel)
+            calls: list[str] = []
+            real_params, real_buckets = stub.GetPrivateParams, stub.GetPrivateBuckets
+
+            async def stale_params(request: object, **kwargs: object) -> private_pb2.GetPrivateParamsResponse:
+                response = await real_params(request, **kwargs)
+                if not calls:  # the first answer tells of no change: the client keeps its old snapshot
+                    response.cursor = 0
+                calls.append("params")
+                return response
+
+            async def buckets(request: private_pb2.GetPrivateBucketsRequest, **kwargs: object) -> object:
+                calls.append("buckets")
+                return await real_buckets(request, **kwargs)
+
+            stub.GetPrivateParams = stale_params  # type: ignore[method-assign]
+            stub.GetPrivateBuckets = buckets  # type: ignore[method-assign]
+            client._private_stub = lambda: stub  # type: ignore[method-assign]
+            # The 20 contacts of the old snapshot are hits in its grid (5 buckets of 4): each range now
+            # holds about 12 users, more than the capacity of 7.
+            result = await client.discover_private(numbers[:20] + numbers[30:40])
+    expected = [f"u{i}" for i in (*range(20), *range(30, 40))]
+    assert sorted(m.user_id for m in result.matches) == sorted(expected)
+    assert calls == ["params", "buckets", "params", "buckets"]
 
 
 async def test_enumeration_through_private_mode_is_cut_off_at_the_quota(
@@ -344,25 +403,51 @@ async def test_changes_reach_snapshot_buckets_and_deltas_on_every_instance(
     assert len(y_tags) == 3 and sum(y_tags.values()) == 1
 
 
-async def test_private_join_events_from_deltas(
-    start_private: Callable[..., Awaitable[DiscoveryServer]],
+@pytest.mark.parametrize("ids_in_snapshot", [True, False])
+async def test_private_join_events_come_from_the_stream_alone_and_resume_from_their_cursor(
+    start_private: Callable[..., Awaitable[DiscoveryServer]], ids_in_snapshot: bool
 ) -> None:
-    server = await start_private()
-    alice, bob = e164_numbers(2, seed=48)
-    async with AsyncDiscoveryClient(target(server), user_id="carol") as client:
-        events: list[tuple[str, str, int]] = []
+    """Join events are opened from the sealed ids the delta stream carries: no bucket is ever fetched, so
+    the server cannot tie a fetch to a join it released. A watcher that stops after an event and resumes
+    from its cursor gets exactly the join it missed, and no event for a contact that was already there."""
+    server = await start_private(private_snapshot_ids_max=16_384 if ids_in_snapshot else 0)
+    alice, bob, dave = e164_numbers(3, seed=48)
+    book = [alice, bob, dave]
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.register_user("alice", alice)
+    await until(lambda: _count(server, 1))
+    recorder = RequestRecorder(PRIVATE_SERVICE)
+    events: list[tuple[str, str, int]] = []
+    async with (
+        recorded_port(server, recorder) as recorded,
+        AsyncDiscoveryClient(recorded, user_id="carol") as client,
+        AsyncAdminClient(target(server)) as admin,
+    ):
 
-        async def watch() -> None:
-            async for event in client.private_joins([alice, bob]):
+        async def watch(until_events: int, cursor: int | None = None) -> None:
+            async for event in client.private_joins(book, cursor=cursor):
                 events.append(event)
-                return
+                if len(events) >= until_events:
+                    return
 
-        task = asyncio.create_task(watch())
-        await until(lambda: _evaluated(client, 2))
-        async with AsyncAdminClient(target(server)) as admin:
-            await admin.register_user("bob", bob)
+        task = asyncio.create_task(watch(1))
+        await until(lambda: _evaluated(client, 3))
+        await admin.register_user("bob", bob)
         await asyncio.wait_for(task, 10)
-    assert [(e, u) for e, u, _ in events] == [(bob, "bob")]
+        assert [(e, u) for e, u, _ in events] == [(bob, "bob")]
+        # Stopped. Meanwhile alice changes a setting (her entry rides in the feed again) and dave joins.
+        async with AsyncDiscoveryClient(target(server), user_id="alice") as alice_client:
+            await alice_client.update_settings(notify_on_join=False)
+        await admin.register_user("dave", dave)
+        await until(lambda: _count(server, 3))
+        await asyncio.wait_for(watch(2, cursor=events[-1][2]), 10)
+        assert [(e, u) for e, u, _ in events] == [(bob, "bob"), (dave, "dave")]
+        assert events[1][2] > events[0][2]
+        # Without a cursor, the state's snapshot (advanced by each delta) is where it resumes.
+        assert client.private_state.snapshot is not None
+        assert client.private_state.snapshot.cursor == events[1][2]
+    assert "GetPrivateBuckets" not in recorder.methods
+    assert recorder.methods.count("SubscribePrivateDeltas") == 2
 
 
 async def _evaluated(client: AsyncDiscoveryClient, n: int) -> bool:

@@ -1,7 +1,7 @@
 """PrivateDiscoveryService: private discovery mode (docs/private-mode.md). The caller is the call's principal.
 
 Nothing here sees a contact hash or an OPRF output: requests hold blinded elements, cursors and bucket
-prefixes only.
+ranges (two registered tags each) only.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class PrivateDiscoveryService(pb_grpc.PrivateDiscoveryServiceServicer):
         self, request: pb.GetPrivateDeltaRequest, context: aio.ServicerContext
     ) -> pb.GetPrivateDeltaResponse:
         current_user_id()
-        delta = await self._private.delta(request.epoch, request.cursor)
+        delta = await self._private.delta(request.epoch, request.cursor, request.with_sealed_ids)
         if delta is None:
             return pb.GetPrivateDeltaResponse(reset=True)
         return pb.GetPrivateDeltaResponse(delta=delta.serialize())
@@ -55,7 +55,8 @@ class PrivateDiscoveryService(pb_grpc.PrivateDiscoveryServiceServicer):
         self, request: pb.SubscribePrivateDeltasRequest, context: aio.ServicerContext
     ) -> AsyncIterator[pb.SubscribePrivateDeltasResponse]:
         current_user_id()
-        async for delta in self._private.deltas(request.epoch, request.cursor):
+        deltas = self._private.deltas(request.epoch, request.cursor, request.with_sealed_ids)
+        async for delta in deltas:
             if delta is None:
                 yield pb.SubscribePrivateDeltasResponse(reset=True)
             else:
@@ -65,7 +66,7 @@ class PrivateDiscoveryService(pb_grpc.PrivateDiscoveryServiceServicer):
         self, request: pb.GetPrivateBucketsRequest, context: aio.ServicerContext
     ) -> pb.GetPrivateBucketsResponse:
         current_user_id()
-        return pb.GetPrivateBucketsResponse(buckets=await self._private.buckets(list(request.prefixes)))
+        return pb.GetPrivateBucketsResponse(buckets=await self._private.buckets(list(request.ranges)))
 
 
 def params_response(p: PrivateParams) -> pb.GetPrivateParamsResponse:
@@ -73,8 +74,8 @@ def params_response(p: PrivateParams) -> pb.GetPrivateParamsResponse:
         epoch=p.epoch,
         public_key=p.public_key,
         suite=p.suite,
-        prefix_bits=p.layout.prefix_bits,
-        bucket_capacity=p.layout.capacity,
+        bucket_users=p.bucket_users,
+        bucket_capacity=p.bucket_capacity,
         id_pad=p.id_pad,
         snapshot_has_sealed_ids=p.with_sealed_ids,
         max_blinded_per_request=p.max_blinded,

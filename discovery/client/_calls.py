@@ -25,13 +25,13 @@ from discovery.client.normalize import normalize_number
 from discovery.client.private import PrivateState
 from discovery.client.resync import DiscoverRun, DiscoverState
 from discovery.contact_hash import HASH_SIZE, contact_hash
-from discovery.v1 import discovery_pb2, joins_pb2, private_pb2
+from discovery.v1 import discovery_pb2, errors_pb2, joins_pb2, private_pb2
 from discovery.v1.discovery_pb2_grpc import DirectoryAdminServiceStub, DiscoveryServiceStub
 from discovery.v1.joins_pb2_grpc import JoinNotificationServiceStub
 from discovery.v1.private_pb2_grpc import PrivateDiscoveryServiceStub
 
 if TYPE_CHECKING:
-    from discovery.private_scheme import Snapshot
+    from discovery.private_scheme import Bucket, Snapshot
 
 T = TypeVar("T")
 
@@ -249,7 +249,7 @@ def ack_joins(stub: JoinNotificationServiceStub, cursor: int, device_id: str) ->
 # ---------------------------------------------------------------------------
 # PrivateDiscoveryService (docs/private-mode.md)
 
-MAX_PREFIXES_PER_REQUEST = 1000
+MAX_RANGES_PER_REQUEST = 1000
 
 
 def private_params(
@@ -291,11 +291,29 @@ def private_evaluate(
         state.outputs.update(zip(chunk, outputs, strict=True))
 
 
+def private_snapshot(
+    stub: PrivateDiscoveryServiceStub, state: PrivateState, params: private_pb2.GetPrivateParamsResponse
+) -> Plan[Snapshot]:
+    """A whole new snapshot, unless the state holds one of the server's kind (sealed ids or not)."""
+    from discovery.private_scheme import SchemeError, Snapshot
+
+    if state.snapshot is None or bool(state.snapshot.sealed is not None) != params.snapshot_has_sealed_ids:
+        chunks: list[private_pb2.GetPrivateSnapshotResponse] = yield Call(
+            stub.GetPrivateSnapshot, private_pb2.GetPrivateSnapshotRequest(), stream=True
+        )
+        state.snapshot = Snapshot.deserialize(b"".join(c.chunk for c in chunks))
+        state.opened.clear()
+        if state.snapshot.epoch != params.epoch:
+            raise SchemeError("the snapshot is of another key epoch")
+    return state.snapshot
+
+
 def private_sync(
     stub: PrivateDiscoveryServiceStub, state: PrivateState, params: private_pb2.GetPrivateParamsResponse
 ) -> Plan[Snapshot]:
-    """Bring the snapshot up to date: a delta from its cursor, or a whole snapshot when there is none."""
-    from discovery.private_scheme import Delta, SchemeError, Snapshot
+    """Bring the snapshot up to date: a delta from its cursor (tags only: 6 bytes a record for a large
+    directory), or a whole snapshot when there is none."""
+    from discovery.private_scheme import Delta, SchemeError
 
     if state.snapshot is not None and state.snapshot.cursor < params.cursor:
         response: private_pb2.GetPrivateDeltaResponse = yield Call(
@@ -308,15 +326,31 @@ def private_sync(
             state.apply(Delta.deserialize(response.delta))
         except SchemeError:
             state.snapshot = None
-    if state.snapshot is None or bool(state.snapshot.sealed is not None) != params.snapshot_has_sealed_ids:
-        chunks: list[private_pb2.GetPrivateSnapshotResponse] = yield Call(
-            stub.GetPrivateSnapshot, private_pb2.GetPrivateSnapshotRequest(), stream=True
+    return (yield from private_snapshot(stub, state, params))
+
+
+def private_buckets(
+    stub: PrivateDiscoveryServiceStub,
+    params: private_pb2.GetPrivateParamsResponse,
+    ranges: list[bytes],
+) -> Plan[dict[bytes, Bucket]]:
+    """The bucket of each range (BUCKET_RANGE_REFUSED: the snapshot is out of date)."""
+    from discovery.private_scheme import Bucket, SchemeError
+
+    buckets: dict[bytes, Bucket] = {}
+    for start in range(0, len(ranges), MAX_RANGES_PER_REQUEST):
+        chunk = ranges[start : start + MAX_RANGES_PER_REQUEST]
+        response: private_pb2.GetPrivateBucketsResponse = yield Call(
+            stub.GetPrivateBuckets, private_pb2.GetPrivateBucketsRequest(ranges=chunk)
         )
-        state.snapshot = Snapshot.deserialize(b"".join(c.chunk for c in chunks))
-        state.opened.clear()
-        if state.snapshot.epoch != params.epoch:
-            raise SchemeError("the snapshot is of another key epoch")
-    return state.snapshot
+        if len(response.buckets) != len(chunk) or len({len(raw) for raw in response.buckets}) > 1:
+            raise SchemeError("the server returned the wrong number of buckets, or buckets of two sizes")
+        for range_, raw in zip(chunk, response.buckets, strict=True):
+            bucket = Bucket.deserialize(raw)
+            if bucket.range != range_ or bucket.epoch != params.epoch:
+                raise SchemeError("the server returned a bucket of another range or epoch")
+            buckets[range_] = bucket
+    return buckets
 
 
 def private_open(
@@ -327,37 +361,21 @@ def private_open(
     outputs: list[bytes],
 ) -> Plan[list[list[str]]]:
     """The user ids of each output: none unless its tag is in the snapshot; then from the snapshot's sealed
-    ids or the bucket of its prefix (fetched once per prefix, skipped for tags opened before)."""
-    from discovery.private_scheme import Bucket, SchemeError, bucket_prefix, open_sealed, tag_of
+    ids or from the range bucket of its tag (fetched once per range, skipped for tags opened before)."""
+    from discovery.private_scheme import open_any, tag_of
 
     tags = [tag_of(y) for y in outputs]
     hits = [i for i, present in enumerate(snapshot.contains(tags)) if present]
     found: list[list[str]] = [[] for _ in outputs]
     if snapshot.sealed is not None:
         for i in hits:
-            opened = (
-                open_sealed(outputs[i], snapshot.epoch, s, snapshot.id_pad)
-                for s in snapshot.sealed_for(tags[i])
-            )
-            found[i] = [user_id for user_id in opened if user_id is not None]
+            found[i] = open_any(outputs[i], snapshot.epoch, snapshot.sealed_for(tags[i]), snapshot.id_pad)
         return found
-    todo = [i for i in hits if tags[i] not in state.opened]
-    prefixes = list(dict.fromkeys(bucket_prefix(tags[i], params.prefix_bits) for i in todo))
-    buckets: dict[bytes, Bucket] = {}
-    for start in range(0, len(prefixes), MAX_PREFIXES_PER_REQUEST):
-        chunk = prefixes[start : start + MAX_PREFIXES_PER_REQUEST]
-        response: private_pb2.GetPrivateBucketsResponse = yield Call(
-            stub.GetPrivateBuckets, private_pb2.GetPrivateBucketsRequest(prefixes=chunk)
-        )
-        if len(response.buckets) != len(chunk):
-            raise SchemeError("the server returned the wrong number of buckets")
-        for prefix, raw in zip(chunk, response.buckets, strict=True):
-            bucket = Bucket.deserialize(raw)
-            if bucket.prefix != prefix or bucket.epoch != params.epoch:
-                raise SchemeError("the server returned a bucket of another prefix or epoch")
-            buckets[prefix] = bucket
-    for i in todo:
-        state.opened[tags[i]] = tuple(buckets[bucket_prefix(tags[i], params.prefix_bits)].open(outputs[i]))
+    k = max(1, params.bucket_users)
+    todo = {i: snapshot.bucket_range(tags[i], k) for i in hits if tags[i] not in state.opened}
+    buckets = yield from private_buckets(stub, params, list(dict.fromkeys(todo.values())))
+    for i, range_ in todo.items():
+        state.opened[tags[i]] = tuple(buckets[range_].open(outputs[i]))
     for i in hits:
         found[i] = list(state.opened.get(tags[i], ()))
     return found
@@ -366,12 +384,36 @@ def private_open(
 def private_discover_hashes(
     stub: PrivateDiscoveryServiceStub, state: PrivateState, hashes: list[bytes]
 ) -> Plan[list[tuple[int, str]]]:
-    """``(index into hashes, user_id)`` for each registered, discoverable contact, in private mode."""
+    """``(index into hashes, user_id)`` for each registered, discoverable contact, in private mode.
+
+    A range the server refuses (BUCKET_RANGE_REFUSED: the snapshot is older than the server's set by more
+    than a bucket's slack) brings the snapshot up to date and is asked again once."""
     params = yield from private_params(stub, state)
     yield from private_evaluate(stub, state, params, hashes)
     snapshot = yield from private_sync(stub, state, params)
-    found = yield from private_open(stub, state, params, snapshot, [state.outputs[h] for h in hashes])
+    outputs = [state.outputs[h] for h in hashes]
+    try:
+        found = yield from private_open(stub, state, params, snapshot, outputs)
+    except DiscoveryError as error:
+        if not error.reason_is(errors_pb2.BUCKET_RANGE_REFUSED):
+            raise
+        params = yield from private_params(stub, state)
+        snapshot = yield from private_sync(stub, state, params)
+        found = yield from private_open(stub, state, params, snapshot, outputs)
     return [(i, user_id) for i, user_ids in enumerate(found) for user_id in user_ids[:1]]
+
+
+def private_joins_start(
+    stub: PrivateDiscoveryServiceStub, state: PrivateState, hashes: list[bytes], cursor: int | None
+) -> Plan[int]:
+    """Before the join stream: evaluate the contacts and hold a snapshot (fetched only when the state has
+    none), *without* bringing it up to date, so that no join is absorbed unseen. The cursor to subscribe
+    from: ``cursor`` (the last event's, when the caller kept it), or the snapshot's when that is older or
+    no cursor is given. No bucket is fetched."""
+    params = yield from private_params(stub, state)
+    yield from private_evaluate(stub, state, params, hashes)
+    snapshot = yield from private_snapshot(stub, state, params)
+    return snapshot.cursor if cursor is None else min(cursor, snapshot.cursor)
 
 
 def private_discover(

@@ -127,34 +127,50 @@ class AsyncDiscoveryClient(_AsyncBaseClient["DiscoveryServiceAsyncStub"], HasDis
     def _private_stub(self) -> PrivateDiscoveryServiceStub:
         return PrivateDiscoveryServiceStub(self._channel)
 
-    async def private_joins(self, entries: Iterable[str]) -> AsyncIterator[tuple[str, str, int]]:
+    async def private_joins(
+        self, entries: Iterable[str], *, cursor: int | None = None
+    ) -> AsyncIterator[tuple[str, str, int]]:
         """Join events in private mode: ``(entry, user_id, cursor)`` for each contact of ``entries`` that
-        becomes registered and discoverable, matched on this client against the delta stream (the server
-        never learns who waits for whom). Syncs first (so ``entries`` are evaluated); runs until cancelled
-        or the stream breaks (call again: it resumes from the state's cursor)."""
+        becomes registered and discoverable, matched on this client against the delta stream and opened
+        from the sealed ids the stream carries: the server never learns who waits for whom (no bucket is
+        fetched, ever). Evaluates the contacts not evaluated yet; runs until cancelled or the stream ends.
+
+        Resumable: the stream starts at ``cursor`` (the cursor of the last event handled, kept by the
+        caller) or, without one, at the cursor of :attr:`private_state`'s snapshot, which each delta
+        advances (persist the state with ``to_bytes`` to resume after a restart). Delivery is at least
+        once. When the server asks for a new snapshot (``reset``: the changes since the cursor are no
+        longer kept), the snapshot is dropped and the iteration ends: joins in that gap are not reported
+        (a new call starts from a new snapshot)."""
         from discovery.private_scheme import Delta
 
         book = prepare_address_book(entries, self.default_region)
-        await self.discover_hashes_private(book.hashes)
         state = self.private_state
         stub = self._private_stub()
+        start = await self._run(_calls.private_joins_start(stub, state, book.hashes, cursor))
         index_of = {h: i for i, h in enumerate(book.hashes)}
         assert state.snapshot is not None
         request = private_pb2.SubscribePrivateDeltasRequest(
-            epoch=state.snapshot.epoch, cursor=state.snapshot.cursor
+            epoch=state.snapshot.epoch, cursor=start, with_sealed_ids=True
         )
         async for message in stub.SubscribePrivateDeltas(request, metadata=self._metadata):
             if message.reset:
+                state.snapshot = None
                 return
             delta = Delta.deserialize(message.delta)
-            state.apply(delta)
-            joined = [h for h in state.joined(delta) if h in index_of]
-            if not joined:
-                continue
-            found = await self.discover_hashes_private(joined)
-            for i, user_id in found:
-                for position in book.positions[index_of[joined[i]]]:
-                    yield book.entries[position], user_id, delta.to_cursor
+            found, opened = state.joins(delta, book.hashes)
+            events = [
+                (book.entries[position], user_id)
+                for h, user_id in found
+                for position in book.positions[index_of[h]]
+            ]
+            if not events:
+                state.apply(delta, opened)
+            for n, (entry, user_id) in enumerate(events, 1):
+                # The state moves past a delta with its last event, which carries the delta's to_cursor;
+                # the events before it carry its from_cursor: a caller that stops there replays the delta.
+                if n == len(events):
+                    state.apply(delta, opened)
+                yield entry, user_id, delta.to_cursor if n == len(events) else delta.from_cursor
 
     async def get_settings(self) -> Settings:
         """The caller's privacy settings."""

@@ -2,14 +2,15 @@
 
 `PrivateState` holds the pinned public key, and per key epoch the OPRF output of every contact evaluated so
 far (so a re-sync of an unchanged book evaluates and sends nothing), the snapshot as of a cursor (kept fresh
-with deltas), and the user ids already opened for a tag (dropped when a delta touches the tag). The plans in
-`client/_calls.py` use it; the wire scheme is `discovery.private_scheme` (docs/private-mode.md).
+with deltas), and the user ids already opened for a tag (dropped when a delta touches the tag, or replaced
+by the ids a join-stream delta carries). The plans in `client/_calls.py` use it; the wire scheme is
+`discovery.private_scheme` (docs/private-mode.md).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -58,8 +59,9 @@ class PrivateState:
         """The hashes without a cached output, once each, in order."""
         return [h for h in dict.fromkeys(hashes) if h not in self.outputs]
 
-    def apply(self, delta: Delta) -> None:
-        """Bring the snapshot to the delta's cursor (SchemeError: fetch a new snapshot)."""
+    def apply(self, delta: Delta, opened: Mapping[bytes, tuple[str, ...]] | None = None) -> None:
+        """Bring the snapshot to the delta's cursor (SchemeError: fetch a new snapshot). The ids opened for
+        the tags it touches are dropped, or replaced by ``opened`` (those `joins` opened from the delta)."""
         from discovery.private_scheme import SchemeError, apply_delta
 
         if self.snapshot is None:
@@ -67,13 +69,47 @@ class PrivateState:
         self.snapshot = apply_delta(self.snapshot, delta)
         for record in delta.records:
             self.opened.pop(record.tag, None)
+        self.opened.update(opened or {})
 
-    def joined(self, delta: Delta) -> list[bytes]:
-        """The evaluated contacts (hashes) whose tag a delta reports present: join events, from deltas."""
-        from discovery.private_scheme import tag_of
+    def joins(
+        self, delta: Delta, hashes: Sequence[bytes]
+    ) -> tuple[list[tuple[bytes, str]], dict[bytes, tuple[str, ...]]]:
+        """The joins a join-stream delta (one with sealed ids) tells of among the evaluated ``hashes``:
+        ``(contact hash, user id)``, opened from the delta's own records (no bucket); and the ids opened
+        per tag, for `apply` (which the caller runs: this changes nothing).
 
-        present = {record.tag for record in delta.records if record.present}
-        return [h for h, y in self.outputs.items() if tag_of(y) in present]
+        A user id is a join when its tag was absent from the snapshot, or was present with other opened ids;
+        a delta that starts before the snapshot's cursor (a stream resumed from an older cursor) reports
+        every id it carries for these contacts (at least once). A record that only restates a present
+        contact (a change of other settings) is no join.
+        """
+        from discovery.private_scheme import SchemeError, open_any, tag_of
+
+        if not delta.with_sealed_ids:
+            raise SchemeError("join events need a delta with sealed ids")
+        by_tag: dict[bytes, list[bytes]] = {}
+        for h in dict.fromkeys(hashes):
+            y = self.outputs.get(h)
+            if y is not None:
+                by_tag.setdefault(tag_of(y), []).append(h)
+        records = [r for r in delta.records if r.tag in by_tag]
+        snapshot = self.snapshot
+        catching_up = snapshot is not None and delta.from_cursor < snapshot.cursor
+        before = snapshot.contains([r.tag for r in records]) if snapshot is not None else []
+        events: list[tuple[bytes, str]] = []
+        opened: dict[bytes, tuple[str, ...]] = {}
+        for i, record in enumerate(records):
+            was_present = bool(before[i]) if before else False
+            for h in by_tag[record.tag]:
+                user_ids = open_any(self.outputs[h], delta.epoch, record.sealed, delta.id_pad)
+                old = self.opened.get(record.tag)
+                events += [
+                    (h, user_id)
+                    for user_id in user_ids
+                    if catching_up or not was_present or (old is not None and user_id not in old)
+                ]
+                opened[record.tag] = tuple(user_ids)
+        return events, opened
 
     # -- persistence ---------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 The wire scheme (suite, derivations, snapshot, delta and bucket formats) is `discovery.private_scheme`, shared
 with the SDK; docs/private-mode.md specifies it. Nothing here stores anything: the store keeps the entries
-(tag, sealed id, prefix) and the change feed; `PrivateDirectory` is the reference model of what the store must
+(tag, sealed id) and the change feed; `PrivateDirectory` is the reference model of what the store must
 serve, used by the tests and the benchmark.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -22,18 +22,18 @@ from voprf import ristretto
 from discovery.core.errors import FieldViolation, InvalidArgument, Reason
 from discovery.core.hashing import MIN_SECRET_SIZE, derive_key
 from discovery.private_scheme import (
+    DEFAULT_BUCKET_USERS,
     DEFAULT_ID_PAD,
     ELEMENT_SIZE,
     SMALL_DIRECTORY_MAX,
     TAG_SIZE,
     Bucket,
-    BucketLayout,
     Delta,
     DeltaRecord,
     Snapshot,
-    bucket_layout,
-    bucket_prefix,
-    prefix_problem,
+    bucket_capacity,
+    min_users,
+    range_problem,
     seal_user_id,
     tag_of,
 )
@@ -263,9 +263,6 @@ class PrivateEntry:
     tag: bytes  # 5 bytes
     sealed: bytes  # the user id, sealed under a key derived from y
 
-    def prefix(self, prefix_bits: int) -> bytes:
-        return bucket_prefix(self.tag, prefix_bits)
-
     def pack(self) -> bytes:
         """The stored form (``NewUser.private``): tag || sealed id."""
         return self.tag + self.sealed
@@ -286,11 +283,38 @@ def registration_entry(
     return entry_from_output(key.output_of(contact_hash), key.epoch, user_id, id_pad)
 
 
-def check_bucket_prefix(prefix: bytes, layout: BucketLayout, field: str = "prefix") -> bytes:
-    problem = prefix_problem(prefix, layout.prefix_bits)
+def range_refused(field: str, problem: str) -> InvalidArgument:
+    """A bucket range the server does not serve (BUCKET_RANGE_REFUSED): the client updates its snapshot."""
+    return InvalidArgument.field(field, problem, Reason.BUCKET_RANGE_REFUSED)
+
+
+def check_bucket_range(raw: bytes, field: str = "range") -> tuple[int, int]:
+    """The (first, last) tags of a bucket range, as integers, or InvalidArgument (its shape only)."""
+    problem = range_problem(raw)
     if problem:
-        raise InvalidArgument.field(field, problem, Reason.BUCKET_PREFIX_REFUSED)
-    return prefix
+        raise range_refused(field, problem)
+    return int.from_bytes(raw[:TAG_SIZE], "big"), int.from_bytes(raw[TAG_SIZE:], "big")
+
+
+def check_range_load(users: int, registered: int, k: int, field: str = "range") -> None:
+    """A range holds between `min_users` and `bucket_capacity` registered users, or InvalidArgument."""
+    capacity, least = bucket_capacity(registered, k), min_users(registered, k)
+    if users > capacity:
+        raise range_refused(field, f"holds more than a bucket's {capacity} users: update the snapshot")
+    if users < least:
+        raise range_refused(field, f"holds fewer than {least} registered users: update the snapshot")
+
+
+def tag_records(
+    touched: Iterable[bytes], sealed_of: Callable[[bytes], Collection[bytes]], with_sealed_ids: bool
+) -> tuple[DeltaRecord, ...]:
+    """The delta records of the tags touched (in first-touched order): each tag's current users, and
+    their sealed ids sorted when the delta carries them."""
+    records = []
+    for tag in dict.fromkeys(touched):
+        sealed = sealed_of(tag)
+        records.append(DeltaRecord(tag, len(sealed), tuple(sorted(sealed)) if with_sealed_ids else ()))
+    return tuple(records)
 
 
 def check_cursor(
@@ -329,6 +353,7 @@ class PrivateDirectory:
     epoch: int
     id_pad: int = DEFAULT_ID_PAD
     small_directory_max: int = SMALL_DIRECTORY_MAX
+    bucket_users: int = DEFAULT_BUCKET_USERS
     entries: dict[str, PrivateEntry] = field(default_factory=dict)
     log: list[tuple[bytes, bytes]] = field(default_factory=list)  # (tag, sealed) touched, cursor = index + 1
 
@@ -350,29 +375,26 @@ class PrivateDirectory:
     def with_sealed_ids(self) -> bool:
         return len(self.entries) <= self.small_directory_max
 
-    def layout(self) -> BucketLayout:
-        return bucket_layout(len(self.entries))
-
     def snapshot(self, with_sealed_ids: bool | None = None) -> Snapshot:
         ids = self.with_sealed_ids if with_sealed_ids is None else with_sealed_ids
         pairs = ((e.tag, e.sealed) for e in self.entries.values())
         return Snapshot.build(self.epoch, self.cursor, pairs, ids, self.id_pad)
 
-    def delta(self, since: int, with_sealed_ids: bool | None = None) -> Delta:
-        """Every change after `since`, compacted to the current state of each key it touched."""
-        ids = self.with_sealed_ids if with_sealed_ids is None else with_sealed_ids
-        check_cursor(since, self.epoch, self.cursor, self.epoch)
-        touched = dict.fromkeys(self.log[since:])
-        if ids:
-            present = {(e.tag, e.sealed) for e in self.entries.values()}
-            records = [DeltaRecord((t, s) in present, t, s) for t, s in touched]
-        else:
-            tags = {e.tag for e in self.entries.values()}
-            records = [DeltaRecord(t in tags, t) for t in dict.fromkeys(t for t, _ in touched)]
-        return Delta(self.epoch, since, self.cursor, tuple(records), ids, self.id_pad)
+    def _sealed_of(self, tag: bytes) -> list[bytes]:
+        return [e.sealed for e in self.entries.values() if e.tag == tag]
 
-    def bucket(self, prefix: bytes, layout: BucketLayout | None = None) -> Bucket:
-        layout = layout or self.layout()
-        check_bucket_prefix(prefix, layout)
-        real = [(e.tag, e.sealed) for e in self.entries.values() if e.prefix(layout.prefix_bits) == prefix]
-        return Bucket.build(self.epoch, layout, prefix, real, self.id_pad)
+    def delta(self, since: int, with_sealed_ids: bool = False) -> Delta:
+        """Every change after `since`: the current state of each tag it touched (a small directory's
+        deltas always carry the sealed ids)."""
+        ids = self.with_sealed_ids or with_sealed_ids
+        check_cursor(since, self.epoch, self.cursor, self.epoch)
+        records = tag_records((t for t, _ in self.log[since:]), self._sealed_of, ids)
+        return Delta(self.epoch, since, self.cursor, records, ids, self.id_pad)
+
+    def bucket(self, range_: bytes) -> Bucket:
+        """The bucket of a range, padded to the capacity of the current set (InvalidArgument: refused)."""
+        first, last = check_bucket_range(range_)
+        sealed = [e.sealed for e in self.entries.values() if first <= int.from_bytes(e.tag, "big") <= last]
+        check_range_load(len(sealed), len(self.entries), self.bucket_users)
+        capacity = bucket_capacity(len(self.entries), self.bucket_users)
+        return Bucket.build(self.epoch, self.bucket_users, capacity, range_, sealed, self.id_pad)

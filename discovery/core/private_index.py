@@ -5,10 +5,11 @@
 * `PrivateIndex` is this instance's copy of the registered set in OPRF form: loaded from the store at start,
   then kept fresh by following the registry feed, whose changes carry the entries (like `IndexSync`). Changes
   are *released* after a random delay of up to `jitter` seconds, in feed order, so a snapshot, a delta or a
-  bucket never tells a join time to the second. Cursors are the registry feed's sequence numbers, the same on
-  every instance of a store.
+  bucket never tells a join time to the second. A bucket is asked for by a range of tags (the client's grid
+  over its snapshot, docs/private-mode.md section 4) and holds the sealed ids of the range's users. Cursors
+  are the registry feed's sequence numbers, the same on every instance of a store.
 * `PrivateDiscovery` is what `PrivateDiscoveryService` calls: params, evaluation (charged to the new-contact
-  quota), snapshot, deltas, buckets, every input checked before anything is charged.
+  quota), snapshot, deltas, range buckets, every input checked before anything is charged or served.
 """
 
 from __future__ import annotations
@@ -34,27 +35,26 @@ from discovery.core.private import (
     OffLoopEvaluator,
     OprfKey,
     PrivateEntry,
-    check_bucket_prefix,
+    check_bucket_range,
     check_epoch,
+    check_range_load,
     cursor_ahead,
+    tag_records,
 )
 from discovery.core.quota import Gate
 from discovery.private_scheme import (
+    DEFAULT_BUCKET_USERS,
     DEFAULT_ID_PAD,
     SMALL_DIRECTORY_MAX,
     SUITE,
     TAG_SIZE,
     Bucket,
-    BucketLayout,
-    BucketOverflow,
     Delta,
     DeltaRecord,
     Snapshot,
-    bucket_layout,
+    bucket_capacity,
 )
-from discovery.private_scheme.bucket import MIN_LOAD
-from discovery.private_scheme.derive import TAG_BITS, tag_value
-from discovery.private_scheme.tagset import sorted_unique
+from discovery.private_scheme.tagset import sorted_unique, tags_array
 
 log = logging.getLogger("discovery.private")
 
@@ -90,7 +90,8 @@ class PrivateParams:
     epoch: int
     public_key: bytes
     suite: str
-    layout: BucketLayout
+    bucket_users: int
+    bucket_capacity: int
     id_pad: int
     with_sealed_ids: bool
     max_blinded: int
@@ -106,7 +107,6 @@ class _Built:
     data: bytes
     taken: float  # when its contents were taken
     sorted_tags: npt.NDArray[np.uint64]
-    max_load: int
     recent: frozenset[bytes]  # the recent tags it covers
 
 
@@ -121,7 +121,7 @@ class PrivateIndex:
         id_pad: int = DEFAULT_ID_PAD,
         jitter: float = 0.0,
         small_directory_max: int = SMALL_DIRECTORY_MAX,
-        bucket_min_users: int = MIN_LOAD,
+        bucket_min_users: int = DEFAULT_BUCKET_USERS,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -130,7 +130,7 @@ class PrivateIndex:
         self.id_pad = id_pad
         self.jitter = jitter
         self.small_directory_max = small_directory_max
-        self.bucket_min_users = bucket_min_users
+        self.bucket_users = bucket_min_users  # k of the range grid (--private-bucket-min-users)
         self._clock = clock
         self._rng = rng
         self._entries: dict[bytes, set[bytes]] = {}
@@ -146,7 +146,6 @@ class PrivateIndex:
         self._building: asyncio.Future[bytes] | None = None
         self._sorted_tags = np.zeros(0, dtype=np.uint64)
         self._recent_tags: set[bytes] = set()
-        self._max_load = 0
         self._closed = asyncio.Event()
         self.loaded = False
 
@@ -267,8 +266,9 @@ class PrivateIndex:
     def with_sealed_ids(self) -> bool:
         return self.count <= self.small_directory_max
 
-    def layout(self) -> BucketLayout:
-        return bucket_layout(self.count, self.bucket_min_users, self._max_load)
+    @property
+    def bucket_capacity(self) -> int:
+        return bucket_capacity(self.count, self.bucket_users)
 
     def _fresh_snapshot(self) -> bytes | None:
         """The built snapshot while it may be served (same cursor, or younger than SNAPSHOT_MAX_AGE)."""
@@ -297,7 +297,7 @@ class PrivateIndex:
         return await asyncio.shield(self._building)
 
     async def rebuild(self) -> bytes:
-        """A new snapshot now (the layout no longer holds the fullest bucket)."""
+        """A new snapshot now, whatever the age of the last one."""
         self._snapshot = None
         return await self.snapshot()
 
@@ -311,7 +311,6 @@ class PrivateIndex:
         """Takes (on the loop) what the snapshot is made of; the function returned builds it in any thread."""
         epoch, cursor, id_pad, ids = self.epoch, self.cursor, self.id_pad, self.with_sealed_ids
         entries, recent, taken = self._entries, frozenset(self._recent_tags), self._clock()
-        bits = bucket_layout(self.count, self.bucket_min_users).prefix_bits
         # A small directory's pairs are few; a large one's snapshot needs only the tags (the keys).
         pairs = [(tag, sealed) for tag, found in entries.items() for sealed in found] if ids else None
 
@@ -323,32 +322,20 @@ class PrivateIndex:
                 # list() of a dict is one C call under the GIL: the loop cannot change the dict meanwhile.
                 snapshot = Snapshot.of_tags(epoch, cursor, list(entries), id_pad)
                 sorted_tags = snapshot.tags
-            loads = np.bincount((snapshot.tags >> np.uint64(TAG_BITS - bits)).astype(np.int64))
-            max_load = int(loads.max()) if len(snapshot.tags) else 0
-            return _Built(cursor, ids, snapshot.serialize(), taken, sorted_tags, max_load, recent)
+            return _Built(cursor, ids, snapshot.serialize(), taken, sorted_tags, recent)
 
         return build
 
     def _install(self, built: _Built) -> bytes:
         self._snapshot = (built.cursor, built.with_sealed_ids, built.data, built.taken)
-        self._sorted_tags, self._max_load = built.sorted_tags, built.max_load
+        self._sorted_tags = built.sorted_tags
         self._recent_tags -= built.recent  # tags first seen during the build stay recent
         return built.data
 
-    def delta_records(self, touched: Sequence[bytes]) -> tuple[tuple[DeltaRecord, ...], bool]:
-        """States of the entries touched, against the released set: (records, with sealed ids)."""
-        ids = self.with_sealed_ids
-        records: list[DeltaRecord] = []
-        if ids:
-            for raw in dict.fromkeys(touched):
-                entry = PrivateEntry.unpack(raw)
-                records.append(
-                    DeltaRecord(entry.sealed in self._entries.get(entry.tag, ()), entry.tag, entry.sealed)
-                )
-        else:
-            for tag in dict.fromkeys(bytes(raw[:TAG_SIZE]) for raw in touched):
-                records.append(DeltaRecord(tag in self._entries, tag))
-        return tuple(records), ids
+    def delta_records(self, touched: Sequence[bytes], with_sealed_ids: bool) -> tuple[DeltaRecord, ...]:
+        """The current state, in the released set, of each tag the entries touched."""
+        tags = (bytes(raw[:TAG_SIZE]) for raw in touched)
+        return tag_records(tags, lambda tag: self._entries.get(tag, ()), with_sealed_ids)
 
     async def touched_since(self, cursor: int) -> list[bytes] | None:
         """Entries touched by released changes after `cursor`, or None when they are no longer known."""
@@ -370,16 +357,19 @@ class PrivateIndex:
             return None  # a fresh snapshot is cheaper
         return touched
 
-    def bucket(self, prefix: bytes, layout: BucketLayout) -> Bucket:
-        bits = layout.prefix_bits
-        low = (int.from_bytes(prefix, "big") >> ((-bits) % 8)) << (TAG_BITS - bits) if bits else 0
-        high = low + (1 << (TAG_BITS - bits))
-        sorted_tags = self._sorted_tags
-        lo, hi = np.searchsorted(sorted_tags, [low, high])
-        candidates = {int(v).to_bytes(TAG_SIZE, "big") for v in sorted_tags[lo:hi]}
-        candidates |= {t for t in self._recent_tags if low <= tag_value(t) < high}
-        real = [(tag, sealed) for tag in candidates for sealed in self._entries.get(tag, ())]
-        return Bucket.build(self.epoch, layout, prefix, real, self.id_pad)
+    def in_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[list[bytes]]:
+        """The sealed ids of the released users whose tag lies in each ``[first, last]`` (tags as integers):
+        the last snapshot's sorted tags and the tags first seen since, looked up in the released set."""
+        recent = np.sort(tags_array(self._recent_tags))
+        found: list[list[bytes]] = []
+        for first, last in ranges:
+            tags: set[bytes] = set()
+            for sorted_tags in (self._sorted_tags, recent):
+                lo = int(np.searchsorted(sorted_tags, np.uint64(first), "left"))
+                hi = int(np.searchsorted(sorted_tags, np.uint64(last), "right"))
+                tags.update(int(v).to_bytes(TAG_SIZE, "big") for v in sorted_tags[lo:hi])
+            found.append([sealed for tag in sorted(tags) for sealed in self._entries.get(tag, ())])
+        return found
 
 
 class PrivateDiscovery:
@@ -405,12 +395,12 @@ class PrivateDiscovery:
 
     async def params(self) -> PrivateParams:
         index = self.index
-        await index.snapshot()  # the layout's capacity follows the fullest bucket of the current set
         return PrivateParams(
             self.key.epoch,
             self.key.public_key,
             SUITE,
-            index.layout(),
+            index.bucket_users,
+            index.bucket_capacity,
             index.id_pad,
             index.with_sealed_ids,
             self.max_blinded,
@@ -445,19 +435,22 @@ class PrivateDiscovery:
             return False
         raise cursor_ahead()
 
-    async def delta(self, epoch: int, cursor: int) -> Delta | None:
-        """The delta from `cursor` to the released head; None: fetch a snapshot."""
+    async def delta(self, epoch: int, cursor: int, with_sealed_ids: bool = False) -> Delta | None:
+        """The delta from `cursor` to the released head; None: fetch a snapshot. A small directory's deltas
+        always carry the sealed ids; a large one's when asked (the join stream)."""
         index = self.index
+        ids = with_sealed_ids or index.with_sealed_ids
         if not await self._checked_cursor(epoch, cursor):
-            return Delta(index.epoch, cursor, cursor, (), index.with_sealed_ids, index.id_pad)
+            return Delta(index.epoch, cursor, cursor, (), ids, index.id_pad)
         head = index.cursor
         touched = await index.touched_since(cursor)
         if touched is None:
             return None
-        records, ids = index.delta_records(touched)
-        return Delta(index.epoch, cursor, head, records, ids, index.id_pad)
+        return Delta(index.epoch, cursor, head, index.delta_records(touched, ids), ids, index.id_pad)
 
-    async def deltas(self, epoch: int, cursor: int, poll: float = 15.0) -> AsyncIterator[Delta | None]:
+    async def deltas(
+        self, epoch: int, cursor: int, with_sealed_ids: bool = False, poll: float = 15.0
+    ) -> AsyncIterator[Delta | None]:
         """Deltas from `cursor`, then live ones, until the instance stops; None: fetch a snapshot."""
         if not await self._checked_cursor(epoch, cursor):
             cursor = min(cursor, self.index.cursor)
@@ -465,7 +458,7 @@ class PrivateDiscovery:
         first = True
         while not index.closed:
             if first or index.cursor > cursor:
-                delta = await self.delta(epoch, cursor)
+                delta = await self.delta(epoch, cursor, with_sealed_ids)
                 if delta is None:
                     yield None
                     return
@@ -475,24 +468,24 @@ class PrivateDiscovery:
                 first = False
             await index.wait_release(cursor, poll)
 
-    async def buckets(self, prefixes: Sequence[bytes]) -> list[bytes]:
-        if len(prefixes) > MAX_BUCKETS_PER_REQUEST:
+    async def buckets(self, ranges: Sequence[bytes]) -> list[bytes]:
+        """The bucket of each range, all of one size. Every range is checked before any bucket is built:
+        its shape, then its load in the released set (BUCKET_RANGE_REFUSED: the client's snapshot is out
+        of date)."""
+        if len(ranges) > MAX_BUCKETS_PER_REQUEST:
             raise InvalidArgument.field(
-                "prefixes",
-                f"{len(prefixes)} prefixes exceed the limit of {MAX_BUCKETS_PER_REQUEST}",
-                Reason.TOO_MANY_BUCKET_PREFIXES,
+                "ranges",
+                f"{len(ranges)} ranges exceed the limit of {MAX_BUCKETS_PER_REQUEST}",
+                Reason.TOO_MANY_BUCKET_RANGES,
             )
+        bounds = [check_bucket_range(raw, f"ranges[{i}]") for i, raw in enumerate(ranges)]
         index = self.index
-        await index.snapshot()
-        layout = index.layout()
-        for i, prefix in enumerate(prefixes):
-            check_bucket_prefix(prefix, layout, field=f"prefixes[{i}]")
-        out: list[bytes] = []
-        for prefix in prefixes:
-            try:
-                bucket = index.bucket(prefix, layout)
-            except BucketOverflow:  # fuller than the fullest at the last build: rebuild the layout
-                await index.rebuild()
-                return await self.buckets(prefixes)
-            out.append(bucket.serialize())
-        return out
+        await index.snapshot()  # the sorted tags that range lookups search
+        registered, k, capacity = index.count, index.bucket_users, index.bucket_capacity
+        found = index.in_ranges(bounds)
+        for i, sealed in enumerate(found):
+            check_range_load(len(sealed), registered, k, f"ranges[{i}]")
+        return [
+            Bucket.build(index.epoch, k, capacity, raw, sealed, index.id_pad).serialize()
+            for raw, sealed in zip(ranges, found, strict=True)
+        ]

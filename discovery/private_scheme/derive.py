@@ -2,7 +2,6 @@
 
     locator  = HMAC-SHA256(key=y, msg="discovery/private/v1/tag")
     tag      = locator[0:5]                      (40 bits, big-endian integer when sorted)
-    prefix   = the top `prefix_bits` bits of tag (the bucket the client asks for)
     seal_key = HMAC-SHA256(key=y, msg="discovery/private/v1/seal")   (AES-256-GCM key)
 
 A sealed user id is ``nonce(12) || AES-256-GCM(seal_key, nonce, plaintext, aad)`` with
@@ -17,6 +16,7 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -29,7 +29,9 @@ TAG_SIZE = 5
 TAG_BITS = 8 * TAG_SIZE
 NONCE_SIZE = 12
 GCM_TAG_SIZE = 16
-DEFAULT_ID_PAD = 128  # the service's longest user id (core.validation.MAX_USER_ID_BYTES)
+# The default padded user id: UUID strings (36 bytes), ULIDs (26) and 64-bit integers (20) fit; longer ids
+# need --private-id-pad (up to 255), at a cost per bucket entry (docs/private-mode.md, section 5).
+DEFAULT_ID_PAD = 64
 
 
 def _prf(y: bytes, label: bytes) -> bytes:
@@ -45,19 +47,6 @@ def tag_of(y: bytes) -> bytes:
 
 def tag_value(tag: bytes) -> int:
     return int.from_bytes(tag, "big")
-
-
-def prefix_size(prefix_bits: int) -> int:
-    """The bytes of a bucket prefix on the wire."""
-    return (prefix_bits + 7) // 8
-
-
-def bucket_prefix(tag: bytes, prefix_bits: int) -> bytes:
-    """The top `prefix_bits` bits of the tag, big-endian in ``ceil(prefix_bits / 8)`` bytes, low bits zero."""
-    if not 0 <= prefix_bits <= TAG_BITS:
-        raise SchemeError(f"prefix bits must be within 0..{TAG_BITS}")
-    value = (tag_value(tag) >> (TAG_BITS - prefix_bits)) << ((-prefix_bits) % 8)
-    return value.to_bytes(prefix_size(prefix_bits), "big")
 
 
 def sealed_size(id_pad: int = DEFAULT_ID_PAD) -> int:
@@ -84,15 +73,25 @@ def seal_user_id(
 
 def open_sealed(y: bytes, epoch: int, sealed: bytes, id_pad: int = DEFAULT_ID_PAD) -> str | None:
     """The user id sealed for ``y``, or None when the entry is not ``y``'s (another user, or padding)."""
-    if len(sealed) != sealed_size(id_pad):
-        raise SchemeError(f"a sealed id is {sealed_size(id_pad)} bytes")
-    try:
-        plaintext = AESGCM(_prf(y, b"seal")).decrypt(
-            sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], _aad(epoch, tag_of(y))
-        )
-    except InvalidTag:
-        return None
-    length = plaintext[0]
-    if not 0 < length <= id_pad or any(plaintext[1 + length :]):
-        raise SchemeError("a sealed id opened to a malformed plaintext")
-    return plaintext[1 : 1 + length].decode("utf-8")
+    found = open_any(y, epoch, [sealed], id_pad)
+    return found[0] if found else None
+
+
+def open_any(y: bytes, epoch: int, sealed: Iterable[bytes], id_pad: int = DEFAULT_ID_PAD) -> list[str]:
+    """The user ids sealed for ``y`` among ``sealed`` (trial opens: AES-GCM rejects the others, about 2 us
+    each), in order. The key is derived once."""
+    size = sealed_size(id_pad)
+    aead, aad = AESGCM(_prf(y, b"seal")), _aad(epoch, tag_of(y))
+    found: list[str] = []
+    for item in sealed:
+        if len(item) != size:
+            raise SchemeError(f"a sealed id is {size} bytes")
+        try:
+            plaintext = aead.decrypt(item[:NONCE_SIZE], item[NONCE_SIZE:], aad)
+        except InvalidTag:
+            continue
+        length = plaintext[0]
+        if not 0 < length <= id_pad or any(plaintext[1 + length :]):
+            raise SchemeError("a sealed id opened to a malformed plaintext")
+        found.append(plaintext[1 : 1 + length].decode("utf-8"))
+    return found

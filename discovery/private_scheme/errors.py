@@ -12,7 +12,3 @@ class ProofError(SchemeError):
 
     The evaluations must be discarded: they may come from another key (a key that tags this client).
     """
-
-
-class BucketOverflow(SchemeError):
-    """More entries share a prefix than the bucket's fixed capacity holds."""

@@ -16,13 +16,16 @@ Snapshot bytes (integers big-endian)::
 A snapshot without sealed ids holds each tag once; one with sealed ids (a small directory) holds one entry per
 registered user, sorted by (tag, sealed). A delta brings a snapshot from one cursor to another::
 
-    "DPD" | version u8 = 1 | flags u8 | epoch u32 | from_cursor u64 | to_cursor u64 | count u32 | id_pad u8 |
-    count x (present u8 (1 or 0) | tag (5 bytes) | [sealed id, when flag bit 0])
+    "DPD" | version u8 = 2 | flags u8 (bit 0: carries sealed ids) | epoch u32 | from_cursor u64 |
+    to_cursor u64 | count u32 | id_pad u8 |
+    count x (tag (5 bytes) | users u8 | [users x sealed id, when bit 0])
 
-Records are states, not operations, so a delta may be replayed (at least once delivery): without sealed ids a
-record says whether any registered user still holds that tag; with sealed ids it says whether that (tag,
-sealed) entry exists. The last record of a key wins. A delta applies to a snapshot whose cursor lies within
-``[from_cursor, to_cursor]`` and whose epoch and flags match.
+A record states a tag's whole current state: how many registered users hold it (0: none, the tag is gone)
+and, with flag bit 0, their sealed ids, sorted. Records are states, not operations, so a delta may be replayed
+(at least once delivery), and the last record of a tag wins. A delta applies to a snapshot of its epoch whose
+cursor lies within ``[from_cursor, to_cursor]``: either kind to a snapshot without sealed ids (users > 0 is
+"present"), one with sealed ids to a snapshot with sealed ids (the tag's entries are replaced). A record with
+sealed ids also lets a client open a joiner's id at once, without a bucket.
 """
 
 from __future__ import annotations
@@ -34,10 +37,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from discovery.private_scheme.bucket import bucket_of_rank, bucket_ranks
 from discovery.private_scheme.derive import DEFAULT_ID_PAD, TAG_BITS, TAG_SIZE, sealed_size, tag_value
 from discovery.private_scheme.errors import SchemeError
 
-VERSION = 1
+SNAPSHOT_VERSION = 1
+DELTA_VERSION = 2
+MAX_TAG_USERS = 255  # the users u8 of a delta record
 FLAG_SEALED_IDS = 0x01
 _SNAPSHOT = struct.Struct(">3sBBIQIBBI")
 _DELTA = struct.Struct(">3sBBIQQIB")
@@ -156,6 +162,18 @@ class Snapshot:
         at = np.minimum(np.searchsorted(self.tags, query), len(self.tags) - 1)
         return [bool(v) for v in self.tags[at] == query]
 
+    def bucket_range(self, tag: bytes, k: int) -> bytes:
+        """The range (``first || last``, 10 bytes) of the grid bucket holding ``tag``, one of this snapshot's
+        tags (docs/private-mode.md, section 4): what the client sends instead of its tag."""
+        if self.sealed is not None:
+            raise SchemeError("this snapshot carries the sealed ids: no bucket is needed")
+        n = len(self.tags)
+        rank = int(np.searchsorted(self.tags, np.uint64(tag_value(tag))))
+        if rank >= n or int(self.tags[rank]) != tag_value(tag):
+            raise SchemeError("the tag is not in the snapshot")
+        start, stop = bucket_ranks(bucket_of_rank(rank, n, k), n, k)
+        return b"".join(int(self.tags[i]).to_bytes(TAG_SIZE, "big") for i in (start, stop - 1))
+
     def sealed_for(self, tag: bytes) -> list[bytes]:
         """The sealed ids carried for a tag (a small directory's snapshot only)."""
         if self.sealed is None:
@@ -168,7 +186,15 @@ class Snapshot:
         low_bits, low, high = _encode(self.tags)
         flags = FLAG_SEALED_IDS if self.sealed is not None else 0
         header = _SNAPSHOT.pack(
-            b"DPS", VERSION, flags, self.epoch, self.cursor, len(self.tags), self.id_pad, low_bits, len(high)
+            b"DPS",
+            SNAPSHOT_VERSION,
+            flags,
+            self.epoch,
+            self.cursor,
+            len(self.tags),
+            self.id_pad,
+            low_bits,
+            len(high),
         )
         return header + low + high + b"".join(self.sealed or ())
 
@@ -177,7 +203,7 @@ class Snapshot:
         if len(data) < _SNAPSHOT.size:
             raise SchemeError("a snapshot is too short")
         magic, version, flags, epoch, cursor, n, id_pad, low_bits, high_len = _SNAPSHOT.unpack_from(data)
-        if magic != b"DPS" or version != VERSION or flags & ~FLAG_SEALED_IDS:
+        if magic != b"DPS" or version != SNAPSHOT_VERSION or flags & ~FLAG_SEALED_IDS:
             raise SchemeError("not a version 1 snapshot")
         if low_bits != low_bits_for(n):
             raise SchemeError("the snapshot's low bit count does not fit its size")
@@ -202,9 +228,16 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class DeltaRecord:
-    present: bool
+    """A tag's current state: ``users`` registered users hold it (0: none); their sealed ids, sorted, when
+    the delta carries them."""
+
     tag: bytes
-    sealed: bytes | None = None
+    users: int
+    sealed: tuple[bytes, ...] = ()
+
+    @property
+    def present(self) -> bool:
+        return self.users > 0
 
 
 @dataclass(frozen=True)
@@ -219,25 +252,28 @@ class Delta:
     def serialize(self) -> bytes:
         flags = FLAG_SEALED_IDS if self.with_sealed_ids else 0
         size = sealed_size(self.id_pad)
-        parts = [
-            _DELTA.pack(
-                b"DPD",
-                VERSION,
-                flags,
-                self.epoch,
-                self.from_cursor,
-                self.to_cursor,
-                len(self.records),
-                self.id_pad,
-            )
-        ]
+        header = _DELTA.pack(
+            b"DPD",
+            DELTA_VERSION,
+            flags,
+            self.epoch,
+            self.from_cursor,
+            self.to_cursor,
+            len(self.records),
+            self.id_pad,
+        )
+        parts = [header]
         for record in self.records:
             if len(record.tag) != TAG_SIZE:
                 raise SchemeError(f"a tag is {TAG_SIZE} bytes")
-            sealed = record.sealed or b""
-            if self.with_sealed_ids != bool(sealed) or (sealed and len(sealed) != size):
-                raise SchemeError("a delta record's sealed id does not fit the delta's kind")
-            parts.append(bytes([1 if record.present else 0]) + record.tag + sealed)
+            if not 0 <= record.users <= MAX_TAG_USERS:
+                raise SchemeError(f"a delta record holds 0 to {MAX_TAG_USERS} users")
+            carried = len(record.sealed) if self.with_sealed_ids else 0
+            if carried != len(record.sealed) or (self.with_sealed_ids and carried != record.users):
+                raise SchemeError("a delta record's sealed ids do not fit the delta's kind")
+            if any(len(s) != size for s in record.sealed):
+                raise SchemeError(f"a sealed id is {size} bytes")
+            parts.append(record.tag + bytes([record.users]) + b"".join(record.sealed))
         return b"".join(parts)
 
     @classmethod
@@ -245,20 +281,26 @@ class Delta:
         if len(data) < _DELTA.size:
             raise SchemeError("a delta is too short")
         magic, version, flags, epoch, from_cursor, to_cursor, n, id_pad = _DELTA.unpack_from(data)
-        if magic != b"DPD" or version != VERSION or flags & ~FLAG_SEALED_IDS or from_cursor > to_cursor:
-            raise SchemeError("not a version 1 delta")
+        if magic != b"DPD" or version != DELTA_VERSION or flags & ~FLAG_SEALED_IDS or from_cursor > to_cursor:
+            raise SchemeError(f"not a version {DELTA_VERSION} delta")
         with_ids = bool(flags & FLAG_SEALED_IDS)
-        size = 1 + TAG_SIZE + (sealed_size(id_pad) if with_ids else 0)
-        if len(data) != _DELTA.size + n * size:
-            raise SchemeError("a delta's length does not match its header")
+        size = sealed_size(id_pad)
         records = []
-        for i in range(n):
-            raw = data[_DELTA.size + i * size : _DELTA.size + (i + 1) * size]
-            if raw[0] > 1:
-                raise SchemeError("a delta record's state is 0 or 1")
-            records.append(
-                DeltaRecord(raw[0] == 1, bytes(raw[1 : 1 + TAG_SIZE]), bytes(raw[1 + TAG_SIZE :]) or None)
-            )
+        at = _DELTA.size
+        for _ in range(n):
+            if at + TAG_SIZE + 1 > len(data):
+                raise SchemeError("a delta's length does not match its header")
+            tag, users = bytes(data[at : at + TAG_SIZE]), data[at + TAG_SIZE]
+            at += TAG_SIZE + 1
+            sealed: tuple[bytes, ...] = ()
+            if with_ids:
+                if at + users * size > len(data):
+                    raise SchemeError("a delta's length does not match its header")
+                sealed = tuple(bytes(data[at + i * size : at + (i + 1) * size]) for i in range(users))
+                at += users * size
+            records.append(DeltaRecord(tag, users, sealed))
+        if at != len(data):
+            raise SchemeError("a delta's length does not match its header")
         return cls(epoch, from_cursor, to_cursor, tuple(records), with_ids, id_pad)
 
 
@@ -266,19 +308,16 @@ def apply_delta(snapshot: Snapshot, delta: Delta) -> Snapshot:
     """The snapshot as of the delta's `to_cursor`."""
     if delta.epoch != snapshot.epoch:
         raise SchemeError("the delta belongs to another key epoch")
-    if (snapshot.sealed is not None) != delta.with_sealed_ids or delta.id_pad != snapshot.id_pad:
-        raise SchemeError("the delta and the snapshot are of different kinds")
+    if snapshot.sealed is not None and (not delta.with_sealed_ids or delta.id_pad != snapshot.id_pad):
+        raise SchemeError("a snapshot with sealed ids takes deltas with sealed ids of its id_pad")
     if not delta.from_cursor <= snapshot.cursor <= delta.to_cursor:
         raise SchemeError("the delta does not start at or before the snapshot's cursor")
+    state = {r.tag: r for r in delta.records}
     if snapshot.sealed is None:
-        state = {r.tag: r.present for r in delta.records}
-        removed = tags_array(t for t, present in state.items() if not present)
-        added = tags_array(t for t, present in state.items() if present)
+        removed = tags_array(t for t, r in state.items() if not r.present)
+        added = tags_array(t for t, r in state.items() if r.present)
         tags = np.union1d(np.setdiff1d(snapshot.tags, removed), added).astype(np.uint64)
         return Snapshot(snapshot.epoch, delta.to_cursor, tags, None, snapshot.id_pad)
-    entries = dict.fromkeys(snapshot.entries(), True)
-    for record in delta.records:
-        assert record.sealed is not None
-        entries[(record.tag, record.sealed)] = record.present
-    kept = [entry for entry, present in entries.items() if present]
+    kept = [(t, s) for t, s in snapshot.entries() if t not in state]
+    kept += [(t, s) for t, r in state.items() for s in r.sealed]
     return Snapshot.build(snapshot.epoch, delta.to_cursor, kept, True, snapshot.id_pad)

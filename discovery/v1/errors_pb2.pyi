@@ -88,15 +88,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     than GetPrivateParams' max_blinded_per_request. Nothing was charged.
     Split the request and send the parts.
     """
-    BUCKET_PREFIX_REFUSED: _ErrorReason.ValueType  # 15
-    """INVALID_ARGUMENT. PrivateDiscoveryService/GetPrivateBuckets: a prefix
-    (prefixes[i]) is not ceil(prefix_bits / 8) bytes or has non-zero bits
-    after the first prefix_bits. prefix_bits follows the directory's size:
-    call GetPrivateParams again and recompute the prefixes before retrying.
+    BUCKET_RANGE_REFUSED: _ErrorReason.ValueType  # 15
+    """INVALID_ARGUMENT. PrivateDiscoveryService/GetPrivateBuckets: a range
+    (ranges[i]) is not 10 bytes, its first tag is above its last, or it
+    holds more registered users than a bucket's capacity or fewer than
+    bucket_users minus 3: the client's snapshot is out of date. Bring it up
+    to date (GetPrivateDelta), recompute the ranges and retry once.
     """
-    TOO_MANY_BUCKET_PREFIXES: _ErrorReason.ValueType  # 16
-    """INVALID_ARGUMENT. More prefixes in one GetPrivateBuckets request than
-    the server's limit (1,000; in the BadRequest description). Split the
+    TOO_MANY_BUCKET_RANGES: _ErrorReason.ValueType  # 16
+    """INVALID_ARGUMENT. More ranges in one GetPrivateBuckets request than the
+    server's limit (1,000; in the BadRequest description). Split the
     request and send the parts.
     """
     PRIVATE_CURSOR_REFUSED: _ErrorReason.ValueType  # 17
@@ -296,15 +297,16 @@ TOO_MANY_BLINDED_ELEMENTS: ErrorReason.ValueType  # 14
 than GetPrivateParams' max_blinded_per_request. Nothing was charged.
 Split the request and send the parts.
 """
-BUCKET_PREFIX_REFUSED: ErrorReason.ValueType  # 15
-"""INVALID_ARGUMENT. PrivateDiscoveryService/GetPrivateBuckets: a prefix
-(prefixes[i]) is not ceil(prefix_bits / 8) bytes or has non-zero bits
-after the first prefix_bits. prefix_bits follows the directory's size:
-call GetPrivateParams again and recompute the prefixes before retrying.
+BUCKET_RANGE_REFUSED: ErrorReason.ValueType  # 15
+"""INVALID_ARGUMENT. PrivateDiscoveryService/GetPrivateBuckets: a range
+(ranges[i]) is not 10 bytes, its first tag is above its last, or it
+holds more registered users than a bucket's capacity or fewer than
+bucket_users minus 3: the client's snapshot is out of date. Bring it up
+to date (GetPrivateDelta), recompute the ranges and retry once.
 """
-TOO_MANY_BUCKET_PREFIXES: ErrorReason.ValueType  # 16
-"""INVALID_ARGUMENT. More prefixes in one GetPrivateBuckets request than
-the server's limit (1,000; in the BadRequest description). Split the
+TOO_MANY_BUCKET_RANGES: ErrorReason.ValueType  # 16
+"""INVALID_ARGUMENT. More ranges in one GetPrivateBuckets request than the
+server's limit (1,000; in the BadRequest description). Split the
 request and send the parts.
 """
 PRIVATE_CURSOR_REFUSED: ErrorReason.ValueType  # 17

@@ -40,7 +40,7 @@ class GetPrivateParamsResponse(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     SUITE_FIELD_NUMBER: _builtins.int
-    PREFIX_BITS_FIELD_NUMBER: _builtins.int
+    BUCKET_USERS_FIELD_NUMBER: _builtins.int
     BUCKET_CAPACITY_FIELD_NUMBER: _builtins.int
     ID_PAD_FIELD_NUMBER: _builtins.int
     SNAPSHOT_HAS_SEALED_IDS_FIELD_NUMBER: _builtins.int
@@ -52,10 +52,13 @@ class GetPrivateParamsResponse(_message.Message):
     """The 32-byte ristretto255 public key of the epoch. Clients pin it."""
     suite: _builtins.str
     """The OPRF suite, "ristretto255-SHA512" (RFC 9497, VOPRF mode)."""
-    prefix_bits: _builtins.int
-    """The length of a bucket prefix, in bits."""
+    bucket_users: _builtins.int
+    """k: the registered users of each bucket of the grid a client computes
+    over its snapshot's tags (k or k + 1 each, docs/private-mode.md section
+    4): a bucket fetch hides the contact among them.
+    """
     bucket_capacity: _builtins.int
-    """How many entries every bucket holds."""
+    """How many entries every bucket holds now."""
     id_pad: _builtins.int
     """The padded length of a user id inside a sealed id."""
     snapshot_has_sealed_ids: _builtins.bool
@@ -72,7 +75,7 @@ class GetPrivateParamsResponse(_message.Message):
         epoch: _builtins.int = ...,
         public_key: _builtins.bytes = ...,
         suite: _builtins.str = ...,
-        prefix_bits: _builtins.int = ...,
+        bucket_users: _builtins.int = ...,
         bucket_capacity: _builtins.int = ...,
         id_pad: _builtins.int = ...,
         snapshot_has_sealed_ids: _builtins.bool = ...,
@@ -81,7 +84,7 @@ class GetPrivateParamsResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_capacity", b"bucket_capacity", "cursor", b"cursor", "epoch", b"epoch", "id_pad", b"id_pad", "max_blinded_per_request", b"max_blinded_per_request", "prefix_bits", b"prefix_bits", "public_key", b"public_key", "snapshot_has_sealed_ids", b"snapshot_has_sealed_ids", "suite", b"suite"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_capacity", b"bucket_capacity", "bucket_users", b"bucket_users", "cursor", b"cursor", "epoch", b"epoch", "id_pad", b"id_pad", "max_blinded_per_request", b"max_blinded_per_request", "public_key", b"public_key", "snapshot_has_sealed_ids", b"snapshot_has_sealed_ids", "suite", b"suite"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -185,19 +188,25 @@ class GetPrivateDeltaRequest(_message.Message):
 
     EPOCH_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
+    WITH_SEALED_IDS_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     """The epoch of the client's snapshot."""
     cursor: _builtins.int
     """The cursor of the client's snapshot."""
+    with_sealed_ids: _builtins.bool
+    """Whether the records carry the sealed ids of their tags (join events
+    opened without a bucket). A small directory's deltas always carry them.
+    """
     def __init__(
         self,
         *,
         epoch: _builtins.int = ...,
         cursor: _builtins.int = ...,
+        with_sealed_ids: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "epoch", b"epoch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "epoch", b"epoch", "with_sealed_ids", b"with_sealed_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -237,19 +246,23 @@ class SubscribePrivateDeltasRequest(_message.Message):
 
     EPOCH_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
+    WITH_SEALED_IDS_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     """The epoch of the client's snapshot."""
     cursor: _builtins.int
     """The cursor to resume from."""
+    with_sealed_ids: _builtins.bool
+    """As in GetPrivateDeltaRequest: the join stream asks for sealed ids."""
     def __init__(
         self,
         *,
         epoch: _builtins.int = ...,
         cursor: _builtins.int = ...,
+        with_sealed_ids: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "epoch", b"epoch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "epoch", b"epoch", "with_sealed_ids", b"with_sealed_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -283,21 +296,21 @@ Global___SubscribePrivateDeltasResponse: _TypeAlias = SubscribePrivateDeltasResp
 class GetPrivateBucketsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    PREFIXES_FIELD_NUMBER: _builtins.int
+    RANGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """Bucket prefixes of prefix_bits bits each (ceil(prefix_bits / 8) bytes,
-        unused low bits zero).
+    def ranges(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Bucket ranges, 10 bytes each: the first and the last tag (5 bytes each)
+        of a bucket of the client's grid (section 4). At most 1,000.
         """
 
     def __init__(
         self,
         *,
-        prefixes: _abc.Iterable[_builtins.bytes] | None = ...,
+        ranges: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prefixes", b"prefixes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ranges", b"ranges"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -310,7 +323,7 @@ class GetPrivateBucketsResponse(_message.Message):
     BUCKETS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """The bucket of each prefix, in request order, all of one size (section 4)."""
+        """The bucket of each range, in request order, all of one size (section 4)."""
 
     def __init__(
         self,

@@ -35,8 +35,9 @@ class PrivateDiscoveryServiceStub:
     ristretto255-SHA512), has them evaluated, checks the batch proof against the
     public key it pinned, and unblinds them into OPRF outputs. It tests the tags
     of its outputs against the snapshot of all registered tags (kept fresh with
-    deltas), and fetches the bucket of a matching tag's prefix to open the
-    user id (unless the snapshot carries the sealed ids itself).
+    deltas), and fetches the range bucket of a matching tag (the range of the
+    snapshot's tags that holds it and at least bucket_users others) to open
+    the user id (unless the snapshot carries the sealed ids itself).
     """
 
     def __init__(self, channel):
@@ -87,8 +88,9 @@ class PrivateDiscoveryServiceServicer:
     ristretto255-SHA512), has them evaluated, checks the batch proof against the
     public key it pinned, and unblinds them into OPRF outputs. It tests the tags
     of its outputs against the snapshot of all registered tags (kept fresh with
-    deltas), and fetches the bucket of a matching tag's prefix to open the
-    user id (unless the snapshot carries the sealed ids itself).
+    deltas), and fetches the range bucket of a matching tag (the range of the
+    snapshot's tags that holds it and at least bucket_users others) to open
+    the user id (unless the snapshot carries the sealed ids itself).
     """
 
     def GetPrivateParams(self, request, context):
@@ -132,7 +134,7 @@ class PrivateDiscoveryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPrivateBuckets(self, request, context):
-        """GetPrivateBuckets returns the bucket of each prefix, each padded to one
+        """GetPrivateBuckets returns the bucket of each range, each padded to one
         fixed size.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -190,8 +192,9 @@ class PrivateDiscoveryService:
     ristretto255-SHA512), has them evaluated, checks the batch proof against the
     public key it pinned, and unblinds them into OPRF outputs. It tests the tags
     of its outputs against the snapshot of all registered tags (kept fresh with
-    deltas), and fetches the bucket of a matching tag's prefix to open the
-    user id (unless the snapshot carries the sealed ids itself).
+    deltas), and fetches the range bucket of a matching tag (the range of the
+    snapshot's tags that holds it and at least bucket_users others) to open
+    the user id (unless the snapshot carries the sealed ids itself).
     """
 
     @staticmethod

@@ -36,8 +36,9 @@ class PrivateDiscoveryServiceStub:
     ristretto255-SHA512), has them evaluated, checks the batch proof against the
     public key it pinned, and unblinds them into OPRF outputs. It tests the tags
     of its outputs against the snapshot of all registered tags (kept fresh with
-    deltas), and fetches the bucket of a matching tag's prefix to open the
-    user id (unless the snapshot carries the sealed ids itself).
+    deltas), and fetches the range bucket of a matching tag (the range of the
+    snapshot's tags that holds it and at least bucket_users others) to open
+    the user id (unless the snapshot carries the sealed ids itself).
     """
 
     @_typing.overload
@@ -64,7 +65,7 @@ class PrivateDiscoveryServiceStub:
     it breaks, resubscribe with the to_cursor of the last delta received.
     """
     GetPrivateBuckets: _grpc.UnaryUnaryMultiCallable[_private_pb2.GetPrivateBucketsRequest, _private_pb2.GetPrivateBucketsResponse]
-    """GetPrivateBuckets returns the bucket of each prefix, each padded to one
+    """GetPrivateBuckets returns the bucket of each range, each padded to one
     fixed size.
     """
 
@@ -79,8 +80,9 @@ class PrivateDiscoveryServiceAsyncStub(PrivateDiscoveryServiceStub):
     ristretto255-SHA512), has them evaluated, checks the batch proof against the
     public key it pinned, and unblinds them into OPRF outputs. It tests the tags
     of its outputs against the snapshot of all registered tags (kept fresh with
-    deltas), and fetches the bucket of a matching tag's prefix to open the
-    user id (unless the snapshot carries the sealed ids itself).
+    deltas), and fetches the range bucket of a matching tag (the range of the
+    snapshot's tags that holds it and at least bucket_users others) to open
+    the user id (unless the snapshot carries the sealed ids itself).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -104,7 +106,7 @@ class PrivateDiscoveryServiceAsyncStub(PrivateDiscoveryServiceStub):
     it breaks, resubscribe with the to_cursor of the last delta received.
     """
     GetPrivateBuckets: _aio.UnaryUnaryMultiCallable[_private_pb2.GetPrivateBucketsRequest, _private_pb2.GetPrivateBucketsResponse]  # type: ignore[assignment]
-    """GetPrivateBuckets returns the bucket of each prefix, each padded to one
+    """GetPrivateBuckets returns the bucket of each range, each padded to one
     fixed size.
     """
 
@@ -118,8 +120,9 @@ class PrivateDiscoveryServiceServicer(metaclass=_abc_1.ABCMeta):
     ristretto255-SHA512), has them evaluated, checks the batch proof against the
     public key it pinned, and unblinds them into OPRF outputs. It tests the tags
     of its outputs against the snapshot of all registered tags (kept fresh with
-    deltas), and fetches the bucket of a matching tag's prefix to open the
-    user id (unless the snapshot carries the sealed ids itself).
+    deltas), and fetches the range bucket of a matching tag (the range of the
+    snapshot's tags that holds it and at least bucket_users others) to open
+    the user id (unless the snapshot carries the sealed ids itself).
     """
 
     @_abc_1.abstractmethod
@@ -177,7 +180,7 @@ class PrivateDiscoveryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _private_pb2.GetPrivateBucketsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_private_pb2.GetPrivateBucketsResponse, _abc.Awaitable[_private_pb2.GetPrivateBucketsResponse]]:
-        """GetPrivateBuckets returns the bucket of each prefix, each padded to one
+        """GetPrivateBuckets returns the bucket of each range, each padded to one
         fixed size.
         """
 

@@ -122,11 +122,13 @@ async def bucket_level(server: DiscoveryServer, user: str, bucket: str = "contac
 
 class RequestRecorder(aio.ServerInterceptor):  # type: ignore[misc]
     """Records the raw bytes of every request message (before it is parsed) and the metadata of each call
-    to the services named ``service_prefix``: what those servicers receive, byte for byte."""
+    to the services named ``service_prefix``: what those servicers receive, byte for byte; and the name of
+    each method called (``methods``)."""
 
     def __init__(self, service_prefix: str) -> None:
         self.service_prefix = service_prefix
         self.received: list[bytes] = []
+        self.methods: list[str] = []
 
     async def intercept_service(
         self,
@@ -136,6 +138,7 @@ class RequestRecorder(aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or not details.method.startswith(f"/{self.service_prefix}"):
             return handler
+        self.methods.append(details.method.rsplit("/", 1)[1])
         for key, value in details.invocation_metadata or ():
             raw = value if isinstance(value, bytes) else value.encode()
             self.received.append(key.encode() + b"=" + raw)
