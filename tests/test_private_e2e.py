@@ -545,6 +545,44 @@ async def test_cli_watch_joins_private(
     assert (event["entry"], event["user_id"]) == (bob, "bob") and event["cursor"] > 0
 
 
+async def test_cli_private_state_file_keeps_outputs_and_resumes_joins(
+    start_private: Callable[..., Awaitable[DiscoveryServer]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--private-state FILE`: a second discover evaluates nothing, and watch-joins resumes after a stop
+    with the join it missed."""
+    from discovery.cli import main
+    from discovery.client.private import PrivateState
+
+    server = await start_private()
+    alice, bob, dave = e164_numbers(3, seed=53)
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.register_user("alice", alice)
+    await until(lambda: _count(server, 1))
+    state_file = tmp_path / "private.state"
+    args = [*cli_args(server, tmp_path / "book.txt", [alice, bob, dave]), "--private-state", str(state_file)]
+    for _ in range(2):
+        assert await asyncio.to_thread(main, ["discover", *args]) == 0
+        assert '"user_id": "alice"' in capsys.readouterr().out
+        assert PrivateState.from_bytes(state_file.read_bytes()).evaluations == 3  # the second: none
+    assert state_file.stat().st_mode & 0o777 == 0o600
+
+    watch = ["watch-joins", *args, "--max-events", "1"]
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.register_user("bob", bob)
+        assert await asyncio.wait_for(asyncio.to_thread(main, watch), 30.0) == 0
+        assert json.loads(capsys.readouterr().out)["user_id"] == "bob"
+        await admin.register_user("dave", dave)  # while nobody watches
+    assert await asyncio.wait_for(asyncio.to_thread(main, watch), 30.0) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["user_id"] == "dave" and "resume with --cursor" in err
+
+    state_file.write_bytes(b"not a state")
+    assert await asyncio.to_thread(main, ["discover", *args]) == 2
+    assert "not a private-mode state" in capsys.readouterr().err
+
+
 async def test_nothing_lost_across_sigkill(tmp_path: Path) -> None:
     """Registrations acknowledged before a SIGKILL reach the private set and the deltas after the restart."""
     from tests.support.serve_process import ServeProcess

@@ -14,8 +14,10 @@ Common flags (:func:`common_parser`): ``--target`` (env ``DISCOVERY_TARGET``, de
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import struct
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -156,8 +158,22 @@ def print_json(data: object) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def write_private_file(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path``, created with mode 0600 and replaced whole (a temporary file renamed)."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise InputError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+
+
 def add_private_arguments(p: argparse.ArgumentParser) -> None:
-    """``--private`` and the key to pin (docs/private-mode.md)."""
+    """``--private``, the key to pin and the state file (docs/private-mode.md)."""
     p.add_argument(
         "--private",
         action="store_true",
@@ -169,14 +185,41 @@ def add_private_arguments(p: argparse.ArgumentParser) -> None:
         default="",
         help="the published private-mode public key (64 hex digits) to pin; another key is refused",
     )
+    p.add_argument(
+        "--private-state",
+        metavar="FILE",
+        default=None,
+        help="keep private mode's state in FILE (created 0600; it holds your contacts' OPRF outputs): "
+        "the pinned key, cached outputs (a re-sync evaluates nothing), and the snapshot watch-joins "
+        "resumes from",
+    )
 
 
 def private_state(args: argparse.Namespace) -> PrivateState:
-    """The SDK's private-mode state, with the key of ``--private-key`` pinned."""
+    """The SDK's private-mode state: loaded from ``--private-state`` when that file exists, with the key
+    of ``--private-key`` pinned (a state pinned to another key is refused)."""
     try:
         key = bytes.fromhex(args.private_key) if args.private_key else None
     except ValueError:
         raise InputError("--private-key must be hex") from None
     if key is not None and len(key) != 32:
         raise InputError("--private-key must be 32 bytes (64 hex digits)")
-    return PrivateState(pinned_key=key)
+    path = args.private_state
+    if path is None or not os.path.exists(path):
+        return PrivateState(pinned_key=key)
+    data = read_bytes(path, "--private-state")
+    try:
+        state = PrivateState.from_bytes(data or b"")
+    except (ValueError, struct.error):
+        raise InputError(f"--private-state {path!r} is not a private-mode state") from None
+    if key is not None and state.pinned_key not in (None, key):
+        raise InputError(f"--private-state {path!r} pins another key than --private-key")
+    if key is not None:
+        state.pinned_key = key
+    return state
+
+
+def save_private_state(args: argparse.Namespace, state: PrivateState) -> None:
+    """Write the state to ``--private-state``, when given."""
+    if args.private_state is not None:
+        write_private_file(args.private_state, state.to_bytes())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from discovery.cli._shared import (
     EXIT_OK,
     Handler,
-    InputError,
     Subparsers,
     add_private_arguments,
     client_kwargs,
@@ -29,6 +27,8 @@ from discovery.cli._shared import (
     positive_int,
     print_json,
     private_state,
+    save_private_state,
+    write_private_file,
 )
 from discovery.cli.progress import ProgressReporter
 from discovery.client.address_book import DEFAULT_MAX_PER_REQUEST
@@ -73,8 +73,9 @@ def _cmd_discover(args: argparse.Namespace) -> int:
         entries = parse_contacts(f)
     with DiscoveryClient(args.target, max_per_request=args.max_per_request, **client_kwargs(args)) as client:
         if args.private:
-            client.private_state = private_state(args)
+            client.private_state = state = private_state(args)
             result = client.discover_private(entries)
+            save_private_state(args, state)
         else:
             result = client.discover(entries)
     if args.json:
@@ -141,13 +142,8 @@ def _cmd_export_my_data(args: argparse.Namespace) -> int:
     if args.out == "-":
         sys.stdout.write(text)
         return EXIT_OK
-    try:
-        # Created private: the export holds the caller's contact hash prefixes and events.
-        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-    except OSError as exc:
-        raise InputError(f"cannot write {args.out!r}: {exc.strerror or exc}") from None
+    # Created private: the export holds the caller's contact hash prefixes and events.
+    write_private_file(args.out, text.encode("utf-8"))
     events = exported.get("pending_events", [])
     print(f"wrote {args.out}: {_plural(len(events), 'pending event')}, format {exported.get('format')}")
     return EXIT_OK

@@ -51,21 +51,30 @@ def format_join_event(event: JoinEvent) -> str:
 
 
 async def _watch_private(args: argparse.Namespace, entries: list[str]) -> int:
-    """Private mode: joins matched on this machine against the delta stream (no cursor, no ack)."""
+    """Private mode: joins matched on this machine against the delta stream (no ack). With
+    ``--private-state`` it resumes where the last run stopped; ``--cursor`` resumes after an event."""
     kwargs = _shared.client_kwargs(args)
     kwargs["timeout"] = None
     seen = 0
+    state = _shared.private_state(args)
+    start = args.cursor or None
+    cursor = start
     async with AsyncDiscoveryClient(args.target, **kwargs) as client:
-        client.private_state = _shared.private_state(args)
-        async for entry, user_id, cursor in client.private_joins(entries):
-            event = {"entry": entry, "user_id": user_id, "cursor": cursor}
-            print(
-                json.dumps(event) if args.json else f"{entry} joined as {user_id} (cursor {cursor})",
-                flush=True,
-            )
-            seen += 1
-            if args.max_events is not None and seen >= args.max_events:
-                break
+        client.private_state = state
+        try:
+            async for entry, user_id, cursor in client.private_joins(entries, cursor=start):
+                event = {"entry": entry, "user_id": user_id, "cursor": cursor}
+                print(
+                    json.dumps(event) if args.json else f"{entry} joined as {user_id} (cursor {cursor})",
+                    flush=True,
+                )
+                seen += 1
+                if args.max_events is not None and seen >= args.max_events:
+                    break
+        finally:
+            _shared.save_private_state(args, state)
+            if cursor is not None:
+                print(f"resume with --cursor {cursor}", file=sys.stderr)
     return _shared.EXIT_OK
 
 
