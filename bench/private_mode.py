@@ -4,9 +4,12 @@
     python -m bench.private_mode --sizes 10000 --quick
     python -m bench.private_mode --only-sync          # first_sync, first_sync_options, registration
     python -m bench.private_mode --only-sizes         # the structure group at each of --sizes
+    python -m bench.private_mode --only-oprf          # the oprf group, next to the AES and PSI baselines
 
 One line per figure group:
-- ``oprf``: server CPU per 1,000 evaluations (one batch, one proof; goal <= 250 ms), client CPU to blind,
+- ``oprf``: server CPU per 1,000 evaluations (one batch, one proof; goal <= 250 ms) next to the standard
+  mode's AES keying of 1,000 contact hashes and openmined-psi's server answering a 1,000-contact request
+  (when installed apart: ``pip install --no-deps openmined-psi``), client CPU to blind,
   verify and finalize 1,000, and ``y`` at registration (registrations/s of the OPRF part alone);
 - ``off_loop``: the largest gap of a 1 ms asyncio ticker while 1,000 elements are evaluated in this thread, in
   a thread pool and in a process pool;
@@ -36,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from discovery.core.hashing import KeyRing
 from discovery.core.private import OffLoopEvaluator, OprfKey, entry_from_output, evaluate_blinded
 from discovery.private_scheme import (
     DEFAULT_BUCKET_USERS,
@@ -69,6 +73,27 @@ def wall_ms(fn: Callable[[], object]) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
 
 
+def baseline_figures(hashes: list[bytes]) -> dict[str, Any]:
+    """What the server spends on the same contacts in the standard mode (AES keying of the contact
+    hashes) and in ECDH PSI (openmined-psi's server answering one request), per 1,000 contacts."""
+    per = 1000 / len(hashes)
+    ring = KeyRing.from_secret(b"bench private mode secret".ljust(32, b"."))
+    packed = b"".join(hashes)
+    figures: dict[str, Any] = {
+        "standard_mode_keying_cpu_ms_per_1000": round(cpu_ms(lambda: ring.directory_keys(packed)) * per, 3)
+    }
+    try:
+        import private_set_intersection.python as psi  # package openmined-psi, installed apart
+    except ImportError:
+        figures["psi_server_cpu_ms_per_1000"] = None
+        figures["psi_note"] = "openmined-psi is not importable: pip install --no-deps openmined-psi"
+        return figures
+    request = psi.client.CreateWithNewKey(True).CreateRequest([h.hex() for h in hashes])
+    server = psi.server.CreateWithNewKey(True)
+    figures["psi_server_cpu_ms_per_1000"] = round(cpu_ms(lambda: server.ProcessRequest(request)) * per, 1)
+    return figures
+
+
 def oprf_figures(count: int) -> dict[str, Any]:
     key = OprfKey.from_secret(b"bench private mode secret".ljust(32, b"."), 1)
     hashes = [os.urandom(32) for _ in range(count)]
@@ -87,6 +112,7 @@ def oprf_figures(count: int) -> dict[str, Any]:
         "client_verify_finalize_cpu_ms_per_1000": round(
             cpu_ms(lambda: finalize_batch(batch, evaluated, proof, key.public_key)) * per, 1
         ),
+        **baseline_figures(hashes),
         "registration_y_per_s": round(
             200 / (cpu_ms(lambda: [key.output_of(h) for h in hashes[:200]]) / 1000)
         ),
@@ -423,8 +449,15 @@ def main(argv: list[str] | None = None) -> int:
         "--only-sync", action="store_true", help="only the first_sync and registration groups"
     )
     parser.add_argument("--only-sizes", action="store_true", help="only the structure group at each size")
+    parser.add_argument(
+        "--only-oprf", action="store_true", help="only the oprf group (next to the AES and PSI baselines)"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    count = 200 if args.quick else 1000
+    if args.only_oprf:
+        print(json.dumps(oprf_figures(count)), flush=True)
+        return 0
     if args.only_sizes:
         for n in sizes:
             print(json.dumps(structure_figures(n)), flush=True)
@@ -436,7 +469,6 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(asyncio.run(registration_figures())), flush=True)
     if args.only_sync:
         return 0
-    count = 200 if args.quick else 1000
     print(json.dumps(oprf_figures(count)), flush=True)
     print(json.dumps(asyncio.run(off_loop_figures(count))), flush=True)
     print(json.dumps(asyncio.run(snapshot_rebuild_figures(args.sync_size))), flush=True)
