@@ -21,10 +21,10 @@ from grpc import aio
 
 from discovery.client import AsyncDiscoveryClient
 from discovery.client.private import PrivateState
-from discovery.contact_hash import contact_hash
-from discovery.private_scheme import Delta, Snapshot, apply_delta, open_sealed, tag_of
+from discovery.private_scheme import Delta, Snapshot, apply_delta
 from discovery.v1 import private_pb2, private_pb2_grpc
 from tests.support.helpers import e164_numbers
+from tests.support.private_view import holders
 from tests.support.redis_fixtures import RedisProcess
 from tests.support.serve_process import (
     AOF,
@@ -38,19 +38,6 @@ from tests.support.server import user_metadata
 COUNT = 150
 #: Private mode on, changes released at once, and quota enough for the probes' evaluations.
 PRIVATE_FLAGS = ("--private-mode", "true", "--private-jitter-seconds", "0", "--quota-capacity", "10000")
-
-
-def holders(snapshot: Snapshot, outputs: dict[bytes, bytes], numbers: list[str]) -> set[tuple[str, str]]:
-    """(number, user id) for each number the snapshot holds, opened as a client opens it (no bucket)."""
-    found: set[tuple[str, str]] = set()
-    for number in numbers:
-        y = outputs[contact_hash(number)]
-        if snapshot.contains([tag_of(y)])[0]:
-            for sealed in snapshot.sealed_for(tag_of(y)):
-                user_id = open_sealed(y, snapshot.epoch, sealed, snapshot.id_pad)
-                if user_id is not None:
-                    found.add((number, user_id))
-    return found
 
 
 async def private_view(target: str, numbers: list[str], state: PrivateState) -> set[tuple[str, str]]:
