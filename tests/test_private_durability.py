@@ -1,13 +1,15 @@
 """Private mode loses nothing across a SIGKILL: real `discovery serve` processes, on SQLite and on Redis.
 
-Concurrent RegisterUser calls through the admin API; the server is killed with SIGKILL in the middle of
-them (on Redis with AOF, Redis is killed at the same moment). After a restart on the same store:
+Concurrent writes through the API; the server is killed with SIGKILL in the middle of them (on Redis
+with AOF, Redis is killed at the same moment). After a restart on the same store, the private set found
+through a new client's snapshot, through the delta (GetPrivateDelta) of a client whose snapshot predates
+the workload, and through the delta stream (SubscribePrivateDeltas) from that snapshot's cursor, is:
 
-* every acknowledged registration is in the private set, found through a new client's snapshot, through
-  the delta (GetPrivateDelta) of a client whose snapshot predates the workload, and through the delta
-  stream (SubscribePrivateDeltas) from that snapshot's cursor;
-* the private set is exactly the registry (what standard mode discovers): no user without an entry, no
-  entry without a user, and a registration whose call failed is either wholly there or not at all.
+* for RegisterUser calls: every acknowledged registration, and exactly the registry (what standard mode
+  discovers), so no user without an entry, no entry without a user;
+* for ChangeNumber, UnregisterUser and UpdateSettings (discoverable off) on registered users: the state
+  after each acknowledged call, the state before each call never sent, one or the other (never both,
+  never neither) for a call that failed, and again exactly what standard mode discovers.
 
 The snapshot carries the sealed ids (a small directory), so nothing here reads buckets.
 """
@@ -17,11 +19,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
 from grpc import aio
 
-from discovery.client import AsyncDiscoveryClient
+from discovery.client import AsyncAdminClient, AsyncDiscoveryClient
 from discovery.client.private import PrivateState
+from discovery.contact_hash import contact_hash
 from discovery.private_scheme import Delta, Snapshot, apply_delta
+from discovery.v1 import discovery_pb2 as pb
+from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from discovery.v1 import private_pb2, private_pb2_grpc
 from tests.support.helpers import e164_numbers
 from tests.support.private_view import holders
@@ -30,17 +36,20 @@ from tests.support.serve_process import (
     AOF,
     CALL_TIMEOUT,
     ServeProcess,
+    Write,
     power_cut,
     registered_across_crash,
+    writes_until_crash,
 )
 from tests.support.server import user_metadata
 
 COUNT = 150
+Found = set[tuple[str, str]]
 #: Private mode on, changes released at once, and quota enough for the probes' evaluations.
 PRIVATE_FLAGS = ("--private-mode", "true", "--private-jitter-seconds", "0", "--quota-capacity", "10000")
 
 
-async def private_view(target: str, numbers: list[str], state: PrivateState) -> set[tuple[str, str]]:
+async def private_view(target: str, numbers: list[str], state: PrivateState) -> Found:
     """What ``discover_private`` finds from ``state`` (a snapshot, or a delta from its cursor)."""
     async with AsyncDiscoveryClient(target, user_id="private-probe", timeout=CALL_TIMEOUT) as client:
         client.private_state = state
@@ -66,23 +75,39 @@ async def streamed_delta(target: str, snapshot: Snapshot) -> Snapshot:
     return apply_delta(snapshot, Delta.deserialize(message.delta))
 
 
+async def private_views(target: str, numbers: list[str], early: bytes) -> Found:
+    """The private set after the restart, the same through a new snapshot, the delta from ``early`` (a
+    client's state saved before the workload) and the delta stream from its cursor."""
+    found = await private_view(target, numbers, PrivateState())
+    assert await private_view(target, numbers, PrivateState.from_bytes(early)) == found, "delta"
+    state = PrivateState.from_bytes(early)
+    assert state.snapshot is not None
+    streamed = await streamed_delta(target, state.snapshot)
+    assert holders(streamed, state.outputs, numbers) == found, "delta stream"
+    assert len(streamed) == len(found)
+    return found
+
+
+async def synced(target: str, numbers: list[str]) -> bytes:
+    """A client's saved state, synced now (every number evaluated; the snapshot of now)."""
+    async with AsyncDiscoveryClient(target, user_id="early", timeout=CALL_TIMEOUT) as client:
+        await client.discover_private(numbers)
+        return client.private_state.to_bytes()
+
+
+async def standard_view(target: str, numbers: list[str]) -> Found:
+    async with AsyncDiscoveryClient(target, user_id="probe", timeout=CALL_TIMEOUT) as client:
+        return {(m.entry, m.user_id) for m in (await client.discover(numbers)).matches}
+
+
 async def crash_and_check(
     server: ServeProcess, crash: Callable[[], object], restart: Callable[[], object]
 ) -> None:
     numbers = e164_numbers(COUNT, seed=901)
-    # A client synced before the workload: after the restart its delta comes from the store's feed.
-    async with AsyncDiscoveryClient(server.target, user_id="early", timeout=CALL_TIMEOUT) as client:
-        assert (await client.discover_private(numbers)).matches == []
-        early = client.private_state.to_bytes()
+    early = await synced(server.target, numbers)
     registered = await registered_across_crash(server, numbers, crash, restart)
     expected = {(numbers[int(u.removeprefix("user-"))], u) for u in registered}
-    assert await private_view(server.target, numbers, PrivateState()) == expected, "snapshot"
-    assert await private_view(server.target, numbers, PrivateState.from_bytes(early)) == expected, "delta"
-    state = PrivateState.from_bytes(early)
-    assert state.snapshot is not None
-    streamed = await streamed_delta(server.target, state.snapshot)
-    assert holders(streamed, state.outputs, numbers) == expected, "delta stream"
-    assert len(streamed) == len(expected)
+    assert await private_views(server.target, numbers, early) == expected
 
 
 async def test_sigkill_during_registrations_on_the_embedded_store(
@@ -108,3 +133,61 @@ async def test_sigkill_of_server_and_redis_with_aof(
     server = serve_processes(*PRIVATE_FLAGS, store=redis.url).start()
     crash, restart = power_cut(server, redis)
     await crash_and_check(server, crash=crash, restart=restart)
+
+
+# -- number changes, unregistrations and settings changes --------------------------------------------
+
+USERS = 90  # a third of each kind of change
+
+
+def change(i: int, numbers: list[str]) -> tuple[Write, Found, Found]:
+    """User i's write (by its index: a number change, an unregistration, discoverability off), with
+    the user's state before and after it."""
+    user_id = f"user-{i}"
+    before, after = {(numbers[i], user_id)}, set()
+
+    async def write(channel: aio.Channel) -> object:
+        admin = pb_grpc.DirectoryAdminServiceStub(channel)
+        if i % 3 == 0:
+            moved = pb.ChangeNumberRequest(user_id=user_id, contact_hash=contact_hash(numbers[USERS + i]))
+            return await admin.ChangeNumber(moved, timeout=CALL_TIMEOUT)
+        if i % 3 == 1:
+            return await admin.UnregisterUser(pb.UnregisterUserRequest(user_id=user_id), timeout=CALL_TIMEOUT)
+        hidden = pb.UpdateSettingsRequest(
+            settings=pb.Settings(discoverable=False), update_mask=["discoverable"]
+        )
+        user = pb_grpc.DiscoveryServiceStub(channel)
+        return await user.UpdateSettings(hidden, metadata=user_metadata(user_id), timeout=CALL_TIMEOUT)
+
+    if i % 3 == 0:
+        after = {(numbers[USERS + i], user_id)}
+    return (user_id, write), before, after
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_sigkill_during_changes_of_registered_users(
+    serve_processes: Callable[..., ServeProcess], request: pytest.FixtureRequest, backend: str
+) -> None:
+    store = str(request.getfixturevalue("redis_url")) if backend == "redis" else ""
+    server = serve_processes(*PRIVATE_FLAGS, store=store).start()
+    numbers = e164_numbers(2 * USERS, seed=902)
+    async with AsyncAdminClient(server.target, timeout=CALL_TIMEOUT) as admin:
+        summary = await admin.import_users([(f"user-{i}", numbers[i]) for i in range(USERS)])
+        assert summary.imported == USERS
+    early = await synced(server.target, numbers)
+    changes = [change(i, numbers) for i in range(USERS)]
+    acked, failed = await writes_until_crash(
+        server.target, [write for write, _, _ in changes], server.kill, crash_after=USERS // 3
+    )
+    server.start()
+    found = await private_views(server.target, numbers, early)
+    assert found == await standard_view(server.target, numbers), "the private set is not the registry"
+    for i, ((user_id, _), before, after) in enumerate(changes):
+        state = {pair for pair in found if pair[1] == user_id}
+        if user_id in acked:
+            assert state == after, f"user {i}: acknowledged, then lost"
+        elif user_id in failed:
+            assert state in (before, after), f"user {i}: half there after a failed call"
+        else:
+            assert state == before, f"user {i}: changed without a call"
+    assert failed, "the crash came between calls"

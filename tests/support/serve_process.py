@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,6 +226,55 @@ async def discovered(target: str, numbers: list[str]) -> set[str]:
         return {m.user_id for m in (await client.discover(numbers)).matches}
 
 
+#: One write of a crash workload: the name its outcome is recorded under, and the call (on a channel).
+Write = tuple[str, Callable[[aio.Channel], Awaitable[object]]]
+
+
+def registration(user_id: str, number: str) -> Write:
+    request = pb.RegisterUserRequest(user_id=user_id, contact_hash=contact_hash(number))
+    return user_id, lambda channel: pb_grpc.DirectoryAdminServiceStub(channel).RegisterUser(
+        request, timeout=CALL_TIMEOUT
+    )
+
+
+async def writes_until_crash(
+    target: str,
+    writes: Iterable[Write],
+    crash: Callable[[], object],
+    crash_after: int,
+    callers: int = 4,
+) -> tuple[set[str], set[str]]:
+    """Send ``writes`` with ``callers`` concurrent callers, one call at a time each; right
+    after the ``crash_after``-th acknowledgement, ``crash()`` (while the other callers' calls
+    are in flight). A caller stops at its first failure. Returns the names of the writes
+    acknowledged and of those whose call failed (outcome unknown to the caller); the rest
+    were never sent."""
+    acked: set[str] = set()
+    failed: set[str] = set()
+    pending = iter(writes)  # shared: each write is sent once
+    crashed = False
+
+    async def caller(channel: aio.Channel) -> None:
+        nonlocal crashed
+        for name, write in pending:
+            try:
+                await write(channel)
+            except aio.AioRpcError as error:
+                assert crashed, f"a call failed before the crash: {error.code()}"
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error.code()
+                failed.add(name)
+                return
+            acked.add(name)
+            if len(acked) >= crash_after and not crashed:
+                crashed = True
+                crash()
+
+    async with aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(asyncio.gather(*(caller(channel) for _ in range(callers))), timeout=60)
+    assert crashed, "the writes ended before the crash"
+    return acked, failed
+
+
 async def register_until_crash(
     target: str,
     users: Iterable[tuple[str, str]],
@@ -233,36 +282,9 @@ async def register_until_crash(
     crash_after: int,
     callers: int = 4,
 ) -> tuple[set[str], set[str]]:
-    """Register ``users`` with ``callers`` concurrent callers, one call at a time each; right
-    after the ``crash_after``-th acknowledgement, ``crash()`` (while the other callers' calls
-    are in flight). A caller stops at its first failure. Returns the user ids acknowledged
-    and those whose call failed (outcome unknown to the caller)."""
-    acked: set[str] = set()
-    failed: set[str] = set()
-    pending = iter(users)  # shared: each user is sent once
-    crashed = False
-
-    async def caller(stub: pb_grpc.DirectoryAdminServiceStub) -> None:
-        nonlocal crashed
-        for user_id, number in pending:
-            request = pb.RegisterUserRequest(user_id=user_id, contact_hash=contact_hash(number))
-            try:
-                await stub.RegisterUser(request, timeout=CALL_TIMEOUT)
-            except aio.AioRpcError as error:
-                assert crashed, f"a call failed before the crash: {error.code()}"
-                assert error.code() == grpc.StatusCode.UNAVAILABLE, error.code()
-                failed.add(user_id)
-                return
-            acked.add(user_id)
-            if len(acked) >= crash_after and not crashed:
-                crashed = True
-                crash()
-
-    async with aio.insecure_channel(target) as channel:
-        stub = pb_grpc.DirectoryAdminServiceStub(channel)
-        await asyncio.wait_for(asyncio.gather(*(caller(stub) for _ in range(callers))), timeout=60)
-    assert crashed, "the registrations ended before the crash"
-    return acked, failed
+    """``writes_until_crash`` of RegisterUser calls: the user ids acknowledged, and failed."""
+    writes = (registration(user_id, number) for user_id, number in users)
+    return await writes_until_crash(target, writes, crash, crash_after, callers)
 
 
 async def registered_across_crash(
