@@ -1,15 +1,13 @@
 """Private mode loses nothing across a SIGKILL: real `discovery serve` processes, on SQLite and on Redis.
 
-Concurrent writes through the API; the server is killed with SIGKILL in the middle of them (on Redis
-with AOF, Redis is killed at the same moment). After a restart on the same store, the private set found
-through a new client's snapshot, through the delta (GetPrivateDelta) of a client whose snapshot predates
-the workload, and through the delta stream (SubscribePrivateDeltas) from that snapshot's cursor, is:
-
-* for RegisterUser calls: every acknowledged registration, and exactly the registry (what standard mode
-  discovers), so no user without an entry, no entry without a user;
-* for ChangeNumber, UnregisterUser and UpdateSettings (discoverable off) on registered users: the state
-  after each acknowledged call, the state before each call never sent, one or the other (never both,
-  never neither) for a call that failed, and again exactly what standard mode discovers.
+Concurrent writes through the API (RegisterUser; ChangeNumber, UnregisterUser and UpdateSettings with
+discoverable off on registered users; ImportUsers calls); the server is killed with SIGKILL in the middle
+of them (on Redis with AOF, Redis is killed at the same moment). After a restart on the same store, the
+private set, the same through a new client's snapshot, through the delta (GetPrivateDelta) of a client
+whose snapshot predates the workload and through the delta stream (SubscribePrivateDeltas) from that
+snapshot's cursor, is exactly the registry (what standard mode discovers: no user without an entry, no
+entry without a user), and holds of each write's users the state after it when it was acknowledged,
+the state before it when it was never sent, and one of the two (never half) when its call failed.
 
 The snapshot carries the sealed ids (a small directory), so nothing here reads buckets.
 """
@@ -18,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 from grpc import aio
@@ -38,7 +37,7 @@ from tests.support.serve_process import (
     ServeProcess,
     Write,
     power_cut,
-    registered_across_crash,
+    registration,
     writes_until_crash,
 )
 from tests.support.server import user_metadata
@@ -100,29 +99,71 @@ async def standard_view(target: str, numbers: list[str]) -> Found:
         return {(m.entry, m.user_id) for m in (await client.discover(numbers)).matches}
 
 
-async def crash_and_check(
-    server: ServeProcess, crash: Callable[[], object], restart: Callable[[], object]
+@dataclass(frozen=True)
+class Step:
+    """One write of a workload, and what the private set holds of its users before and after it."""
+
+    write: Write
+    users: frozenset[str]
+    before: Found
+    after: Found
+
+
+async def crash_during(
+    server: ServeProcess,
+    numbers: list[str],
+    steps: list[Step],
+    crash: Callable[[], object] | None = None,
+    restart: Callable[[], object] | None = None,
 ) -> None:
-    numbers = e164_numbers(COUNT, seed=901)
+    """Run the steps, crash a third of the way (SIGKILL of the server), restart: the private set
+    (snapshot, delta, stream) is the registry, and holds for each step its state after (acknowledged),
+    before (never sent), or one of the two (the call failed: never half of it)."""
     early = await synced(server.target, numbers)
-    registered = await registered_across_crash(server, numbers, crash, restart)
-    expected = {(numbers[int(u.removeprefix("user-"))], u) for u in registered}
-    assert await private_views(server.target, numbers, early) == expected
+    writes = [step.write for step in steps]
+    crash_after = len(steps) // 3
+    acked, failed = await writes_until_crash(server.target, writes, crash or server.kill, crash_after)
+    (restart or server.start)()
+    found = await private_views(server.target, numbers, early)
+    assert found == await standard_view(server.target, numbers), "the private set is not the registry"
+    for step in steps:
+        name = step.write[0]
+        state = {pair for pair in found if pair[1] in step.users}
+        if name in acked:
+            assert state == step.after, f"{name}: acknowledged, then lost"
+        elif name in failed:
+            assert state in (step.before, step.after), f"{name}: half there after a failed call"
+        else:
+            assert state == step.before, f"{name}: changed without a call"
+    assert failed, "the crash came between calls"
 
 
-async def test_sigkill_during_registrations_on_the_embedded_store(
-    serve_processes: Callable[..., ServeProcess],
+def server_for(
+    serve_processes: Callable[..., ServeProcess], request: pytest.FixtureRequest, backend: str
+) -> ServeProcess:
+    store = str(request.getfixturevalue("redis_url")) if backend == "redis" else ""
+    return serve_processes(*PRIVATE_FLAGS, store=store).start()
+
+
+# -- registrations ----------------------------------------------------------------------------------
+
+
+def registrations(numbers: list[str]) -> list[Step]:
+    steps = []
+    for i, number in enumerate(numbers):
+        user_id = f"user-{i}"
+        steps.append(Step(registration(user_id, number), frozenset([user_id]), set(), {(number, user_id)}))
+    return steps
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_sigkill_during_registrations(
+    serve_processes: Callable[..., ServeProcess], request: pytest.FixtureRequest, backend: str
 ) -> None:
-    server = serve_processes(*PRIVATE_FLAGS).start()
-    await crash_and_check(server, crash=server.kill, restart=server.start)
+    server = server_for(serve_processes, request, backend)
+    numbers = e164_numbers(COUNT, seed=901)
+    await crash_during(server, numbers, registrations(numbers))
     assert server.starts == 2
-
-
-async def test_sigkill_during_registrations_on_redis(
-    serve_processes: Callable[..., ServeProcess], redis_url: str
-) -> None:
-    server = serve_processes(*PRIVATE_FLAGS, store=redis_url).start()
-    await crash_and_check(server, crash=server.kill, restart=server.start)
 
 
 async def test_sigkill_of_server_and_redis_with_aof(
@@ -131,20 +172,19 @@ async def test_sigkill_of_server_and_redis_with_aof(
     """The server and Redis die at once (a power cut of one machine); Redis reloads its AOF."""
     redis = redis_factory(*AOF)
     server = serve_processes(*PRIVATE_FLAGS, store=redis.url).start()
-    crash, restart = power_cut(server, redis)
-    await crash_and_check(server, crash=crash, restart=restart)
+    numbers = e164_numbers(COUNT, seed=904)
+    await crash_during(server, numbers, registrations(numbers), *power_cut(server, redis))
 
 
-# -- number changes, unregistrations and settings changes --------------------------------------------
+# -- number changes, unregistrations and settings changes; imports -----------------------------------
+
 
 USERS = 90  # a third of each kind of change
 
 
-def change(i: int, numbers: list[str]) -> tuple[Write, Found, Found]:
-    """User i's write (by its index: a number change, an unregistration, discoverability off), with
-    the user's state before and after it."""
+def change(i: int, numbers: list[str]) -> Step:
+    """User i's write, by its index: a number change, an unregistration, or discoverability off."""
     user_id = f"user-{i}"
-    before, after = {(numbers[i], user_id)}, set()
 
     async def write(channel: aio.Channel) -> object:
         admin = pb_grpc.DirectoryAdminServiceStub(channel)
@@ -159,35 +199,44 @@ def change(i: int, numbers: list[str]) -> tuple[Write, Found, Found]:
         user = pb_grpc.DiscoveryServiceStub(channel)
         return await user.UpdateSettings(hidden, metadata=user_metadata(user_id), timeout=CALL_TIMEOUT)
 
-    if i % 3 == 0:
-        after = {(numbers[USERS + i], user_id)}
-    return (user_id, write), before, after
+    after = {(numbers[USERS + i], user_id)} if i % 3 == 0 else set()
+    return Step((user_id, write), frozenset([user_id]), {(numbers[i], user_id)}, after)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 async def test_sigkill_during_changes_of_registered_users(
     serve_processes: Callable[..., ServeProcess], request: pytest.FixtureRequest, backend: str
 ) -> None:
-    store = str(request.getfixturevalue("redis_url")) if backend == "redis" else ""
-    server = serve_processes(*PRIVATE_FLAGS, store=store).start()
+    server = server_for(serve_processes, request, backend)
     numbers = e164_numbers(2 * USERS, seed=902)
     async with AsyncAdminClient(server.target, timeout=CALL_TIMEOUT) as admin:
         summary = await admin.import_users([(f"user-{i}", numbers[i]) for i in range(USERS)])
         assert summary.imported == USERS
-    early = await synced(server.target, numbers)
-    changes = [change(i, numbers) for i in range(USERS)]
-    acked, failed = await writes_until_crash(
-        server.target, [write for write, _, _ in changes], server.kill, crash_after=USERS // 3
-    )
-    server.start()
-    found = await private_views(server.target, numbers, early)
-    assert found == await standard_view(server.target, numbers), "the private set is not the registry"
-    for i, ((user_id, _), before, after) in enumerate(changes):
-        state = {pair for pair in found if pair[1] == user_id}
-        if user_id in acked:
-            assert state == after, f"user {i}: acknowledged, then lost"
-        elif user_id in failed:
-            assert state in (before, after), f"user {i}: half there after a failed call"
-        else:
-            assert state == before, f"user {i}: changed without a call"
-    assert failed, "the crash came between calls"
+    await crash_during(server, numbers, [change(i, numbers) for i in range(USERS)])
+
+
+BATCHES, PER_BATCH = 40, 10
+
+
+def import_call(batch: int, numbers: list[str]) -> Step:
+    """One ImportUsers call of PER_BATCH users (one transaction, one Redis script)."""
+    positions = range(batch * PER_BATCH, (batch + 1) * PER_BATCH)
+    users = [pb.ImportUser(user_id=f"user-{i}", contact_hash=contact_hash(numbers[i])) for i in positions]
+
+    async def write(channel: aio.Channel) -> object:
+        admin = pb_grpc.DirectoryAdminServiceStub(channel)
+        reply = await admin.ImportUsers(iter([pb.ImportUsersRequest(users=users)]), timeout=CALL_TIMEOUT)
+        assert reply.imported == PER_BATCH
+        return reply
+
+    after = {(numbers[i], f"user-{i}") for i in positions}
+    return Step((f"batch-{batch}", write), frozenset(u for _, u in after), set(), after)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_sigkill_during_imports(
+    serve_processes: Callable[..., ServeProcess], request: pytest.FixtureRequest, backend: str
+) -> None:
+    server = server_for(serve_processes, request, backend)
+    numbers = e164_numbers(BATCHES * PER_BATCH, seed=903)
+    await crash_during(server, numbers, [import_call(batch, numbers) for batch in range(BATCHES)])
