@@ -19,39 +19,34 @@ import re
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
 from grpc import aio
 
 from discovery.client import AsyncAdminClient, AsyncDiscoveryClient, DiscoveryError, Settings
-from discovery.core.hashing import contact_hash
-from discovery.v1 import discovery_pb2 as pb
-from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from discovery.v1 import joins_pb2, joins_pb2_grpc
 from tests.support.helpers import e164_numbers
 from tests.support.redis_fixtures import RedisProcess
 from tests.support.serve_process import (
+    AOF,
+    CALL_TIMEOUT,
     NOT_SERVING,
     SERVING,
     ServeProcess,
+    discovered,
+    power_cut,
+    registered_across_crash,
     replay_joins,
     wait_health,
 )
 from tests.support.server import user_metadata
 
 WATCHING = Settings(discoverable=True, announce_join=True, notify_on_join=True)
-CALL_TIMEOUT = 5.0
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-async def discovered(target: str, numbers: list[str]) -> set[str]:
-    """User ids registered with any of ``numbers`` (asked by a caller who watches nothing)."""
-    async with AsyncDiscoveryClient(target, user_id="probe", timeout=CALL_TIMEOUT) as client:
-        return {m.user_id for m in (await client.discover(numbers)).matches}
 
 
 async def watcher_with_book(target: str, user_id: str, own: str, book: list[str]) -> None:
@@ -62,45 +57,6 @@ async def watcher_with_book(target: str, user_id: str, own: str, book: list[str]
         assert (await client.discover(book)).matches == []
 
 
-async def register_until_crash(
-    target: str,
-    users: Iterable[tuple[str, str]],
-    crash: Callable[[], object],
-    crash_after: int,
-    callers: int = 4,
-) -> tuple[set[str], set[str]]:
-    """Register ``users`` with ``callers`` concurrent callers, one call at a time each; right
-    after the ``crash_after``-th acknowledgement, ``crash()`` (while the other callers' calls
-    are in flight). A caller stops at its first failure. Returns the user ids acknowledged
-    and those whose call failed (outcome unknown to the caller)."""
-    acked: set[str] = set()
-    failed: set[str] = set()
-    pending = iter(users)  # shared: each user is sent once
-    crashed = False
-
-    async def caller(stub: pb_grpc.DirectoryAdminServiceStub) -> None:
-        nonlocal crashed
-        for user_id, number in pending:
-            request = pb.RegisterUserRequest(user_id=user_id, contact_hash=contact_hash(number))
-            try:
-                await stub.RegisterUser(request, timeout=CALL_TIMEOUT)
-            except aio.AioRpcError as error:
-                assert crashed, f"a call failed before the crash: {error.code()}"
-                assert error.code() == grpc.StatusCode.UNAVAILABLE, error.code()
-                failed.add(user_id)
-                return
-            acked.add(user_id)
-            if len(acked) >= crash_after and not crashed:
-                crashed = True
-                crash()
-
-    async with aio.insecure_channel(target) as channel:
-        stub = pb_grpc.DirectoryAdminServiceStub(channel)
-        await asyncio.wait_for(asyncio.gather(*(caller(stub) for _ in range(callers))), timeout=60)
-    assert crashed, "the registrations ended before the crash"
-    return acked, failed
-
-
 async def crash_during_registrations(
     server: ServeProcess, crash: Callable[[], object], restart: Callable[[], object], seed: int
 ) -> None:
@@ -109,12 +65,7 @@ async def crash_during_registrations(
     numbers = e164_numbers(count + 1, seed=seed)
     joiners = numbers[:count]
     await watcher_with_book(server.target, "alice", numbers[count], joiners)
-    users = [(f"user-{i}", n) for i, n in enumerate(joiners)]
-    acked, failed = await register_until_crash(server.target, users, crash, crash_after=count // 3)
-    restart()
-    registered = await discovered(server.target, joiners)
-    assert acked <= registered, f"acknowledged but lost: {sorted(acked - registered)}"
-    assert registered <= acked | failed
+    registered = await registered_across_crash(server, joiners, crash, restart)
     async with aio.insecure_channel(server.target) as channel:
         events = await replay_joins(channel, "alice")
     # At least once, and only for registrations that happened (they commit together).
@@ -233,9 +184,6 @@ async def test_a_stalled_subscriber_holds_bounded_memory(
 # -- Redis: SIGKILL of the server and of Redis (AOF, fsync always) --------------------------------
 
 
-AOF = ("--appendonly", "yes", "--appendfsync", "always")
-
-
 async def test_sigkill_during_registrations_on_redis_with_aof(
     serve_processes: Callable[..., ServeProcess], redis_factory: Callable[..., RedisProcess]
 ) -> None:
@@ -243,15 +191,7 @@ async def test_sigkill_during_registrations_on_redis_with_aof(
     redis = redis_factory(*AOF)
     server = serve_processes(store=redis.url)
     server.start()
-
-    def crash() -> None:
-        server.kill()
-        redis.kill()
-
-    def restart() -> None:
-        redis.start()
-        server.start()
-
+    crash, restart = power_cut(server, redis)
     await crash_during_registrations(server, crash=crash, restart=restart, seed=803)
 
 

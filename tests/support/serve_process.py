@@ -4,6 +4,8 @@ A :class:`ServeProcess` starts on ``127.0.0.1:0`` and restarts on the same port 
 directory, so a client's channel (and the SDK's join iterator) finds it again. It is
 stopped by its pid: SIGTERM (graceful), SIGKILL (a crash). The ``serve_processes``
 fixture (registered in conftest.py) stops whatever is still running at the end of a test.
+``register_until_crash`` runs a registration workload and crashes the server (or its store)
+in the middle of it.
 """
 
 from __future__ import annotations
@@ -14,16 +16,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from discovery.client import call_metadata
+from discovery.client import AsyncDiscoveryClient, call_metadata
+from discovery.core.hashing import contact_hash
+from discovery.v1 import discovery_pb2 as pb
+from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from discovery.v1 import joins_pb2, joins_pb2_grpc
+from tests.support.redis_fixtures import RedisProcess
 
 #: Join events deliverable at once, and announced to everyone (the in-process test servers'
 #: settings, tests/support/server.py; the default, MUTUAL, is tested in tests/test_join_modes.py).
@@ -189,3 +196,106 @@ async def replay_joins(channel: aio.Channel, user_id: str, after: int = 0) -> li
                 return events
     finally:
         call.cancel()
+
+
+# -- crashes during a workload -------------------------------------------------------------------
+
+#: Redis persistence that loses no acknowledged write when Redis itself is killed.
+AOF = ("--appendonly", "yes", "--appendfsync", "always")
+CALL_TIMEOUT = 5.0
+
+
+def power_cut(server: ServeProcess, redis: RedisProcess) -> tuple[Callable[[], None], Callable[[], None]]:
+    """``crash``: SIGKILL of the server and of its Redis at once (one machine loses power);
+    ``restart``: Redis first (it reloads its AOF), then the server."""
+
+    def crash() -> None:
+        server.kill()
+        redis.kill()
+
+    def restart() -> None:
+        redis.start()
+        server.start()
+
+    return crash, restart
+
+
+async def discovered(target: str, numbers: list[str]) -> set[str]:
+    """User ids registered with any of ``numbers`` (asked by a caller who watches nothing)."""
+    async with AsyncDiscoveryClient(target, user_id="probe", timeout=CALL_TIMEOUT) as client:
+        return {m.user_id for m in (await client.discover(numbers)).matches}
+
+
+#: One write of a crash workload: the name its outcome is recorded under, and the call (on a channel).
+Write = tuple[str, Callable[[aio.Channel], Awaitable[object]]]
+
+
+def registration(user_id: str, number: str) -> Write:
+    request = pb.RegisterUserRequest(user_id=user_id, contact_hash=contact_hash(number))
+    return user_id, lambda channel: pb_grpc.DirectoryAdminServiceStub(channel).RegisterUser(
+        request, timeout=CALL_TIMEOUT
+    )
+
+
+async def writes_until_crash(
+    target: str,
+    writes: Iterable[Write],
+    crash: Callable[[], object],
+    crash_after: int,
+    callers: int = 4,
+) -> tuple[set[str], set[str]]:
+    """Send ``writes`` with ``callers`` concurrent callers, one call at a time each; right
+    after the ``crash_after``-th acknowledgement, ``crash()`` (while the other callers' calls
+    are in flight). A caller stops at its first failure. Returns the names of the writes
+    acknowledged and of those whose call failed (outcome unknown to the caller); the rest
+    were never sent."""
+    acked: set[str] = set()
+    failed: set[str] = set()
+    pending = iter(writes)  # shared: each write is sent once
+    crashed = False
+
+    async def caller(channel: aio.Channel) -> None:
+        nonlocal crashed
+        for name, write in pending:
+            try:
+                await write(channel)
+            except aio.AioRpcError as error:
+                assert crashed, f"a call failed before the crash: {error.code()}"
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error.code()
+                failed.add(name)
+                return
+            acked.add(name)
+            if len(acked) >= crash_after and not crashed:
+                crashed = True
+                crash()
+
+    async with aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(asyncio.gather(*(caller(channel) for _ in range(callers))), timeout=60)
+    assert crashed, "the writes ended before the crash"
+    return acked, failed
+
+
+async def register_until_crash(
+    target: str,
+    users: Iterable[tuple[str, str]],
+    crash: Callable[[], object],
+    crash_after: int,
+    callers: int = 4,
+) -> tuple[set[str], set[str]]:
+    """``writes_until_crash`` of RegisterUser calls: the user ids acknowledged, and failed."""
+    writes = (registration(user_id, number) for user_id, number in users)
+    return await writes_until_crash(target, writes, crash, crash_after, callers)
+
+
+async def registered_across_crash(
+    server: ServeProcess, numbers: list[str], crash: Callable[[], object], restart: Callable[[], object]
+) -> set[str]:
+    """Register ``user-i`` with ``numbers[i]``, crash a third of the way, restart: the user ids the
+    restarted server discovers. Every acknowledged one is there; any other one had a failed call."""
+    users = [(f"user-{i}", n) for i, n in enumerate(numbers)]
+    acked, failed = await register_until_crash(server.target, users, crash, crash_after=len(numbers) // 3)
+    restart()
+    registered = await discovered(server.target, numbers)
+    assert acked <= registered, f"acknowledged but lost: {sorted(acked - registered)}"
+    assert registered <= acked | failed
+    return registered
