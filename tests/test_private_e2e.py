@@ -545,6 +545,25 @@ async def test_cli_watch_joins_private(
     assert (event["entry"], event["user_id"]) == (bob, "bob") and event["cursor"] > 0
 
 
+async def test_a_first_sync_is_as_fresh_as_the_params(
+    start_private: Callable[..., Awaitable[DiscoveryServer]],
+) -> None:
+    """A new client gets the snapshot the server built for an earlier one (served for up to 30 s) and
+    brings it up to date with a delta: a user registered since is found on the first sync."""
+    server = await start_private()
+    alice, bob = e164_numbers(2, seed=54)
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.register_user("alice", alice)
+        await until(lambda: _count(server, 1))
+        async with AsyncDiscoveryClient(target(server), user_id="carol") as carol:
+            assert [m.user_id for m in (await carol.discover_private([alice, bob])).matches] == ["alice"]
+        await admin.register_user("bob", bob)
+        await until(lambda: _count(server, 2))
+    async with AsyncDiscoveryClient(target(server), user_id="erin") as erin:
+        result = await erin.discover_private([alice, bob])
+    assert sorted(m.user_id for m in result.matches) == ["alice", "bob"]
+
+
 async def test_cli_private_state_file_keeps_outputs_and_resumes_joins(
     start_private: Callable[..., Awaitable[DiscoveryServer]],
     tmp_path: Path,

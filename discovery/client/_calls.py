@@ -311,22 +311,26 @@ def private_snapshot(
 def private_sync(
     stub: PrivateDiscoveryServiceStub, state: PrivateState, params: private_pb2.GetPrivateParamsResponse
 ) -> Plan[Snapshot]:
-    """Bring the snapshot up to date: a delta from its cursor (tags only: 6 bytes a record for a large
-    directory), or a whole snapshot when there is none."""
+    """Bring the snapshot up to the params' cursor: a delta from its cursor (tags only: 6 bytes a record
+    for a large directory), after fetching a whole snapshot when there is none (a server serves a built
+    snapshot for up to 30 s, so a new one may be behind too)."""
     from discovery.private_scheme import Delta, SchemeError
 
-    if state.snapshot is not None and state.snapshot.cursor < params.cursor:
-        response: private_pb2.GetPrivateDeltaResponse = yield Call(
-            stub.GetPrivateDelta,
-            private_pb2.GetPrivateDeltaRequest(epoch=state.snapshot.epoch, cursor=state.snapshot.cursor),
-        )
-        try:
-            if response.reset:
-                raise SchemeError("the server asks for a new snapshot")
-            state.apply(Delta.deserialize(response.delta))
-        except SchemeError:
-            state.snapshot = None
-    return (yield from private_snapshot(stub, state, params))
+    snapshot = yield from private_snapshot(stub, state, params)
+    if snapshot.cursor >= params.cursor:
+        return snapshot
+    response: private_pb2.GetPrivateDeltaResponse = yield Call(
+        stub.GetPrivateDelta, private_pb2.GetPrivateDeltaRequest(epoch=snapshot.epoch, cursor=snapshot.cursor)
+    )
+    try:
+        if response.reset:
+            raise SchemeError("the server asks for a new snapshot")
+        state.apply(Delta.deserialize(response.delta))
+    except SchemeError:
+        state.snapshot = None
+        return (yield from private_snapshot(stub, state, params))
+    assert state.snapshot is not None
+    return state.snapshot
 
 
 def private_buckets(

@@ -154,13 +154,12 @@ class PrivateIndex:
     async def load(self) -> None:
         head = await self._store.feed_head()
         entries: dict[bytes, set[bytes]] = {}
-        count = 0
         async for batch in self._store.iter_private(LOAD_BATCH):
             for raw in batch:
                 entry = PrivateEntry.unpack(raw)
                 entries.setdefault(entry.tag, set()).add(entry.sealed)
-                count += 1
-        self._entries, self.count = entries, count
+        # Counted from the set: a Redis HSCAN may yield an entry twice while the hash changes.
+        self._entries, self.count = entries, sum(len(found) for found in entries.values())
         self.cursor = self._base = self._read = head
         self._log_seqs, self._log = [], []
         self._pending.clear()
