@@ -306,6 +306,8 @@ def serve_args(args: argparse.Namespace, data_dir: Path) -> list[str]:
         "--quota-capacity", "0",
         "--rate-limit-burst", "0",
         "--default-notify-on-join", "true",
+        "--default-announce-mode", "everyone",  # the joiners agree to be announced to who has them
+        "--join-release-jitter-seconds", "0",  # delivery is measured, not the release delay (default 1 h)
         "--join-max-streams", str(args.subscribers + 1000),
         "--max-connection-age-seconds", str(args.max_connection_age),
         "--max-connection-age-grace-seconds", "1",
