@@ -46,7 +46,7 @@ import numpy as np
 from discovery.core.errors import InvalidArgument, QuotaExceeded, Reason
 from discovery.core.hashing import KeyRing
 from discovery.core.keyset import SortedKeys, sort_keys
-from discovery.core.model import BucketCharge, QuotaCharge
+from discovery.core.model import BucketCharge, QuotaCharge, UserRecord
 from discovery.core.options import Options, non_negative, option, positive
 from discovery.core.ports import QuotaStore
 from discovery.core.validation import check_no_duplicate_keys, check_packed_hashes
@@ -152,6 +152,8 @@ class SetTokens:
 
 
 BUCKET_PURPOSES = ("requests", "contacts")
+#: Told the caller's record (None: not registered) read in the charge's own store round trip.
+CallerReader = Callable[[UserRecord | None], None]
 
 
 class Gate(Protocol):
@@ -168,10 +170,13 @@ class Gate(Protocol):
         previous_hashes: bytes,
         previous_token: bytes,
         current_hashes: bytes = b"",
+        reader: CallerReader | None = None,
     ) -> bytes:
         """Charge the request rate and the new contacts of a valid request; returns its token.
         ``current_hashes`` (the request's contact hashes, when given) lets an unchanged
-        re-sync skip keying and sorting its previous set again."""
+        re-sync skip keying and sorting its previous set again. ``reader`` is told the
+        caller's record when the charge's store round trip read it too (not when nothing
+        was charged: no round trip)."""
         ...
 
     async def charge_count(self, caller: str, count: int) -> None:
@@ -199,6 +204,7 @@ class AllowAllGate:
         previous_hashes: bytes,
         previous_token: bytes,
         current_hashes: bytes = b"",
+        reader: CallerReader | None = None,
     ) -> bytes:
         return b""
 
@@ -279,6 +285,7 @@ class DiscoverGate:
         previous_hashes: bytes,
         previous_token: bytes,
         current_hashes: bytes = b"",
+        reader: CallerReader | None = None,
     ) -> bytes:
         """Charge the request and the contacts of ``current`` not in the proven previous set;
         returns the token for ``current``. Raises InvalidArgument for a bad previous set (then
@@ -307,13 +314,13 @@ class DiscoverGate:
             await self.admit(caller)
             raise
         if policy.capacity <= 0:
-            await self._charge(caller, self._rate(caller), now)
+            await self._charge(caller, self._rate(caller), now, reader)
             return b""
         if previous is current:
             new = 0
         else:
             new = count_new(current, previous) if previous is not None else len(current)
-        await self._charge(caller, self._rate(caller) + self._contacts(caller, new), now)
+        await self._charge(caller, self._rate(caller) + self._contacts(caller, new), now, reader)
         return self._tokens.issue(caller, current, now, packed)
 
     async def charge_count(self, caller: str, count: int) -> None:
@@ -351,12 +358,24 @@ class DiscoverGate:
         charge = BucketCharge(f"contacts:{caller}", new, policy.capacity, policy.refill_per_hour / 3600.0)
         return [(charge, refusal)]
 
-    async def _charge(self, caller: str, charges: list[tuple[BucketCharge, _Refusal]], now: float) -> None:
+    async def _charge(
+        self,
+        caller: str,
+        charges: list[tuple[BucketCharge, _Refusal]],
+        now: float,
+        reader: CallerReader | None = None,
+    ) -> None:
         """Charge the caller's buckets in one round trip; QuotaExceeded at the first refusal.
-        Bucket names hold a purpose and the user id, never anything of the request."""
+        Bucket names hold a purpose and the user id, never anything of the request. With a
+        ``reader``, the same round trip reads the caller's record for it."""
         if not charges:
             return
-        outcomes = await self._store.charge([charge for charge, _ in charges], now)
+        bucket_charges = [charge for charge, _ in charges]
+        if reader is not None:
+            outcomes, record = await self._store.charge_and_read(bucket_charges, now, caller)
+            reader(record)
+        else:
+            outcomes = await self._store.charge(bucket_charges, now)
         for (charge, refusal), outcome in zip(charges, outcomes, strict=False):
             if not outcome.allowed:
                 raise QuotaExceeded(
