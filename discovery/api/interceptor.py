@@ -21,7 +21,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -77,6 +77,9 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         self._authenticator = authenticator
         self._observers = observers or []
         self._throttle = throttle or LogThrottle()
+        #: method -> (the service's handler, its wrapped form): each handler is wrapped once,
+        #: not per call. Only served methods get here, so the table stays small.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -86,7 +89,13 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
-        return self._wrap(handler, details.method)
+        method: str = details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         decode = _tolerant(handler.request_deserializer)
@@ -172,12 +181,13 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
     def _authenticate(self, outcome: CallOutcome, context: aio.ServicerContext) -> None:
         """Set the call's principal, visible to the servicer through a context variable.
-        Health and reflection need no credentials (and read none)."""
+        Health and reflection need no credentials (and read none). The peer's auth context
+        is read only when the authenticator looks at it (a backend's client certificate)."""
         if audience_of(outcome.method) is Audience.PUBLIC:
             return
         check_single_credentials(outcome.keys)
         set_principal(
-            self._authenticator.authenticate(outcome.method, outcome.metadata, context.auth_context())
+            self._authenticator.authenticate(outcome.method, outcome.metadata, _PeerAuth(context))
         )
         outcome.authenticated = True
 
@@ -228,6 +238,30 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         seconds = time.perf_counter() - outcome.started
         for observer in self._observers:
             observer(outcome.method, outcome.code.name, seconds)
+
+
+class _PeerAuth(Mapping[str, Sequence[bytes]]):
+    """The call's auth context, read from the transport on first use."""
+
+    __slots__ = ("_context", "_read")
+
+    def __init__(self, context: aio.ServicerContext) -> None:
+        self._context = context
+        self._read: Mapping[str, Sequence[bytes]] | None = None
+
+    def _values(self) -> Mapping[str, Sequence[bytes]]:
+        if self._read is None:
+            self._read = self._context.auth_context() or {}
+        return self._read
+
+    def __getitem__(self, key: str) -> Sequence[bytes]:
+        return self._values()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values())
+
+    def __len__(self) -> int:
+        return len(self._values())
 
 
 class _Undecodable:
