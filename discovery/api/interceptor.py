@@ -186,9 +186,7 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         if audience_of(outcome.method) is Audience.PUBLIC:
             return
         check_single_credentials(outcome.keys)
-        set_principal(
-            self._authenticator.authenticate(outcome.method, outcome.metadata, _PeerAuth(context))
-        )
+        set_principal(self._authenticator.authenticate(outcome.method, outcome.metadata, _PeerAuth(context)))
         outcome.authenticated = True
 
     async def _fail(self, outcome: CallOutcome, context: aio.ServicerContext, error: Exception) -> None:
