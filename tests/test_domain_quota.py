@@ -48,7 +48,8 @@ async def test_previous_set_token_rules() -> None:
         ("bob", book, token, "does not match"),  # another caller's token
         ("alice", packed(1, 2), token, "does not match"),  # another set
         ("alice", book, b"\x01" + token[1:20], "not a token"),  # truncated
-        ("alice", book, b"\x02" + token[1:], "not a token"),  # unknown version
+        ("alice", book, b"\x03" + token[1:], "not a token"),  # unknown version
+        ("alice", book, b"\x01" + token[1:], "does not match"),  # relabelled as the sorted-keys format
     ]
     for caller, previous, sent, message in cases:
         with pytest.raises(InvalidArgument, match=message):
