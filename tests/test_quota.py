@@ -195,6 +195,16 @@ def test_tokens_are_order_independent_and_sorted_key_tokens_still_verify() -> No
         tokens.verify("u", sort_keys(raw), legacy, now=1101.0)
 
 
+def test_the_duplicate_check_is_exact_when_key_heads_tie() -> None:
+    """Keys that share their first bytes (or high half) but differ are no duplicate; an equal
+    pair is found at its request positions whatever the tie around it."""
+    a, b, c = b"\x01" * 8 + b"\x00" * 8, b"\x01" * 8 + b"\x00" * 7 + b"\x01", b"\x02" * 16
+    assert sort_keys(a + b + c).first_duplicate() is None
+    assert sort_keys(c + a + b + a).first_duplicate() == (1, 3)
+    assert sort_keys(b"").first_duplicate() is None and sort_keys(c).first_duplicate() is None
+    assert sort_keys(c + a + b).packed() == a + b + c
+
+
 def test_count_new_is_exact_on_sets() -> None:
     keys = KeyRing.from_secret(b"s" * 32)
     raw = keys.directory_keys(packed(H[:300]))
