@@ -15,13 +15,13 @@ counting the rest), so an unauthenticated socket cannot fill the disk.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -157,22 +157,9 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
         return call
 
-    @contextlib.asynccontextmanager
-    async def _guarded(self, method: str, context: aio.ServicerContext) -> AsyncIterator[None]:
-        """One call's bookkeeping, for both shapes of handler: its outcome and request id,
-        authentication, the status of any error (``_fail`` aborts the call) and, at the end,
-        the observers."""
-        outcome = self._begin(method, context)
-        try:
-            self._authenticate(outcome, context)
-            yield
-        except asyncio.CancelledError:
-            outcome.code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as error:
-            await self._fail(outcome, context, error)
-        finally:
-            self._observe(outcome)
+    def _guarded(self, method: str, context: aio.ServicerContext) -> _Guard:
+        """One call's bookkeeping, for both shapes of handler (see :class:`_Guard`)."""
+        return _Guard(self, method, context)
 
     def _begin(self, method: str, context: aio.ServicerContext) -> CallOutcome:
         outcome = CallOutcome(method, tuple(context.invocation_metadata() or ()))
@@ -236,6 +223,44 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         seconds = time.perf_counter() - outcome.started
         for observer in self._observers:
             observer(outcome.method, outcome.code.name, seconds)
+
+
+class _Guard:
+    """One call's bookkeeping as an async context manager: its outcome and request id,
+    authentication, the status of any error (``_fail`` aborts the call) and, at the end, the
+    observers. A class rather than a generator-based manager: it is entered on every call."""
+
+    __slots__ = ("_context", "_interceptor", "_method", "_outcome")
+
+    def __init__(self, interceptor: CallInterceptor, method: str, context: aio.ServicerContext) -> None:
+        self._interceptor = interceptor
+        self._method = method
+        self._context = context
+        self._outcome: CallOutcome | None = None
+
+    async def __aenter__(self) -> None:
+        outcome = self._outcome = self._interceptor._begin(self._method, self._context)
+        try:
+            self._interceptor._authenticate(outcome, self._context)
+        except BaseException as error:
+            # Handled as an error of the call itself; ``_fail`` aborts it.
+            await self.__aexit__(type(error), error, error.__traceback__)
+            raise
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> bool:
+        outcome = self._outcome
+        assert outcome is not None
+        try:
+            if isinstance(error, asyncio.CancelledError):
+                outcome.code = grpc.StatusCode.CANCELLED
+            elif isinstance(error, Exception):
+                await self._interceptor._fail(outcome, self._context, error)
+                return True
+            return False
+        finally:
+            self._interceptor._observe(outcome)
 
 
 class _PeerAuth(Mapping[str, Sequence[bytes]]):
