@@ -342,9 +342,12 @@ async def test_charge_and_read_charges_and_reads_the_caller_in_one_call(store: S
     outcomes, record = await store.charge_and_read(charges, 1.0, "dave")
     assert [(o.allowed, o.level) for o in outcomes] == [(True, 1.0), (True, 5.0)]
     assert record == await store.get_user("dave") and record is not None and record.settings == settings
-    outcomes, record = await store.charge_and_read(charges[:1], 2.0, "nobody")
+    outcomes, record = await store.charge_and_read(
+        [BucketCharge("requests:nobody", 1, 2, 0.0)], 2.0, "nobody"
+    )
     assert [(o.allowed, o.level) for o in outcomes] == [(True, 1.0)] and record is None
-    outcomes, record = await store.charge_and_read(charges, 3.0, "dave")
+    more = [charges[0], BucketCharge("contacts:dave", 6, 10, 0.0)]
+    outcomes, record = await store.charge_and_read(more, 3.0, "dave")
     assert [(o.allowed, o.level) for o in outcomes] == [(True, 2.0), (False, 5.0)] and record is not None
 
 
