@@ -23,6 +23,7 @@ def _method_label(method: str) -> str:
 
 class Metrics:
     def __init__(self) -> None:
+        self._call_series: dict[tuple[str, str], tuple[Counter, Histogram, Counter | None]] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.rpcs = Counter(
@@ -85,12 +86,20 @@ class Metrics:
         )
 
     def observe_call(self, method: str, code: str, seconds: float) -> None:
-        """One finished call: its full method name, its status code's name and its duration."""
-        label = _method_label(method)
-        self.rpcs.labels(label, code).inc()
-        self.rpc_seconds.labels(label).observe(seconds)
-        if code == "RESOURCE_EXHAUSTED":
-            self.quota_rejections.labels(label).inc()
+        """One finished call: its full method name, its status code's name and its duration.
+        The labelled series of each (method, code) are looked up once (the interceptor observes
+        only methods the server serves, so the table stays small)."""
+        series = self._call_series.get((method, code))
+        if series is None:
+            label = _method_label(method)
+            quota = self.quota_rejections.labels(label) if code == "RESOURCE_EXHAUSTED" else None
+            series = self.rpcs.labels(label, code), self.rpc_seconds.labels(label), quota
+            self._call_series[(method, code)] = series
+        calls, duration, rejections = series
+        calls.inc()
+        duration.observe(seconds)
+        if rejections is not None:
+            rejections.inc()
 
     def observe_discover(self, checked: int, matched: int) -> None:
         """One Discover answered: how many contact hashes it held and how many matched."""

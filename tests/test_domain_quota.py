@@ -9,7 +9,7 @@ import pytest
 from discovery.core.errors import InvalidArgument, QuotaExceeded
 from discovery.core.model import BucketCharge, QuotaCharge
 from discovery.core.quota import QuotaPolicy
-from tests.support.domain import Domain, build_domain, packed
+from tests.support.domain import Domain, build_domain, join_policy, packed
 
 NO_RATE = {"rate_burst": 0}
 
@@ -48,7 +48,8 @@ async def test_previous_set_token_rules() -> None:
         ("bob", book, token, "does not match"),  # another caller's token
         ("alice", packed(1, 2), token, "does not match"),  # another set
         ("alice", book, b"\x01" + token[1:20], "not a token"),  # truncated
-        ("alice", book, b"\x02" + token[1:], "not a token"),  # unknown version
+        ("alice", book, b"\x03" + token[1:], "not a token"),  # unknown version
+        ("alice", book, b"\x01" + token[1:], "does not match"),  # relabelled as the sorted-keys format
     ]
     for caller, previous, sent, message in cases:
         with pytest.raises(InvalidArgument, match=message):
@@ -138,3 +139,29 @@ async def test_private_mode_charges_the_rate_and_every_element_in_one_round_trip
     with pytest.raises(QuotaExceeded, match="too many Discover requests"):
         await d.gate.charge_count("alice", 1)
     assert contacts_level(d) == 4 and len(calls) == 3
+
+
+async def test_discover_reads_its_caller_with_the_charge_in_one_round_trip() -> None:
+    """The caller's record (notify_on_join, announce mode) comes with the quota charge: no
+    separate get_user; within the record cache's lifetime, the plain charge alone."""
+    policy = QuotaPolicy(capacity=100, refill_per_hour=0, **NO_RATE)
+    d = await build_domain(quota=policy, joins=join_policy(settings_cache_seconds=60.0))
+    calls: list[str] = []
+    depth = [0]  # the calls Discover makes, not those the store makes of itself
+    for name in ("charge", "charge_and_read", "get_user"):
+        inner = getattr(d.store, name)
+
+        async def counted(*args: object, _name: str = name, _inner: object = inner) -> object:
+            if not depth[0]:
+                calls.append(_name)
+            depth[0] += 1
+            try:
+                return await _inner(*args)  # type: ignore[operator]
+            finally:
+                depth[0] -= 1
+
+        setattr(d.store, name, counted)
+    await d.directory.discover("alice", packed(1, 2, 3))
+    assert calls == ["charge_and_read"]
+    await d.directory.discover("alice", packed(1, 2, 3))
+    assert calls == ["charge_and_read", "charge"]

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import blake3
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -117,7 +118,7 @@ async def test_a_wrong_token_is_invalid_and_charges_nothing(
     cases: list[tuple[bytes, bytes, str]] = [
         (flipped, packed(H[:10]), "previous_token"),
         (first.token[:-1], packed(H[:10]), "previous_token"),
-        (b"\x02" + first.token[1:], packed(H[:10]), "previous_token"),
+        (b"\x03" + first.token[1:], packed(H[:10]), "previous_token"),
         (others.token, packed(H[:10]), "previous_token"),  # another user's token
         (first.token, packed(H[:9]), "previous_token"),  # not the whole previous set
         (first.token, packed(H[:11]), "previous_token"),  # more than the previous set
@@ -170,6 +171,38 @@ def test_tokens_expire_and_bind_the_caller() -> None:
     other = SetTokens(KeyRing.from_secret(b"t" * 32).token_key, ttl=100.0, max_clock_skew=10.0)
     with pytest.raises(InvalidArgument):
         other.verify("u", words, token, now=1000.0)
+
+
+def test_tokens_are_order_independent_and_sorted_key_tokens_still_verify() -> None:
+    """Version 2 proves a set whatever its order; a version 1 token (the MAC over the keys
+    sorted as byte strings, issued before) is accepted until it expires."""
+    keys = KeyRing.from_secret(b"s" * 32)
+    tokens = SetTokens(keys.token_key, ttl=100.0, max_clock_skew=10.0)
+    raw = keys.directory_keys(packed(H[:5]))
+    shuffled = b"".join(raw[i * 16 : (i + 1) * 16] for i in (3, 0, 4, 1, 2))
+    token = tokens.issue("u", sort_keys(raw), now=1000.0)
+    assert token[0] == 2 and len(token) == TOKEN_SIZE
+    tokens.verify("u", sort_keys(shuffled), token, now=1000.0)
+    issued = (1000).to_bytes(8, "big")
+    mac = blake3.blake3(key=keys.token_key)
+    mac.update(b"\x01" + issued + (1).to_bytes(2, "big") + b"u" + sort_keys(raw).packed())
+    legacy = b"\x01" + issued + mac.digest()
+    tokens.verify("u", sort_keys(shuffled), legacy, now=1050.0)
+    for other, caller in ((packed(H[:4]), "u"), (packed(H[:5]), "v")):
+        with pytest.raises(InvalidArgument, match="match"):
+            tokens.verify(caller, sort_keys(keys.directory_keys(other)), legacy, now=1050.0)
+    with pytest.raises(InvalidArgument, match="expired"):
+        tokens.verify("u", sort_keys(raw), legacy, now=1101.0)
+
+
+def test_the_duplicate_check_is_exact_when_key_heads_tie() -> None:
+    """Keys that share their first bytes (or high half) but differ are no duplicate; an equal
+    pair is found at its request positions whatever the tie around it."""
+    a, b, c = b"\x01" * 8 + b"\x00" * 8, b"\x01" * 8 + b"\x00" * 7 + b"\x01", b"\x02" * 16
+    assert sort_keys(a + b + c).first_duplicate() is None
+    assert sort_keys(c + a + b + a).first_duplicate() == (1, 3)
+    assert sort_keys(b"").first_duplicate() is None and sort_keys(c).first_duplicate() is None
+    assert sort_keys(c + a + b).packed() == a + b + c
 
 
 def test_count_new_is_exact_on_sets() -> None:

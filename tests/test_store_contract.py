@@ -334,6 +334,23 @@ async def test_quota_charges_of_one_call_stop_at_the_first_refusal(store: Store)
     assert await store.charge([], 5.0) == []
 
 
+async def test_charge_and_read_charges_and_reads_the_caller_in_one_call(store: Store) -> None:
+    """Discover's round trip: the charge as ``charge`` makes it, and the record as ``get_user`` reads it."""
+    settings = PrivacySettings(notify_on_join=True, announce_mode=AnnounceMode.MUTUAL)
+    await store.register(new_user("dave", key(), settings))
+    charges = [BucketCharge("requests:dave", 1, 2, 0.0), BucketCharge("contacts:dave", 5, 10, 0.0)]
+    outcomes, record = await store.charge_and_read(charges, 1.0, "dave")
+    assert [(o.allowed, o.level) for o in outcomes] == [(True, 1.0), (True, 5.0)]
+    assert record == await store.get_user("dave") and record is not None and record.settings == settings
+    outcomes, record = await store.charge_and_read(
+        [BucketCharge("requests:nobody", 1, 2, 0.0)], 2.0, "nobody"
+    )
+    assert [(o.allowed, o.level) for o in outcomes] == [(True, 1.0)] and record is None
+    more = [charges[0], BucketCharge("contacts:dave", 6, 10, 0.0)]
+    outcomes, record = await store.charge_and_read(more, 3.0, "dave")
+    assert [(o.allowed, o.level) for o in outcomes] == [(True, 2.0), (False, 5.0)] and record is not None
+
+
 async def test_join_signals_reach_another_instance(open_backend: OpenStore) -> None:
     writer, listener = await open_backend(), await open_backend()
     watching = PrivacySettings(notify_on_join=True, announce_mode=AnnounceMode.EVERYONE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import enum
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -40,8 +41,9 @@ class Audience(enum.Enum):
     BACKEND = "backend"  # the account service and other backends
 
 
+@functools.lru_cache(maxsize=256)
 def audience_of(method: str) -> Audience:
-    """``/package.Service/Method`` -> the audience of that service."""
+    """``/package.Service/Method`` -> the audience of that service (remembered: every call asks)."""
     service = method.lstrip("/").split("/", 1)[0]
     if service == ADMIN_SERVICE:
         return Audience.BACKEND

@@ -15,13 +15,13 @@ counting the rest), so an unauthenticated socket cannot fill the disk.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -77,6 +77,9 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         self._authenticator = authenticator
         self._observers = observers or []
         self._throttle = throttle or LogThrottle()
+        #: method -> (the service's handler, its wrapped form): each handler is wrapped once,
+        #: not per call. Only served methods get here, so the table stays small.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -86,7 +89,13 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
-        return self._wrap(handler, details.method)
+        method: str = details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         decode = _tolerant(handler.request_deserializer)
@@ -148,22 +157,9 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
         return call
 
-    @contextlib.asynccontextmanager
-    async def _guarded(self, method: str, context: aio.ServicerContext) -> AsyncIterator[None]:
-        """One call's bookkeeping, for both shapes of handler: its outcome and request id,
-        authentication, the status of any error (``_fail`` aborts the call) and, at the end,
-        the observers."""
-        outcome = self._begin(method, context)
-        try:
-            self._authenticate(outcome, context)
-            yield
-        except asyncio.CancelledError:
-            outcome.code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as error:
-            await self._fail(outcome, context, error)
-        finally:
-            self._observe(outcome)
+    def _guarded(self, method: str, context: aio.ServicerContext) -> _Guard:
+        """One call's bookkeeping, for both shapes of handler (see :class:`_Guard`)."""
+        return _Guard(self, method, context)
 
     def _begin(self, method: str, context: aio.ServicerContext) -> CallOutcome:
         outcome = CallOutcome(method, tuple(context.invocation_metadata() or ()))
@@ -172,13 +168,12 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
     def _authenticate(self, outcome: CallOutcome, context: aio.ServicerContext) -> None:
         """Set the call's principal, visible to the servicer through a context variable.
-        Health and reflection need no credentials (and read none)."""
+        Health and reflection need no credentials (and read none). The peer's auth context
+        is read only when the authenticator looks at it (a backend's client certificate)."""
         if audience_of(outcome.method) is Audience.PUBLIC:
             return
         check_single_credentials(outcome.keys)
-        set_principal(
-            self._authenticator.authenticate(outcome.method, outcome.metadata, context.auth_context())
-        )
+        set_principal(self._authenticator.authenticate(outcome.method, outcome.metadata, _PeerAuth(context)))
         outcome.authenticated = True
 
     async def _fail(self, outcome: CallOutcome, context: aio.ServicerContext, error: Exception) -> None:
@@ -228,6 +223,68 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         seconds = time.perf_counter() - outcome.started
         for observer in self._observers:
             observer(outcome.method, outcome.code.name, seconds)
+
+
+class _Guard:
+    """One call's bookkeeping as an async context manager: its outcome and request id,
+    authentication, the status of any error (``_fail`` aborts the call) and, at the end, the
+    observers. A class rather than a generator-based manager: it is entered on every call."""
+
+    __slots__ = ("_context", "_interceptor", "_method", "_outcome")
+
+    def __init__(self, interceptor: CallInterceptor, method: str, context: aio.ServicerContext) -> None:
+        self._interceptor = interceptor
+        self._method = method
+        self._context = context
+        self._outcome: CallOutcome | None = None
+
+    async def __aenter__(self) -> None:
+        outcome = self._outcome = self._interceptor._begin(self._method, self._context)
+        try:
+            self._interceptor._authenticate(outcome, self._context)
+        except BaseException as error:
+            # Handled as an error of the call itself; ``_fail`` aborts it.
+            await self.__aexit__(type(error), error, error.__traceback__)
+            raise
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> bool:
+        outcome = self._outcome
+        assert outcome is not None
+        try:
+            if isinstance(error, asyncio.CancelledError):
+                outcome.code = grpc.StatusCode.CANCELLED
+            elif isinstance(error, Exception):
+                await self._interceptor._fail(outcome, self._context, error)
+                return True
+            return False
+        finally:
+            self._interceptor._observe(outcome)
+
+
+class _PeerAuth(Mapping[str, Sequence[bytes]]):
+    """The call's auth context, read from the transport on first use."""
+
+    __slots__ = ("_context", "_read")
+
+    def __init__(self, context: aio.ServicerContext) -> None:
+        self._context = context
+        self._read: Mapping[str, Sequence[bytes]] | None = None
+
+    def _values(self) -> Mapping[str, Sequence[bytes]]:
+        if self._read is None:
+            self._read = self._context.auth_context() or {}
+        return self._read
+
+    def __getitem__(self, key: str) -> Sequence[bytes]:
+        return self._values()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values())
+
+    def __len__(self) -> int:
+        return len(self._values())
 
 
 class _Undecodable:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+from jwt.algorithms import Algorithm, get_default_algorithms
+from jwt.types import JWKDict
 
 from discovery.api.auth import (
     AUTHORIZATION_HEADER,
@@ -59,6 +61,50 @@ def check_algorithm(algorithm: str) -> str:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unsupported JWT algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
     return algorithm
+
+
+class _PreparedKey(Algorithm):
+    """The configured algorithm with its one key prepared once. PyJWT prepares the key on every
+    decode, and for HS256 that means trying to parse the secret as PEM, SSH and DER keys and
+    certificates (about 20 µs a token); the checks and the verification are PyJWT's own."""
+
+    def __init__(self, inner: Algorithm, key: Any) -> None:
+        self._inner = inner
+        self._key = key
+        self._prepared = inner.prepare_key(key)
+
+    def prepare_key(self, key: Any) -> Any:
+        return self._prepared if key is self._key else self._inner.prepare_key(key)
+
+    def sign(self, msg: bytes, key: Any) -> bytes:
+        return self._inner.sign(msg, key)
+
+    def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:
+        return self._inner.verify(msg, key, sig)
+
+    @staticmethod
+    def to_jwk(key_obj: Any, as_dict: bool = False) -> Any:
+        raise NotImplementedError("verification only")
+
+    @staticmethod
+    def from_jwk(jwk: str | JWKDict) -> Any:
+        raise NotImplementedError("verification only")
+
+
+def _decoder(algorithm: str, key: Any) -> jwt.PyJWT:
+    """A PyJWT decoder of its own whose ``algorithm`` has ``key`` prepared once (PyJWT keeps its
+    algorithms on its JWS object; without one, or for a key PyJWT refuses, which it then refuses
+    on every token as before, the plain decoder)."""
+    decoder = jwt.PyJWT()
+    jws = getattr(decoder, "_jws", None)
+    if isinstance(jws, jwt.PyJWS):
+        try:
+            prepared = _PreparedKey(get_default_algorithms()[algorithm], key)
+        except Exception:
+            return decoder
+        jws.unregister_algorithm(algorithm)
+        jws.register_algorithm(algorithm, prepared)
+    return decoder
 
 
 class VerifiedTokens:
@@ -106,9 +152,11 @@ class JwtVerifier:
     leeway: float = 5.0
     cache_seconds: float = TOKEN_CACHE_SECONDS
     cache: VerifiedTokens = field(default_factory=VerifiedTokens, compare=False)
+    _decoder: jwt.PyJWT = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_algorithm(self.algorithm)
+        object.__setattr__(self, "_decoder", _decoder(self.algorithm, self.key))
 
     def claims(self, token: str) -> Claims:
         """The verified claims of ``token``, or Unauthenticated (which never quotes the token)."""
@@ -125,7 +173,7 @@ class JwtVerifier:
     def _verify(self, token: str) -> Claims:
         required = ["exp", "sub"] + (["iss"] if self.issuer else []) + (["aud"] if self.audience else [])
         try:
-            claims: Claims = jwt.decode(
+            claims: Claims = self._decoder.decode(
                 token,
                 self.key,
                 algorithms=[self.algorithm],

@@ -96,8 +96,8 @@ class Directory:
         The whole batch is one AES call and one vectorised probe, in the event loop.
         Nothing of the batch is kept but the watches on unmatched keys of a caller with
         notify_on_join on (core/joins.py). The gate (core/quota.py) charges the request rate
-        and the new contacts before the lookup, in one store round trip, so a refused
-        request learns nothing.
+        and the new contacts before the lookup, in one store round trip that also reads the
+        caller's record, so a refused request learns nothing.
         """
         try:
             check_packed_hashes(packed_hashes, self.limits.max_hashes_per_request)
@@ -107,14 +107,28 @@ class Directory:
         except InvalidArgument:
             await self.gate.admit(caller)  # a refused request still counts against the rate
             raise
-        token = await self.gate.charge(caller, ordered, previous_hashes, previous_token, packed_hashes)
+        # The caller's record (notify_on_join, announce mode) comes with the charge, in the same
+        # store round trip, unless it is remembered from a call of the last few seconds.
+        known = self.joins.cached_caller(caller)
+        read: list[UserRecord | None] = []
+        token = await self.gate.charge(
+            caller,
+            ordered,
+            previous_hashes,
+            previous_token,
+            packed_hashes,
+            reader=read.append if known is None else None,
+        )
+        if read:
+            known = (read[0],)
+            self.joins.remember_caller(caller, read[0])
         checked = len(keys) // KEY_SIZE
         if not keys:
             return DirectoryMatch([], [], token, checked)
         positions, user_ids = self.sync.lookup(keys)
-        await self.joins.watch_unmatched(caller, keys, positions)
+        await self.joins.watch_unmatched(caller, keys, positions, known)
         if user_ids:
-            record = await self.joins.caller(caller)
+            record = known[0] if known is not None else await self.joins.caller(caller)
             if record is not None:
                 await self.joins.announce_mutual(record, user_ids)
         return DirectoryMatch(positions.tolist(), user_ids, token, checked)

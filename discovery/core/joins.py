@@ -411,15 +411,18 @@ class Joins:
 
     # -- watches --------------------------------------------------------------------------------
 
-    async def watch_unmatched(self, caller: str, keys: bytes, matched: npt.ArrayLike) -> int:
+    async def watch_unmatched(
+        self, caller: str, keys: bytes, matched: npt.ArrayLike, known: tuple[UserRecord | None] | None = None
+    ) -> int:
         """Watch every key of the batch whose position is not in ``matched`` (the positions
         returned to the caller), if the caller wants join notifications. The caller's settings
-        are read only when something is unmatched."""
+        (``known``, when the caller's record was read already) are read only when something
+        is unmatched."""
         n = len(keys) // KEY_SIZE
         positions = np.asarray(matched, dtype=np.int64)
         if positions.size >= n:
             return 0
-        record = await self.caller(caller)
+        record = known[0] if known is not None else await self.caller(caller)
         if record is None or not record.settings.notify_on_join:
             return 0
         unmatched = keys
@@ -449,6 +452,15 @@ class Joins:
         record = await self.store.get_user(user_id)
         self._wants.put(user_id, record)
         return record
+
+    def cached_caller(self, user_id: str) -> tuple[UserRecord | None] | None:
+        """The caller's remembered record (None inside: not registered), or None when it is
+        not remembered (then Discover reads it with its quota charge)."""
+        return self._wants.get(user_id)
+
+    def remember_caller(self, user_id: str, record: UserRecord | None) -> None:
+        """A caller's record read elsewhere (with the quota charge), for the next few seconds."""
+        self._wants.put(user_id, record)
 
     async def announce_mutual(self, record: UserRecord, matched_user_ids: list[str]) -> int:
         """MUTUAL: the joiner's Discover matched these users; tell those who watch the joiner's

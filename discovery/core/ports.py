@@ -140,6 +140,15 @@ class QuotaStore(Protocol):
         one user (Redis keeps them on one slot)."""
         ...
 
+    async def charge_and_read(
+        self, charges: Sequence[BucketCharge], now: float, user_id: str
+    ) -> tuple[list[QuotaCharge], UserRecord | None]:
+        """``charge(charges, now)`` and ``get_user(user_id)`` in one round trip: Discover charges
+        its caller and reads the caller's record (notify_on_join, announce mode) together. The
+        charge is atomic as in ``charge``; the record is as a ``get_user`` call at that moment
+        would return it (read-only, not part of the charge's atomic step)."""
+        ...
+
     async def forget_buckets(self, buckets: Sequence[str]) -> int:
         """Delete these buckets (an unregistered user's); returns how many existed."""
         ...

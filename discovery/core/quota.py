@@ -24,17 +24,30 @@ Order of checks, and why:
    about any number.
 3. The lookup runs.
 
-Token layout (41 bytes): version 0x01, issue time as uint64 big-endian seconds, then
+Token layout (41 bytes): version 0x02, issue time as uint64 big-endian seconds, then
 BLAKE3 keyed with ``KeyRing.token_key`` over ``version || issued || len(user id) as
-uint16 big-endian || user id (UTF-8) || sorted directory keys``. The issue time bounds
-replay; an expired or forged token gets INVALID_ARGUMENT, and the client starts over
-without one.
+uint16 big-endian || user id (UTF-8) || n as uint32 big-endian || S``, where ``S`` is
+the sum of the set's ``n`` elements ``AES-128(k_e, directory key)``, each read as two
+little-endian 64-bit words and added word by word modulo 2^64 (16 bytes); ``k_e`` is
+derived from the token key (BLAKE3 keyed with it, over :data:`ELEMENT_KEY_CONTEXT`).
+The issue time bounds replay; an expired or forged token gets INVALID_ARGUMENT, and the
+client starts over without one.
+
+The sum does not depend on the keys' order, so a request is never sorted for its token.
+It stays sound: the elements are outputs of a PRF under a key that never leaves the
+server, so a set other than the proven one has the same ``(n, S)`` with probability about
+2^-128 per guess whatever the client chooses (an additive multiset hash with a secret key;
+duplicates, the only way to cancel an element, are refused), and the outer MAC binds the
+caller and the issue time, so a token is neither forgeable nor usable by another caller.
+Version 0x01 (the MAC over the directory keys sorted as byte strings, in place of ``n || S``)
+is still accepted until its tokens expire; only 0x02 is issued.
 """
 
 from __future__ import annotations
 
 import hmac
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,17 +55,21 @@ from typing import Protocol
 
 import blake3
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from discovery.core.errors import InvalidArgument, QuotaExceeded, Reason
 from discovery.core.hashing import KeyRing
 from discovery.core.keyset import SortedKeys, sort_keys
-from discovery.core.model import BucketCharge, QuotaCharge
+from discovery.core.model import BucketCharge, QuotaCharge, UserRecord
 from discovery.core.options import Options, non_negative, option, positive
 from discovery.core.ports import QuotaStore
 from discovery.core.validation import check_no_duplicate_keys, check_packed_hashes
 
-TOKEN_VERSION = 1
+TOKEN_VERSION = 2
+#: The previous format (MAC over the sorted keys): verified, never issued.
+SORTED_TOKEN_VERSION = 1
 TOKEN_SIZE = 1 + 8 + 32
+ELEMENT_KEY_CONTEXT = b"discovery.v1 previous-set token elements"
 MAX_RETRY_SECONDS = 365 * 86400.0
 
 
@@ -113,29 +130,43 @@ class SetTokens:
         self._key = key
         self._ttl = ttl
         self._skew = max_clock_skew
+        self._element_key = blake3.blake3(ELEMENT_KEY_CONTEXT, key=key).digest(length=16)
+        self._per_thread = threading.local()
 
-    def _tag(self, caller: str, issued: bytes, packed: bytes) -> bytes:
+    def digest(self, keys: SortedKeys) -> bytes:
+        """``n || S`` of the module docstring: what a token of version 2 proves about ``keys``."""
+        encryptor: CipherContext | None = getattr(self._per_thread, "encryptor", None)
+        if encryptor is None:  # ECB keeps no state between blocks: one context per thread
+            encryptor = Cipher(algorithms.AES(self._element_key), modes.ECB()).encryptor()
+            self._per_thread.encryptor = encryptor
+        words = np.frombuffer(encryptor.update(keys.raw), dtype="<u8")
+        total = np.array([words[0::2].sum(dtype=np.uint64), words[1::2].sum(dtype=np.uint64)], dtype="<u8")
+        return len(keys).to_bytes(4, "big") + total.tobytes()
+
+    def _tag(self, caller: str, version: int, issued: bytes, body: bytes) -> bytes:
         user = caller.encode("utf-8")
         mac = blake3.blake3(key=self._key)
-        mac.update(bytes([TOKEN_VERSION]) + issued + len(user).to_bytes(2, "big") + user)
-        mac.update(packed)
+        mac.update(bytes([version]) + issued + len(user).to_bytes(2, "big") + user)
+        mac.update(body)
         return mac.digest()
 
-    def issue(self, caller: str, keys: SortedKeys, now: float, packed: bytes | None = None) -> bytes:
-        """The token for ``keys``; ``packed`` is ``keys.packed()`` when the caller has it already."""
+    def issue(self, caller: str, keys: SortedKeys, now: float, digest: bytes | None = None) -> bytes:
+        """The token for ``keys``; ``digest`` is ``digest(keys)`` when the caller has it already."""
         issued = int(now).to_bytes(8, "big")
-        return bytes([TOKEN_VERSION]) + issued + self._tag(caller, issued, packed or keys.packed())
+        body = digest or self.digest(keys)
+        return bytes([TOKEN_VERSION]) + issued + self._tag(caller, TOKEN_VERSION, issued, body)
 
     def verify(
-        self, caller: str, keys: SortedKeys, token: bytes, now: float, packed: bytes | None = None
+        self, caller: str, keys: SortedKeys, token: bytes, now: float, digest: bytes | None = None
     ) -> None:
         """Raise InvalidArgument unless ``token`` was issued to ``caller`` for exactly this set."""
-        if len(token) != TOKEN_SIZE or token[0] != TOKEN_VERSION:
+        if len(token) != TOKEN_SIZE or token[0] not in (TOKEN_VERSION, SORTED_TOKEN_VERSION):
             raise InvalidArgument.field(
                 "previous_token", "is not a token this server issued", Reason.PREVIOUS_SET_REFUSED
             )
-        issued = token[1:9]
-        if not hmac.compare_digest(self._tag(caller, issued, packed or keys.packed()), token[9:]):
+        version, issued = token[0], token[1:9]
+        body = (digest or self.digest(keys)) if version == TOKEN_VERSION else keys.packed()
+        if not hmac.compare_digest(self._tag(caller, version, issued, body), token[9:]):
             raise InvalidArgument.field(
                 "previous_token",
                 "does not match previous_contact_hashes and the caller; "
@@ -152,6 +183,8 @@ class SetTokens:
 
 
 BUCKET_PURPOSES = ("requests", "contacts")
+#: Told the caller's record (None: not registered) read in the charge's own store round trip.
+CallerReader = Callable[[UserRecord | None], None]
 
 
 class Gate(Protocol):
@@ -168,10 +201,13 @@ class Gate(Protocol):
         previous_hashes: bytes,
         previous_token: bytes,
         current_hashes: bytes = b"",
+        reader: CallerReader | None = None,
     ) -> bytes:
         """Charge the request rate and the new contacts of a valid request; returns its token.
         ``current_hashes`` (the request's contact hashes, when given) lets an unchanged
-        re-sync skip keying and sorting its previous set again."""
+        re-sync skip keying and sorting its previous set again. ``reader`` is told the
+        caller's record when the charge's store round trip read it too (not when nothing
+        was charged: no round trip)."""
         ...
 
     async def charge_count(self, caller: str, count: int) -> None:
@@ -199,6 +235,7 @@ class AllowAllGate:
         previous_hashes: bytes,
         previous_token: bytes,
         current_hashes: bytes = b"",
+        reader: CallerReader | None = None,
     ) -> bytes:
         return b""
 
@@ -279,17 +316,18 @@ class DiscoverGate:
         previous_hashes: bytes,
         previous_token: bytes,
         current_hashes: bytes = b"",
+        reader: CallerReader | None = None,
     ) -> bytes:
         """Charge the request and the contacts of ``current`` not in the proven previous set;
         returns the token for ``current``. Raises InvalidArgument for a bad previous set (then
         only the request rate is charged), QuotaExceeded over quota (then no contacts are).
 
         An unchanged re-sync (``previous_hashes`` equal to ``current_hashes``, byte for byte)
-        is the common case: its previous set is the current one, already keyed, sorted and
-        checked, so only the token is verified, over the same packed keys it is issued on."""
+        is the common case: its previous set is the current one, already keyed and
+        checked, so only the token is verified, with the same digest it is issued with."""
         policy = self.policy
         now = self._clock()
-        packed: bytes | None = None
+        digest: bytes | None = None
         previous: SortedKeys | None = None
         try:
             if policy.capacity <= 0:
@@ -298,8 +336,8 @@ class DiscoverGate:
                     previous_hashes, self._max_hashes, "previous_contact_hashes", Reason.PREVIOUS_SET_REFUSED
                 )
             elif previous_token and current_hashes and previous_hashes == current_hashes:
-                packed = current.packed()
-                self._tokens.verify(caller, current, previous_token, now, packed)
+                digest = self._tokens.digest(current)
+                self._tokens.verify(caller, current, previous_token, now, digest)
                 previous = current
             else:
                 previous = self._previous(caller, previous_hashes, previous_token, now)
@@ -307,14 +345,14 @@ class DiscoverGate:
             await self.admit(caller)
             raise
         if policy.capacity <= 0:
-            await self._charge(caller, self._rate(caller), now)
+            await self._charge(caller, self._rate(caller), now, reader)
             return b""
         if previous is current:
             new = 0
         else:
             new = count_new(current, previous) if previous is not None else len(current)
-        await self._charge(caller, self._rate(caller) + self._contacts(caller, new), now)
-        return self._tokens.issue(caller, current, now, packed)
+        await self._charge(caller, self._rate(caller) + self._contacts(caller, new), now, reader)
+        return self._tokens.issue(caller, current, now, digest)
 
     async def charge_count(self, caller: str, count: int) -> None:
         contacts = self._contacts(caller, count) if self.policy.capacity > 0 else []
@@ -351,12 +389,24 @@ class DiscoverGate:
         charge = BucketCharge(f"contacts:{caller}", new, policy.capacity, policy.refill_per_hour / 3600.0)
         return [(charge, refusal)]
 
-    async def _charge(self, caller: str, charges: list[tuple[BucketCharge, _Refusal]], now: float) -> None:
+    async def _charge(
+        self,
+        caller: str,
+        charges: list[tuple[BucketCharge, _Refusal]],
+        now: float,
+        reader: CallerReader | None = None,
+    ) -> None:
         """Charge the caller's buckets in one round trip; QuotaExceeded at the first refusal.
-        Bucket names hold a purpose and the user id, never anything of the request."""
+        Bucket names hold a purpose and the user id, never anything of the request. With a
+        ``reader``, the same round trip reads the caller's record for it."""
         if not charges:
             return
-        outcomes = await self._store.charge([charge for charge, _ in charges], now)
+        bucket_charges = [charge for charge, _ in charges]
+        if reader is not None:
+            outcomes, record = await self._store.charge_and_read(bucket_charges, now, caller)
+            reader(record)
+        else:
+            outcomes = await self._store.charge(bucket_charges, now)
         for (charge, refusal), outcome in zip(charges, outcomes, strict=False):
             if not outcome.allowed:
                 raise QuotaExceeded(

@@ -100,6 +100,11 @@ class TimedStore:
     async def charge(self, charges: Sequence[m.BucketCharge], now: float) -> list[m.QuotaCharge]:
         return await self._timed("charge", self.inner.charge(charges, now))
 
+    async def charge_and_read(
+        self, charges: Sequence[m.BucketCharge], now: float, user_id: str
+    ) -> tuple[list[m.QuotaCharge], m.UserRecord | None]:
+        return await self._timed("charge_and_read", self.inner.charge_and_read(charges, now, user_id))
+
     async def forget_buckets(self, buckets: Sequence[str]) -> int:
         return await self._timed("forget_buckets", self.inner.forget_buckets(buckets))
 

@@ -279,6 +279,11 @@ class MemoryStore:
                 self.data.buckets[charge.bucket] = (outcome.level, now)
         return outcomes
 
+    async def charge_and_read(
+        self, charges: Sequence[m.BucketCharge], now: float, user_id: str
+    ) -> tuple[list[m.QuotaCharge], m.UserRecord | None]:
+        return await self.charge(charges, now), await self.get_user(user_id)
+
     async def forget_buckets(self, buckets: Sequence[str]) -> int:
         return sum(self.data.buckets.pop(name, None) is not None for name in buckets)
 

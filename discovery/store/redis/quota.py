@@ -7,10 +7,12 @@ buckets share the tag ``{NS:u:USER_ID}`` (see Keys.quota).
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
-from discovery.core.model import BucketCharge, QuotaCharge
+from discovery.core.model import BucketCharge, QuotaCharge, UserRecord
 from discovery.store.redis.base import LuaScript, RedisBase
 
 # KEYS: the buckets (one user's: one slot). ARGV: now, then cost, capacity, leak per second
@@ -54,6 +56,17 @@ return out
 
 
 class RedisQuota(RedisBase):
+    #: The registry's read (RedisRegistry, mixed into the same store).
+    get_user: Callable[[str], Coroutine[Any, Any, UserRecord | None]]
+
+    async def charge_and_read(
+        self, charges: Sequence[BucketCharge], now: float, user_id: str
+    ) -> tuple[list[QuotaCharge], UserRecord | None]:
+        """The charge script and the record's read sent together: the record lives in the
+        registry's slot, the buckets in the user's, so one script cannot hold both (Cluster)."""
+        outcomes, record = await asyncio.gather(self.charge(charges, now), self.get_user(user_id))
+        return outcomes, record
+
     async def charge(self, charges: Sequence[BucketCharge], now: float) -> list[QuotaCharge]:
         if not charges:
             return []

@@ -16,10 +16,10 @@ import asyncio
 import math
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from discovery.core.model import BucketCharge, QuotaCharge
+from discovery.core.model import BucketCharge, QuotaCharge, UserRecord
 from discovery.store.sqlite.base import SqliteBase
 
 QUOTA_SCHEMA = """
@@ -49,17 +49,26 @@ def decide(level: float, cost: float, capacity: float, leak_per_second: float) -
     return QuotaCharge(False, level, (level + cost - capacity) / leak_per_second)
 
 
+Charged = tuple[list[QuotaCharge], UserRecord | None]
+
+
 class _PendingCharge(NamedTuple):
     charges: Sequence[BucketCharge]
     now: float
-    outcome: asyncio.Future[list[QuotaCharge]]
+    #: The user whose record is read in the same transaction (``charge_and_read``), or None.
+    reader: str | None
+    outcome: asyncio.Future[Charged]
 
 
 class SqliteQuota(SqliteBase):
     """Charges that arrive while one transaction runs wait and go together in the next one
     (group commit): under load, a Discover costs a share of one writer-thread hop and one
     commit instead of a whole one each. Each request's charges are still applied in order
-    and atomically, and requests one after another, as with a transaction each."""
+    and atomically, and requests one after another, as with a transaction each. The caller's
+    record that ``charge_and_read`` asks for is read in the same transaction."""
+
+    #: The registry's row reader (SqliteRegistry, mixed into the same store).
+    _user_row: Callable[[sqlite3.Connection, str], UserRecord | None]
 
     _last_quota_prune = 0.0
     _charge_queue: list[_PendingCharge] | None = None
@@ -69,7 +78,15 @@ class SqliteQuota(SqliteBase):
         return super().schema() + QUOTA_SCHEMA
 
     async def charge(self, charges: Sequence[BucketCharge], now: float) -> list[QuotaCharge]:
-        pending = _PendingCharge(charges, now, asyncio.get_running_loop().create_future())
+        return (await self._queue_charge(charges, now, None))[0]
+
+    async def charge_and_read(
+        self, charges: Sequence[BucketCharge], now: float, user_id: str
+    ) -> tuple[list[QuotaCharge], UserRecord | None]:
+        return await self._queue_charge(charges, now, user_id)
+
+    async def _queue_charge(self, charges: Sequence[BucketCharge], now: float, reader: str | None) -> Charged:
+        pending = _PendingCharge(charges, now, reader, asyncio.get_running_loop().create_future())
         if self._charge_queue is None:
             self._charge_queue = []
         self._charge_queue.append(pending)
@@ -96,7 +113,7 @@ class SqliteQuota(SqliteBase):
             self._charge_drain = None
 
     async def _charge_together(self, batch: list[_PendingCharge]) -> None:
-        def apply() -> list[list[QuotaCharge]]:
+        def apply() -> list[Charged]:
             return self._transaction(lambda conn: self._charge_batch(conn, batch))
 
         try:
@@ -110,8 +127,14 @@ class SqliteQuota(SqliteBase):
             if not p.outcome.done():
                 p.outcome.set_result(outcome)
 
-    def _charge_batch(self, conn: sqlite3.Connection, batch: list[_PendingCharge]) -> list[list[QuotaCharge]]:
-        return [self._charge_all(conn, p.charges, p.now) for p in batch]
+    def _charge_batch(self, conn: sqlite3.Connection, batch: list[_PendingCharge]) -> list[Charged]:
+        return [
+            (
+                self._charge_all(conn, p.charges, p.now),
+                None if p.reader is None else self._user_row(conn, p.reader),
+            )
+            for p in batch
+        ]
 
     def _charge_all(
         self, conn: sqlite3.Connection, charges: Sequence[BucketCharge], now: float
