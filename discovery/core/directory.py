@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from discovery.core.errors import InvalidArgument, Reason, UserNotRegistered
 from discovery.core.hashing import HASH_SIZE, KEY_SIZE, KeyRing
@@ -56,8 +57,10 @@ class DirectoryLimits(Options):
     import_transaction_users: int = 50_000
 
 
-@dataclass(frozen=True, slots=True)
-class ImportCandidate:
+class ImportCandidate(NamedTuple):
+    """One user of an ImportUsers message, as received (a tuple: made once per imported user,
+    it costs a third of a frozen dataclass)."""
+
     user_id: str
     contact_hash: bytes
     settings: PrivacySettings | None
