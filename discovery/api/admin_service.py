@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from grpc import aio
@@ -57,50 +56,31 @@ class DirectoryAdminService(pb_grpc.DirectoryAdminServiceServicer):
         position = 0
         group: list[tuple[list[ImportCandidate], int]] = []
         grouped = 0
-        # The store's write of one group overlaps the preparation (keys, announcements) of the
-        # next; groups are written one after the other, in order.
-        writing: asyncio.Task[list[ImportReport]] | None = None
-
-        async def written() -> None:
-            nonlocal writing
-            if writing is not None:
-                task, writing = writing, None
-                for report in await task:
-                    total.add(report, limits.max_reported_rejections)
 
         async def commit() -> None:
-            nonlocal grouped, writing
-            prepared = await self._directory.prepare_import(group)
+            nonlocal grouped
+            for report in await self._directory.import_batches(group):
+                total.add(report, limits.max_reported_rejections)
             group.clear()
             grouped = 0
-            await written()
-            writing = asyncio.create_task(self._directory.store_import(prepared))
 
-        try:
-            async for batch in request_iterator:
-                candidates = [
-                    ImportCandidate(
-                        u.user_id,
-                        u.contact_hash,
-                        settings_from_pb(u.settings) if u.HasField("settings") else None,
-                    )
-                    for u in batch.users
-                ]
-                if len(candidates) > limits.max_import_batch:
-                    if group:
-                        await commit()
-                    await written()  # the messages before it stay imported
-                    self._directory.check_import_batch(candidates)
-                group.append((candidates, position))
-                position += len(candidates)
-                grouped += len(candidates)
-                if grouped >= limits.import_transaction_users:
-                    await commit()
-            if group:
+        async for batch in request_iterator:
+            candidates = [
+                ImportCandidate(
+                    u.user_id,
+                    u.contact_hash,
+                    settings_from_pb(u.settings) if u.HasField("settings") else None,
+                )
+                for u in batch.users
+            ]
+            if len(candidates) > limits.max_import_batch:
+                await commit()  # the messages before it stay imported
+                self._directory.check_import_batch(candidates)
+            group.append((candidates, position))
+            position += len(candidates)
+            grouped += len(candidates)
+            if grouped >= limits.import_transaction_users:
                 await commit()
-            await written()
-        finally:
-            if writing is not None:  # the call failed or was cancelled meanwhile
-                writing.cancel()
-                await asyncio.gather(writing, return_exceptions=True)
+        if group:
+            await commit()
         return import_report_to_pb(total)

@@ -66,16 +66,6 @@ class ImportCandidate(NamedTuple):
     settings: PrivacySettings | None
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedImport:
-    """Batches of an import checked and keyed (:meth:`Directory.prepare_import`), not stored."""
-
-    #: Per batch: the rejections found within it, and its valid users with their positions.
-    screened: list[tuple[list[RejectedUser], list[tuple[int, ImportCandidate]]]]
-    #: Per batch: the valid users as the store takes them.
-    users: list[list[NewUser]]
-
-
 class Directory:
     def __init__(
         self,
@@ -286,24 +276,14 @@ class Directory:
         """Import several batches of a stream in one store transaction, each as if alone and in
         order (a later batch sees the earlier ones registered): the same outcomes as one
         transaction each, with each index page written once per transaction, not per batch."""
-        return await self.store_import(await self.prepare_import(batches))
-
-    async def prepare_import(self, batches: list[tuple[list[ImportCandidate], int]]) -> PreparedImport:
-        """What :meth:`import_batches` does before the store: the rules within each batch, the
-        directory keys, announcements and private entries. It does not read the registry, so
-        a stream prepares its next batches while the store writes the earlier ones."""
         for candidates, _ in batches:
             self.check_import_batch(candidates)
-        screened = [self._screen(candidates, first) for candidates, first in batches]
-        return PreparedImport(screened, [await self._new_users(valid) for _, valid in screened])
-
-    async def store_import(self, prepared: PreparedImport) -> list[ImportReport]:
-        """The store transaction of prepared batches, then the index catches up; their reports."""
-        groups = prepared.users
+        prepared = [self._screen(candidates, first) for candidates, first in batches]
+        groups = [await self._new_users(valid) for _, valid in prepared]
         stored = await self.store.import_user_groups([g for g in groups if g]) if any(groups) else []
         outcomes = iter(stored)
         reports = []
-        for (rejections, valid), users in zip(prepared.screened, groups, strict=True):
+        for (rejections, valid), users in zip(prepared, groups, strict=True):
             report = ImportReport()
             if users:
                 outcome = next(outcomes)
