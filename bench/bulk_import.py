@@ -1,14 +1,21 @@
-"""Scenario 5: bulk import. Users per second into the embedded store through ``ImportUsers``.
+"""Scenario 5: bulk import. Users per second through ``ImportUsers`` into each store.
 
-A fresh server (empty embedded store) receives one client-streaming ``ImportUsers`` call
-from a separate process, in messages of ``import_batch`` users. The messages are
-serialized with numpy straight from the registry arrays (the protobuf wire format of
-``ImportUsersRequest`` is simple enough), not built user by user.
+A fresh server (on an empty store: the embedded SQLite file, a redis-server, a 3-master Redis
+Cluster, each started here on loopback without persistence) receives one client-streaming
+``ImportUsers`` call from a separate process, in messages of ``import_batch`` users. The
+messages are serialized with numpy straight from the registry arrays (the protobuf wire
+format of ``ImportUsersRequest`` is simple enough), not built user by user. A last line
+imports into the embedded store with private mode on (every user's private entry computed
+in the OPRF worker pool), on fewer users; it has no goal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,11 +27,14 @@ from bench.profiling import pyspy_finish, pyspy_start
 from bench.report import Goal, Report
 from bench.summary import headline
 from discovery.v1 import discovery_pb2 as pb
+from tests.support.redis_fixtures import MISSING, REDIS_CLI, REDIS_SERVER, start_cluster, start_redis
 
 IMPORT_METHOD = "/discovery.v1.DirectoryAdminService/ImportUsers"
 GOAL_USERS_PER_S = 100_000.0
 PROFILE_USERS = 200_000
 MAX_PROFILE_SECONDS = 10.0
+#: Private mode computes an OPRF-derived entry per user in a worker pool: far fewer users.
+PRIVATE_USERS_SHARE = 10
 _TAG_USERS = 0x0A  # ImportUsersRequest.users, field 1, length-delimited
 _TAG_USER_ID = 0x0A  # ImportUser.user_id, field 1
 _TAG_HASH = 0x12  # ImportUser.contact_hash, field 2
@@ -81,6 +91,71 @@ def stream_import(
     return float(result["seconds"]), pb.ImportUsersResponse.FromString(bytes.fromhex(result["response"]))
 
 
+@contextlib.contextmanager
+def store_urls(workdir: Path) -> Iterator[dict[str, str | None]]:
+    """Store URL per backend (None: the embedded default); Redis ones only with redis-server."""
+    urls: dict[str, str | None] = {"sqlite": None}
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        yield urls
+        return
+    single = start_redis(workdir / "redis")
+    try:
+        cluster = start_cluster(workdir / "cluster")
+        try:
+            yield {**urls, "redis": single.url, "redis-cluster": cluster.url}
+        finally:
+            cluster.stop()
+    finally:
+        single.stop()
+
+
+def import_once(
+    ctx: Context,
+    name: str,
+    workdir: Path,
+    registry: Registry,
+    extra: Sequence[str],
+) -> dict[str, Any]:
+    """One fresh server on an empty store, one ImportUsers stream of the whole registry."""
+    sizes = ctx.sizes
+    frames = workdir / f"import-{name}.frames"
+    write_frames(frames, import_messages(registry, sizes.import_batch))
+    data_dir = workdir / f"data-{name}"
+    auth = auth_for(data_dir)
+    unthrottled, _ = unthrottled_args()
+    users = registry.size
+    with running(discovery_server(data_dir, workdir, auth, [*unthrottled, *extra])) as server:
+        cpu = server.cpu_seconds()
+        seconds, response = stream_import(server, str(frames), auth.backend_metadata)
+        cpu = server.cpu_seconds() - cpu
+        rate = users / seconds
+        ctx.log(
+            f"import {name}: {users:,} users in {seconds:.1f} s = {rate:,.0f} users/s, server CPU {cpu:.1f} s"
+        )
+        out: dict[str, Any] = {
+            "users": users,
+            "seconds": seconds,
+            "users_per_s": round(rate),
+            # Less noisy than the wall clock on a shared machine: all the server's threads.
+            "server_cpu_s": round(cpu, 2),
+            "users_per_server_cpu_s": round(users / cpu) if cpu else None,
+            "imported": response.imported,
+            "rejected": response.rejected_total,
+            "server_peak_rss_mib": round(server.memory_kib().get("VmHWM", 0) / 1024, 1),
+        }
+        if ctx.profile and rate < GOAL_USERS_PER_S and name == "sqlite":
+            extra_users = make_registry(min(PROFILE_USERS, users), seed=2).shuffled()
+            profile_frames = workdir / f"import-profile-{name}.frames"
+            write_frames(profile_frames, import_messages(extra_users, sizes.import_batch))
+            output = workdir / f"import-profile-{name}.txt"
+            spy = pyspy_start(server.pid, min(MAX_PROFILE_SECONDS, extra_users.size / rate), output)
+            stream_import(server, str(profile_frames), auth.backend_metadata)
+            profile = pyspy_finish(spy, output)
+            profile["tool"] = f"py-spy --gil (server process, a second import of {extra_users.size:,} users)"
+            out["profile"] = profile
+    return out
+
+
 def run(ctx: Context) -> Report:
     sizes = ctx.sizes
     users = sizes.import_users
@@ -88,62 +163,71 @@ def run(ctx: Context) -> Report:
     registry = ctx.registry(users).shuffled()
     workdir = ctx.work / "bulk_import"
     workdir.mkdir(parents=True, exist_ok=True)
-    messages = import_messages(registry, sizes.import_batch)
-    check = pb.ImportUsersRequest.FromString(messages[0])
+    check = pb.ImportUsersRequest.FromString(import_messages(registry, sizes.import_batch)[0])
     assert len(check.users) == min(sizes.import_batch, users) and len(check.users[0].contact_hash) == _HASH
-    frames = workdir / "import.frames"
-    write_frames(frames, messages)
-    data_dir = workdir / "data"
-    auth = auth_for(data_dir)
-    extra, _ = unthrottled_args()
+    private_users = max(users // PRIVATE_USERS_SHARE, 1)
     report = Report(
         "bulk_import",
         {
             "users": users,
             "users_per_message": sizes.import_batch,
             "order": "random (shuffled users: ids and contact hashes in no particular order)",
-            "store": "embedded SQLite, empty at start, default settings (synchronous=NORMAL, WAL)",
-            "auth": auth.mode,
+            "stores": "embedded SQLite (synchronous=NORMAL, WAL), redis-server, 3-master Redis Cluster;"
+            " each empty at start, no persistence for Redis",
+            "private_mode_users": private_users,
+            "auth": "jwt or dev, as the server has",
             "client": "separate process, one client-streaming call, pre-serialized messages",
         },
     )
-    with running(discovery_server(data_dir, workdir, auth, extra)) as server:
-        cpu = server.cpu_seconds()
-        seconds, response = stream_import(server, str(frames), auth.backend_metadata)
-        cpu = server.cpu_seconds() - cpu
-        rate = users / seconds
-        ctx.log(f"import: {users:,} users in {seconds:.1f} s = {rate:,.0f} users/s, server CPU {cpu:.1f} s")
-        report.results.update(
-            seconds=seconds,
-            users_per_s=round(rate),
-            # Less noisy than the wall clock on a shared machine: all the server's threads.
-            server_cpu_s=round(cpu, 2),
-            users_per_server_cpu_s=round(users / cpu) if cpu else None,
-            imported=response.imported,
-            rejected=response.rejected_total,
-            server_peak_rss_mib=round(server.memory_kib().get("VmHWM", 0) / 1024, 1),
-        )
-        if response.imported != users:
-            report.notes.append(f"only {response.imported} of {users} users were imported")
-        if ctx.profile and rate < GOAL_USERS_PER_S:
-            extra_users = make_registry(min(PROFILE_USERS, users), seed=2).shuffled()
-            profile_frames = workdir / "import-profile.frames"
-            write_frames(profile_frames, import_messages(extra_users, sizes.import_batch))
-            output = workdir / "import-profile.txt"
-            spy = pyspy_start(server.pid, min(MAX_PROFILE_SECONDS, extra_users.size / rate), output)
-            stream_import(server, str(profile_frames), auth.backend_metadata)
-            profile = pyspy_finish(spy, output)
-            profile["tool"] = f"py-spy --gil (server process, a second import of {extra_users.size:,} users)"
-            report.results["profile"] = profile
-    report.goals.append(
-        Goal("bulk import into the embedded store", GOAL_USERS_PER_S, rate, "users/s", at_most=False)
+    backends: dict[str, Any] = {}
+    with store_urls(workdir) as urls:
+        for name, url in urls.items():
+            backends[name] = import_once(
+                ctx, name, workdir, registry, [] if url is None else ["--store", url]
+            )
+    backends["sqlite-private"] = import_once(
+        ctx,
+        "sqlite-private",
+        workdir,
+        make_registry(private_users, seed=3).shuffled(),
+        ["--private-mode", "true"],
     )
-    report.results["headline"] = [
-        headline(
-            "ImportUsers into the embedded store",
-            round(rate),
-            "users/s",
-            f"{users:,} users in messages of {sizes.import_batch:,}",
-        ),
-    ]
+    if len(urls) == 1:
+        report.notes.append(f"Redis and Redis Cluster not measured: {MISSING}")
+    embedded = backends["sqlite"]
+    # The embedded store's figures stay at the top level, as before the Redis lines.
+    report.results.update({k: v for k, v in embedded.items() if k != "users"})
+    report.results["backends"] = {
+        name: {k: v for k, v in out.items() if k != "profile"} for name, out in backends.items()
+    }
+    for name, out in backends.items():
+        if out["imported"] != out["users"]:
+            report.notes.append(f"{name}: only {out['imported']} of {out['users']} users were imported")
+    labels = {
+        "sqlite": "the embedded store",
+        "redis": "Redis",
+        "redis-cluster": "Redis Cluster",
+        "sqlite-private": "the embedded store, private mode on",
+    }
+    report.results["headline"] = []
+    for name, out in backends.items():
+        if name != "sqlite-private":
+            report.goals.append(
+                Goal(
+                    f"bulk import into {labels[name]}",
+                    GOAL_USERS_PER_S,
+                    out["users_per_s"],
+                    "users/s",
+                    at_most=False,
+                )
+            )
+        report.results["headline"].append(
+            headline(
+                f"ImportUsers into {labels[name]}",
+                out["users_per_s"],
+                "users/s",
+                f"{out['users']:,} users in messages of {sizes.import_batch:,};"
+                f" server CPU {out['server_cpu_s']} s",
+            )
+        )
     return report

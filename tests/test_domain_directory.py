@@ -103,6 +103,27 @@ async def test_import_rejects_what_it_cannot_register() -> None:
     assert (await d.directory.discover("carol", packed(2))).user_ids == ["new"]
 
 
+async def test_import_checks_a_whole_batch_as_the_per_user_rules_would() -> None:
+    """A batch is first checked as a whole (ASCII ids); what that check does not clear goes
+    through the per-user rules, with the same outcome."""
+    d = await build_domain()
+    longest, too_long = "x" * 128, "y" * 129
+    report = await d.directory.import_batch(
+        [ImportCandidate(longest, number(1), None), ImportCandidate("zoë", number(2), None)], 0
+    )
+    assert (report.imported, report.rejected_total) == (2, 0)
+    report = await d.directory.import_batch(
+        [ImportCandidate("ascii", number(3), None), ImportCandidate(too_long, number(4), None)], 0
+    )
+    assert report.imported == 1
+    assert [(r.position, r.reason) for r in report.rejections] == [(1, ImportRejectionReason.INVALID_USER_ID)]
+    report = await d.directory.import_batch(
+        [ImportCandidate("", number(5), None), ImportCandidate("dup", number(6), None)], 0
+    )
+    assert [(r.position, r.reason) for r in report.rejections] == [(0, ImportRejectionReason.INVALID_USER_ID)]
+    assert (await d.directory.discover("carol", packed(1))).user_ids == [longest]
+
+
 async def test_change_number_moves_the_user() -> None:
     d = await build_domain()
     await d.directory.register("alice", number(1))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import blake3
@@ -109,12 +110,33 @@ class KeyRing:
 
     def joiner_tag(self, user_id: str) -> bytes:
         """A 16-byte keyed hash of a user id that marks the inbox events naming the user."""
-        return blake3.blake3(user_id.encode(), key=self.joiner_key).digest(KEY_SIZE)
+        return self.joiner_tags([user_id])[0]
+
+    def joiner_tags(self, user_ids: Sequence[str]) -> list[bytes]:
+        """:meth:`joiner_tag` of each id (the keyed hasher made once)."""
+        hasher = blake3.blake3(key=self.joiner_key)
+        out = []
+        for user_id in user_ids:
+            h = hasher.copy()
+            h.update(user_id.encode())
+            out.append(h.digest(KEY_SIZE))
+        return out
 
     def seal_notice(self, user_id: str, directory_key: bytes) -> bytes:
         """The sealed (user id, directory key) of a join event: AES-256-GCM, random nonce."""
-        nonce = os.urandom(NONCE_SIZE)
-        return nonce + self._aead().encrypt(nonce, directory_key + user_id.encode(), None)
+        return self.seal_notices([user_id], directory_key)[0]
+
+    def seal_notices(self, user_ids: Sequence[str], directory_keys: bytes) -> list[bytes]:
+        """:meth:`seal_notice` of each (user id, packed directory key), with the random nonces
+        of all drawn at once."""
+        nonces = os.urandom(NONCE_SIZE * len(user_ids))
+        encrypt = self._aead().encrypt
+        out = []
+        for i, user_id in enumerate(user_ids):
+            nonce = nonces[i * NONCE_SIZE : (i + 1) * NONCE_SIZE]
+            key = directory_keys[i * KEY_SIZE : (i + 1) * KEY_SIZE]
+            out.append(nonce + encrypt(nonce, key + user_id.encode(), None))
+        return out
 
     def open_notice(self, notice: bytes) -> tuple[str, bytes]:
         """(user id, directory key) of a sealed notice; raises InvalidTag when it was not ours."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -151,17 +151,37 @@ def check_cursor(cursor: int, field: str) -> int:
     return cursor
 
 
-_RANDOM = random.SystemRandom()
-
-
 def make_announcement(keys: KeyRing, user_id: str, directory_key: bytes, jitter: float = 0.0) -> Announcement:
     """The watch tag, joiner tag, sealed notice and a random release delay in [0, jitter]."""
-    return Announcement(
-        watch_tag=keys.watch_tags(directory_key),
-        joiner_tag=keys.joiner_tag(user_id),
-        notice=keys.seal_notice(user_id, directory_key),
-        delay=_RANDOM.uniform(0.0, jitter) if jitter > 0 else 0.0,
-    )
+    return make_announcements(keys, [user_id], directory_key, jitter)[0]
+
+
+def make_announcements(
+    keys: KeyRing, user_ids: Sequence[str], directory_keys: bytes, jitter: float = 0.0
+) -> list[Announcement]:
+    """:func:`make_announcement` of each user id and its key (``directory_keys`` packed, in the
+    same order), batched: one AES call for the watch tags, one draw of random bytes for the
+    nonces and one for the delays."""
+    n = len(user_ids)
+    if len(directory_keys) != n * KEY_SIZE:
+        raise ValueError("one 16-byte directory key per user id")
+    tags = keys.watch_tags(directory_keys)
+    joiners = keys.joiner_tags(user_ids)
+    notices = keys.seal_notices(user_ids, directory_keys)
+    delays = release_delays(n, jitter)
+    return [
+        Announcement(tags[i * KEY_SIZE : (i + 1) * KEY_SIZE], joiners[i], notices[i], delay)
+        for i, delay in enumerate(delays)
+    ]
+
+
+def release_delays(n: int, jitter: float) -> list[float]:
+    """``n`` delays drawn uniformly from [0, jitter) with the system's CSPRNG (53 random bits each)."""
+    if jitter <= 0:
+        return [0.0] * n
+    bits = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) >> np.uint64(11)
+    delays: list[float] = (bits * (jitter / 2.0**53)).tolist()
+    return delays
 
 
 def resume_after(epochs: Sequence[InboxEpoch], epoch: int, cursor: int) -> int:
@@ -443,6 +463,10 @@ class Joins:
     def announcement(self, user_id: str, directory_key: bytes) -> Announcement:
         """What the store needs to announce ``user_id`` joining with ``directory_key``."""
         return make_announcement(self.keys, user_id, directory_key, self.policy.release_jitter)
+
+    def announcements(self, user_ids: Sequence[str], directory_keys: bytes) -> list[Announcement]:
+        """:meth:`announcement` of each user id and its key (packed, in order), batched."""
+        return make_announcements(self.keys, user_ids, directory_keys, self.policy.release_jitter)
 
     async def caller(self, user_id: str) -> UserRecord | None:
         """The caller's record, remembered for a few seconds (see _RecordCache)."""

@@ -79,33 +79,42 @@ local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 local out, joined, watched = {}, {}, {}
 local blob = ARGV[2]
 local psize, pentries = tonumber(ARGV[3]), ARGV[4]
+local user_prefix, key_prefix = TAG .. ':u:', TAG .. ':d:'
+-- The announcement at ``at`` in the blob, read only when someone watches the chunk's keys.
+local function announcement_at(at)
+  local notice = string.sub(blob, at + 33, at + 32 + string.byte(blob, at + 32))
+  local b1, b2, b3, b4 = string.byte(blob, at + 33 + #notice, at + 36 + #notice)
+  local delay = (((b1 * 256 + b2) * 256 + b3) * 256 + b4) / 1000
+  return announcement(string.sub(blob, at, at + 15), string.sub(blob, at + 16, at + 31), notice, delay)
+end
 local pos, i = 1, 0
 while pos <= #blob do
   i = i + 1
-  local ub = TAG .. ':u:' .. string.sub(blob, pos, pos + 1)
+  local ub = user_prefix .. string.sub(blob, pos, pos + 1)
   local key = string.sub(blob, pos + 2, pos + 17)
   local flags = string.sub(blob, pos + 18, pos + 18)
-  local uid = string.sub(blob, pos + 20, pos + 19 + string.byte(blob, pos + 19))
-  pos = pos + 20 + #uid
-  local wtag, jtag = string.sub(blob, pos, pos + 15), string.sub(blob, pos + 16, pos + 31)
-  local notice = string.sub(blob, pos + 33, pos + 32 + string.byte(blob, pos + 32))
-  pos = pos + 33 + #notice
-  local b1, b2, b3, b4 = string.byte(blob, pos, pos + 3)
-  local delay = (((b1 * 256 + b2) * 256 + b3) * 256 + b4) / 1000
-  pos = pos + 4
+  local ulen = string.byte(blob, pos + 19)
+  local uid = string.sub(blob, pos + 20, pos + 19 + ulen)
+  local at = pos + 20 + ulen
+  pos = at + 37 + string.byte(blob, at + 32)
+  local next_seq = tostring(seq + 1)  -- (one number formatted per user, not two)
   -- Claim the user id, then the key (undoing the claim when the key is taken).
-  if redis.call('HSETNX', ub, uid, key .. flags .. (seq + 1)) == 0 then
+  if redis.call('HSETNX', ub, uid, key .. flags .. next_seq) == 0 then
     if string.sub(redis.call('HGET', ub, uid), 1, 16) == key then out[i] = 0 else out[i] = -1 end
-  elseif redis.call('HSETNX', key_bucket(key), string.sub(key, 3), '') == 0 then
+  elseif redis.call('HSETNX', key_prefix .. string.sub(key, 1, 2), string.sub(key, 3), '') == 0 then
     redis.call('HDEL', ub, uid)
     out[i] = -2
   else
     seq = seq + 1
-    local private = string.sub(pentries, (i - 1) * psize + 1, i * psize)
-    add_feed(seq, feed_entry(key, flags, uid), private)
-    set_private(uid, flags, private)
-    joined[#joined + 1] = {uid, announcement(wtag, jtag, notice, delay), flags}
-    watched[#watched + 1] = watchers_of(wtag)
+    local private = ''
+    if psize > 0 then
+      private = string.sub(pentries, (i - 1) * psize + 1, i * psize)
+      set_private(uid, flags, private)
+    end
+    -- (A user just created has no private entry to delete: unregistering deleted it.)
+    add_feed(next_seq, feed_entry(key, flags, uid), private)
+    joined[#joined + 1] = {uid, at, flags}
+    watched[#watched + 1] = watchers_of(string.sub(blob, at, at + 15))
     out[i] = 1
   end
 end
@@ -115,7 +124,9 @@ if #joined > 0 then
   -- One EXISTS for the whole chunk: most imported keys are watched by nobody.
   if redis.call('EXISTS', unpack(watched)) > 0 then
     local now, notified = now_s(), {}
-    for _, j in ipairs(joined) do fan_out(j[1], j[2], j[3], mode_of(j[3], false), now, ARGV[1], notified) end
+    for _, j in ipairs(joined) do
+      fan_out(j[1], announcement_at(j[2]), j[3], mode_of(j[3], false), now, ARGV[1], notified)
+    end
     signal(notified)
   end
 end

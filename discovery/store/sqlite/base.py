@@ -23,7 +23,7 @@ log = logging.getLogger("discovery.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _LOCK_POLL_MS = 25
 _CACHE_KIB = 256 * 1024
 #: WAL pages after which a commit checkpoints: SQLite's default, and the policy of imports
@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS users (
     discoverable INTEGER NOT NULL,
     announce_join INTEGER NOT NULL, -- announce mode (bits 0-1) and number change (bit 2)
     notify_on_join INTEGER NOT NULL,
-    private BLOB
+    private BLOB,
+    feed_seq INTEGER -- the feed entry that names the user (none once pruned)
 );
 CREATE TABLE IF NOT EXISTS registry_feed (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -53,7 +54,6 @@ CREATE TABLE IF NOT EXISTS registry_feed (
     created REAL NOT NULL,
     private BLOB
 );
-CREATE INDEX IF NOT EXISTS registry_feed_user ON registry_feed(user_id) WHERE user_id IS NOT NULL;
 """
 
 
@@ -110,10 +110,12 @@ class SqliteBase:
         for table in ("users", "registry_feed"):  # files written before private mode
             if "private" not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN private BLOB")
+        _migrate_feed_pointers(conn)
         conn.execute(
             "INSERT OR IGNORE INTO meta(name, value) VALUES ('schema_version', ?), ('feed_floor', 0)",
             (SCHEMA_VERSION,),
         )
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (SCHEMA_VERSION,))
         self._conn = conn
 
     def schema(self) -> str:
@@ -260,6 +262,39 @@ class SqliteBase:
     def _forget_user(self, conn: sqlite3.Connection, user_id: str, joiner_tag: bytes) -> int:
         """Called in the unregistering transaction; removes data kept on the user's behalf."""
         return 0
+
+
+def _migrate_feed_pointers(conn: sqlite3.Connection) -> None:
+    """Schema 1 found the feed entries naming a user through an index on the feed's user ids
+    (a random insert per imported user); schema 2 keeps in each user's row the seq of the one
+    entry that names them. A file with that index (schema 1, or written again by a version
+    that keeps it) gets its pointers from the feed, loses the entries that newer ones
+    superseded (schema 2 deletes those when it appends), and the index is dropped."""
+    if "feed_seq" not in {row[1] for row in conn.execute("PRAGMA table_info(users)")}:
+        conn.execute("ALTER TABLE users ADD COLUMN feed_seq INTEGER")
+    if conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'registry_feed_user'"
+    ).fetchone():
+        started = time.monotonic()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "UPDATE users SET feed_seq ="
+                " (SELECT MAX(seq) FROM registry_feed f WHERE f.user_id = users.user_id)"
+            )
+            conn.execute(
+                "DELETE FROM registry_feed WHERE user_id IS NOT NULL AND seq NOT IN"
+                " (SELECT feed_seq FROM users WHERE feed_seq IS NOT NULL)"
+            )
+            conn.execute("DROP INDEX registry_feed_user")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        log.info(
+            "feed pointers migrated",
+            extra={"event": "schema_migrated", "seconds": round(time.monotonic() - started, 2)},
+        )
 
 
 class _Job(Generic[T]):
