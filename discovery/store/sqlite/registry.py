@@ -167,17 +167,18 @@ class SqliteRegistry(SqliteBase):
         head = conn.execute(
             "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'registry_feed'), 0)"
         ).fetchone()[0]
+        rejected, candidates = _repeats_in_batch(users)
         inserted = conn.total_changes
-        order = sorted(range(len(users)), key=lambda i: users[i].directory_key)
+        order = sorted(candidates, key=lambda i: users[i].directory_key)
         conn.executemany(
             _INSERT_USER + " ON CONFLICT DO NOTHING", [_insert_values(users[i], head + 1 + i) for i in order]
         )
         inserted = conn.total_changes - inserted
-        rejected: dict[int, ImportRejectionReason] = {}
         unchanged: set[int] = set()
-        new: Sequence[int] = range(len(users))
-        if inserted < len(users):
-            rejected, unchanged, new = _import_conflicts(conn, users, before)
+        new: Sequence[int] = candidates
+        if inserted < len(candidates) or rejected:
+            refused, unchanged, new = _import_conflicts(conn, users, candidates, before)
+            rejected.update(refused)
             # The feed entries of the users imported are numbered without gaps.
             conn.executemany(
                 "UPDATE users SET feed_seq = ? WHERE user_id = ?",
@@ -338,8 +339,29 @@ def _insert_values(user: NewUser, feed_seq: int) -> tuple[object, ...]:
     )
 
 
+def _repeats_in_batch(users: Sequence[NewUser]) -> tuple[dict[int, ImportRejectionReason], Sequence[int]]:
+    """A row that repeats the user id or the key of an earlier row of the batch is refused (the earlier
+    one is imported), as the Redis store does: (refused positions, the other positions)."""
+    if len({u.user_id for u in users}) == len(users) and len({u.directory_key for u in users}) == len(users):
+        return {}, range(len(users))
+    ids: set[str] = set()
+    keys: set[bytes] = set()
+    rejected: dict[int, ImportRejectionReason] = {}
+    candidates: list[int] = []
+    for i, u in enumerate(users):
+        if u.user_id in ids:
+            rejected[i] = ImportRejectionReason.USER_ID_TAKEN
+        elif u.directory_key in keys:
+            rejected[i] = ImportRejectionReason.CONTACT_HASH_TAKEN
+        else:
+            candidates.append(i)
+        ids.add(u.user_id)
+        keys.add(u.directory_key)
+    return rejected, candidates
+
+
 def _import_conflicts(
-    conn: sqlite3.Connection, users: Sequence[NewUser], before: int
+    conn: sqlite3.Connection, users: Sequence[NewUser], candidates: Sequence[int], before: int
 ) -> tuple[dict[int, ImportRejectionReason], set[int], list[int]]:
     """After an import that skipped some users: the positions the registry refused (with the
     reason), those it already held unchanged, and those imported (rowids after ``before``)."""
@@ -347,7 +369,8 @@ def _import_conflicts(
     rejected: dict[int, ImportRejectionReason] = {}
     unchanged: set[int] = set()
     new: list[int] = []
-    for i, u in enumerate(users):
+    for i in candidates:
+        u = users[i]
         if u.user_id in imported:
             new.append(i)
             continue
