@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -543,6 +545,28 @@ async def test_cli_watch_joins_private(
     (line,) = capsys.readouterr().out.splitlines()
     event = json.loads(line)
     assert (event["entry"], event["user_id"]) == (bob, "bob") and event["cursor"] > 0
+
+
+async def test_a_server_with_another_id_pad_than_the_stored_entries_refuses_to_start(
+    start_private: Callable[..., Awaitable[DiscoveryServer]], tmp_path: Path
+) -> None:
+    """Entries sealed with one --private-id-pad cannot be served with another: the start is refused with
+    the flag to set, and the server it began is stopped."""
+    from discovery.core.errors import StartupRefused
+
+    server = await start_private()
+    async with AsyncAdminClient(target(server)) as admin:
+        await admin.register_user("alice", e164_numbers(1, seed=55)[0])
+    await server.stop(grace=0)
+    with pytest.raises(StartupRefused, match="--private-id-pad 64"):
+        await start_private(private_id_pad=128)
+    again = await start_private()  # the same pad as the entries
+    assert again.service.private is not None and again.service.private.index.count == 1
+    await again.stop(grace=0)
+    serve = [sys.executable, "-m", "discovery", "serve", "--listen", "127.0.0.1:0", "--auth", "dev"]
+    serve += ["--data-dir", str(tmp_path / "data"), "--private-mode", "true", "--private-id-pad", "128"]
+    done = await asyncio.to_thread(subprocess.run, serve, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "start it with --private-id-pad 64" in done.stderr, done.stderr[-2000:]
 
 
 async def test_a_first_sync_is_as_fresh_as_the_params(

@@ -22,6 +22,7 @@ from discovery.app.credentials import is_loopback
 from discovery.app.wiring import Service, build
 from discovery.config import ServerConfig
 from discovery.core.directory import Directory
+from discovery.core.errors import StartupRefused
 from discovery.core.index_sync import IndexSync
 from discovery.core.joins import Joins
 from discovery.core.ports import Store
@@ -99,7 +100,11 @@ class DiscoveryServer:
         self._follow_task = asyncio.create_task(service.sync.follow(self._stop_follow), name="index-follow")
         if service.private is not None:
             await service.private.evaluator.start(service.private.key)
-            await service.private.index.load()
+            try:
+                await service.private.index.load()
+            except StartupRefused:
+                await self.stop(grace=0)
+                raise
             self._private_task = asyncio.create_task(
                 service.private.index.follow(self._stop_follow), name="private-follow"
             )

@@ -9,6 +9,7 @@ import sys
 
 from discovery.app.server import serve
 from discovery.config import add_server_options, config_from_args
+from discovery.core.errors import StartupRefused
 from discovery.logs import configure_logging
 from discovery.tracing import Tracing
 
@@ -33,5 +34,9 @@ def run_serve(args: argparse.Namespace) -> int:
     # Everything the server writes (store, WAL, secrets) is readable by its owner only.
     os.umask(0o077)
     configure_logging(config.ops.log_level)
-    asyncio.run(serve(config, Tracing.start(config.tracing)))
+    try:
+        asyncio.run(serve(config, Tracing.start(config.tracing)))
+    except StartupRefused as error:
+        print(f"discovery serve: error: {error}", file=sys.stderr)
+        return 2
     return 0

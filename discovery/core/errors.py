@@ -174,3 +174,7 @@ class UserNotRegistered(NotFound):
 
 class FeedTruncated(Exception):
     """The change feed no longer holds the changes after the requested cursor: reload."""
+
+
+class StartupRefused(Exception):
+    """The store holds state that this configuration cannot serve; the message says what to change."""

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from discovery.core.background import log_retry
-from discovery.core.errors import FeedTruncated, InvalidArgument, Reason
+from discovery.core.errors import FeedTruncated, InvalidArgument, Reason, StartupRefused
 from discovery.core.ports import Store
 from discovery.core.private import (
     MAX_BLINDED_PER_REQUEST,
@@ -53,6 +53,7 @@ from discovery.private_scheme import (
     DeltaRecord,
     Snapshot,
     bucket_capacity,
+    sealed_size,
 )
 from discovery.private_scheme.tagset import sorted_unique, tags_array
 
@@ -110,6 +111,15 @@ class _Built:
     recent: frozenset[bytes]  # the recent tags it covers
 
 
+def _id_pad_refused(stored_size: int, id_pad: int) -> StartupRefused:
+    stored_pad = stored_size - sealed_size(0)
+    return StartupRefused(
+        f"the store's private-mode entries seal user ids padded to {stored_pad} bytes, and this server has "
+        f"--private-id-pad {id_pad}: start it with --private-id-pad {stored_pad} (another pad needs every "
+        "user's entry computed again, by importing the users again)"
+    )
+
+
 class PrivateIndex:
     """The released registered set of one epoch: tag -> sealed ids, with a log of changes since load."""
 
@@ -154,9 +164,12 @@ class PrivateIndex:
     async def load(self) -> None:
         head = await self._store.feed_head()
         entries: dict[bytes, set[bytes]] = {}
+        size = sealed_size(self.id_pad)
         async for batch in self._store.iter_private(LOAD_BATCH):
             for raw in batch:
                 entry = PrivateEntry.unpack(raw)
+                if len(entry.sealed) != size:
+                    raise _id_pad_refused(len(entry.sealed), self.id_pad)
                 entries.setdefault(entry.tag, set()).add(entry.sealed)
         # Counted from the set: a Redis HSCAN may yield an entry twice while the hash changes.
         self._entries, self.count = entries, sum(len(found) for found in entries.values())
