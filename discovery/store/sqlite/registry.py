@@ -343,13 +343,27 @@ def _import_conflicts(
 ) -> tuple[dict[int, ImportRejectionReason], set[int], list[int]]:
     """After an import that skipped some users: the positions the registry refused (with the
     reason), those it already held unchanged, and those imported (rowids after ``before``)."""
-    imported = {row[0] for row in conn.execute("SELECT user_id FROM users WHERE rowid > ?", (before,))}
+    imported = {
+        row[0]: bytes(row[1])
+        for row in conn.execute("SELECT user_id, dkey FROM users WHERE rowid > ?", (before,))
+    }
     rejected: dict[int, ImportRejectionReason] = {}
     unchanged: set[int] = set()
     new: list[int] = []
+    claimed: set[str] = set()
     for i, u in enumerate(users):
-        if u.user_id in imported:
-            new.append(i)
+        key = imported.get(u.user_id)
+        if key is not None:
+            if u.user_id in claimed:
+                rejected[i] = ImportRejectionReason.USER_ID_TAKEN
+            elif key == u.directory_key:
+                new.append(i)
+                claimed.add(u.user_id)
+            else:
+                # A new user id twice in the batch, and the later one went in (the rows go in
+                # key order): refuse the batch (the transaction rolls back) rather than keep the
+                # wrong one. The domain screens such duplicates out before the store.
+                raise ValueError("a new user id twice in one import batch")
             continue
         row = conn.execute("SELECT dkey FROM users WHERE user_id = ?", (u.user_id,)).fetchone()
         if row is None:
