@@ -202,6 +202,10 @@ def run(ctx: Context) -> Report:
     report.results["backends"] = {
         name: {k: v for k, v in out.items() if k != "profile"} for name, out in backends.items()
     }
+    # The embedded store's profile is the top-level "profile"; the others' go here.
+    report.results["other_profiles"] = {
+        name: out["profile"] for name, out in backends.items() if name != "sqlite" and "profile" in out
+    }
     for name, out in backends.items():
         if out["imported"] != out["users"]:
             report.notes.append(f"{name}: only {out['imported']} of {out['users']} users were imported")
