@@ -228,6 +228,12 @@ def _query_options(
     return namespace, sentinel_password, replication, rest
 
 
+def user_bucket_suffix(user_id: bytes) -> bytes:
+    """The two bytes that end the name of a user's bucket (what the IMPORT script is given)."""
+    # SHA-1 because the Lua scripts compute it too (redis.sha1hex); not for security.
+    return hashlib.sha1(user_id).digest()[:2]
+
+
 class Keys:
     """The name of every key (docs/redis-keys.md).
 
@@ -249,8 +255,7 @@ class Keys:
 
     def user_bucket(self, user_id: bytes) -> bytes:
         """The hash holding this user's registry record (user id -> key, flags, feed seq)."""
-        # SHA-1 because the Lua scripts compute it too (redis.sha1hex); not for security.
-        return self._user_bucket + hashlib.sha1(user_id).digest()[:2]
+        return self._user_bucket + user_bucket_suffix(user_id)
 
     def user_bucket_at(self, index: int) -> bytes:
         return self._user_bucket + index.to_bytes(2, "big")

@@ -32,7 +32,14 @@ from discovery.core.model import (
     RejectedUser,
     UserRecord,
 )
-from discovery.store.redis.base import BUCKETS, MAX_BLOCK_SECONDS, Call, LuaScript, RedisBase
+from discovery.store.redis.base import (
+    BUCKETS,
+    MAX_BLOCK_SECONDS,
+    Call,
+    LuaScript,
+    RedisBase,
+    user_bucket_suffix,
+)
 from discovery.store.redis.lua import FAN_OUT, FORGET, PRELUDE
 
 IMPORT_CHUNK = 500
@@ -385,6 +392,9 @@ class RedisRegistry(RedisBase):
         """Chunks of users, one script each (atomic per chunk), all chunks in one pipeline."""
         k = self.keys
         calls: list[Call] = []
+        # Most users of an import share one settings object (the default): flags once per object
+        # (by identity: the users keep them alive for the call).
+        flags_of: dict[int, bytes] = {}
         for start in range(0, len(users), IMPORT_CHUNK):
             chunk = users[start : start + IMPORT_CHUNK]
             packed: list[bytes] = []
@@ -392,11 +402,15 @@ class RedisRegistry(RedisBase):
             for user in chunk:
                 uid = user.user_id.encode()
                 a = user.announcement
+                s = user.settings
+                flags = flags_of.get(id(s))
+                if flags is None:
+                    flags = flags_of[id(s)] = _flags(s)
                 add(
                     (
-                        k.user_bucket(uid)[-2:],
+                        user_bucket_suffix(uid),
                         user.directory_key,
-                        _flags(user.settings),
+                        flags,
                         _LENGTH[len(uid)],
                         uid,
                         a.watch_tag,
