@@ -366,9 +366,9 @@ def private_open(
 ) -> Plan[list[list[str]]]:
     """The user ids of each output: none unless its tag is in the snapshot; then from the snapshot's sealed
     ids or from the range bucket of its tag (fetched once per range, skipped for tags opened before)."""
-    from discovery.private_scheme import open_any, tag_of
+    from discovery.private_scheme import open_any
 
-    tags = [tag_of(y) for y in outputs]
+    tags = [state.tag_of(y) for y in outputs]
     hits = [i for i, present in enumerate(snapshot.contains(tags)) if present]
     found: list[list[str]] = [[] for _ in outputs]
     if snapshot.sealed is not None:

@@ -42,6 +42,16 @@ class PrivateState:
     snapshot: Snapshot | None = None
     opened: dict[bytes, tuple[str, ...]] = field(default_factory=dict)  # tag -> user ids (bucket opened)
     evaluations: int = 0  # elements sent for evaluation by this state, all syncs together
+    tags: dict[bytes, bytes] = field(default_factory=dict, repr=False, compare=False)  # y -> its tag
+
+    def tag_of(self, y: bytes) -> bytes:
+        """The tag of an output (an HMAC), computed once per output and kept for later syncs and deltas."""
+        tag = self.tags.get(y)
+        if tag is None:
+            from discovery.private_scheme import tag_of
+
+            tag = self.tags[y] = tag_of(y)
+        return tag
 
     def check_key(self, epoch: int, public_key: bytes) -> None:
         """Pin the key (first use) or refuse a different one; a new epoch clears the epoch's cache."""
@@ -52,6 +62,7 @@ class PrivateState:
         if self.epoch != epoch:
             self.epoch = epoch
             self.outputs.clear()
+            self.tags.clear()
             self.opened.clear()
             self.snapshot = None
 
@@ -83,7 +94,7 @@ class PrivateState:
         every id it carries for these contacts (at least once). A record that only restates a present
         contact (a change of other settings) is no join.
         """
-        from discovery.private_scheme import SchemeError, open_any, tag_of
+        from discovery.private_scheme import SchemeError, open_any
 
         if not delta.with_sealed_ids:
             raise SchemeError("join events need a delta with sealed ids")
@@ -91,7 +102,7 @@ class PrivateState:
         for h in dict.fromkeys(hashes):
             y = self.outputs.get(h)
             if y is not None:
-                by_tag.setdefault(tag_of(y), []).append(h)
+                by_tag.setdefault(self.tag_of(y), []).append(h)
         records = [r for r in delta.records if r.tag in by_tag]
         snapshot = self.snapshot
         catching_up = snapshot is not None and delta.from_cursor < snapshot.cursor
