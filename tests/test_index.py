@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from discovery.index import DirectoryIndex
 from discovery.index import table as T
+from discovery.index.packed import pack_strings, pack_varints, unpack_strings, varint
 
 Model = dict[bytes, tuple[str, bool]]
 
@@ -57,6 +58,33 @@ def check(index: DirectoryIndex, model: Model, extra: Sequence[bytes] = ()) -> N
     assert pos.dtype == np.uint32
     assert pos.tolist() == want_pos
     assert ids == want_ids
+    check_packed(index, b"".join(queries), pos.tolist(), ids)
+
+
+def check_packed(index: DirectoryIndex, queries: bytes, want_pos: list[int], want_ids: list[str]) -> None:
+    """lookup_packed gives lookup's results, packed as index/packed.py says (with a prefix and without)."""
+    for prefix in (b"", b"\x12", b"\xab\xcd"):
+        pos, packed_pos, packed_ids = index.lookup_packed(queries, prefix)
+        assert pos.dtype == np.uint32 and pos.tolist() == want_pos
+        assert packed_pos == b"".join(varint(p) for p in want_pos)
+        want = b"".join(prefix + varint(len(i.encode())) + i.encode() for i in want_ids)
+        assert packed_ids == want
+        assert unpack_strings(packed_ids, len(prefix)) == want_ids
+
+
+def test_packing_helpers() -> None:
+    assert [varint(v) for v in (0, 1, 127, 128, 300, 2**32 - 1)] == [
+        b"\x00",
+        b"\x01",
+        b"\x7f",
+        b"\x80\x01",
+        b"\xac\x02",
+        b"\xff\xff\xff\xff\x0f",
+    ]
+    assert pack_varints(np.array([1, 200], dtype=np.uint32)) == b"\x01\xc8\x01"
+    names = ["", "a", "ü" * 64, "x" * 200]
+    assert unpack_strings(pack_strings(names, b"\x12"), 1) == names
+    assert pack_strings(["ab"], b"\x12") == b"\x12\x02ab"
 
 
 # ---------------------------------------------------------------- single-key API
@@ -538,5 +566,5 @@ def test_both_probe_loops_agree_on_a_random_workload(monkeypatch: pytest.MonkeyP
         for k in live[::5]:
             index.remove(k)
         pos, ids = index.lookup(queries)
-        results.append((pos.tolist(), ids, len(index)))
+        results.append((pos.tolist(), ids, len(index), index.lookup_packed(queries, b"\x12")[1:]))
     assert results[0] == results[1]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import grpc
+from google.protobuf.message_factory import GetMessageClass
 from grpc import aio
 
 from discovery.api.auth import current_user_id
 from discovery.api.convert import export_to_pb, settings_to_pb, settings_update_from_pb
-from discovery.api.padding import pad
+from discovery.api.discover_wire import USER_ID_PREFIX, encode_response
 from discovery.core.directory import Directory
 from discovery.metrics import Metrics
 from discovery.v1 import discovery_pb2 as pb
@@ -18,17 +20,20 @@ class DiscoveryService(pb_grpc.DiscoveryServiceServicer):
         self._directory = directory
         self._metrics = metrics
 
-    async def Discover(
+    async def Discover(  # type: ignore[override]  # answers bytes: see method_handlers
         self, request: pb.DiscoverRequest, context: aio.ServicerContext
-    ) -> pb.DiscoverResponse:
+    ) -> bytes:
+        """The answer is the serialised DiscoverResponse (api/discover_wire.py): its method handler
+        has no serializer (see :func:`add_to_server`)."""
         result = await self._directory.discover(
-            current_user_id(), request.contact_hashes, request.previous_contact_hashes, request.previous_token
+            current_user_id(),
+            request.contact_hashes,
+            request.previous_contact_hashes,
+            request.previous_token,
+            id_prefix=USER_ID_PREFIX,
         )
         self._metrics.observe_discover(result.checked, len(result.positions))
-        response = pb.DiscoverResponse(
-            match_indices=result.positions, match_user_ids=result.user_ids, token=result.token
-        )
-        return pad(response, result.checked)
+        return encode_response(result)
 
     async def GetSettings(
         self, request: pb.GetSettingsRequest, context: aio.ServicerContext
@@ -58,3 +63,31 @@ class DiscoveryService(pb_grpc.DiscoveryServiceServicer):
         self, request: pb.ExportMyDataRequest, context: aio.ServicerContext
     ) -> pb.ExportMyDataResponse:
         return export_to_pb(await self._directory.export_my_data(current_user_id()))
+
+
+#: Methods whose servicer answers with the serialised response (bytes) rather than a message.
+PRE_ENCODED = frozenset({"Discover"})
+SERVICE = pb.DESCRIPTOR.services_by_name["DiscoveryService"]
+
+
+def method_handlers(servicer: DiscoveryService) -> dict[str, grpc.RpcMethodHandler]:
+    """The service's handlers, as the generated ``add_DiscoveryServiceServicer_to_server`` makes
+    them, except that a PRE_ENCODED method's answer goes out as it is."""
+    handlers = {}
+    for name, method in SERVICE.methods_by_name.items():
+        if method.client_streaming or method.server_streaming:
+            raise TypeError(f"{name}: only unary methods are registered here")
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=GetMessageClass(method.input_type).FromString,
+            response_serializer=None
+            if name in PRE_ENCODED
+            else GetMessageClass(method.output_type).SerializeToString,
+        )
+    return handlers
+
+
+def add_to_server(servicer: DiscoveryService, server: aio.Server) -> None:
+    handlers = method_handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from discovery.api.admin_service import DirectoryAdminService
 from discovery.api.auth import API_SERVICES, PRIVATE_SERVICE, Authenticator
 from discovery.api.discovery_service import DiscoveryService
+from discovery.api.discovery_service import add_to_server as add_discovery_service
 from discovery.api.health import HealthServicer
 from discovery.api.interceptor import CallInterceptor
 from discovery.api.joins_service import JoinNotificationService
@@ -160,7 +161,7 @@ def add_servicers(
     health: HealthServicer,
     private: PrivateDiscovery | None = None,
 ) -> None:
-    discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(DiscoveryService(directory, metrics), server)
+    add_discovery_service(DiscoveryService(directory, metrics), server)
     discovery_pb2_grpc.add_DirectoryAdminServiceServicer_to_server(DirectoryAdminService(directory), server)
     joins_pb2_grpc.add_JoinNotificationServiceServicer_to_server(
         JoinNotificationService(joins, metrics), server

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
+
 from discovery.core.errors import InvalidArgument, Reason, UserNotRegistered
 from discovery.core.hashing import HASH_SIZE, KEY_SIZE, KeyRing
 from discovery.core.index_sync import IndexSync
@@ -92,7 +94,13 @@ class Directory:
     # -- clients --------------------------------------------------------------------------------
 
     async def discover(
-        self, caller: str, packed_hashes: bytes, previous_hashes: bytes = b"", previous_token: bytes = b""
+        self,
+        caller: str,
+        packed_hashes: bytes,
+        previous_hashes: bytes = b"",
+        previous_token: bytes = b"",
+        *,
+        id_prefix: bytes = b"",
     ) -> DirectoryMatch:
         """Match a batch of contact hashes against the in-memory index.
 
@@ -100,7 +108,8 @@ class Directory:
         Nothing of the batch is kept but the watches on unmatched keys of a caller with
         notify_on_join on (core/joins.py). The gate (core/quota.py) charges the request rate
         and the new contacts before the lookup, in one store round trip that also reads the
-        caller's record, so a refused request learns nothing.
+        caller's record, so a refused request learns nothing. The matches come packed, each user
+        id behind ``id_prefix`` (see DirectoryMatch), so a transport can frame them as they are.
         """
         try:
             check_packed_hashes(packed_hashes, self.limits.max_hashes_per_request)
@@ -127,14 +136,17 @@ class Directory:
             self.joins.remember_caller(caller, read[0])
         checked = len(keys) // KEY_SIZE
         if not keys:
-            return DirectoryMatch([], [], token, checked)
-        positions, user_ids = self.sync.lookup(keys)
+            return DirectoryMatch(
+                np.empty(0, dtype=np.uint32), token=token, checked=checked, id_prefix=id_prefix
+            )
+        positions, packed_positions, packed_ids = self.sync.lookup_packed(keys, id_prefix)
+        match = DirectoryMatch(positions, packed_positions, packed_ids, token, checked, id_prefix)
         await self.joins.watch_unmatched(caller, keys, positions, known)
-        if user_ids:
+        if positions.size:
             record = known[0] if known is not None else await self.joins.caller(caller)
-            if record is not None:
-                await self.joins.announce_mutual(record, user_ids)
-        return DirectoryMatch(positions.tolist(), user_ids, token, checked)
+            if record is not None and self.joins.announces_mutual(record):
+                await self.joins.announce_mutual(record, match.user_ids)
+        return match
 
     async def get_settings(self, caller: str) -> PrivacySettings:
         return (await self._registered(caller)).settings

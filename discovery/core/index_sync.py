@@ -75,6 +75,12 @@ class IndexSync:
         """The positions of the packed directory keys that match a discoverable user, and their ids."""
         return self._index.lookup(keys)
 
+    def lookup_packed(
+        self, keys: bytes, id_prefix: bytes = b""
+    ) -> tuple[npt.NDArray[np.uint32], bytes, bytes]:
+        """:meth:`lookup`, with the positions and ids also packed (index/packed.py)."""
+        return self._index.lookup_packed(keys, id_prefix)
+
     async def load(self) -> None:
         """Build a fresh index from the whole registry, then replay the feed from before the load."""
         async with self._lock:

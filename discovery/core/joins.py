@@ -486,11 +486,15 @@ class Joins:
         """A caller's record read elsewhere (with the quota charge), for the next few seconds."""
         self._wants.put(user_id, record)
 
+    @staticmethod
+    def announces_mutual(record: UserRecord) -> bool:
+        """Whether the user's Discover matches are told of the user's joining (MUTUAL)."""
+        return record.settings.announce_mode is AnnounceMode.MUTUAL and record.settings.discoverable
+
     async def announce_mutual(self, record: UserRecord, matched_user_ids: list[str]) -> int:
         """MUTUAL: the joiner's Discover matched these users; tell those who watch the joiner's
         key (they have the joiner's number, and the joiner has theirs). Returns how many."""
-        s = record.settings
-        if s.announce_mode is not AnnounceMode.MUTUAL or not s.discoverable or not matched_user_ids:
+        if not matched_user_ids or not self.announces_mutual(record):
             return 0
         return await self.store.announce_mutual(
             record.user_id, self.announcement(record.user_id, record.directory_key), matched_user_ids

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from discovery.core.options import option
+from discovery.index.packed import unpack_strings
 
 
 class AnnounceMode(enum.IntEnum):
@@ -169,16 +170,24 @@ class ImportReport:
 
 @dataclass(frozen=True, slots=True)
 class DirectoryMatch:
-    """Positions in the request (ascending) and the matched user ids, in the same order.
+    """The matches of one Discover: positions in the request (ascending) and the matched user
+    ids, in the same order, packed as ``index/packed.py`` describes (``id_prefix`` before
+    each id) so that a transport frames them without an object per match.
 
     ``token`` proves the request's contact set on the caller's next request (see core/quota.py);
     empty when no quota is enforced.
     """
 
-    positions: list[int]
-    user_ids: list[str]
+    positions: npt.NDArray[np.uint32]
+    packed_positions: bytes = b""  # each position as a varint
+    packed_user_ids: bytes = b""  # each id as id_prefix || varint(length) || UTF-8
     token: bytes = b""
     checked: int = 0  # how many contact hashes the request held
+    id_prefix: bytes = b""
+
+    @property
+    def user_ids(self) -> list[str]:
+        return unpack_strings(self.packed_user_ids, len(self.id_prefix))
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,11 @@
  *       Of n packed keys, the present and discoverable ones: their positions go to out[:count]
  *       (uint32, ascending), their user ids to the list. Two pipelined passes over the batch,
  *       each with software prefetching: home buckets, then the records of the candidates.
+ *   lookup_packed(flat, log, n_buckets, keys, out, prefix) -> (count, positions, ids)
+ *       The same lookup with its results packed (index/packed.py documents the format): the
+ *       positions as LEB128 varints, and each user id as prefix || varint(length) || bytes,
+ *       so that a caller can frame them (a protobuf repeated field, with its key as prefix)
+ *       without a Python object per match.
  *   find(flat, log, n_buckets, keys, out_at, out_slot) -> count
  *       The same probe for present keys, discoverable or not: positions and slot numbers.
  *   insert(flat, log, n_buckets, vals, start, release_gil) -> stop
@@ -186,13 +191,20 @@ static int is_ascii(const char *p, Py_ssize_t len) {
     return (acc & 0x8080808080808080ull) == 0;
 }
 
-/* The user id of a record: its id cells up to the NUL, as str (ASCII ids, the usual case,
- * are copied without the UTF-8 decoder). */
-static PyObject *record_id(const uint64_t *log, uint64_t value) {
+/* The id bytes of a record (up to its NUL) and their length. */
+static const char *record_bytes(const uint64_t *log, uint64_t value, Py_ssize_t *len) {
     const char *body = (const char *)(log + 2 * (value & OFF_MASK) + 2);
     size_t room = 16 * (size_t)NCELL(value);
     const char *end = memchr(body, 0, room);
-    Py_ssize_t len = end ? end - body : (Py_ssize_t)room;
+    *len = end ? end - body : (Py_ssize_t)room;
+    return body;
+}
+
+/* The user id of a record, as str (ASCII ids, the usual case, are copied without the UTF-8
+ * decoder). */
+static PyObject *record_id(const uint64_t *log, uint64_t value) {
+    Py_ssize_t len;
+    const char *body = record_bytes(log, value, &len);
     if (!is_ascii(body, len))
         return PyUnicode_DecodeUTF8(body, len, "strict");
     PyObject *s = PyUnicode_New(len, 127);
@@ -201,44 +213,124 @@ static PyObject *record_id(const uint64_t *log, uint64_t value) {
     return s;
 }
 
+/* What lookup and lookup_packed share: the arguments, and the hits of the batch (positions
+ * written to out, ascending; their slot values in c). */
+typedef struct {
+    Args a;
+    Py_buffer out;
+    Cands c;
+    Py_ssize_t hits;
+} Lookup;
+
+static void lookup_release(Lookup *l) {
+    PyMem_Free(l->c.items);
+    PyBuffer_Release(&l->out);
+    args_release(&l->a);
+}
+
+static int lookup_run(PyObject *const *argv, Lookup *l) {
+    memset(l, 0, sizeof *l);
+    if (args_get(argv, &l->a) < 0)
+        return -1;
+    if (out_get(argv[4], &l->out, l->a.n * 4) < 0) {
+        args_release(&l->a);
+        return -1;
+    }
+    const uint64_t *keys = l->a.keys.buf;
+    if (probe_batch(l->a.flat.buf, l->a.n_buckets, keys, l->a.n, 1, &l->c) < 0) {
+        PyErr_NoMemory();
+        lookup_release(l);
+        return -1;
+    }
+    l->hits = verify(l->a.log.buf, keys, &l->c);
+    uint32_t *pos = l->out.buf;
+    for (Py_ssize_t i = 0; i < l->hits; i++)
+        pos[i] = (uint32_t)l->c.items[i].at;
+    return 0;
+}
+
 static PyObject *py_lookup(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
     if (argc != 5) {
         PyErr_SetString(PyExc_TypeError, "lookup(flat, log, n_buckets, keys, out)");
         return NULL;
     }
-    Args a;
-    Py_buffer out;
-    if (args_get(argv, &a) < 0)
+    Lookup l;
+    if (lookup_run(argv, &l) < 0)
         return NULL;
-    if (out_get(argv[4], &out, a.n * 4) < 0) {
-        args_release(&a);
-        return NULL;
-    }
-    Cands c = {0};
-    PyObject *ids = NULL, *result = NULL;
-    const uint64_t *keys = a.keys.buf, *log = a.log.buf;
-    if (probe_batch(a.flat.buf, a.n_buckets, keys, a.n, 1, &c) < 0) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    Py_ssize_t hits = verify(log, keys, &c);
-    ids = PyList_New(hits);
+    PyObject *result = NULL, *ids = PyList_New(l.hits);
     if (!ids)
         goto done;
-    uint32_t *pos = out.buf;
-    for (Py_ssize_t i = 0; i < hits; i++) {
-        PyObject *s = record_id(log, c.items[i].value);
+    for (Py_ssize_t i = 0; i < l.hits; i++) {
+        PyObject *s = record_id(l.a.log.buf, l.c.items[i].value);
         if (!s)
             goto done;
         PyList_SET_ITEM(ids, i, s);
-        pos[i] = (uint32_t)c.items[i].at;
     }
-    result = Py_BuildValue("(nO)", hits, ids);
+    result = Py_BuildValue("(nO)", l.hits, ids);
 done:
     Py_XDECREF(ids);
-    PyMem_Free(c.items);
-    PyBuffer_Release(&out);
-    args_release(&a);
+    lookup_release(&l);
+    return result;
+}
+
+static Py_ssize_t varint_size(uint64_t v) {
+    Py_ssize_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static char *put_varint(char *p, uint64_t v) {
+    while (v >= 0x80) {
+        *p++ = (char)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (char)v;
+    return p;
+}
+
+static PyObject *py_lookup_packed(PyObject *self, PyObject *const *argv, Py_ssize_t argc) {
+    if (argc != 6) {
+        PyErr_SetString(PyExc_TypeError, "lookup_packed(flat, log, n_buckets, keys, out, prefix)");
+        return NULL;
+    }
+    Py_buffer prefix;
+    if (PyObject_GetBuffer(argv[5], &prefix, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Lookup l;
+    if (lookup_run(argv, &l) < 0) {
+        PyBuffer_Release(&prefix);
+        return NULL;
+    }
+    const uint64_t *log = l.a.log.buf;
+    const uint32_t *pos = l.out.buf;
+    Py_ssize_t pos_size = 0, ids_size = 0, len;
+    for (Py_ssize_t i = 0; i < l.hits; i++) {
+        pos_size += varint_size(pos[i]);
+        record_bytes(log, l.c.items[i].value, &len);
+        ids_size += prefix.len + varint_size((uint64_t)len) + len;
+    }
+    PyObject *result = NULL, *positions = PyBytes_FromStringAndSize(NULL, pos_size);
+    PyObject *ids = PyBytes_FromStringAndSize(NULL, ids_size);
+    if (!positions || !ids)
+        goto done;
+    char *p = PyBytes_AS_STRING(positions), *q = PyBytes_AS_STRING(ids);
+    for (Py_ssize_t i = 0; i < l.hits; i++) {
+        p = put_varint(p, pos[i]);
+        const char *body = record_bytes(log, l.c.items[i].value, &len);
+        memcpy(q, prefix.buf, (size_t)prefix.len);
+        q = put_varint(q + prefix.len, (uint64_t)len);
+        memcpy(q, body, (size_t)len);
+        q += len;
+    }
+    result = Py_BuildValue("(nOO)", l.hits, positions, ids);
+done:
+    Py_XDECREF(positions);
+    Py_XDECREF(ids);
+    PyBuffer_Release(&prefix);
+    lookup_release(&l);
     return result;
 }
 
@@ -344,6 +436,8 @@ static PyObject *py_insert(PyObject *self, PyObject *const *argv, Py_ssize_t arg
 
 static PyMethodDef methods[] = {
     {"lookup", (PyCFunction)(void (*)(void))py_lookup, METH_FASTCALL, "Batched lookup of discoverable keys."},
+    {"lookup_packed", (PyCFunction)(void (*)(void))py_lookup_packed, METH_FASTCALL,
+     "Batched lookup of discoverable keys, results packed."},
     {"find", (PyCFunction)(void (*)(void))py_find, METH_FASTCALL, "Batched probe of present keys."},
     {"insert", (PyCFunction)(void (*)(void))py_insert, METH_FASTCALL, "Linear-probing insertion of slots."},
     {NULL, NULL, 0, NULL},

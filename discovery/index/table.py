@@ -89,6 +89,8 @@ from typing import Final, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
+from discovery.index.packed import pack_strings, pack_varints
+
 __all__ = ["KERNEL", "KEY_SIZE", "MAX_ID_BYTES", "DirectoryIndex", "GrownTable"]
 
 
@@ -104,6 +106,10 @@ class _Kernel(Protocol):
     def lookup(
         self, flat: U64, log: U64, n_buckets: int, keys: bytes, out: npt.NDArray[np.uint32]
     ) -> tuple[int, list[str]]: ...
+
+    def lookup_packed(
+        self, flat: U64, log: U64, n_buckets: int, keys: bytes, out: npt.NDArray[np.uint32], prefix: bytes
+    ) -> tuple[int, bytes, bytes]: ...
 
     def find(self, flat: U64, log: U64, n_buckets: int, keys: U64, out_at: I64, out_slot: I64) -> int: ...
 
@@ -664,6 +670,20 @@ class DirectoryIndex:
             parts.append(p + np.uint32(start))
             ids += i
         return np.concatenate(parts), ids
+
+    def lookup_packed(
+        self, keys: bytes, id_prefix: bytes = b""
+    ) -> tuple[npt.NDArray[np.uint32], bytes, bytes]:
+        """:meth:`lookup` with its results also packed (index/packed.py): the positions, the
+        positions as varints, and each user id as ``id_prefix || varint(length) || UTF-8``."""
+        if _kernel is not None:
+            out = np.empty(len(keys) // KEY_SIZE, dtype=np.uint32)
+            found, positions, ids = _kernel.lookup_packed(
+                self._flat, self._log, self._nb, keys, out, id_prefix
+            )
+            return out[:found], positions, ids
+        at, found_ids = self.lookup(keys)
+        return at, pack_varints(at), pack_strings(found_ids, id_prefix)
 
     def _lookup(self, q: U64) -> tuple[npt.NDArray[np.uint32], list[str]]:
         homes = q[:, 0] >> _S32
