@@ -1,8 +1,9 @@
-"""The DiscoverResponse bytes that api/discover_wire.py encodes by hand are the message's own.
+"""api/discover_wire.py reads and writes Discover's messages by hand, exactly as protobuf does.
 
-For any matches, token and request size: the bytes parse as a DiscoverResponse with the same
-fields, equal protobuf's serialisation of that message byte for byte, and have the padded size
-(``target_size``, or the next multiple of BUCKET when the matches outgrow it).
+Requests: any bytes decode to the fields protobuf reads from them, or fail where protobuf fails.
+Responses: for any matches, token and request size, the bytes parse as a DiscoverResponse with
+the same fields, equal protobuf's serialisation of that message byte for byte, and have the
+padded size (``target_size``, or the next multiple of BUCKET when the matches outgrow it).
 """
 
 from __future__ import annotations
@@ -11,12 +12,20 @@ import random
 
 import numpy as np
 import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from discovery.api.discover_wire import BUCKET, USER_ID_PREFIX, encode_response, target_size
+from discovery.api.discover_wire import (
+    BUCKET,
+    USER_ID_PREFIX,
+    DiscoverCall,
+    decode_request,
+    encode_response,
+    target_size,
+)
 from discovery.core.model import DirectoryMatch
-from discovery.index.packed import pack_strings, pack_varints
+from discovery.index.packed import pack_strings, pack_varints, varint
 from discovery.v1 import discovery_pb2 as pb
 
 user_ids = st.text(min_size=1, max_size=40).filter(lambda s: len(s.encode()) <= 128)
@@ -68,3 +77,58 @@ def test_ids_packed_behind_another_prefix_are_refused() -> None:
     at = np.array([0], dtype=np.uint32)
     with pytest.raises(ValueError, match="match_user_ids"):
         encode_response(DirectoryMatch(at, pack_varints(at), pack_strings(["a"]), b"", 1, b""))
+
+
+def protobuf_reads(data: bytes) -> DiscoverCall | None:
+    try:
+        message = pb.DiscoverRequest.FromString(data)
+    except DecodeError:
+        return None
+    return DiscoverCall(message.contact_hashes, message.previous_token, message.previous_contact_hashes)
+
+
+def decoded(data: bytes) -> DiscoverCall | None:
+    try:
+        return decode_request(data)
+    except DecodeError:
+        return None
+
+
+def varint_bytes(value: int) -> bytes:
+    return pb.DiscoverRequest(contact_hashes=bytes(value)).SerializeToString()[1 : -value or None]
+
+
+# Records of a request: the three fields, an unknown field, another wire type, an overlong length.
+records = st.one_of(
+    st.tuples(st.sampled_from([0x0A, 0x12, 0x1A]), st.binary(max_size=300)).map(
+        lambda kb: bytes([kb[0]]) + varint(len(kb[1])) + kb[1]
+    ),
+    st.binary(max_size=20).map(lambda b: b"\x22" + bytes([len(b)]) + b),  # unknown field 4
+    st.integers(0, 2**40).map(lambda v: b"\x08" + varint(v)),  # a varint where bytes are due
+    st.binary(max_size=5).map(lambda b: b"\x0a\x85\x80\x80\x80\x80\x00" + b[:5].ljust(5, b"x")),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(records, max_size=6))
+def test_requests_decode_as_protobuf_decodes_them(parts: list[bytes]) -> None:
+    data = b"".join(parts)
+    assert decoded(data) == protobuf_reads(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200))
+def test_garbage_fails_where_protobuf_fails(data: bytes) -> None:
+    assert decoded(data) == protobuf_reads(data)
+
+
+@given(st.lists(records, min_size=1, max_size=4), st.data())
+def test_truncated_requests_fail_where_protobuf_fails(parts: list[bytes], data: st.DataObject) -> None:
+    whole = b"".join(parts)
+    cut = data.draw(st.integers(0, len(whole)))
+    assert decoded(whole[:cut]) == protobuf_reads(whole[:cut])
+
+
+def test_the_canonical_request_is_read_by_hand() -> None:
+    message = pb.DiscoverRequest(contact_hashes=bytes(range(64)), previous_token=b"t" * 41)
+    assert decode_request(message.SerializeToString()) == DiscoverCall(bytes(range(64)), b"t" * 41, b"")

@@ -1,4 +1,11 @@
-"""DiscoverResponse on the wire: encoded straight from a DirectoryMatch, padded to a fixed size.
+"""Discover on the wire: the request decoded without a message object, the response encoded straight
+from a DirectoryMatch and padded to a fixed size.
+
+**Decoding.** A DiscoverRequest is three bytes fields. :func:`decode_request` reads the canonical
+form (each field as a length-delimited record, in any order, the last of a field winning, as protobuf
+reads it) by hand; anything else (an unknown field, another wire type, an odd length) goes through
+protobuf's parser,
+so every request decodes exactly as protobuf decodes it.
 
 **Encoding.** The index hands over its matches packed (index/packed.py): the positions as varints and
 each user id behind the key of ``match_user_ids``. The response is those bytes framed as the
@@ -18,6 +25,8 @@ bucket of the excess (see docs/threat-model.md). The SDK ignores the field.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from discovery.core.model import DirectoryMatch
 from discovery.index.packed import varint
@@ -41,6 +50,52 @@ USER_ID_PREFIX = _key("match_user_ids")
 TOKEN_KEY = _key("token")
 PADDING_KEY = _key("padding")
 _ZEROS = bytes(64 * 1024)
+
+
+class DiscoverCall(NamedTuple):
+    """The fields of a DiscoverRequest (the servicer reads them by the message's names)."""
+
+    contact_hashes: bytes = b""
+    previous_token: bytes = b""
+    previous_contact_hashes: bytes = b""
+
+
+_REQUEST_FIELDS = pb.DiscoverRequest.DESCRIPTOR.fields_by_name
+#: The key byte of each field (wire type 2) -> its index in DiscoverCall.
+_REQUEST_KEYS = {_REQUEST_FIELDS[name].number << 3 | 2: i for i, name in enumerate(DiscoverCall._fields)}
+assert all(key < 0x80 for key in _REQUEST_KEYS)  # one-byte keys: fields 1 to 15
+
+
+def decode_request(data: bytes) -> DiscoverCall:
+    """The request's fields, as ``pb.DiscoverRequest.FromString(data)`` reads them (protobuf's
+    DecodeError for bytes that are not a DiscoverRequest)."""
+    fields = [b"", b"", b""]
+    at, end = 0, len(data)
+    while at < end:
+        index = _REQUEST_KEYS.get(data[at])
+        if index is None:
+            return _decoded_by_protobuf(data)
+        length = shift = 0
+        while True:
+            at += 1
+            if at >= end or shift > 28:  # truncated, or a length of more than 5 bytes
+                return _decoded_by_protobuf(data)
+            byte = data[at]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        at += 1
+        if at + length > end:
+            return _decoded_by_protobuf(data)  # which refuses it
+        fields[index] = data[at : at + length]
+        at += length
+    return DiscoverCall(*fields)
+
+
+def _decoded_by_protobuf(data: bytes) -> DiscoverCall:
+    message = pb.DiscoverRequest.FromString(data)
+    return DiscoverCall(*(getattr(message, name) for name in DiscoverCall._fields))
 
 
 def target_size(n: int) -> int:

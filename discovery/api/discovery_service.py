@@ -8,7 +8,7 @@ from grpc import aio
 
 from discovery.api.auth import current_user_id
 from discovery.api.convert import export_to_pb, settings_to_pb, settings_update_from_pb
-from discovery.api.discover_wire import USER_ID_PREFIX, encode_response
+from discovery.api.discover_wire import USER_ID_PREFIX, DiscoverCall, decode_request, encode_response
 from discovery.core.directory import Directory
 from discovery.metrics import Metrics
 from discovery.v1 import discovery_pb2 as pb
@@ -21,10 +21,10 @@ class DiscoveryService(pb_grpc.DiscoveryServiceServicer):
         self._metrics = metrics
 
     async def Discover(  # type: ignore[override]  # answers bytes: see method_handlers
-        self, request: pb.DiscoverRequest, context: aio.ServicerContext
+        self, request: DiscoverCall, context: aio.ServicerContext
     ) -> bytes:
-        """The answer is the serialised DiscoverResponse (api/discover_wire.py): its method handler
-        has no serializer (see :func:`add_to_server`)."""
+        """The request comes decoded by api/discover_wire.py and the answer goes out as the
+        serialised DiscoverResponse: see :func:`method_handlers`."""
         result = await self._directory.discover(
             current_user_id(),
             request.contact_hashes,
@@ -65,24 +65,30 @@ class DiscoveryService(pb_grpc.DiscoveryServiceServicer):
         return export_to_pb(await self._directory.export_my_data(current_user_id()))
 
 
-#: Methods whose servicer answers with the serialised response (bytes) rather than a message.
-PRE_ENCODED = frozenset({"Discover"})
+#: Methods decoded and encoded by api/discover_wire.py: the servicer takes the decoded fields and
+#: answers with the serialised response (bytes) rather than a message.
+HAND_ENCODED = frozenset({"Discover"})
 SERVICE = pb.DESCRIPTOR.services_by_name["DiscoveryService"]
 
 
 def method_handlers(servicer: DiscoveryService) -> dict[str, grpc.RpcMethodHandler]:
     """The service's handlers, as the generated ``add_DiscoveryServiceServicer_to_server`` makes
-    them, except that a PRE_ENCODED method's answer goes out as it is."""
+    them, except that a HAND_ENCODED method's request is decoded by api/discover_wire.py and its
+    answer goes out as it is."""
     handlers = {}
     for name, method in SERVICE.methods_by_name.items():
         if method.client_streaming or method.server_streaming:
             raise TypeError(f"{name}: only unary methods are registered here")
+        decode, encode = (
+            (decode_request, None)
+            if name in HAND_ENCODED
+            else (
+                GetMessageClass(method.input_type).FromString,
+                GetMessageClass(method.output_type).SerializeToString,
+            )
+        )
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name),
-            request_deserializer=GetMessageClass(method.input_type).FromString,
-            response_serializer=None
-            if name in PRE_ENCODED
-            else GetMessageClass(method.output_type).SerializeToString,
+            getattr(servicer, name), request_deserializer=decode, response_serializer=encode
         )
     return handlers
 
