@@ -10,7 +10,10 @@ ensure_venv() {
   if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
   fi
-  if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+  # Installed again when the project's metadata or the C index kernel changed (an old build
+  # of the kernel lacks the functions a newer index calls).
+  if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/setup.py" -nt "$stamp" ] \
+    || [ "$ROOT/discovery/index/_probe.c" -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -e "$ROOT${extras:+[$extras]}"
     touch "$stamp"

@@ -123,9 +123,12 @@ def _load_kernel() -> _Kernel | None:
     if sys.byteorder != "little":  # the kernel reads keys as native words
         return None
     try:
-        return cast(_Kernel, importlib.import_module("discovery.index._probe"))
+        module = importlib.import_module("discovery.index._probe")
     except ImportError:
         return None
+    # A build older than this file lacks some functions: the numpy loops serve until it is rebuilt.
+    wanted = [name for name in dir(_Kernel) if not name.startswith("_")]
+    return cast(_Kernel, module) if all(hasattr(module, name) for name in wanted) else None
 
 
 # The compiled loops when they are built, else the numpy ones; both give the same results
