@@ -154,6 +154,11 @@ class DiscoveryServer:
         )
         metrics.gauge_from(metrics.store_up, lambda: 1.0 if self.store_healthy else 0.0)
         metrics.gauge_from(metrics.live_subscribers, lambda: len(joins.hub))
+        if service.private is not None:
+            index = service.private.index
+            for epoch in index.counted_epochs:
+                gauge = metrics.private_missing_epoch.labels(str(epoch))
+                metrics.gauge_from(gauge, lambda epoch=epoch: float(index.missing.get(epoch, 0)))
 
     async def _monitor_store(self, store: Store) -> None:
         """Ping the store; NOT_SERVING while it cannot be reached, SERVING again once it can.
