@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -157,8 +158,10 @@ class DiscoveryServer:
         if service.private is not None:
             index = service.private.index
             for epoch in index.counted_epochs:
-                gauge = metrics.private_missing_epoch.labels(str(epoch))
-                metrics.gauge_from(gauge, lambda epoch=epoch: float(index.missing.get(epoch, 0)))
+                metrics.gauge_from(
+                    metrics.private_missing_epoch.labels(str(epoch)),
+                    functools.partial(index.missing_of, epoch),
+                )
 
     async def _monitor_store(self, store: Store) -> None:
         """Ping the store; NOT_SERVING while it cannot be reached, SERVING again once it can.

@@ -219,6 +219,10 @@ class PrivateIndex:
         change, so they are taken again from time to time."""
         return bool(self.next_epoch) or self.missing.get(self.epoch, 0) > 0
 
+    def missing_of(self, epoch: int) -> float:
+        """Discoverable users without a record of ``epoch``, as of the last count (the gauge)."""
+        return float(self.missing.get(epoch, 0))
+
     async def load(self) -> None:
         head = await self._store.feed_head()
         entries: dict[bytes, set[bytes]] = {}
@@ -248,7 +252,7 @@ class PrivateIndex:
                 except ValueError:
                     raise _id_pad_refused(len(raw) - TAG_SIZE, self.id_pad) from None
                 users += 1
-                found.update(records)
+                found.update(records.keys())
                 for record in records.values():
                     if len(record.sealed) != size:
                         raise _id_pad_refused(len(record.sealed), self.id_pad)
