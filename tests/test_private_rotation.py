@@ -26,6 +26,7 @@ from discovery.core.errors import StartupRefused
 from discovery.core.private import (
     ENTRIES_MAGIC,
     PrivateEntry,
+    entry_layout,
     entry_of_epoch,
     merged_entries,
     pack_entries,
@@ -69,14 +70,17 @@ def test_one_epoch_and_two_epochs_round_trip() -> None:
     assert len(raw) == 6 + 2 * (4 + TAG_SIZE + sealed_size(64))
     assert unpack_entries(raw) == both and list(unpack_entries(raw)) == [2, 1]
     assert entry_of_epoch(raw, 1) == both[1] and entry_of_epoch(raw, 3) is None
+    assert entry_layout(raw) == (sealed_size(64), (2, 1))
+    assert entry_layout(record(128).pack()) == (sealed_size(128), (1,))
     assert unpack_entries(pack_entries({1: record(128), 2: record(128)}))[2].sealed.__len__() == sealed_size(
         128
     )
 
 
 def test_malformed_blobs_are_refused() -> None:
-    with pytest.raises(ValueError, match="too short"):
-        unpack_entries(b"\x01" * 20)
+    for read in (unpack_entries, entry_layout, lambda raw: entry_of_epoch(raw, 1)):
+        with pytest.raises(ValueError, match="too short"):
+            read(b"\x01" * 20)
     with pytest.raises(ValueError, match="at least one"):
         pack_entries({})
     with pytest.raises(ValueError, match="one id pad"):

@@ -34,25 +34,20 @@ def add_private_key_command(commands: argparse._SubParsersAction[argparse.Argume
 
 def run_private_key(args: argparse.Namespace) -> int:
     try:
-        config = config_from_args(args)
-    except ValueError as error:
-        print(f"discovery private-key: error: {error}", file=sys.stderr)
-        return 2
-    epoch = config.private.key_epoch if args.epoch is None else args.epoch
-    if not 1 <= epoch < 1 << 32:
-        print(
-            f"discovery private-key: error: --epoch {epoch} is not a key epoch (1 to 2^32 - 1)",
-            file=sys.stderr,
-        )
-        return 2
-    if not config.secret_env and not config.secret_path.exists():
-        print(f"discovery private-key: error: no server secret at {config.secret_path}", file=sys.stderr)
-        return 2
-    try:
-        key = OprfKey.from_secret(load_secret(config.secret_env, config.secret_path), epoch)
-        public_key = key.public_key
+        print(public_key_line(args))
     except (OSError, ValueError) as error:
         print(f"discovery private-key: error: {error}", file=sys.stderr)
         return 2
-    print(f"{epoch}:{public_key.hex()}")
     return 0
+
+
+def public_key_line(args: argparse.Namespace) -> str:
+    """``EPOCH:HEX`` of the configured (or ``--epoch``) key epoch; ValueError or OSError: why not."""
+    config = config_from_args(args)
+    epoch = config.private.key_epoch if args.epoch is None else args.epoch
+    if not 1 <= epoch < 1 << 32:
+        raise ValueError(f"--epoch {epoch} is not a key epoch (1 to 2^32 - 1)")
+    if not config.secret_env and not config.secret_path.exists():
+        raise ValueError(f"no server secret at {config.secret_path}")
+    key = OprfKey.from_secret(load_secret(config.secret_env, config.secret_path), epoch)
+    return f"{epoch}:{key.public_key.hex()}"

@@ -353,9 +353,35 @@ def pack_entries(entries: Mapping[int, PrivateEntry]) -> bytes:
     return b"".join(parts)
 
 
+def entry_layout(raw: bytes) -> tuple[int, tuple[int, ...]]:
+    """The sealed-id size and the epochs of a stored blob, without unpacking it (an instance counts the
+    epochs of every stored entry at start and during a rotation). ValueError: not a blob of entries."""
+    id_pad = _new_form(raw)
+    if id_pad is None:
+        if len(raw) < TAG_SIZE + _MIN_SEALED:
+            raise ValueError(f"a private-mode entry of {len(raw)} bytes is too short")
+        return len(raw) - TAG_SIZE, (LEGACY_EPOCH,)
+    step = _record_size(id_pad)
+    return sealed_size(id_pad), tuple(
+        _EPOCH.unpack_from(raw, at)[0] for at in range(_ENTRIES_HEAD.size, len(raw), step)
+    )
+
+
 def entry_of_epoch(raw: bytes, epoch: int) -> PrivateEntry | None:
     """The record of one epoch in a stored blob, or None (ValueError: not a blob of entries)."""
-    return unpack_entries(raw).get(epoch)
+    id_pad = _new_form(raw)
+    if id_pad is None:
+        if len(raw) < TAG_SIZE + _MIN_SEALED:
+            raise ValueError(f"a private-mode entry of {len(raw)} bytes is too short")
+        return PrivateEntry.unpack(raw) if epoch == LEGACY_EPOCH else None
+    step = _record_size(id_pad)
+    for at in range(_ENTRIES_HEAD.size, len(raw), step):
+        if _EPOCH.unpack_from(raw, at)[0] == epoch:
+            tag_at = at + _EPOCH.size
+            return PrivateEntry(
+                bytes(raw[tag_at : tag_at + TAG_SIZE]), bytes(raw[tag_at + TAG_SIZE : at + step])
+            )
+    return None
 
 
 def merged_entries(stored: bytes | None, fresh: bytes) -> bytes | None:

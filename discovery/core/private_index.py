@@ -39,10 +39,10 @@ from discovery.core.private import (
     check_epoch,
     check_range_load,
     cursor_ahead,
+    entry_layout,
     entry_of_epoch,
     merged_entries,
     tag_records,
-    unpack_entries,
 )
 from discovery.core.quota import Gate
 from discovery.private_scheme import (
@@ -244,24 +244,28 @@ class PrivateIndex:
         counts into ``missing``; returns how many users have a record of each epoch. Refuses (StartupRefused)
         entries sealed with another id pad."""
         size = sealed_size(self.id_pad)
-        served, found, users = self.epoch, Counter[int](), 0
+        served, found, users = self.epoch, Counter[tuple[int, ...]](), 0
         async for batch in self._store.iter_private(LOAD_BATCH):
             for raw in batch:
                 try:
-                    records = unpack_entries(raw)
+                    sealed, epochs = entry_layout(raw)
                 except ValueError:
                     raise _id_pad_refused(len(raw) - TAG_SIZE, self.id_pad) from None
+                if sealed != size:
+                    raise _id_pad_refused(sealed, self.id_pad)
                 users += 1
-                found.update(records.keys())
-                for record in records.values():
-                    if len(record.sealed) != size:
-                        raise _id_pad_refused(len(record.sealed), self.id_pad)
-                entry = records.get(served)
-                if entry is not None and entries is not None:
+                found[epochs] += 1
+                if entries is not None and served in epochs:
+                    entry = entry_of_epoch(raw, served)
+                    assert entry is not None
                     entries.setdefault(entry.tag, set()).add(entry.sealed)
-        self.missing = {epoch: users - found[epoch] for epoch in self.counted_epochs}
+        by_epoch = Counter[int]()
+        for epochs, count in found.items():
+            for epoch in epochs:
+                by_epoch[epoch] += count
+        self.missing = {epoch: users - by_epoch[epoch] for epoch in self.counted_epochs}
         self._counted_at = self._clock()
-        return found
+        return by_epoch
 
     def _log_missing(self) -> None:
         for epoch, missing in self.missing.items():
