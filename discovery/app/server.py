@@ -101,7 +101,8 @@ class DiscoveryServer:
         await service.sync.load()
         self._follow_task = asyncio.create_task(service.sync.follow(self._stop_follow), name="index-follow")
         if service.private is not None:
-            await service.private.evaluator.start(service.private.key)
+            for key in filter(None, (service.private.key, service.private.next_key)):
+                await service.private.evaluator.start(key)
             try:
                 await service.private.index.load()
             except StartupRefused:

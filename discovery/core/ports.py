@@ -94,9 +94,10 @@ class RegistryStore(Protocol):
     def iter_private(self, batch_size: int) -> AsyncIterator[list[bytes]]:
         """The private-mode entries of every discoverable user, in batches (private mode's set).
 
-        Each user's entry (``NewUser.private``, ``change_number``'s ``private``) is kept with the
-        registration, in the same atomic step, and every feed change that names or removes a user
-        with an entry carries it in ``RegistryChange.private``: the feed is private mode's feed.
+        Each user's entry (``NewUser.private``, ``change_number``'s ``private``: opaque bytes, a record
+        per key epoch, see core/private.py) is kept with the registration, in the same atomic step, and
+        every feed change that names or removes a user with an entry carries it in
+        ``RegistryChange.private``: the feed is private mode's feed.
         """
         ...
 
