@@ -5,6 +5,7 @@ SDK's key policy and saved state, and the operator's procedure end to end on rea
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import struct
 import subprocess
@@ -295,6 +296,22 @@ async def test_the_rotation_procedure_end_to_end(
     async with AsyncDiscoveryClient(target(server), user_id="carol") as client:
         standard = {m.user_id for m in (await client.discover(numbers)).matches}
     assert standard == set(users), "standard mode is unaffected"
+    # The CLI (the blocking client) with the old state file and both keys pinned, as an app would ship them.
+    state_file, book = tmp_path / "carol.state", tmp_path / "book.txt"
+    state_file.write_bytes(saved)
+    book.write_text("".join(f"{n}\n" for n in numbers))
+    cli = ["discover", "--target", target(server), "--user-id", "carol", "--json", "--contacts", str(book)]
+    cli += ["--private", "--private-state", str(state_file)]
+    cli += ["--private-key", f"1:{key_1.hex()}", "--private-key", f"2:{key_2.hex()}"]
+    capsys.readouterr()
+    assert await asyncio.to_thread(cli_main, cli) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert {m["user_id"] for m in printed["matches"]} == found
+    assert PrivateState.from_bytes(state_file.read_bytes()).epoch == 2
+    assert PrivateState.from_bytes(state_file.read_bytes()).pinned_keys == {1: key_1, 2: key_2}, "kept"
+    fresh = [*cli[:-6], "--private-state", str(tmp_path / "new.state"), "--private-key", f"1:{key_1.hex()}"]
+    assert await asyncio.to_thread(cli_main, fresh) != 0, "epoch 2 has no key pinned"
+    assert "epoch 2 has no key pinned" in capsys.readouterr().err
     # Re-importing dave now fills his epoch-2 record in, through the feed, on every instance.
     async with AsyncAdminClient(target(server)) as admin:
         report = await admin.import_users([("dave", users["dave"])])
