@@ -33,6 +33,7 @@ from discovery.core.model import PrivacySettings
 from discovery.core.options import (
     Options,
     between,
+    check_options,
     flag,
     is_option,
     non_negative,
@@ -221,6 +222,30 @@ class PrivateOptions(Options):
         name="private_bucket_min_users",
         check=positive,
     )
+    key_epoch: int = option(
+        1,
+        "the OPRF key epoch served and published by GetPrivateParams (docs/private-mode.md, Key epochs)",
+        name="private_key_epoch",
+        check=positive,
+    )
+    next_key_epoch: int = option(
+        0,
+        "the key epoch being prepared: registrations and imports also write its records (0: none)",
+        name="private_next_key_epoch",
+        check=non_negative,
+    )
+
+    def __post_init__(self) -> None:
+        check_options(self)  # (Options.__post_init__: a slots dataclass cannot call super() here)
+        if self.next_key_epoch == self.key_epoch:
+            raise ValueError(
+                f"--private-next-key-epoch {self.next_key_epoch} is the served epoch: name another one, or 0"
+            )
+
+    @property
+    def epochs(self) -> tuple[int, ...]:
+        """The epochs whose records every write computes: the served one, then the next one when set."""
+        return (self.key_epoch, self.next_key_epoch) if self.next_key_epoch else (self.key_epoch,)
 
 
 @dataclass(frozen=True, slots=True)

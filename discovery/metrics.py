@@ -81,6 +81,13 @@ class Metrics:
             buckets=(0, 1, 2, 5, 10, 50, 100, 500, 1000, 5000),
             registry=r,
         )
+        self.private_missing_epoch = Gauge(
+            "discovery_private_users_missing_epoch",
+            "private mode: discoverable users whose stored entry lacks a record of the key epoch (the served "
+            "and the next one; 0 for the next: the re-import has covered everyone)",
+            ["epoch"],
+            registry=r,
+        )
         self.events_delivered = Counter(
             "discovery_join_events_delivered_total", "join events sent on streams", registry=r
         )

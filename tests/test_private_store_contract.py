@@ -10,6 +10,9 @@ with the real parts (core/private_index.py) after every step:
 * the delta from every earlier cursor (read from the index's log, and from the store's feed for an index
   loaded later), applied to the snapshot of that cursor, gives the snapshot of now, with sealed ids and
   with tags only.
+
+Key rotation adds ``private_entries`` (read) and ``refill_private`` (a compare-and-set of a user's entry,
+announced on the feed or not).
 """
 
 from __future__ import annotations
@@ -22,9 +25,15 @@ from typing import Any
 import pytest
 
 from discovery.core.errors import ContactHashTaken, UserIdTaken, UserNotRegistered
-from discovery.core.model import ImportRejectionReason, NewUser, PrivacySettings, RegisterOutcome
+from discovery.core.model import (
+    ImportRejectionReason,
+    NewUser,
+    PrivacySettings,
+    PrivateRefill,
+    RegisterOutcome,
+)
 from discovery.core.ports import Store
-from discovery.core.private import OffLoopEvaluator, OprfKey, PrivateEntry
+from discovery.core.private import OffLoopEvaluator, OprfKey, PrivateEntry, entry_of_epoch, pack_entries
 from discovery.core.private_index import PrivateDiscovery, PrivateIndex
 from discovery.core.quota import ALLOW_ALL
 from discovery.private_scheme import TAG_SIZE, Delta, Snapshot, apply_delta, sealed_size
@@ -132,7 +141,9 @@ class PrivateView:
 
 
 def _pairs(entries: Any) -> list[tuple[bytes, bytes]]:
-    return [(e.tag, e.sealed) for e in map(PrivateEntry.unpack, entries)]
+    """The (tag, sealed id) of each blob's record of the served epoch."""
+    served = [entry_of_epoch(raw, EPOCH) for raw in entries]
+    return [(e.tag, e.sealed) for e in served if e is not None]
 
 
 def _as_sets(entries: Any) -> dict[bytes, set[bytes]]:
@@ -339,3 +350,71 @@ async def test_every_kind_of_change_in_one_history(view: PrivateView) -> None:
     await view.set_discoverable("c", True, c_new)
     await view.set_discoverable("b", False, view.expected["b"])
     await view.verify()
+
+
+def with_next_epoch(private: bytes) -> bytes:
+    """The blob of a user whose entry gains a next epoch's record (the served one, epoch 1, unchanged)."""
+    served = PrivateEntry.unpack(private)
+    return pack_entries({EPOCH: served, EPOCH + 1: PrivateEntry.unpack(entry())})
+
+
+async def test_refill_replaces_an_entry_that_is_still_stored(view: PrivateView) -> None:
+    """Key rotation: ``refill_private`` replaces a user's entry only while it is the one read before, quietly
+    (the served record is unchanged: no feed entry) or announced (one feed change naming the user, which
+    supersedes the user's previous one, as a settings change does)."""
+    store = view.store
+    alice = await view.register("alice")
+    hidden = await view.register("hidden", discoverable=False)
+    assert await store.register(user("plain", None)) is RegisterOutcome.CREATED  # before private mode
+    plain_key = await _key(store, "plain")
+    assert await store.private_entries(["alice", "nobody", "plain", "hidden"]) == [
+        (alice.directory_key, alice.private),
+        None,
+        (plain_key, None),
+        (hidden.directory_key, hidden.private),
+    ]
+    head = await view.mark()
+    assert alice.private is not None and hidden.private is not None
+    refilled = with_next_epoch(alice.private)
+    assert await store.refill_private([PrivateRefill("alice", alice.private, refilled, False)]) == 1
+    assert await store.feed_head() == head, "a quiet refill writes no feed entry"
+    view.expected["alice"] = refilled
+    # Read before a concurrent change: nothing is replaced.
+    stale = [
+        PrivateRefill("alice", alice.private, entry(), True),
+        PrivateRefill("plain", entry(), entry(), True),
+        PrivateRefill("nobody", None, entry(), True),
+    ]
+    assert await store.refill_private(stale) == 0
+    assert await store.feed_head() == head
+    await view.verify()
+    plain, hidden_new = entry(), entry()
+    announced = [
+        PrivateRefill("plain", None, plain, True),
+        PrivateRefill("hidden", hidden.private, hidden_new, True),
+    ]
+    assert await store.refill_private(announced) == 2
+    assert await view.changes_since(head) == [("plain", True, plain), ("hidden", False, hidden_new)]
+    named = [c for c in await view.changes_since(0) if c[0] == "plain"]
+    assert named == [("plain", True, plain)], "the registration's feed entry is superseded"
+    assert await store.private_entries(["plain", "alice"]) == [
+        (plain_key, plain),
+        (alice.directory_key, refilled),
+    ]
+    view.expected["plain"] = plain
+    await view.mark()
+    await view.verify()
+    # The refilled entries are the ones that leave with the users.
+    head = await store.feed_head()
+    await store.unregister("plain", jtag("plain"))
+    await store.unregister("alice", jtag("alice"))
+    assert await view.changes_since(head) == [(None, False, plain), (None, False, refilled)]
+    del view.expected["plain"], view.expected["alice"]
+    await view.set_discoverable("hidden", True, hidden_new)
+    await view.verify()
+
+
+async def _key(store: Store, user_id: str) -> bytes:
+    record = await store.get_user(user_id)
+    assert record is not None
+    return record.directory_key

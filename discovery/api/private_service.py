@@ -29,7 +29,9 @@ class PrivateDiscoveryService(pb_grpc.PrivateDiscoveryServiceServicer):
     async def EvaluateBlinded(
         self, request: pb.EvaluateBlindedRequest, context: aio.ServicerContext
     ) -> pb.EvaluateBlindedResponse:
-        evaluated, proof = await self._private.evaluate(current_user_id(), request.blinded_elements)
+        evaluated, proof = await self._private.evaluate(
+            current_user_id(), request.blinded_elements, request.epoch
+        )
         return pb.EvaluateBlindedResponse(
             evaluated_elements=evaluated, proof=proof, epoch=self._private.key.epoch
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -100,7 +101,8 @@ class DiscoveryServer:
         await service.sync.load()
         self._follow_task = asyncio.create_task(service.sync.follow(self._stop_follow), name="index-follow")
         if service.private is not None:
-            await service.private.evaluator.start(service.private.key)
+            for key in filter(None, (service.private.key, service.private.next_key)):
+                await service.private.evaluator.start(key)
             try:
                 await service.private.index.load()
             except StartupRefused:
@@ -154,6 +156,13 @@ class DiscoveryServer:
         )
         metrics.gauge_from(metrics.store_up, lambda: 1.0 if self.store_healthy else 0.0)
         metrics.gauge_from(metrics.live_subscribers, lambda: len(joins.hub))
+        if service.private is not None:
+            index = service.private.index
+            for epoch in index.counted_epochs:
+                metrics.gauge_from(
+                    metrics.private_missing_epoch.labels(str(epoch)),
+                    functools.partial(index.missing_of, epoch),
+                )
 
     async def _monitor_store(self, store: Store) -> None:
         """Ping the store; NOT_SERVING while it cannot be reached, SERVING again once it can.

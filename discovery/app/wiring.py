@@ -37,10 +37,6 @@ from discovery.store.timed import timed_store
 from discovery.tracing import Tracing
 from discovery.v1 import discovery_pb2_grpc, joins_pb2_grpc, private_pb2_grpc
 
-#: The key epoch of private mode. A new epoch is a new key: every entry must then be computed again, from
-#: the contact hashes that only registration and ImportUsers carry (docs/private-mode.md, "Key epochs").
-PRIVATE_EPOCH = 1
-
 
 @dataclass(frozen=True, slots=True)
 class Service:
@@ -141,16 +137,20 @@ def build_private(
 ) -> PrivateDiscovery | None:
     if not options.enabled:
         return None
-    key = OprfKey.from_secret(secret, PRIVATE_EPOCH)
+    # A new epoch is a new key: every entry needs a record of it, computed from the contact hashes that
+    # only registration and ImportUsers carry (docs/private-mode.md, "Key epochs").
+    key = OprfKey.from_secret(secret, options.key_epoch)
+    next_key = OprfKey.from_secret(secret, options.next_key_epoch) if options.next_key_epoch else None
     index = PrivateIndex(
         store,
         key.epoch,
+        next_epoch=options.next_key_epoch,
         id_pad=options.id_pad,
         jitter=options.jitter_seconds,
         small_directory_max=options.snapshot_ids_max,
         bucket_min_users=options.bucket_min_users,
     )
-    return PrivateDiscovery(index, key, OffLoopEvaluator(), gate)
+    return PrivateDiscovery(index, key, OffLoopEvaluator(), gate, next_key=next_key)
 
 
 def add_servicers(

@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     from discovery.cli.token import add_token_command
 
     add_token_command(commands)
+    from discovery.cli.private_key import add_private_key_command
+
+    add_private_key_command(commands)
     from discovery.cli.client_commands import add_client_commands
 
     add_client_commands(commands)

@@ -25,7 +25,7 @@ from typing import Any, TextIO, TypeAlias
 
 from discovery.client.errors import DiscoveryError
 from discovery.client.normalize import InvalidNumberError, InvalidReason
-from discovery.client.private import PrivateKeyMismatch, PrivateState
+from discovery.client.private import KeyEpochChanged, PrivateKeyMismatch, PrivateState
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 EXIT_OK = 0
@@ -133,7 +133,7 @@ def guarded(handler: Handler) -> Handler:
         except DiscoveryError as exc:
             print_service_error(exc)
             return EXIT_SERVICE_ERROR
-        except PrivateKeyMismatch as exc:
+        except (PrivateKeyMismatch, KeyEpochChanged) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_SERVICE_ERROR
         except InvalidNumberError as exc:
@@ -181,9 +181,12 @@ def add_private_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--private-key",
-        metavar="HEX",
-        default="",
-        help="the published private-mode public key (64 hex digits) to pin; another key is refused",
+        metavar="[EPOCH:]HEX",
+        action="append",
+        default=[],
+        help="a published private-mode public key (64 hex digits) to pin, for its key epoch (EPOCH:HEX; "
+        "repeat for the current and the next epoch of a rotation) or for any epoch (HEX); a key not "
+        "pinned is refused",
     )
     p.add_argument(
         "--private-state",
@@ -195,18 +198,37 @@ def add_private_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_private_keys(values: list[str]) -> tuple[bytes | None, dict[int, bytes]]:
+    """The keys of ``--private-key``: one for any epoch (``HEX``), and by epoch (``EPOCH:HEX``)."""
+    any_epoch: bytes | None = None
+    by_epoch: dict[int, bytes] = {}
+    for value in values:
+        epoch_text, _, hex_key = value.rpartition(":")
+        try:
+            key = bytes.fromhex(hex_key)
+            epoch = int(epoch_text) if epoch_text else None
+        except ValueError:
+            raise InputError(f"--private-key {value!r} is not [EPOCH:]HEX") from None
+        if len(key) != 32:
+            raise InputError("--private-key must be 32 bytes (64 hex digits)")
+        if epoch is not None and not 1 <= epoch < 1 << 32:
+            raise InputError(f"--private-key epoch {epoch} is not a key epoch (1 to 2^32 - 1)")
+        if (any_epoch if epoch is None else by_epoch.get(epoch)) not in (None, key):
+            raise InputError("--private-key gives two keys for one epoch")
+        if epoch is None:
+            any_epoch = key
+        else:
+            by_epoch[epoch] = key
+    return any_epoch, by_epoch
+
+
 def private_state(args: argparse.Namespace) -> PrivateState:
-    """The SDK's private-mode state: loaded from ``--private-state`` when that file exists, with the key
-    of ``--private-key`` pinned (a state pinned to another key is refused)."""
-    try:
-        key = bytes.fromhex(args.private_key) if args.private_key else None
-    except ValueError:
-        raise InputError("--private-key must be hex") from None
-    if key is not None and len(key) != 32:
-        raise InputError("--private-key must be 32 bytes (64 hex digits)")
+    """The SDK's private-mode state: loaded from ``--private-state`` when that file exists, with the keys
+    of ``--private-key`` pinned (a state pinning another key for one of their epochs is refused)."""
+    key, keys = parse_private_keys(args.private_key)
     path = args.private_state
     if path is None or not os.path.exists(path):
-        return PrivateState(pinned_key=key)
+        return PrivateState(pinned_key=key, pinned_keys=keys)
     data = read_bytes(path, "--private-state")
     try:
         state = PrivateState.from_bytes(data or b"")
@@ -214,8 +236,11 @@ def private_state(args: argparse.Namespace) -> PrivateState:
         raise InputError(f"--private-state {path!r} is not a private-mode state") from None
     if key is not None and state.pinned_key not in (None, key):
         raise InputError(f"--private-state {path!r} pins another key than --private-key")
+    if any(state.pinned_keys.get(epoch, k) != k for epoch, k in keys.items()):
+        raise InputError(f"--private-state {path!r} pins another key than --private-key for an epoch")
     if key is not None:
         state.pinned_key = key
+    state.pinned_keys.update(keys)
     return state
 
 

@@ -22,7 +22,7 @@ from discovery.client.address_book import prepare_address_book
 from discovery.client.errors import DiscoveryError
 from discovery.client.models import DiscoverResult, Settings
 from discovery.client.normalize import normalize_number
-from discovery.client.private import PrivateState
+from discovery.client.private import KeyEpochChanged, PrivateState
 from discovery.client.resync import DiscoverRun, DiscoverState
 from discovery.contact_hash import HASH_SIZE, contact_hash
 from discovery.v1 import discovery_pb2, errors_pb2, joins_pb2, private_pb2
@@ -274,18 +274,17 @@ def private_evaluate(
     hashes: list[bytes],
 ) -> Plan[None]:
     """Blind, evaluate, verify the proof and unblind the hashes without a cached output (none: no call)."""
-    from discovery.private_scheme import SchemeError, blind_batch, finalize_batch
+    from discovery.private_scheme import blind_batch, finalize_batch
 
     missing = state.missing(hashes)
     cap = max(1, params.max_blinded_per_request)
     for start in range(0, len(missing), cap):
         chunk = missing[start : start + cap]
         batch = blind_batch(chunk)
-        response: private_pb2.EvaluateBlindedResponse = yield Call(
-            stub.EvaluateBlinded, private_pb2.EvaluateBlindedRequest(blinded_elements=batch.blinded)
-        )
+        request = private_pb2.EvaluateBlindedRequest(blinded_elements=batch.blinded, epoch=params.epoch)
+        response: private_pb2.EvaluateBlindedResponse = yield Call(stub.EvaluateBlinded, request)
         if response.epoch != params.epoch:
-            raise SchemeError("the evaluation is of another key epoch")
+            raise KeyEpochChanged("the evaluation is of another key epoch")
         outputs = finalize_batch(batch, response.evaluated_elements, response.proof, params.public_key)
         state.evaluations += len(chunk)
         state.outputs.update(zip(chunk, outputs, strict=True))
@@ -295,7 +294,7 @@ def private_snapshot(
     stub: PrivateDiscoveryServiceStub, state: PrivateState, params: private_pb2.GetPrivateParamsResponse
 ) -> Plan[Snapshot]:
     """A whole new snapshot, unless the state holds one of the server's kind (sealed ids or not)."""
-    from discovery.private_scheme import SchemeError, Snapshot
+    from discovery.private_scheme import Snapshot
 
     if state.snapshot is None or bool(state.snapshot.sealed is not None) != params.snapshot_has_sealed_ids:
         chunks: list[private_pb2.GetPrivateSnapshotResponse] = yield Call(
@@ -304,7 +303,8 @@ def private_snapshot(
         state.snapshot = Snapshot.deserialize(b"".join(c.chunk for c in chunks))
         state.opened.clear()
         if state.snapshot.epoch != params.epoch:
-            raise SchemeError("the snapshot is of another key epoch")
+            state.snapshot = None
+            raise KeyEpochChanged("the snapshot is of another key epoch")
     return state.snapshot
 
 
@@ -351,8 +351,10 @@ def private_buckets(
             raise SchemeError("the server returned the wrong number of buckets, or buckets of two sizes")
         for range_, raw in zip(chunk, response.buckets, strict=True):
             bucket = Bucket.deserialize(raw)
-            if bucket.range != range_ or bucket.epoch != params.epoch:
-                raise SchemeError("the server returned a bucket of another range or epoch")
+            if bucket.epoch != params.epoch:
+                raise KeyEpochChanged("the server returned a bucket of another key epoch")
+            if bucket.range != range_:
+                raise SchemeError("the server returned a bucket of another range")
             buckets[range_] = bucket
     return buckets
 
@@ -385,13 +387,39 @@ def private_open(
     return found
 
 
+def epoch_changed(error: Exception) -> bool:
+    """The error of a call answered by an instance on another key epoch than the params' (a rolling key
+    switch: docs/private-mode.md, "Key epochs")."""
+    if isinstance(error, DiscoveryError):
+        return error.reason_is(errors_pb2.PRIVATE_EPOCH_REFUSED)
+    return isinstance(error, KeyEpochChanged)
+
+
+def over_epoch_change(plan: Callable[[], Plan[T]]) -> Plan[T]:
+    """Run a private-mode plan; when an instance of another key epoch answers a call of it, once more from
+    GetPrivateParams (the key of the new epoch is checked against the pinned ones)."""
+    try:
+        return (yield from plan())
+    except (DiscoveryError, KeyEpochChanged) as error:
+        if not epoch_changed(error):
+            raise
+    return (yield from plan())
+
+
 def private_discover_hashes(
     stub: PrivateDiscoveryServiceStub, state: PrivateState, hashes: list[bytes]
 ) -> Plan[list[tuple[int, str]]]:
     """``(index into hashes, user_id)`` for each registered, discoverable contact, in private mode.
 
     A range the server refuses (BUCKET_RANGE_REFUSED: the snapshot is older than the server's set by more
-    than a bucket's slack) brings the snapshot up to date and is asked again once."""
+    than a bucket's slack) brings the snapshot up to date and is asked again once; a call answered under
+    another key epoch starts the sync over once."""
+    return (yield from over_epoch_change(lambda: _private_discover_hashes(stub, state, hashes)))
+
+
+def _private_discover_hashes(
+    stub: PrivateDiscoveryServiceStub, state: PrivateState, hashes: list[bytes]
+) -> Plan[list[tuple[int, str]]]:
     params = yield from private_params(stub, state)
     yield from private_evaluate(stub, state, params, hashes)
     snapshot = yield from private_sync(stub, state, params)
@@ -413,11 +441,15 @@ def private_joins_start(
     """Before the join stream: evaluate the contacts and hold a snapshot (fetched only when the state has
     none), *without* bringing it up to date, so that no join is absorbed unseen. The cursor to subscribe
     from: ``cursor`` (the last event's, when the caller kept it), or the snapshot's when that is older or
-    no cursor is given. No bucket is fetched."""
-    params = yield from private_params(stub, state)
-    yield from private_evaluate(stub, state, params, hashes)
-    snapshot = yield from private_snapshot(stub, state, params)
-    return snapshot.cursor if cursor is None else min(cursor, snapshot.cursor)
+    no cursor is given. No bucket is fetched. A call answered under another key epoch starts it over once."""
+
+    def start() -> Plan[int]:
+        params = yield from private_params(stub, state)
+        yield from private_evaluate(stub, state, params, hashes)
+        snapshot = yield from private_snapshot(stub, state, params)
+        return snapshot.cursor if cursor is None else min(cursor, snapshot.cursor)
+
+    return (yield from over_epoch_change(start))
 
 
 def private_discover(

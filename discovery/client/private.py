@@ -1,10 +1,10 @@
 """Private discovery mode in the SDK: the client's state, persistable like DiscoverState.
 
-`PrivateState` holds the pinned public key, and per key epoch the OPRF output of every contact evaluated so
-far (so a re-sync of an unchanged book evaluates and sends nothing), the snapshot as of a cursor (kept fresh
-with deltas), and the user ids already opened for a tag (dropped when a delta touches the tag, or replaced
-by the ids a join-stream delta carries). The plans in `client/_calls.py` use it; the wire scheme is
-`discovery.private_scheme` (docs/private-mode.md).
+`PrivateState` holds the pinned public keys (by key epoch), and for the current key epoch the OPRF output
+of every contact evaluated so far (so a re-sync of an unchanged book evaluates and sends nothing), the
+snapshot as of a cursor (kept fresh with deltas), and the user ids already opened for a tag (dropped when
+a delta touches the tag, or replaced by the ids a join-stream delta carries). The plans in
+`client/_calls.py` use it; the wire scheme is `discovery.private_scheme` (docs/private-mode.md).
 """
 
 from __future__ import annotations
@@ -17,8 +17,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from discovery.private_scheme import Delta, Snapshot
 
-_MAGIC = b"DPC1"
+_MAGIC_V1 = b"DPC1"  # before key epochs: one pinned key
+_MAGIC = b"DPC2"
 _HASH = 32
+_KEY = 32
+_V1_HEAD = struct.Struct(">B32sqI")
+_V2_HEAD = struct.Struct(">B32sqHHI")  # has pinned_key, pinned_key, epoch, #pinned_keys, #seen_keys, #outputs
+_EPOCH_KEY = struct.Struct(">I32s")
 
 
 _OUTPUT_SIZE = 64
@@ -28,12 +33,22 @@ class PrivateKeyMismatch(ValueError):
     """The server's public key is not the pinned one: its evaluations could tag this client."""
 
 
+class KeyEpochChanged(ValueError):
+    """A response of another key epoch than the params': an instance on the other side of a rolling key
+    switch (the SDK starts the sync over once before raising it)."""
+
+
 @dataclass
 class PrivateState:
     """What a private-mode client keeps between syncs (`to_bytes` / `from_bytes` to persist it).
 
-    ``pinned_key``: the 32-byte public key the deployment publishes; a server presenting another key is
-    refused (``PrivateKeyMismatch``). Without one, the first key seen is pinned (trust on first use).
+    The keys the deployment publishes, to pin: ``pinned_keys`` (key epoch -> 32-byte public key; during a
+    key rotation, the current and the next epoch's), or ``pinned_key`` (one key, whatever the epoch: the
+    API before key epochs). With either, a server presenting a key that is not pinned for its epoch is
+    refused (``PrivateKeyMismatch``). With neither, keys are trusted on first use, by epoch
+    (``seen_keys``): the first key of an epoch newer than every epoch seen is accepted (a rotation is
+    announced by its epoch), another key for an epoch seen, or a key of an older epoch, is refused.
+    A new epoch drops the outputs, opened ids and snapshot, which are of the old key.
     """
 
     pinned_key: bytes | None = None
@@ -43,6 +58,8 @@ class PrivateState:
     opened: dict[bytes, tuple[str, ...]] = field(default_factory=dict)  # tag -> user ids (bucket opened)
     evaluations: int = 0  # elements sent for evaluation by this state, all syncs together
     tags: dict[bytes, bytes] = field(default_factory=dict, repr=False, compare=False)  # y -> its tag
+    pinned_keys: dict[int, bytes] = field(default_factory=dict)  # epoch -> configured public key
+    seen_keys: dict[int, bytes] = field(default_factory=dict)  # epoch -> key trusted on first use
 
     def tag_of(self, y: bytes) -> bytes:
         """The tag of an output (an HMAC), computed once per output and kept for later syncs and deltas."""
@@ -54,11 +71,26 @@ class PrivateState:
         return tag
 
     def check_key(self, epoch: int, public_key: bytes) -> None:
-        """Pin the key (first use) or refuse a different one; a new epoch clears the epoch's cache."""
-        if self.pinned_key is None:
-            self.pinned_key = bytes(public_key)
-        elif bytes(public_key) != self.pinned_key:
-            raise PrivateKeyMismatch("the server's private-mode public key is not the pinned key")
+        """Accept the server's key of ``epoch`` (pinned, or trusted on first use) or refuse it; a new
+        epoch clears the epoch's cache."""
+        key = bytes(public_key)
+        if self.pinned_keys or self.pinned_key is not None:
+            if self.pinned_keys.get(epoch) != key and self.pinned_key != key:
+                pinned = "is not the key pinned" if epoch in self.pinned_keys else "has no key pinned"
+                raise PrivateKeyMismatch(f"the server's private-mode key epoch {epoch} {pinned}")
+        else:
+            seen = self.seen_keys.get(epoch)
+            newest = max(self.seen_keys, default=0)
+            if seen is None and epoch < newest:
+                raise PrivateKeyMismatch(
+                    f"the server's private-mode key epoch {epoch} is older than epoch {newest} already "
+                    "seen: a key is trusted on first use only for a newer epoch"
+                )
+            if seen is not None and seen != key:
+                raise PrivateKeyMismatch(
+                    f"the server's private-mode public key of epoch {epoch} is not the one first seen"
+                )
+            self.seen_keys[epoch] = key
         if self.epoch != epoch:
             self.epoch = epoch
             self.outputs.clear()
@@ -127,13 +159,17 @@ class PrivateState:
     def to_bytes(self) -> bytes:
         parts = [
             _MAGIC,
-            struct.pack(
-                ">B32sqI",
+            _V2_HEAD.pack(
                 self.pinned_key is not None,
-                self.pinned_key or bytes(32),
+                self.pinned_key or bytes(_KEY),
                 self.epoch or -1,
+                len(self.pinned_keys),
+                len(self.seen_keys),
                 len(self.outputs),
             ),
+        ]
+        parts += [
+            _EPOCH_KEY.pack(e, k) for keys in (self.pinned_keys, self.seen_keys) for e, k in keys.items()
         ]
         parts += [h + y for h, y in self.outputs.items()]
         snapshot = self.snapshot.serialize() if self.snapshot is not None else b""
@@ -145,11 +181,20 @@ class PrivateState:
     def from_bytes(cls, data: bytes) -> PrivateState:
         from discovery.private_scheme import SchemeError, Snapshot
 
-        if data[:4] != _MAGIC:
+        keys: list[dict[int, bytes]] = [{}, {}]  # pinned, seen
+        if data[:4] == _MAGIC_V1:  # its key (pinned or first seen) stays pinned for every epoch
+            has_key, key, epoch, n = _V1_HEAD.unpack_from(data, 4)
+            at = 4 + _V1_HEAD.size
+        elif data[:4] == _MAGIC:
+            has_key, key, epoch, n_pinned, n_seen, n = _V2_HEAD.unpack_from(data, 4)
+            at = 4 + _V2_HEAD.size
+            for keyring, count in zip(keys, (n_pinned, n_seen), strict=True):
+                for _ in range(count):
+                    e, k = _EPOCH_KEY.unpack_from(data, at)
+                    keyring[e] = bytes(k)
+                    at += _EPOCH_KEY.size
+        else:
             raise SchemeError("not a private-mode state")
-        head = struct.Struct(">B32sqI")
-        has_key, key, epoch, n = head.unpack_from(data, 4)
-        at = 4 + head.size
         step = _HASH + _OUTPUT_SIZE
         outputs = {
             bytes(data[i : i + _HASH]): bytes(data[i + _HASH : i + step])
@@ -160,7 +205,14 @@ class PrivateState:
         at += 12
         snapshot = Snapshot.deserialize(bytes(data[at : at + size])) if size else None
         return cls(
-            bytes(key) if has_key else None, None if epoch < 0 else epoch, outputs, snapshot, {}, evaluations
+            bytes(key) if has_key else None,
+            None if epoch < 0 else epoch,
+            outputs,
+            snapshot,
+            {},
+            evaluations,
+            pinned_keys=keys[0],
+            seen_keys=keys[1],
         )
 
 
@@ -171,8 +223,8 @@ class HasPrivateState:
 
     @property
     def private_state(self) -> PrivateState:
-        """Private mode's pinned key and caches. Assign one (``PrivateState(pinned_key=...)`` or loaded
-        with :meth:`PrivateState.from_bytes`) to pin a key or continue from a saved state."""
+        """Private mode's pinned keys and caches. Assign one (``PrivateState(pinned_keys={epoch: key})``
+        or loaded with :meth:`PrivateState.from_bytes`) to pin keys or continue from a saved state."""
         if self._private_state is None:
             self._private_state = PrivateState()
         return self._private_state

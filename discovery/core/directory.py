@@ -28,6 +28,7 @@ from discovery.core.model import (
     MyData,
     NewUser,
     PrivacySettings,
+    PrivateRefill,
     QuotaLevel,
     RegisterOutcome,
     RejectedUser,
@@ -243,6 +244,8 @@ class Directory:
             await self._private_entry(contact_hash, user_id),
         )
         outcome = await self.store.register(user)
+        if outcome is RegisterOutcome.UNCHANGED and self.private is not None and self.private.refills:
+            await self._refill_private([user])
         await self.sync.catch_up()
         return outcome
 
@@ -309,10 +312,15 @@ class Directory:
         stored = await self.store.import_user_groups([g for g in groups if g]) if any(groups) else []
         outcomes = iter(stored)
         reports = []
+        refill: list[NewUser] = []
+        refills = self.private is not None and any(r.unchanged for r in stored) and self.private.refills
         for (rejections, valid), users in zip(prepared, groups, strict=True):
             report = ImportReport()
             if users:
                 outcome = next(outcomes)
+                if refills and outcome.unchanged:
+                    refused = {r.position for r in outcome.rejections}
+                    refill += [u for i, u in enumerate(users) if i not in refused]
                 # The store numbers the valid users 0..n-1; map back to stream positions.
                 for rejection in outcome.rejections:
                     rejections.append(
@@ -324,9 +332,30 @@ class Directory:
             report.rejected_total = len(rejections)
             report.rejections = rejections[: self.limits.max_reported_rejections]
             reports.append(report)
+        if refill:
+            await self._refill_private(refill)
         if stored:
             await self.sync.catch_up()
         return reports
+
+    async def _refill_private(self, users: list[NewUser]) -> None:
+        """Users registered again unchanged (same id, same contact hash) while a key epoch is prepared (or
+        while users lack the served one): store the records their entries lack, computed with the
+        registration (docs/private-mode.md, "Key epochs"). The stored records of the epochs written are
+        kept; the feed carries the change only when the served epoch's record is new."""
+        private = self.private
+        assert private is not None
+        found = await self.store.private_entries([u.user_id for u in users])
+        refills: list[PrivateRefill] = []
+        for user, current in zip(users, found, strict=True):
+            if current is None or user.private is None or current[0] != user.directory_key:
+                continue  # unregistered or moved meanwhile: that write computed its own entry
+            stored = current[1]
+            new = private.refilled(stored, user.private)
+            if new is not None:
+                refills.append(PrivateRefill(user.user_id, stored, new, private.served_changed(stored, new)))
+        if refills:
+            await self.store.refill_private(refills)
 
     def _screen(
         self, candidates: list[ImportCandidate], first_position: int

@@ -91,8 +91,8 @@ class RegistryChange(NamedTuple):
     directory_key: bytes
     user_id: str | None
     discoverable: bool
-    #: The user's private-mode entry (tag and sealed id, see core/private.py), when it has one:
-    #: it is in the private set after this change if ``user_id`` is set and ``discoverable``.
+    #: The user's private-mode entry (its records of each key epoch, see core/private.py), when it has
+    #: one: it is in the private set after this change if ``user_id`` is set and ``discoverable``.
     private: bytes | None = None
 
 
@@ -142,8 +142,21 @@ class NewUser(NamedTuple):
     directory_key: bytes
     settings: PrivacySettings
     announcement: Announcement
-    #: The private-mode entry (tag and sealed id, no h, no y); None when private mode is off.
+    #: The private-mode entry (a record, tag and sealed id, of each key epoch written; no h, no y);
+    #: None when private mode is off.
     private: bytes | None = None
+
+
+class PrivateRefill(NamedTuple):
+    """A registered user's private-mode entry to replace (a key rotation fills in an epoch's records)."""
+
+    user_id: str
+    #: The entry the store must still hold for the user (None: it holds none), as read before.
+    stored: bytes | None
+    private: bytes
+    #: Whether the feed carries the change (the served epoch's record changed): otherwise the instances'
+    #: sets, built from the served records, are unaffected, and no feed entry is written.
+    announce: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from discovery.core.model import (
     InboxEpoch,
     NewUser,
     PrivacySettings,
+    PrivateRefill,
     QuotaCharge,
     RegisterOutcome,
     RegistryChange,
@@ -93,10 +94,24 @@ class RegistryStore(Protocol):
     def iter_private(self, batch_size: int) -> AsyncIterator[list[bytes]]:
         """The private-mode entries of every discoverable user, in batches (private mode's set).
 
-        Each user's entry (``NewUser.private``, ``change_number``'s ``private``) is kept with the
-        registration, in the same atomic step, and every feed change that names or removes a user
-        with an entry carries it in ``RegistryChange.private``: the feed is private mode's feed.
+        Each user's entry (``NewUser.private``, ``change_number``'s ``private``: opaque bytes, a record
+        per key epoch, see core/private.py) is kept with the registration, in the same atomic step, and
+        every feed change that names or removes a user with an entry carries it in
+        ``RegistryChange.private``: the feed is private mode's feed.
         """
+        ...
+
+    async def private_entries(self, user_ids: Sequence[str]) -> list[tuple[bytes, bytes | None] | None]:
+        """Each user's directory key and private-mode entry (None: it has none), or None when the user is
+        not registered; in the order of ``user_ids``."""
+        ...
+
+    async def refill_private(self, refills: Sequence[PrivateRefill]) -> int:
+        """Replace the private-mode entry of each registered user whose entry is still ``stored``, each in
+        one atomic step (a concurrent change wins: that refill is skipped). With ``announce``, the same
+        step appends a feed change naming the user with the new entry (superseding the feed entry that
+        named the user, as a settings change does); without, the feed is untouched. Returns how many
+        entries were replaced. Nothing else changes (no fan-out, no settings)."""
         ...
 
     async def feed_head(self) -> int:

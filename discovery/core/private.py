@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -35,6 +35,7 @@ from discovery.private_scheme import (
     min_users,
     range_problem,
     seal_user_id,
+    sealed_size,
     tag_of,
 )
 
@@ -134,12 +135,14 @@ def _evaluate(seed: bytes, epoch: int, packed: bytes) -> tuple[bytes, bytes] | i
 
 
 _EVALUATORS: dict[tuple[bytes, int], ristretto.Evaluator] = {}
+_MAX_EVALUATORS = 4  # the served and the next epoch are in use at a time, across a rotation
 
 
 def _evaluator(seed: bytes, epoch: int) -> ristretto.Evaluator:
     evaluator = _EVALUATORS.get((seed, epoch))
     if evaluator is None:
-        _EVALUATORS.clear()  # one epoch (or two, across a rotation) is in use at a time
+        if len(_EVALUATORS) >= _MAX_EVALUATORS:
+            _EVALUATORS.clear()
         evaluator = _EVALUATORS[(seed, epoch)] = ristretto.Evaluator.from_seed(seed, key_info(epoch))
     return evaluator
 
@@ -149,11 +152,18 @@ def _outputs(seed: bytes, epoch: int, hashes: Sequence[bytes]) -> list[bytes]:
     return [evaluator.evaluate_known_input(bytes(h)) for h in hashes]
 
 
-def _entries(seed: bytes, epoch: int, hashes: Sequence[bytes], user_ids: Sequence[str], id_pad: int) -> bytes:
-    """The packed private-mode entries (tag || sealed id) of registered users, computed in a worker."""
+def _entries(
+    seed: bytes, epochs: Sequence[int], hashes: Sequence[bytes], user_ids: Sequence[str], id_pad: int
+) -> bytes:
+    """The stored blobs (`pack_entries`) of registered users, one record per epoch, computed in a worker
+    and concatenated (all of one size)."""
+    records = [
+        [entry_from_output(y, epoch, user_id, id_pad) for y, user_id in zip(ys, user_ids, strict=True)]
+        for epoch, ys in ((epoch, _outputs(seed, epoch, hashes)) for epoch in epochs)
+    ]
     return b"".join(
-        tag_of(y) + seal_user_id(y, epoch, user_id, id_pad)
-        for y, user_id in zip(_outputs(seed, epoch, hashes), user_ids, strict=True)
+        pack_entries(dict(zip(epochs, user_records, strict=True)))
+        for user_records in zip(*records, strict=True)
     )
 
 
@@ -236,15 +246,22 @@ class OffLoopEvaluator:
         )
 
     async def entries_of(
-        self, key: OprfKey, contact_hashes: Sequence[bytes], user_ids: Sequence[str], id_pad: int
+        self,
+        keys: Sequence[OprfKey],
+        contact_hashes: Sequence[bytes],
+        user_ids: Sequence[str],
+        id_pad: int,
     ) -> list[bytes]:
-        """The stored entry (tag || sealed id) of each registered user, ``y`` computed and dropped off
-        the loop: one worker call for a whole import batch."""
+        """The stored blob (`pack_entries`: a record of each key's epoch) of each registered user, ``y``
+        computed and dropped off the loop: one worker call for a whole import batch, whatever the epochs.
+        The keys share one seed (one server secret)."""
+        if len({key.seed for key in keys}) != 1:
+            raise ValueError("the keys of one call are epochs of one server secret")
         packed = await asyncio.get_running_loop().run_in_executor(
             self._executor,
             _entries,
-            key.seed,
-            key.epoch,
+            keys[0].seed,
+            [key.epoch for key in keys],
             [bytes(h) for h in contact_hashes],
             list(user_ids),
             id_pad,
@@ -264,12 +281,117 @@ class PrivateEntry:
     sealed: bytes  # the user id, sealed under a key derived from y
 
     def pack(self) -> bytes:
-        """The stored form (``NewUser.private``): tag || sealed id."""
+        """The record's legacy stored form, one record of epoch 1: tag || sealed id."""
         return self.tag + self.sealed
 
     @classmethod
     def unpack(cls, raw: bytes) -> PrivateEntry:
         return cls(bytes(raw[:TAG_SIZE]), bytes(raw[TAG_SIZE:]))
+
+
+#: The stored blob of a user's entries (``NewUser.private``, the stores' private column, the feed's
+#: ``RegistryChange.private``), opaque to the stores:
+#:
+#:     "DPE" | version u8 = 1 | id_pad u8 | count u8 | count x (epoch u32 | tag (5) | sealed id (29 + id_pad))
+#:
+#: Anything else is the legacy form, ``tag || sealed id``, one record of epoch 1 (what every store held
+#: before key rotation). A lone epoch-1 record is still written in the legacy form, so a store of a
+#: deployment that never rotates is byte for byte what it was (and an older release still reads it).
+#: A legacy blob passes for the new form only if its first 4 bytes are the magic and the next 2 bytes
+#: match its length: about 2^-48 per entry.
+ENTRIES_MAGIC = b"DPE\x01"
+LEGACY_EPOCH = 1
+_ENTRIES_HEAD = struct.Struct(">4sBB")
+_EPOCH = struct.Struct(">I")
+_MIN_SEALED = sealed_size(1)
+
+
+def _record_size(id_pad: int) -> int:
+    return _EPOCH.size + TAG_SIZE + sealed_size(id_pad)
+
+
+def _new_form(raw: bytes) -> int | None:
+    """The id pad of a blob of the epoch form, or None for the legacy form."""
+    if len(raw) < _ENTRIES_HEAD.size or raw[:4] != ENTRIES_MAGIC:
+        return None
+    _, id_pad, count = _ENTRIES_HEAD.unpack_from(raw)
+    if count == 0 or len(raw) != _ENTRIES_HEAD.size + count * _record_size(id_pad):
+        return None
+    return int(id_pad)
+
+
+def unpack_entries(raw: bytes) -> dict[int, PrivateEntry]:
+    """The records of a stored blob, by epoch (ValueError: not a blob of entries)."""
+    form = _new_form(raw)
+    if form is None:
+        if len(raw) < TAG_SIZE + _MIN_SEALED:
+            raise ValueError(f"a private-mode entry of {len(raw)} bytes is too short")
+        return {LEGACY_EPOCH: PrivateEntry.unpack(raw)}
+    size, out = _record_size(form), {}
+    for at in range(_ENTRIES_HEAD.size, len(raw), size):
+        (epoch,) = _EPOCH.unpack_from(raw, at)
+        if epoch in out:
+            raise ValueError(f"epoch {epoch} twice in one private-mode entry")
+        out[epoch] = PrivateEntry(
+            bytes(raw[at + 4 : at + 4 + TAG_SIZE]), bytes(raw[at + 4 + TAG_SIZE : at + size])
+        )
+    return out
+
+
+def pack_entries(entries: Mapping[int, PrivateEntry]) -> bytes:
+    """The stored blob of a user's records (the legacy form for a lone record of epoch 1)."""
+    if not entries:
+        raise ValueError("a private-mode entry has at least one epoch's record")
+    if len(entries) == 1 and LEGACY_EPOCH in entries:
+        return entries[LEGACY_EPOCH].pack()
+    sizes = {len(e.sealed) for e in entries.values()}
+    id_pad = sizes.pop() - sealed_size(0)
+    if sizes or not 1 <= id_pad <= 255 or any(len(e.tag) != TAG_SIZE for e in entries.values()):
+        raise ValueError("the records of a private-mode entry have one tag size and one id pad")
+    parts = [_ENTRIES_HEAD.pack(ENTRIES_MAGIC, id_pad, len(entries))]
+    parts += [_EPOCH.pack(epoch) + e.tag + e.sealed for epoch, e in entries.items()]
+    return b"".join(parts)
+
+
+def entry_layout(raw: bytes) -> tuple[int, tuple[int, ...]]:
+    """The sealed-id size and the epochs of a stored blob, without unpacking it (an instance counts the
+    epochs of every stored entry at start and during a rotation). ValueError: not a blob of entries."""
+    id_pad = _new_form(raw)
+    if id_pad is None:
+        if len(raw) < TAG_SIZE + _MIN_SEALED:
+            raise ValueError(f"a private-mode entry of {len(raw)} bytes is too short")
+        return len(raw) - TAG_SIZE, (LEGACY_EPOCH,)
+    step = _record_size(id_pad)
+    return sealed_size(id_pad), tuple(
+        _EPOCH.unpack_from(raw, at)[0] for at in range(_ENTRIES_HEAD.size, len(raw), step)
+    )
+
+
+def entry_of_epoch(raw: bytes, epoch: int) -> PrivateEntry | None:
+    """The record of one epoch in a stored blob, or None (ValueError: not a blob of entries)."""
+    id_pad = _new_form(raw)
+    if id_pad is None:
+        if len(raw) < TAG_SIZE + _MIN_SEALED:
+            raise ValueError(f"a private-mode entry of {len(raw)} bytes is too short")
+        return PrivateEntry.unpack(raw) if epoch == LEGACY_EPOCH else None
+    step = _record_size(id_pad)
+    for at in range(_ENTRIES_HEAD.size, len(raw), step):
+        if _EPOCH.unpack_from(raw, at)[0] == epoch:
+            tag_at = at + _EPOCH.size
+            return PrivateEntry(
+                bytes(raw[tag_at : tag_at + TAG_SIZE]), bytes(raw[tag_at + TAG_SIZE : at + step])
+            )
+    return None
+
+
+def merged_entries(stored: bytes | None, fresh: bytes) -> bytes | None:
+    """A user's blob after a re-import computed ``fresh`` (the epochs the server writes): the stored record
+    of each of those epochs is kept (a sealed id has a random nonce, and the instances' sets hold the
+    stored one), the missing ones come from ``fresh``, the other epochs' records go. None: nothing changes."""
+    new = unpack_entries(fresh)
+    old = unpack_entries(stored) if stored is not None else {}
+    merged = {epoch: old.get(epoch, record) for epoch, record in new.items()}
+    return None if merged == old else pack_entries(merged)
 
 
 def entry_from_output(y: bytes, epoch: int, user_id: str, id_pad: int = DEFAULT_ID_PAD) -> PrivateEntry:

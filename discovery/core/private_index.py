@@ -20,7 +20,7 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +39,9 @@ from discovery.core.private import (
     check_epoch,
     check_range_load,
     cursor_ahead,
+    entry_layout,
+    entry_of_epoch,
+    merged_entries,
     tag_records,
 )
 from discovery.core.quota import Gate
@@ -60,19 +63,45 @@ from discovery.private_scheme.tagset import sorted_unique, tags_array
 log = logging.getLogger("discovery.private")
 
 LOAD_BATCH = 10_000
+RECOUNT_SECONDS = 60.0  # while a rotation is under way: how often the missing records are counted
 FEED_PAGE = 1000
 MAX_BUCKETS_PER_REQUEST = 1000
 SNAPSHOT_CHUNK = 1 << 20
 SNAPSHOT_MAX_AGE = 30.0  # seconds a built snapshot is served while changes arrive (deltas cover the rest)
 
 
+def _no_missing() -> int:
+    return 0
+
+
 @dataclass(frozen=True, slots=True)
 class PrivateRegistrar:
-    """Computes the private-mode entries of registered users, off the event loop (one worker call a batch)."""
+    """Computes the private-mode entries of registered users, off the event loop (one worker call a batch):
+    a record of the served epoch and, while one is prepared (docs/private-mode.md, "Key epochs"), of the
+    next epoch."""
 
     key: OprfKey
     evaluator: OffLoopEvaluator
     id_pad: int = DEFAULT_ID_PAD
+    next_key: OprfKey | None = None
+    #: How many discoverable users the set lacks (their stored entry has no record of the served epoch).
+    missing: Callable[[], int] = _no_missing
+
+    @property
+    def refills(self) -> bool:
+        """Whether a re-registration of an unchanged user (same id, same contact hash) writes the records
+        its stored entry lacks: while a next epoch is prepared, or while users miss the served one."""
+        return self.next_key is not None or self.missing() > 0
+
+    def refilled(self, stored: bytes | None, fresh: bytes) -> bytes | None:
+        """The blob to store for an unchanged user whose entry is ``stored`` (None: keep it as it is)."""
+        return merged_entries(stored, fresh)
+
+    def served_changed(self, stored: bytes | None, new: bytes) -> bool:
+        """Whether the served epoch's record differs (then the feed must carry the new blob)."""
+        epoch = self.key.epoch
+        before = entry_of_epoch(stored, epoch) if stored is not None else None
+        return before != entry_of_epoch(new, epoch)
 
     def id_problem(self, user_id: str) -> str | None:
         size = len(user_id.encode("utf-8"))
@@ -83,7 +112,8 @@ class PrivateRegistrar:
     async def entries(self, contact_hashes: Sequence[bytes], user_ids: Sequence[str]) -> list[bytes]:
         if not user_ids:
             return []
-        return await self.evaluator.entries_of(self.key, contact_hashes, user_ids, self.id_pad)
+        keys = [self.key] if self.next_key is None else [self.key, self.next_key]
+        return await self.evaluator.entries_of(keys, contact_hashes, user_ids, self.id_pad)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +141,17 @@ class _Built:
     recent: frozenset[bytes]  # the recent tags it covers
 
 
+def _epoch_refused(epoch: int, found: Counter[int]) -> StartupRefused:
+    epochs = ", ".join(f"epoch {e} ({n} users)" for e, n in sorted(found.items()))
+    return StartupRefused(
+        f"no stored private-mode entry has a record of key epoch {epoch} (--private-key-epoch), and the "
+        f"store holds {epochs}: serve one of those epochs, or prepare epoch {epoch} first (restart every "
+        f"instance with --private-next-key-epoch {epoch}, re-import every user, wait for "
+        f'discovery_private_users_missing_epoch{{epoch="{epoch}"}} to reach 0; docs/private-mode.md, '
+        '"Key epochs")'
+    )
+
+
 def _id_pad_refused(stored_size: int, id_pad: int) -> StartupRefused:
     stored_pad = stored_size - sealed_size(0)
     return StartupRefused(
@@ -128,6 +169,7 @@ class PrivateIndex:
         store: Store,
         epoch: int,
         *,
+        next_epoch: int = 0,
         id_pad: int = DEFAULT_ID_PAD,
         jitter: float = 0.0,
         small_directory_max: int = SMALL_DIRECTORY_MAX,
@@ -137,6 +179,12 @@ class PrivateIndex:
     ) -> None:
         self._store = store
         self.epoch = epoch
+        self.next_epoch = next_epoch  # the epoch being prepared (0: none), counted but not served
+        #: Discoverable users whose stored entry lacks the epoch's record, as of the last count (the served
+        #: and the next epoch): not in this epoch's set. Counted at load and, while a rotation is under way,
+        #: every RECOUNT_SECONDS (a re-import that fills in records changes no feed entry).
+        self.missing: dict[int, int] = dict.fromkeys(self.counted_epochs, 0)
+        self._counted_at = 0.0
         self.id_pad = id_pad
         self.jitter = jitter
         self.small_directory_max = small_directory_max
@@ -149,7 +197,7 @@ class PrivateIndex:
         self._base = 0  # the feed seq the set was loaded at: older cursors are read from the store
         self._read = 0  # the newest feed seq read (released or pending)
         self._log_seqs: list[int] = []
-        self._log: list[bytes] = []  # released entries touched after _base, parallel to _log_seqs
+        self._log: list[bytes] = []  # tags of released entries touched after _base, parallel to _log_seqs
         self._pending: deque[tuple[float, int, bytes | None, bool]] = deque()
         self._released = asyncio.Event()
         self._snapshot: tuple[int, bool, bytes, float] | None = None
@@ -161,18 +209,29 @@ class PrivateIndex:
 
     # -- loading and following ------------------------------------------------------------------
 
+    @property
+    def counted_epochs(self) -> tuple[int, ...]:
+        return (self.epoch, self.next_epoch) if self.next_epoch else (self.epoch,)
+
+    @property
+    def rotating(self) -> bool:
+        """A next epoch is prepared, or users lack the served one: the counts may change without a feed
+        change, so they are taken again from time to time."""
+        return bool(self.next_epoch) or self.missing.get(self.epoch, 0) > 0
+
+    def missing_of(self, epoch: int) -> float:
+        """Discoverable users without a record of ``epoch``, as of the last count (the gauge)."""
+        return float(self.missing.get(epoch, 0))
+
     async def load(self) -> None:
         head = await self._store.feed_head()
         entries: dict[bytes, set[bytes]] = {}
-        size = sealed_size(self.id_pad)
-        async for batch in self._store.iter_private(LOAD_BATCH):
-            for raw in batch:
-                entry = PrivateEntry.unpack(raw)
-                if len(entry.sealed) != size:
-                    raise _id_pad_refused(len(entry.sealed), self.id_pad)
-                entries.setdefault(entry.tag, set()).add(entry.sealed)
+        found = await self._scan(entries)
+        if sum(found.values()) and not found[self.epoch]:
+            raise _epoch_refused(self.epoch, found)
         # Counted from the set: a Redis HSCAN may yield an entry twice while the hash changes.
         self._entries, self.count = entries, sum(len(found) for found in entries.values())
+        self._log_missing()
         self.cursor = self._base = self._read = head
         self._log_seqs, self._log = [], []
         self._pending.clear()
@@ -180,10 +239,61 @@ class PrivateIndex:
         self.loaded = True
         self._wake()
 
+    async def _scan(self, entries: dict[bytes, set[bytes]] | None) -> Counter[int]:
+        """Read every stored entry: the served epoch's records into ``entries`` (when given), the missing
+        counts into ``missing``; returns how many users have a record of each epoch. Refuses (StartupRefused)
+        entries sealed with another id pad."""
+        size = sealed_size(self.id_pad)
+        served, found, users = self.epoch, Counter[tuple[int, ...]](), 0
+        async for batch in self._store.iter_private(LOAD_BATCH):
+            for raw in batch:
+                try:
+                    sealed, epochs = entry_layout(raw)
+                except ValueError:
+                    raise _id_pad_refused(len(raw) - TAG_SIZE, self.id_pad) from None
+                if sealed != size:
+                    raise _id_pad_refused(sealed, self.id_pad)
+                users += 1
+                found[epochs] += 1
+                if entries is not None and served in epochs:
+                    entry = entry_of_epoch(raw, served)
+                    assert entry is not None
+                    entries.setdefault(entry.tag, set()).add(entry.sealed)
+        by_epoch = Counter[int]()
+        for epochs, count in found.items():
+            for epoch in epochs:
+                by_epoch[epoch] += count
+        self.missing = {epoch: users - by_epoch[epoch] for epoch in self.counted_epochs}
+        self._counted_at = self._clock()
+        return by_epoch
+
+    def _log_missing(self) -> None:
+        for epoch, missing in self.missing.items():
+            if missing or epoch != self.epoch:
+                log.info(
+                    "private-mode users whose entry lacks a key epoch's record",
+                    extra={
+                        "event": "private_missing_epoch",
+                        "epoch": epoch,
+                        "served": epoch == self.epoch,
+                        "missing": missing,
+                    },
+                )
+
+    async def recount(self) -> None:
+        """Count again the users whose entry lacks the served or the next epoch (a re-import fills them
+        in without a feed change)."""
+        before = dict(self.missing)
+        await self._scan(None)
+        if self.missing != before:
+            self._log_missing()
+
     async def follow(self, stop: asyncio.Event, poll: float = 1.0) -> None:
         """Read the feed and release its changes until `stop` is set; reload when the feed was pruned."""
         while not stop.is_set():
             try:
+                if self.rotating and self._clock() - self._counted_at >= RECOUNT_SECONDS:
+                    await self.recount()
                 await self.catch_up()
                 wait = poll if not self._pending else max(0.0, min(poll, self._pending[0][0] - self._clock()))
                 if wait > 0:
@@ -220,10 +330,11 @@ class PrivateIndex:
         released = False
         while self._pending and self._pending[0][0] <= now:
             _, seq, raw, present = self._pending.popleft()
-            if raw is not None:
-                self._apply(PrivateEntry.unpack(raw), present)
+            entry = self.served_entry(raw)
+            if entry is not None:
+                self._apply(entry, present)
                 self._log_seqs.append(seq)
-                self._log.append(raw)
+                self._log.append(entry.tag)
             self.cursor = seq
             released = True
         if not self._pending and self._read > self.cursor:
@@ -231,6 +342,16 @@ class PrivateIndex:
             released = True
         if released:
             self._wake()
+
+    def served_entry(self, raw: bytes | None) -> PrivateEntry | None:
+        """The served epoch's record of a stored blob (None: the blob has none, or is unreadable)."""
+        if raw is None:
+            return None
+        try:
+            return entry_of_epoch(raw, self.epoch)
+        except ValueError:
+            log.warning("unreadable private-mode entry in the feed", extra={"event": "private_bad_entry"})
+            return None
 
     def _apply(self, entry: PrivateEntry, present: bool) -> None:
         sealed = self._entries.get(entry.tag)
@@ -345,12 +466,11 @@ class PrivateIndex:
         return built.data
 
     def delta_records(self, touched: Sequence[bytes], with_sealed_ids: bool) -> tuple[DeltaRecord, ...]:
-        """The current state, in the released set, of each tag the entries touched."""
-        tags = (bytes(raw[:TAG_SIZE]) for raw in touched)
-        return tag_records(tags, lambda tag: self._entries.get(tag, ()), with_sealed_ids)
+        """The current state, in the released set, of each tag touched."""
+        return tag_records(touched, lambda tag: self._entries.get(tag, ()), with_sealed_ids)
 
     async def touched_since(self, cursor: int) -> list[bytes] | None:
-        """Entries touched by released changes after `cursor`, or None when they are no longer known."""
+        """Tags touched by released changes after `cursor`, or None when they are no longer known."""
         older: list[bytes] = []
         if cursor < self._base:
             after = cursor
@@ -359,7 +479,11 @@ class PrivateIndex:
                     changes = await self._store.feed_read(after, FEED_PAGE)
                     if not changes:
                         break
-                    older += [c.private for c in changes if c.private is not None and c.seq <= self._base]
+                    older += [
+                        entry.tag
+                        for c in changes
+                        if c.seq <= self._base and (entry := self.served_entry(c.private)) is not None
+                    ]
                     after = changes[-1].seq
             except FeedTruncated:
                 return None
@@ -394,16 +518,21 @@ class PrivateDiscovery:
         evaluator: OffLoopEvaluator,
         gate: Gate,
         max_blinded: int = MAX_BLINDED_PER_REQUEST,
+        next_key: OprfKey | None = None,
     ) -> None:
         self.index = index
         self.key = key
         self.evaluator = evaluator
         self.gate = gate
         self.max_blinded = max_blinded
+        self.next_key = next_key
 
     def registrar(self) -> PrivateRegistrar:
-        """What registration calls to compute entries: same key, worker pool and id padding."""
-        return PrivateRegistrar(self.key, self.evaluator, self.index.id_pad)
+        """What registration calls to compute entries: same keys, worker pool and id padding."""
+        index, epoch = self.index, self.key.epoch
+        return PrivateRegistrar(
+            self.key, self.evaluator, index.id_pad, self.next_key, lambda: index.missing.get(epoch, 0)
+        )
 
     async def params(self) -> PrivateParams:
         index = self.index
@@ -419,13 +548,18 @@ class PrivateDiscovery:
             index.cursor,
         )
 
-    async def evaluate(self, caller: str, packed: bytes) -> tuple[bytes, bytes]:
+    async def evaluate(self, caller: str, packed: bytes, epoch: int = 0) -> tuple[bytes, bytes]:
         """Check the batch, charge the request and one new contact per element, evaluate off the loop.
 
         As in Discover: a valid batch costs one quota round trip (the rate and its elements together); an
         invalid one is charged the request rate alone; one over a quota is refused before it is evaluated.
+        ``epoch`` (0: the served one) is the key the client expects: another is refused
+        (PRIVATE_EPOCH_REFUSED, on an instance not yet switched in a rolling restart), charged like any
+        invalid request, never with the new-contact quota.
         """
         try:
+            if epoch:
+                check_epoch(epoch, self.key.epoch)
             count = await self.evaluator.check(packed, self.max_blinded)
         except InvalidArgument:
             await self.gate.admit(caller)

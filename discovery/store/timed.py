@@ -77,6 +77,12 @@ class TimedStore:
     async def update_settings(self, user_id: str, settings: m.PrivacySettings) -> m.UserRecord | None:
         return await self._timed("update_settings", self.inner.update_settings(user_id, settings))
 
+    async def private_entries(self, user_ids: Sequence[str]) -> list[tuple[bytes, bytes | None] | None]:
+        return await self._timed("private_entries", self.inner.private_entries(user_ids))
+
+    async def refill_private(self, refills: Sequence[m.PrivateRefill]) -> int:
+        return await self._timed("refill_private", self.inner.refill_private(refills))
+
     def iter_registry(self, batch_size: int) -> AsyncIterator[m.RegistrySlice]:
         return self.inner.iter_registry(batch_size)
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64iscovery/v1/private.proto\x12\x0c\x64iscovery.v1\"\x19\n\x17GetPrivateParamsRequest\"\xf0\x01\n\x18GetPrivateParamsResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\r\n\x05suite\x18\x03 \x01(\t\x12\x14\n\x0c\x62ucket_users\x18\n \x01(\r\x12\x17\n\x0f\x62ucket_capacity\x18\x05 \x01(\r\x12\x0e\n\x06id_pad\x18\x06 \x01(\r\x12\x1f\n\x17snapshot_has_sealed_ids\x18\x07 \x01(\x08\x12\x1f\n\x17max_blinded_per_request\x18\x08 \x01(\r\x12\x0e\n\x06\x63ursor\x18\t \x01(\x04J\x04\x08\x04\x10\x05R\x0bprefix_bits\"2\n\x16\x45valuateBlindedRequest\x12\x18\n\x10\x62linded_elements\x18\x01 \x01(\x0c\"S\n\x17\x45valuateBlindedResponse\x12\x1a\n\x12\x65valuated_elements\x18\x01 \x01(\x0c\x12\r\n\x05proof\x18\x02 \x01(\x0c\x12\r\n\x05\x65poch\x18\x03 \x01(\r\"4\n\x19GetPrivateSnapshotRequest\x12\x17\n\x0fmax_chunk_bytes\x18\x01 \x01(\r\"@\n\x1aGetPrivateSnapshotResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\"P\n\x16GetPrivateDeltaRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\x12\x17\n\x0fwith_sealed_ids\x18\x03 \x01(\x08\"7\n\x17GetPrivateDeltaResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\x0c\x12\r\n\x05reset\x18\x02 \x01(\x08\"W\n\x1dSubscribePrivateDeltasRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\x12\x17\n\x0fwith_sealed_ids\x18\x03 \x01(\x08\">\n\x1eSubscribePrivateDeltasResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\x0c\x12\r\n\x05reset\x18\x02 \x01(\x08\":\n\x18GetPrivateBucketsRequest\x12\x0e\n\x06ranges\x18\x02 \x03(\x0cJ\x04\x08\x01\x10\x02R\x08prefixes\",\n\x19GetPrivateBucketsResponse\x12\x0f\n\x07\x62uckets\x18\x01 \x03(\x0c\x32\x84\x05\n\x17PrivateDiscoveryService\x12\x61\n\x10GetPrivateParams\x12%.discovery.v1.GetPrivateParamsRequest\x1a&.discovery.v1.GetPrivateParamsResponse\x12^\n\x0f\x45valuateBlinded\x12$.discovery.v1.EvaluateBlindedRequest\x1a%.discovery.v1.EvaluateBlindedResponse\x12i\n\x12GetPrivateSnapshot\x12\'.discovery.v1.GetPrivateSnapshotRequest\x1a(.discovery.v1.GetPrivateSnapshotResponse0\x01\x12^\n\x0fGetPrivateDelta\x12$.discovery.v1.GetPrivateDeltaRequest\x1a%.discovery.v1.GetPrivateDeltaResponse\x12u\n\x16SubscribePrivateDeltas\x12+.discovery.v1.SubscribePrivateDeltasRequest\x1a,.discovery.v1.SubscribePrivateDeltasResponse0\x01\x12\x64\n\x11GetPrivateBuckets\x12&.discovery.v1.GetPrivateBucketsRequest\x1a\'.discovery.v1.GetPrivateBucketsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64iscovery/v1/private.proto\x12\x0c\x64iscovery.v1\"\x19\n\x17GetPrivateParamsRequest\"\xf0\x01\n\x18GetPrivateParamsResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\r\n\x05suite\x18\x03 \x01(\t\x12\x14\n\x0c\x62ucket_users\x18\n \x01(\r\x12\x17\n\x0f\x62ucket_capacity\x18\x05 \x01(\r\x12\x0e\n\x06id_pad\x18\x06 \x01(\r\x12\x1f\n\x17snapshot_has_sealed_ids\x18\x07 \x01(\x08\x12\x1f\n\x17max_blinded_per_request\x18\x08 \x01(\r\x12\x0e\n\x06\x63ursor\x18\t \x01(\x04J\x04\x08\x04\x10\x05R\x0bprefix_bits\"A\n\x16\x45valuateBlindedRequest\x12\x18\n\x10\x62linded_elements\x18\x01 \x01(\x0c\x12\r\n\x05\x65poch\x18\x02 \x01(\r\"S\n\x17\x45valuateBlindedResponse\x12\x1a\n\x12\x65valuated_elements\x18\x01 \x01(\x0c\x12\r\n\x05proof\x18\x02 \x01(\x0c\x12\r\n\x05\x65poch\x18\x03 \x01(\r\"4\n\x19GetPrivateSnapshotRequest\x12\x17\n\x0fmax_chunk_bytes\x18\x01 \x01(\r\"@\n\x1aGetPrivateSnapshotResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\"P\n\x16GetPrivateDeltaRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\x12\x17\n\x0fwith_sealed_ids\x18\x03 \x01(\x08\"7\n\x17GetPrivateDeltaResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\x0c\x12\r\n\x05reset\x18\x02 \x01(\x08\"W\n\x1dSubscribePrivateDeltasRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\x12\x17\n\x0fwith_sealed_ids\x18\x03 \x01(\x08\">\n\x1eSubscribePrivateDeltasResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\x0c\x12\r\n\x05reset\x18\x02 \x01(\x08\":\n\x18GetPrivateBucketsRequest\x12\x0e\n\x06ranges\x18\x02 \x03(\x0cJ\x04\x08\x01\x10\x02R\x08prefixes\",\n\x19GetPrivateBucketsResponse\x12\x0f\n\x07\x62uckets\x18\x01 \x03(\x0c\x32\x84\x05\n\x17PrivateDiscoveryService\x12\x61\n\x10GetPrivateParams\x12%.discovery.v1.GetPrivateParamsRequest\x1a&.discovery.v1.GetPrivateParamsResponse\x12^\n\x0f\x45valuateBlinded\x12$.discovery.v1.EvaluateBlindedRequest\x1a%.discovery.v1.EvaluateBlindedResponse\x12i\n\x12GetPrivateSnapshot\x12\'.discovery.v1.GetPrivateSnapshotRequest\x1a(.discovery.v1.GetPrivateSnapshotResponse0\x01\x12^\n\x0fGetPrivateDelta\x12$.discovery.v1.GetPrivateDeltaRequest\x1a%.discovery.v1.GetPrivateDeltaResponse\x12u\n\x16SubscribePrivateDeltas\x12+.discovery.v1.SubscribePrivateDeltasRequest\x1a,.discovery.v1.SubscribePrivateDeltasResponse0\x01\x12\x64\n\x11GetPrivateBuckets\x12&.discovery.v1.GetPrivateBucketsRequest\x1a\'.discovery.v1.GetPrivateBucketsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,25 +36,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPRIVATEPARAMSRESPONSE']._serialized_start=72
   _globals['_GETPRIVATEPARAMSRESPONSE']._serialized_end=312
   _globals['_EVALUATEBLINDEDREQUEST']._serialized_start=314
-  _globals['_EVALUATEBLINDEDREQUEST']._serialized_end=364
-  _globals['_EVALUATEBLINDEDRESPONSE']._serialized_start=366
-  _globals['_EVALUATEBLINDEDRESPONSE']._serialized_end=449
-  _globals['_GETPRIVATESNAPSHOTREQUEST']._serialized_start=451
-  _globals['_GETPRIVATESNAPSHOTREQUEST']._serialized_end=503
-  _globals['_GETPRIVATESNAPSHOTRESPONSE']._serialized_start=505
-  _globals['_GETPRIVATESNAPSHOTRESPONSE']._serialized_end=569
-  _globals['_GETPRIVATEDELTAREQUEST']._serialized_start=571
-  _globals['_GETPRIVATEDELTAREQUEST']._serialized_end=651
-  _globals['_GETPRIVATEDELTARESPONSE']._serialized_start=653
-  _globals['_GETPRIVATEDELTARESPONSE']._serialized_end=708
-  _globals['_SUBSCRIBEPRIVATEDELTASREQUEST']._serialized_start=710
-  _globals['_SUBSCRIBEPRIVATEDELTASREQUEST']._serialized_end=797
-  _globals['_SUBSCRIBEPRIVATEDELTASRESPONSE']._serialized_start=799
-  _globals['_SUBSCRIBEPRIVATEDELTASRESPONSE']._serialized_end=861
-  _globals['_GETPRIVATEBUCKETSREQUEST']._serialized_start=863
-  _globals['_GETPRIVATEBUCKETSREQUEST']._serialized_end=921
-  _globals['_GETPRIVATEBUCKETSRESPONSE']._serialized_start=923
-  _globals['_GETPRIVATEBUCKETSRESPONSE']._serialized_end=967
-  _globals['_PRIVATEDISCOVERYSERVICE']._serialized_start=970
-  _globals['_PRIVATEDISCOVERYSERVICE']._serialized_end=1614
+  _globals['_EVALUATEBLINDEDREQUEST']._serialized_end=379
+  _globals['_EVALUATEBLINDEDRESPONSE']._serialized_start=381
+  _globals['_EVALUATEBLINDEDRESPONSE']._serialized_end=464
+  _globals['_GETPRIVATESNAPSHOTREQUEST']._serialized_start=466
+  _globals['_GETPRIVATESNAPSHOTREQUEST']._serialized_end=518
+  _globals['_GETPRIVATESNAPSHOTRESPONSE']._serialized_start=520
+  _globals['_GETPRIVATESNAPSHOTRESPONSE']._serialized_end=584
+  _globals['_GETPRIVATEDELTAREQUEST']._serialized_start=586
+  _globals['_GETPRIVATEDELTAREQUEST']._serialized_end=666
+  _globals['_GETPRIVATEDELTARESPONSE']._serialized_start=668
+  _globals['_GETPRIVATEDELTARESPONSE']._serialized_end=723
+  _globals['_SUBSCRIBEPRIVATEDELTASREQUEST']._serialized_start=725
+  _globals['_SUBSCRIBEPRIVATEDELTASREQUEST']._serialized_end=812
+  _globals['_SUBSCRIBEPRIVATEDELTASRESPONSE']._serialized_start=814
+  _globals['_SUBSCRIBEPRIVATEDELTASRESPONSE']._serialized_end=876
+  _globals['_GETPRIVATEBUCKETSREQUEST']._serialized_start=878
+  _globals['_GETPRIVATEBUCKETSREQUEST']._serialized_end=936
+  _globals['_GETPRIVATEBUCKETSRESPONSE']._serialized_start=938
+  _globals['_GETPRIVATEBUCKETSRESPONSE']._serialized_end=982
+  _globals['_PRIVATEDISCOVERYSERVICE']._serialized_start=985
+  _globals['_PRIVATEDISCOVERYSERVICE']._serialized_end=1629
 # @@protoc_insertion_point(module_scope)

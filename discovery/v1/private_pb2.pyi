@@ -95,16 +95,25 @@ class EvaluateBlindedRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BLINDED_ELEMENTS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     blinded_elements: _builtins.bytes
     """Blinded elements, packed: n x 32 bytes."""
+    epoch: _builtins.int
+    """The key epoch the client expects the evaluation under (its GetPrivateParams
+    epoch); 0: whichever the server serves. Another epoch than the served one
+    is refused (INVALID_ARGUMENT, reason PRIVATE_EPOCH_REFUSED, nothing
+    charged to the new-contact quota): an instance on the other side of a
+    rolling key switch; fetch the params again.
+    """
     def __init__(
         self,
         *,
         blinded_elements: _builtins.bytes = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blinded_elements", b"blinded_elements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blinded_elements", b"blinded_elements", "epoch", b"epoch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

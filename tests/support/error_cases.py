@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from discovery.app.credentials import jwt_secret, mint_token
 from discovery.app.server import DiscoveryServer
-from discovery.app.wiring import PRIVATE_EPOCH
+from discovery.config import PrivateOptions
 from discovery.core.hashing import contact_hash
 from discovery.core.private import MAX_BLINDED_PER_REQUEST
 from discovery.core.private_index import MAX_BUCKETS_PER_REQUEST
@@ -32,6 +32,8 @@ from discovery.v1 import joins_pb2, private_pb2
 from tests.support.auth_helpers import as_backend, as_user
 from tests.support.rpc import METHODS, Metadata, error_info, invoke, request_id
 from tests.support.server import StartServer, status_details, user_metadata
+
+PRIVATE_EPOCH = PrivateOptions().key_epoch  # the epoch a server serves by default
 
 ALICE, BOB = contact_hash("+4915100000201"), contact_hash("+4915100000202")
 OTHER = [contact_hash(f"+49151000003{i:02d}") for i in range(8)]
@@ -352,6 +354,15 @@ ERROR_CASES = [
         "dev",
         f"{P}.GetPrivateDelta",
         private_pb2.GetPrivateDeltaRequest(epoch=PRIVATE_EPOCH + 1, cursor=0),
+        dev("alice"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PRIVATE_EPOCH_REFUSED",
+    ),
+    Case(
+        "evaluation under another epoch's key",
+        "dev",
+        f"{P}.EvaluateBlinded",
+        private_pb2.EvaluateBlindedRequest(blinded_elements=b"", epoch=PRIVATE_EPOCH + 1),
         dev("alice"),
         grpc.StatusCode.INVALID_ARGUMENT,
         "PRIVATE_EPOCH_REFUSED",

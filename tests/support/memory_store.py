@@ -186,6 +186,27 @@ class MemoryStore:
             self._wrote()
         return updated
 
+    async def private_entries(self, user_ids: Sequence[str]) -> list[tuple[bytes, bytes | None] | None]:
+        users, private = self.data.users, self.data.private
+        return [None if (r := users.get(u)) is None else (r.directory_key, private.get(u)) for u in user_ids]
+
+    async def refill_private(self, refills: Sequence[m.PrivateRefill]) -> int:
+        data, replaced = self.data, 0
+        for refill in refills:
+            record = data.users.get(refill.user_id)
+            if record is None or data.private.get(refill.user_id) != refill.stored:
+                continue
+            data.private[refill.user_id] = refill.private
+            replaced += 1
+            if refill.announce:
+                self._scrub_feed(refill.user_id)
+                self._append_change(
+                    record.directory_key, refill.user_id, record.settings.discoverable, refill.private
+                )
+        if any(r.announce for r in refills):
+            self._wrote()
+        return replaced
+
     async def iter_registry(self, batch_size: int) -> AsyncIterator[m.RegistrySlice]:
         records = list(self.data.users.values())
         for start in range(0, len(records), batch_size):

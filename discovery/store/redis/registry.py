@@ -26,6 +26,7 @@ from discovery.core.model import (
     ImportReport,
     NewUser,
     PrivacySettings,
+    PrivateRefill,
     RegisterOutcome,
     RegistryChange,
     RegistrySlice,
@@ -238,6 +239,45 @@ local m = redis.call('HMGET', KEYS[1], 'seq', 'floor')
 return {m[1] or '0', m[2] or '0', redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])}
 """
 )
+
+
+# KEYS: meta, feed, user bucket. ARGV: user id, the entry read before ('0': none, else '1' .. entry), the
+# new entry, '1' to announce it on the feed. Private-mode key rotation (core/ports.py refill_private).
+REFILL_PRIVATE = LuaScript(
+    PRELUDE
+    + """
+local rec = redis.call('HGET', KEYS[3], ARGV[1])
+if not rec then return 0 end
+local p = redis.call('HGET', TAG .. ':pe', ARGV[1])
+local stored = '0'
+if p then stored = '1' .. string.sub(p, 2) end
+if stored ~= ARGV[2] then return 0 end
+local flags = string.sub(rec, 17, 17)
+if ARGV[4] == '1' then
+  unfeed(rec)
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  add_feed(seq, feed_entry(string.sub(rec, 1, 16), flags, ARGV[1]), ARGV[3])
+  redis.call('HSET', KEYS[3], ARGV[1], string.sub(rec, 1, 17) .. seq)
+end
+set_private(ARGV[1], flags, ARGV[3])
+return 1
+"""
+)
+
+# KEYS: meta (for routing). ARGV: user ids. For each: its record ('' when not registered) and its
+# private-mode entry with the discoverable byte ('' for none).
+READ_PRIVATE = LuaScript(
+    PRELUDE
+    + """
+local out = {}
+for i = 1, #ARGV do
+  out[2 * i - 1] = redis.call('HGET', user_bucket(ARGV[i]), ARGV[i]) or ''
+  out[2 * i] = redis.call('HGET', TAG .. ':pe', ARGV[i]) or ''
+end
+return out
+"""
+)
+READ_PRIVATE_CHUNK = 500
 
 
 # FLAGS bits 1 and 3: the announce mode.
@@ -489,6 +529,35 @@ class RedisRegistry(RedisBase):
                     batch = []
         if batch:
             yield batch
+
+    # -- private-mode key rotation ----------------------------------------------------------------
+
+    async def private_entries(self, user_ids: Sequence[str]) -> list[tuple[bytes, bytes | None] | None]:
+        uids = [u.encode() for u in user_ids]
+        calls: list[Call] = [
+            ([self.keys.meta], list(uids[i : i + READ_PRIVATE_CHUNK]))
+            for i in range(0, len(uids), READ_PRIVATE_CHUNK)
+        ]
+        flat = [value for reply in await self._eval_many(READ_PRIVATE, calls) for value in reply]
+        return [
+            (bytes(rec[:16]), bytes(p[1:]) if p else None) if rec else None
+            for rec, p in zip(flat[::2], flat[1::2], strict=True)
+        ]
+
+    async def refill_private(self, refills: Sequence[PrivateRefill]) -> int:
+        if not refills:
+            return 0
+        calls: list[Call] = []
+        for refill in refills:
+            uid = refill.user_id.encode()
+            stored = b"0" if refill.stored is None else b"1" + refill.stored
+            calls.append(
+                (self._registry_keys(uid), [uid, stored, refill.private, b"1" if refill.announce else b"0"])
+            )
+        replaced = sum(int(code) for code in await self._write_many(REFILL_PRIVATE, calls))
+        if any(r.announce for r in refills):
+            await self._written()
+        return replaced
 
     # -- change feed ----------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from discovery.core.model import (
     ImportReport,
     NewUser,
     PrivacySettings,
+    PrivateRefill,
     RegisterOutcome,
     RegistryChange,
     RegistrySlice,
@@ -211,6 +212,35 @@ class SqliteRegistry(SqliteBase):
             RejectedUser(first + i, users[i].user_id, reason) for i, reason in sorted(rejected.items())
         ]
         return report
+
+    # -- private-mode key rotation ----------------------------------------------------------------
+
+    async def refill_private(self, refills: Sequence[PrivateRefill]) -> int:
+        return await self._write(lambda conn: sum(self._refill_sync(conn, r) for r in refills))
+
+    def _refill_sync(self, conn: sqlite3.Connection, refill: PrivateRefill) -> bool:
+        row = conn.execute(
+            "SELECT dkey, discoverable, private FROM users WHERE user_id = ?", (refill.user_id,)
+        ).fetchone()
+        if row is None or (None if row[2] is None else bytes(row[2])) != refill.stored:
+            return False
+        if refill.announce:
+            self._scrub_feed(conn, refill.user_id)
+            seq = self._append_change(conn, bytes(row[0]), refill.user_id, bool(row[1]), refill.private)
+            conn.execute(
+                "UPDATE users SET private = ?, feed_seq = ? WHERE user_id = ?",
+                (refill.private, seq, refill.user_id),
+            )
+        else:
+            conn.execute("UPDATE users SET private = ? WHERE user_id = ?", (refill.private, refill.user_id))
+        return True
+
+    async def private_entries(self, user_ids: Sequence[str]) -> list[tuple[bytes, bytes | None] | None]:
+        return await self._run(lambda: [self._private_entry(self._db, u) for u in user_ids])
+
+    def _private_entry(self, conn: sqlite3.Connection, user_id: str) -> tuple[bytes, bytes | None] | None:
+        row = conn.execute("SELECT dkey, private FROM users WHERE user_id = ?", (user_id,)).fetchone()
+        return None if row is None else (bytes(row[0]), None if row[1] is None else bytes(row[1]))
 
     # -- reads ----------------------------------------------------------------------------------
 
