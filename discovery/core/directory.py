@@ -313,7 +313,7 @@ class Directory:
             report.rejections = rejections[: self.limits.max_reported_rejections]
             reports.append(report)
         if stored:
-            await self.sync.catch_up()
+            await self.sync.apply_written([run for outcome in stored for run in outcome.feed])
         return reports
 
     def _screen(

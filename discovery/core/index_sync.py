@@ -20,7 +20,8 @@ import numpy.typing as npt
 
 from discovery.core.background import log_retry
 from discovery.core.errors import FeedTruncated
-from discovery.core.model import RegistryChange
+from discovery.core.hashing import KEY_SIZE
+from discovery.core.model import FeedRun, RegistryChange
 from discovery.core.ports import RegistryStore
 from discovery.index.table import DirectoryIndex
 
@@ -132,6 +133,43 @@ class IndexSync:
             apply_changes(self._index, changes)
             self._cursor = changes[-1].seq
             applied += len(changes)
+
+    async def apply_written(self, runs: list[FeedRun]) -> int:
+        """Catch up after a bulk import, applying the feed entries the import appended (``runs``,
+        in feed order) as the store reported them instead of reading them back; returns how
+        many changes were applied.
+
+        A run is applied from the cursor on when the cursor is inside it or just before it;
+        when other changes come first (another writer's, or a gap), the feed is read up to
+        them first, and a run the feed read already covered is skipped. A last read of the
+        feed brings what was written after the runs. The index sees the same changes in the
+        same order as by reading the whole feed.
+        """
+        async with self._lock:
+            applied = 0
+            for run in runs:
+                n = len(run.user_ids)
+                last = run.first + n - 1
+                if n == 0 or self._cursor >= last:
+                    continue
+                if self._cursor < run.first - 1:
+                    applied += await self._catch_up_locked()
+                    if self._cursor >= last:
+                        continue
+                    if self._cursor < run.first - 1:
+                        # The feed does not hold the run (pruned, or reset meanwhile): what the
+                        # feed holds is the truth, and the read above reloaded if needed.
+                        continue
+                skip = self._cursor - run.first + 1
+                await self._grow_off_loop(n - skip)
+                self._index.bulk_load(
+                    run.directory_keys[skip * KEY_SIZE :],
+                    run.user_ids[skip:],
+                    np.array(run.discoverable[skip:], dtype=np.bool_),
+                )
+                self._cursor = last
+                applied += n - skip
+            return applied + await self._catch_up_locked()
 
     async def _grow_off_loop(self, more: int) -> None:
         """Rehash a table that ``more`` changes would grow in a worker thread (the kernel

@@ -152,12 +152,26 @@ class RejectedUser:
     reason: ImportRejectionReason
 
 
+class FeedRun(NamedTuple):
+    """Feed entries a bulk import appended, columnar: seqs ``first`` to ``first + n - 1``, each
+    naming a user (``directory_keys`` packed, 16 bytes each). The importing instance's index
+    applies them as written (IndexSync.apply_written) instead of reading them back."""
+
+    first: int
+    directory_keys: bytes
+    user_ids: list[str]
+    discoverable: list[bool]
+
+
 @dataclass(slots=True)
 class ImportReport:
     imported: int = 0
     unchanged: int = 0
     rejected_total: int = 0
     rejections: list[RejectedUser] = field(default_factory=list)
+    #: The feed entries the store appended for the users imported (a store may leave it empty:
+    #: the index then reads them from the feed).
+    feed: list[FeedRun] = field(default_factory=list)
 
     def add(self, other: ImportReport, max_rejections: int) -> None:
         self.imported += other.imported

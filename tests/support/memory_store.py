@@ -151,6 +151,8 @@ class MemoryStore:
     async def import_users(self, users: Sequence[m.NewUser], first_position: int) -> m.ImportReport:
         report = m.ImportReport()
         imported: list[_Joined] = []
+        first = self.data.feed_seq + 1
+        created: list[m.NewUser] = []
         for offset, user in enumerate(users):
             existing = self.data.users.get(user.user_id)
             reason: m.ImportRejectionReason | None = None
@@ -165,7 +167,17 @@ class MemoryStore:
                 report.rejections.append(m.RejectedUser(first_position + offset, user.user_id, reason))
                 continue
             self._add(user)
+            created.append(user)
             imported.append((user.user_id, user.announcement, user.settings.announce_mode))
+        if created:  # _add appended one feed entry per user, in order
+            report.feed.append(
+                m.FeedRun(
+                    first,
+                    b"".join(u.directory_key for u in created),
+                    [u.user_id for u in created],
+                    [u.settings.discoverable for u in created],
+                )
+            )
         report.imported = len(imported)
         report.rejected_total = len(report.rejections)
         self._registered(imported)

@@ -22,6 +22,7 @@ from discovery.core.errors import ContactHashTaken, FeedTruncated, UserIdTaken, 
 from discovery.core.model import (
     Announcement,
     AnnounceMode,
+    FeedRun,
     ImportRejectionReason,
     ImportReport,
     NewUser,
@@ -78,11 +79,13 @@ return 1
 # KEYS: meta, feed. ARGV: inbox TTL (ms), then the users packed as USER_BUCKET(2) KEY(16)
 # FLAGS(1) LEN(1) USER_ID WATCH_TAG(16) JOINER_TAG(16) LEN(1) NOTICE DELAY_MS(4, big-endian)
 # each: a few large arguments cost far less to send than nine per user; then the private-mode
-# entry size (0: none) and the entries, in user order.
+# entry size (0: none) and the entries, in user order. Returns the feed head before the call
+# (the users created have the next seqs, in order) and a code per user.
 IMPORT = LuaScript(
     _WITH_JOINS
     + """
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local before = seq
 local out, joined, watched = {}, {}, {}
 local blob = ARGV[2]
 local psize, pentries = tonumber(ARGV[3]), ARGV[4]
@@ -137,7 +140,7 @@ if #joined > 0 then
     signal(notified)
   end
 end
-return out
+return {before, out}
 """
 )
 
@@ -425,15 +428,30 @@ class RedisRegistry(RedisBase):
             if any(len(entry) != size for entry in entries):
                 raise ValueError("the private-mode entries of an import are all of one size, or none")
             calls.append(([k.meta, k.feed], [self._inbox_ttl_ms, b"".join(packed), size, b"".join(entries)]))
-        codes = [code for reply in await self._write_many(IMPORT, calls) for code in reply]
         report = ImportReport()
-        for i, (user, code) in enumerate(zip(users, codes, strict=True)):
-            if code == CREATED:
-                report.imported += 1
-            elif code == UNCHANGED:
-                report.unchanged += 1
-            else:
-                report.rejections.append(RejectedUser(first_position + i, user.user_id, _REJECTION[code]))
+        replies = await self._write_many(IMPORT, calls)
+        for start, (before, codes) in zip(range(0, len(users), IMPORT_CHUNK), replies, strict=True):
+            created: list[NewUser] = []
+            for i, (user, code) in enumerate(zip(users[start : start + IMPORT_CHUNK], codes, strict=True)):
+                if code == CREATED:
+                    created.append(user)
+                elif code == UNCHANGED:
+                    report.unchanged += 1
+                else:
+                    report.rejections.append(
+                        RejectedUser(first_position + start + i, user.user_id, _REJECTION[code])
+                    )
+            if created:
+                # The chunk's script numbered its new users' feed entries after ``before``.
+                report.feed.append(
+                    FeedRun(
+                        int(before) + 1,
+                        b"".join(u.directory_key for u in created),
+                        [u.user_id for u in created],
+                        [u.settings.discoverable for u in created],
+                    )
+                )
+                report.imported += len(created)
         report.rejected_total = len(report.rejections)
         if report.imported:
             await self._written()

@@ -15,6 +15,7 @@ from discovery.core.errors import ContactHashTaken, FeedTruncated, UserIdTaken, 
 from discovery.core.model import (
     Announcement,
     AnnounceMode,
+    FeedRun,
     ImportRejectionReason,
     ImportReport,
     NewUser,
@@ -185,25 +186,23 @@ class SqliteRegistry(SqliteBase):
                 [(head + 1 + n, users[i].user_id) for n, i in enumerate(new)],
             )
         created = time.time()
+        imported = [users[i] for i in new]
+        ids = [u.user_id for u in imported]
+        discoverable = [u.settings.discoverable for u in imported]
         conn.executemany(
             "INSERT INTO registry_feed(seq, dkey, user_id, discoverable, created, private)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (
-                    head + 1 + n,
-                    bytearray(u.directory_key),
-                    u.user_id,
-                    int(u.settings.discoverable),
-                    created,
-                    u.private,
-                )
-                for n, u in enumerate(users[i] for i in new)
+                (head + 1 + n, bytearray(u.directory_key), ids[n], int(discoverable[n]), created, u.private)
+                for n, u in enumerate(imported)
             ],
         )
-        self._after_register(
-            conn, [(users[i].user_id, users[i].announcement, users[i].settings.announce_mode) for i in new]
-        )
+        self._after_register(conn, [(u.user_id, u.announcement, u.settings.announce_mode) for u in imported])
         report = ImportReport()
+        if imported:
+            report.feed.append(
+                FeedRun(head + 1, b"".join(u.directory_key for u in imported), ids, discoverable)
+            )
         report.imported = len(new)
         report.unchanged = len(unchanged)
         report.rejected_total = len(rejected)
