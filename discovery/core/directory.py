@@ -294,7 +294,14 @@ class Directory:
             self.check_import_batch(candidates)
         prepared = [self._screen(candidates, first) for candidates, first in batches]
         groups = [await self._new_users(valid) for _, valid in prepared]
-        stored = await self.store.import_user_groups([g for g in groups if g]) if any(groups) else []
+        stored = (
+            await self.sync.write_and_apply(
+                lambda: self.store.import_user_groups([g for g in groups if g]),
+                lambda outcomes: [run for outcome in outcomes for run in outcome.feed],
+            )
+            if any(groups)
+            else []
+        )
         outcomes = iter(stored)
         reports = []
         for (rejections, valid), users in zip(prepared, groups, strict=True):
@@ -312,8 +319,6 @@ class Directory:
             report.rejected_total = len(rejections)
             report.rejections = rejections[: self.limits.max_reported_rejections]
             reports.append(report)
-        if stored:
-            await self.sync.apply_written([run for outcome in stored for run in outcome.feed])
         return reports
 
     def _screen(

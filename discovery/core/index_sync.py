@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +27,8 @@ from discovery.core.ports import RegistryStore
 from discovery.index.table import DirectoryIndex
 
 log = logging.getLogger("discovery.index")
+
+T = TypeVar("T")
 
 LOAD_BATCH = 50_000
 FEED_BATCH = 10_000
@@ -134,42 +137,55 @@ class IndexSync:
             self._cursor = changes[-1].seq
             applied += len(changes)
 
-    async def apply_written(self, runs: list[FeedRun]) -> int:
-        """Catch up after a bulk import, applying the feed entries the import appended (``runs``,
-        in feed order) as the store reported them instead of reading them back; returns how
-        many changes were applied.
+    async def write_and_apply(
+        self, write: Callable[[], Awaitable[T]], runs_of: Callable[[T], list[FeedRun]]
+    ) -> T:
+        """Run a bulk import's store ``write``, then apply the feed entries it reports having
+        appended (``runs_of`` its result) as :meth:`apply_written` does. The catch-ups of this
+        instance (its follow loop, other calls' writes) wait meanwhile, so they do not read
+        the import's entries back while it writes them: the changes of other writers reach
+        this index when the write ends (one import transaction: at most
+        ``import_transaction_users`` users) instead of as they come."""
+        async with self._lock:
+            result = await write()
+            await self._apply_locked(runs_of(result))
+            return result
 
-        A run is applied from the cursor on when the cursor is inside it or just before it;
+    async def apply_written(self, runs: list[FeedRun]) -> int:
+        """Catch up, applying the feed entries a bulk import appended (``runs``, in feed order)
+        as the store reported them instead of reading them back; returns how many changes
+        were applied."""
+        async with self._lock:
+            return await self._apply_locked(runs)
+
+    async def _apply_locked(self, runs: list[FeedRun]) -> int:
+        """A run is applied from the cursor on when the cursor is inside it or just before it;
         when other changes come first (another writer's, or a gap), the feed is read up to
         them first, and a run the feed read already covered is skipped. A last read of the
         feed brings what was written after the runs. The index sees the same changes in the
-        same order as by reading the whole feed.
-        """
-        async with self._lock:
-            applied = 0
-            for run in runs:
-                n = len(run.user_ids)
-                last = run.first + n - 1
-                if n == 0 or self._cursor >= last:
+        same order as by reading the whole feed."""
+        applied = 0
+        for run in runs:
+            n = len(run.user_ids)
+            last = run.first + n - 1
+            if n == 0 or self._cursor >= last:
+                continue
+            if self._cursor < run.first - 1:
+                applied += await self._catch_up_locked()
+                if self._cursor >= last or self._cursor < run.first - 1:
+                    # Covered by the read, or not in the feed any more (pruned, or the store
+                    # was reset and the read reloaded): what the feed holds is the truth.
                     continue
-                if self._cursor < run.first - 1:
-                    applied += await self._catch_up_locked()
-                    if self._cursor >= last:
-                        continue
-                    if self._cursor < run.first - 1:
-                        # The feed does not hold the run (pruned, or reset meanwhile): what the
-                        # feed holds is the truth, and the read above reloaded if needed.
-                        continue
-                skip = self._cursor - run.first + 1
-                await self._grow_off_loop(n - skip)
-                self._index.bulk_load(
-                    run.directory_keys[skip * KEY_SIZE :],
-                    run.user_ids[skip:],
-                    np.array(run.discoverable[skip:], dtype=np.bool_),
-                )
-                self._cursor = last
-                applied += n - skip
-            return applied + await self._catch_up_locked()
+            skip = self._cursor - run.first + 1
+            await self._grow_off_loop(n - skip)
+            self._index.bulk_load(
+                run.directory_keys[skip * KEY_SIZE :],
+                run.user_ids[skip:],
+                np.array(run.discoverable[skip:], dtype=np.bool_),
+            )
+            self._cursor = last
+            applied += n - skip
+        return applied + await self._catch_up_locked()
 
     async def _grow_off_loop(self, more: int) -> None:
         """Rehash a table that ``more`` changes would grow in a worker thread (the kernel
