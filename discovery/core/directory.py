@@ -10,6 +10,7 @@ are never returned.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -20,7 +21,9 @@ from discovery.core.joins import Joins
 from discovery.core.keyset import sort_keys
 from discovery.core.model import (
     SETTING_NAMES,
+    Announcement,
     DirectoryMatch,
+    ImportGroup,
     ImportRejectionReason,
     ImportReport,
     MyData,
@@ -296,7 +299,7 @@ class Directory:
         groups = [await self._new_users(valid) for _, valid in prepared]
         stored = (
             await self.sync.write_and_apply(
-                lambda: self.store.import_user_groups([g for g in groups if g]),
+                lambda: self.store.import_groups([g for g in groups if g]),
                 lambda outcomes: [run for outcome in outcomes for run in outcome.feed],
             )
             if any(groups)
@@ -365,18 +368,28 @@ class Directory:
             return False
         return len(set(ids)) == len(ids) and len(set(hashes)) == len(hashes)
 
-    async def _new_users(self, valid: list[tuple[int, ImportCandidate]]) -> list[NewUser]:
-        """The users to store: directory keys, announcements and (in private mode) private entries."""
+    async def _new_users(self, valid: list[tuple[int, ImportCandidate]]) -> ImportGroup | None:
+        """The users to store, column by column: directory keys, watch tags, (in private mode)
+        private entries, and the announcements made only for the users a store asks for (the
+        ones somebody watches). Screened: no user id or contact hash occurs twice."""
         if not valid:
-            return []
-        keys = self.keys.directory_keys(b"".join(c.contact_hash for _, c in valid))
+            return None
         hashes, ids = [c.contact_hash for _, c in valid], [c.user_id for _, c in valid]
-        entries: list[bytes | None] = (
-            list(await self.private.entries(hashes, ids)) if self.private is not None else [None] * len(valid)
-        )
-        announcements = self.joins.announcements(ids, keys)
+        keys = self.keys.directory_keys(b"".join(hashes))
+        entries = list(await self.private.entries(hashes, ids)) if self.private is not None else None
         default = self.default_settings
-        return [
-            NewUser(c.user_id, keys[i * KEY_SIZE : (i + 1) * KEY_SIZE], c.settings or default, a, entries[i])
-            for i, ((_, c), a) in enumerate(zip(valid, announcements, strict=True))
-        ]
+        joins = self.joins
+
+        def announce(positions: Sequence[int]) -> list[Announcement]:
+            chosen = b"".join(keys[i * KEY_SIZE : (i + 1) * KEY_SIZE] for i in positions)
+            return joins.announcements([ids[i] for i in positions], chosen)
+
+        return ImportGroup(
+            ids,
+            keys,
+            [c.settings or default for _, c in valid],
+            joins.watch_tags(keys),
+            announce,
+            entries,
+            distinct=True,
+        )

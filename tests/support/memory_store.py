@@ -148,6 +148,11 @@ class MemoryStore:
         """Each group as one import, in order (one atomic step here: nothing runs in between)."""
         return [await self.import_users(group, 0) for group in groups]
 
+    async def import_groups(self, groups: Sequence[m.ImportGroup]) -> list[m.ImportReport]:
+        """As ``import_user_groups``; every user's announcement is made (this store has no cost
+        to save by asking only for the watched ones)."""
+        return await self.import_user_groups([_new_users(group) for group in groups])
+
     async def import_users(self, users: Sequence[m.NewUser], first_position: int) -> m.ImportReport:
         report = m.ImportReport()
         imported: list[_Joined] = []
@@ -489,3 +494,18 @@ class MemoryStore:
     async def inbox_epochs(self) -> list[m.InboxEpoch]:
         """One history: nothing held in memory loses its tail."""
         return [m.InboxEpoch(1, 0)]
+
+
+def _new_users(group: m.ImportGroup) -> list[m.NewUser]:
+    n = len(group)
+    private = group.private if group.private is not None else [None] * n
+    return [
+        m.NewUser(
+            group.user_ids[i],
+            group.directory_keys[i * KEY_SIZE : (i + 1) * KEY_SIZE],
+            group.settings[i],
+            a,
+            private[i],
+        )
+        for i, a in enumerate(group.announce(range(n)))
+    ]
