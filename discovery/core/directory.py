@@ -69,6 +69,16 @@ class ImportCandidate(NamedTuple):
     settings: PrivacySettings | None
 
 
+@dataclass(slots=True)
+class PreparedImport:
+    """Batches of an import stream screened and made ready for the store (Directory.prepare_import)."""
+
+    #: Per batch: the rejected users and the valid ones with their stream positions.
+    screened: list[tuple[list[RejectedUser], list[tuple[int, ImportCandidate]]]]
+    #: Per batch: the valid users, or None when there are none.
+    groups: list[ImportGroup | None]
+
+
 class Directory:
     def __init__(
         self,
@@ -293,10 +303,20 @@ class Directory:
         """Import several batches of a stream in one store transaction, each as if alone and in
         order (a later batch sees the earlier ones registered): the same outcomes as one
         transaction each, with each index page written once per transaction, not per batch."""
+        return await self.write_import(await self.prepare_import(batches))
+
+    async def prepare_import(self, batches: list[tuple[list[ImportCandidate], int]]) -> PreparedImport:
+        """The first half of :meth:`import_batches`, which needs no store: the screening, the
+        directory keys and watch tags, the private entries. A stream prepares its next batches
+        while the store writes the previous ones."""
         for candidates, _ in batches:
             self.check_import_batch(candidates)
-        prepared = [self._screen(candidates, first) for candidates, first in batches]
-        groups = [await self._new_users(valid) for _, valid in prepared]
+        screened = [self._screen(candidates, first) for candidates, first in batches]
+        return PreparedImport(screened, [await self._new_users(valid) for _, valid in screened])
+
+    async def write_import(self, prepared: PreparedImport) -> list[ImportReport]:
+        """The second half of :meth:`import_batches`: one store transaction, then the index."""
+        groups = prepared.groups
         stored = (
             await self.sync.write_and_apply(
                 lambda: self.store.import_groups([g for g in groups if g]),
@@ -307,7 +327,7 @@ class Directory:
         )
         outcomes = iter(stored)
         reports = []
-        for (rejections, valid), users in zip(prepared, groups, strict=True):
+        for (rejections, valid), users in zip(prepared.screened, groups, strict=True):
             report = ImportReport()
             if users:
                 outcome = next(outcomes)

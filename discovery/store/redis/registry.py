@@ -12,6 +12,7 @@ Record formats (docs/redis-keys.md):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -301,6 +302,10 @@ _REJECTION = {
 }
 
 
+async def _no_replies() -> list[Any]:
+    return []
+
+
 class RedisRegistry(GroupImports, RedisBase):
     def _registry_keys(self, uid: bytes, *directory_keys: bytes) -> list[bytes]:
         k = self.keys
@@ -405,25 +410,46 @@ class RedisRegistry(GroupImports, RedisBase):
     # -- bulk import ----------------------------------------------------------------------------
 
     async def _import_groups(self, groups: Sequence[ImportGroup], first_position: int) -> list[ImportReport]:
-        """One group after the other: a later group's scripts must see the earlier ones' writes."""
-        return [await self._import_group(group, first_position) for group in groups]
+        """One group after the other: a later group's scripts must see the earlier ones' writes,
+        so each is sent when the one before has answered. Meanwhile the next group's calls are
+        packed: the node and this process work at the same time instead of in turns."""
+        flags_of: dict[int, bytes] = {}
+        reports: list[ImportReport] = []
+        calls = [c async for c in self._import_calls(groups[0], flags_of)] if groups else []
+        for g, group in enumerate(groups):
+            write = asyncio.ensure_future(self._write_many(IMPORT, calls) if calls else _no_replies())
+            try:
+                calls = []
+                if g + 1 < len(groups):
+                    calls = [c async for c in self._import_calls(groups[g + 1], flags_of)]
+                replies = await write
+            except BaseException:
+                write.cancel()
+                raise
+            reports.append(await self._import_report(group, replies, first_position, flags_of))
+        return reports
 
-    async def _import_group(self, group: ImportGroup, first_position: int) -> ImportReport:
-        """Chunks of users, one script each (atomic per chunk), all chunks in one pipeline.
+    async def _import_calls(self, group: ImportGroup, flags_of: dict[int, bytes]) -> AsyncIterator[Call]:
+        """The group's IMPORT calls, one per chunk, letting the loop run between them (a write
+        in flight sends its commands)."""
+        sealed = not group.distinct
+        for start in range(0, len(group), IMPORT_CHUNK):
+            await asyncio.sleep(0)
+            yield self._import_call(group, start, sealed, flags_of)
+
+    async def _import_report(
+        self, group: ImportGroup, replies: list[Any], first_position: int, flags_of: dict[int, bytes]
+    ) -> ImportReport:
+        """The group's outcome from its scripts' replies.
 
         A group of distinct users goes without announcements; a chunk with a watched key is
-        refused whole by its script and sent again with them, after the chunks that followed
-        it. Distinct users' outcomes do not depend on that order, only their feed entries'
-        order does. Other groups carry every announcement, so their chunks run in order."""
+        refused whole by its script and sent again here with them, after the chunks that
+        followed it. Distinct users' outcomes do not depend on that order, only their feed
+        entries' order does. Other groups carry every announcement, so their chunks run in order."""
         report = ImportReport()
         if not len(group):
             return report
-        flags_of: dict[int, bytes] = {}
         starts = range(0, len(group), IMPORT_CHUNK)
-        sealed = not group.distinct
-        replies = await self._write_many(
-            IMPORT, [self._import_call(group, s, sealed, flags_of) for s in starts]
-        )
         again = [j for j, reply in enumerate(replies) if reply == NEEDS_ANNOUNCEMENTS]
         if again:
             calls = [self._import_call(group, starts[j], True, flags_of) for j in again]
