@@ -94,10 +94,18 @@ async def test_import_transactions_follow_each_other(start_server: StartServer) 
         message(("c", 22), ("d", 23)),  # 4 users: the first transaction
         message(("a", 20), ("e", 24)),  # a again, same number: unchanged
         message(("b", 25), ("f", 21)),  # b's id and b's number again: rejected
-        message(("g", 26)),
+        pb.ImportUsersRequest(  # settings of their own for one user of the message
+            users=[
+                pb.ImportUser(user_id="g", contact_hash=HASHES[26], settings=pb.Settings(discoverable=False)),
+                pb.ImportUser(user_id="g2", contact_hash=HASHES[31]),
+            ]
+        ),
     ]
     report = await admin.ImportUsers(iter(stream))
-    assert (report.imported, report.unchanged, report.rejected_total) == (6, 1, 2)
+    assert (report.imported, report.unchanged, report.rejected_total) == (7, 1, 2)
+    hidden, shown = await server.directory.store.get_user("g"), await server.directory.store.get_user("g2")
+    assert hidden is not None and not hidden.settings.discoverable
+    assert shown is not None and shown.settings.discoverable
     assert sorted((r.position, r.reason) for r in report.rejections) == [
         (6, pb.REJECTION_REASON_USER_ID_TAKEN),
         (7, pb.REJECTION_REASON_CONTACT_HASH_TAKEN),

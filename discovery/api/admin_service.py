@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from grpc import aio
 
 from discovery.api.auth import DIRECTORY_WRITE_SCOPE, current_principal, require_scope
-from discovery.api.convert import import_report_to_pb, settings_from_pb
-from discovery.core.directory import Directory, ImportCandidate
+from discovery.api.convert import import_batch_from_pb, import_report_to_pb, settings_from_pb
+from discovery.core.directory import Directory, ImportBatch
 from discovery.core.model import ImportReport
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
@@ -61,7 +61,7 @@ class DirectoryAdminService(pb_grpc.DirectoryAdminServiceServicer):
         limits = directory.limits
         total = ImportReport()
         position = 0
-        group: list[tuple[list[ImportCandidate], int]] = []
+        group: list[ImportBatch] = []
         grouped = 0
         writing: asyncio.Future[list[ImportReport]] | None = None
 
@@ -83,23 +83,16 @@ class DirectoryAdminService(pb_grpc.DirectoryAdminServiceServicer):
             writing = asyncio.ensure_future(directory.write_import(prepared))
 
         try:
-            async for batch in request_iterator:
-                candidates = [
-                    ImportCandidate(
-                        u.user_id,
-                        u.contact_hash,
-                        settings_from_pb(u.settings) if u.HasField("settings") else None,
-                    )
-                    for u in batch.users
-                ]
-                if len(candidates) > limits.max_import_batch:
+            async for message in request_iterator:
+                batch = import_batch_from_pb(message, position)
+                if len(batch) > limits.max_import_batch:
                     if group:
                         await commit()
                     await settle()  # the messages before it stay imported
-                    directory.check_import_batch(candidates)
-                group.append((candidates, position))
-                position += len(candidates)
-                grouped += len(candidates)
+                    directory.check_import_batch(batch)
+                group.append(batch)
+                position += len(batch)
+                grouped += len(batch)
                 if grouped >= limits.import_transaction_users:
                     await commit()
             if group:

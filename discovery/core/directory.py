@@ -10,7 +10,7 @@ are never returned.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -61,20 +61,52 @@ class DirectoryLimits(Options):
 
 
 class ImportCandidate(NamedTuple):
-    """One user of an ImportUsers message, as received (a tuple: made once per imported user,
-    it costs a third of a frozen dataclass)."""
+    """One user of an ImportUsers message, as received."""
 
     user_id: str
     contact_hash: bytes
     settings: PrivacySettings | None
 
 
+@dataclass(frozen=True, slots=True)
+class ImportBatch:
+    """One ImportUsers message, column by column (no object per user): the users' ids, contact
+    hashes and own settings (None: the default), and the stream position of the first."""
+
+    user_ids: Sequence[str]
+    contact_hashes: Sequence[bytes]
+    #: None when no user of the batch has settings of their own.
+    settings: Sequence[PrivacySettings | None] | None
+    first_position: int
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def of(cls, candidates: Sequence[ImportCandidate], first_position: int) -> ImportBatch:
+        return cls(
+            [c.user_id for c in candidates],
+            [c.contact_hash for c in candidates],
+            [c.settings for c in candidates],
+            first_position,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """A batch after the rules that need no store: the rejected users, and the offsets in the
+    batch of the valid ones (no id or contact hash twice among them)."""
+
+    rejections: list[RejectedUser]
+    valid: Sequence[int]
+
+
 @dataclass(slots=True)
 class PreparedImport:
     """Batches of an import stream screened and made ready for the store (Directory.prepare_import)."""
 
-    #: Per batch: the rejected users and the valid ones with their stream positions.
-    screened: list[tuple[list[RejectedUser], list[tuple[int, ImportCandidate]]]]
+    batches: list[ImportBatch]
+    screened: list[Screened]
     #: Per batch: the valid users, or None when there are none.
     groups: list[ImportGroup | None]
 
@@ -288,9 +320,9 @@ class Directory:
     async def import_batch(self, candidates: list[ImportCandidate], first_position: int) -> ImportReport:
         """Import one batch. Invalid entries and duplicates within the batch are rejected here,
         conflicts with the registry by the store; the rest is registered in one transaction."""
-        return (await self.import_batches([(candidates, first_position)]))[0]
+        return (await self.import_batches([ImportBatch.of(candidates, first_position)]))[0]
 
-    def check_import_batch(self, candidates: list[ImportCandidate]) -> None:
+    def check_import_batch(self, candidates: Sized) -> None:
         """InvalidArgument (IMPORT_BATCH_TOO_LARGE) for a message over ``max_import_batch``."""
         if len(candidates) > self.limits.max_import_batch:
             raise InvalidArgument.field(
@@ -299,20 +331,23 @@ class Directory:
                 Reason.IMPORT_BATCH_TOO_LARGE,
             )
 
-    async def import_batches(self, batches: list[tuple[list[ImportCandidate], int]]) -> list[ImportReport]:
+    async def import_batches(self, batches: list[ImportBatch]) -> list[ImportReport]:
         """Import several batches of a stream in one store transaction, each as if alone and in
         order (a later batch sees the earlier ones registered): the same outcomes as one
         transaction each, with each index page written once per transaction, not per batch."""
         return await self.write_import(await self.prepare_import(batches))
 
-    async def prepare_import(self, batches: list[tuple[list[ImportCandidate], int]]) -> PreparedImport:
+    async def prepare_import(self, batches: list[ImportBatch]) -> PreparedImport:
         """The first half of :meth:`import_batches`, which needs no store: the screening, the
         directory keys and watch tags, the private entries. A stream prepares its next batches
         while the store writes the previous ones."""
-        for candidates, _ in batches:
-            self.check_import_batch(candidates)
-        screened = [self._screen(candidates, first) for candidates, first in batches]
-        return PreparedImport(screened, [await self._new_users(valid) for _, valid in screened])
+        for batch in batches:
+            self.check_import_batch(batch)
+        screened = [self._screen(batch) for batch in batches]
+        groups = [
+            await self._new_users(batch, done.valid) for batch, done in zip(batches, screened, strict=True)
+        ]
+        return PreparedImport(batches, screened, groups)
 
     async def write_import(self, prepared: PreparedImport) -> list[ImportReport]:
         """The second half of :meth:`import_batches`: one store transaction, then the index."""
@@ -327,14 +362,16 @@ class Directory:
         )
         outcomes = iter(stored)
         reports = []
-        for (rejections, valid), users in zip(prepared.screened, groups, strict=True):
+        for batch, done, users in zip(prepared.batches, prepared.screened, groups, strict=True):
             report = ImportReport()
+            rejections = done.rejections
             if users:
                 outcome = next(outcomes)
                 # The store numbers the valid users 0..n-1; map back to stream positions.
+                first, valid = batch.first_position, done.valid
                 for rejection in outcome.rejections:
                     rejections.append(
-                        RejectedUser(valid[rejection.position][0], rejection.user_id, rejection.reason)
+                        RejectedUser(first + valid[rejection.position], rejection.user_id, rejection.reason)
                     )
                 report.imported = outcome.imported
                 report.unchanged = outcome.unchanged
@@ -344,40 +381,36 @@ class Directory:
             reports.append(report)
         return reports
 
-    def _screen(
-        self, candidates: list[ImportCandidate], first_position: int
-    ) -> tuple[list[RejectedUser], list[tuple[int, ImportCandidate]]]:
-        """Invalid entries and duplicates within the batch, and the valid rest with their positions."""
-        if self._all_valid(candidates):
-            return [], list(enumerate(candidates, first_position))
+    def _screen(self, batch: ImportBatch) -> Screened:
+        """Invalid entries and duplicates within the batch, and the valid rest."""
+        ids, hashes = batch.user_ids, batch.contact_hashes
+        if self._all_valid(ids, hashes):
+            return Screened([], range(len(ids)))
         rejections: list[RejectedUser] = []
-        valid: list[tuple[int, ImportCandidate]] = []
+        valid: list[int] = []
         seen_ids: set[str] = set()
         seen_hashes: set[bytes] = set()
-        for offset, candidate in enumerate(candidates):
-            position = first_position + offset
+        for offset, (user_id, contact_hash) in enumerate(zip(ids, hashes, strict=True)):
             reason: ImportRejectionReason | None = None
-            if self._new_user_id_problem(candidate.user_id) is not None:
+            if self._new_user_id_problem(user_id) is not None:
                 reason = ImportRejectionReason.INVALID_USER_ID
-            elif contact_hash_problem(candidate.contact_hash) is not None:
+            elif contact_hash_problem(contact_hash) is not None:
                 reason = ImportRejectionReason.INVALID_CONTACT_HASH
-            elif candidate.user_id in seen_ids or candidate.contact_hash in seen_hashes:
+            elif user_id in seen_ids or contact_hash in seen_hashes:
                 reason = ImportRejectionReason.DUPLICATE_IN_IMPORT
             if reason is not None:
-                rejections.append(RejectedUser(position, candidate.user_id, reason))
+                rejections.append(RejectedUser(batch.first_position + offset, user_id, reason))
                 continue
-            seen_ids.add(candidate.user_id)
-            seen_hashes.add(candidate.contact_hash)
-            valid.append((position, candidate))
+            seen_ids.add(user_id)
+            seen_hashes.add(contact_hash)
+            valid.append(offset)
         seen_hashes.clear()
-        return rejections, valid
+        return Screened(rejections, valid)
 
-    def _all_valid(self, candidates: list[ImportCandidate]) -> bool:
+    def _all_valid(self, ids: Sequence[str], hashes: Sequence[bytes]) -> bool:
         """The common case of a batch, checked for all users at once: printable ASCII ids (so
         valid UTF-8 of one byte per character) within the size limits, hashes of the right
         size, no id or hash twice. False sends the batch through the per-user rules."""
-        ids = [c.user_id for c in candidates]
-        hashes = [c.contact_hash for c in candidates]
         joined = "".join(ids)
         if not (joined.isascii() and joined.isprintable() and all(ids)):
             return False
@@ -388,28 +421,24 @@ class Directory:
             return False
         return len(set(ids)) == len(ids) and len(set(hashes)) == len(hashes)
 
-    async def _new_users(self, valid: list[tuple[int, ImportCandidate]]) -> ImportGroup | None:
-        """The users to store, column by column: directory keys, watch tags, (in private mode)
-        private entries, and the announcements made only for the users a store asks for (the
-        ones somebody watches). Screened: no user id or contact hash occurs twice."""
+    async def _new_users(self, batch: ImportBatch, valid: Sequence[int]) -> ImportGroup | None:
+        """The valid users to store, column by column: directory keys, watch tags, (in private
+        mode) private entries, and the announcements made only for the users a store asks for
+        (the ones somebody watches). Screened: no user id or contact hash occurs twice."""
         if not valid:
             return None
-        hashes, ids = [c.contact_hash for _, c in valid], [c.user_id for _, c in valid]
+        every = len(valid) == len(batch)  # (the offsets are ascending: then they are all)
+        ids = batch.user_ids if every else [batch.user_ids[i] for i in valid]
+        hashes = batch.contact_hashes if every else [batch.contact_hashes[i] for i in valid]
         keys = self.keys.directory_keys(b"".join(hashes))
         entries = list(await self.private.entries(hashes, ids)) if self.private is not None else None
         default = self.default_settings
+        own = batch.settings
+        settings = [default] * len(valid) if own is None else [own[i] or default for i in valid]
         joins = self.joins
 
         def announce(positions: Sequence[int]) -> list[Announcement]:
             chosen = b"".join(keys[i * KEY_SIZE : (i + 1) * KEY_SIZE] for i in positions)
             return joins.announcements([ids[i] for i in positions], chosen)
 
-        return ImportGroup(
-            ids,
-            keys,
-            [c.settings or default for _, c in valid],
-            joins.watch_tags(keys),
-            announce,
-            entries,
-            distinct=True,
-        )
+        return ImportGroup(ids, keys, settings, joins.watch_tags(keys), announce, entries, distinct=True)
