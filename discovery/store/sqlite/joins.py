@@ -130,8 +130,11 @@ def _watched(conn: sqlite3.Connection, users: list[Joined]) -> list[Joined]:
 
 
 def _watched_tags(conn: sqlite3.Connection, tags: list[bytes]) -> set[bytes]:
-    """Those of ``tags`` that have watches: one indexed IN query per 500 tags."""
+    """Those of ``tags`` that have watches: one indexed IN query per 500 tags, none when there
+    are no watches at all (an import into a new registry)."""
     watched: set[bytes] = set()
+    if len(tags) > _PARAMS_PER_QUERY and not conn.execute("SELECT 1 FROM join_watches LIMIT 1").fetchone():
+        return watched
     for start in range(0, len(tags), _PARAMS_PER_QUERY):
         some = tags[start : start + _PARAMS_PER_QUERY]
         marks = ",".join("?" * len(some))
