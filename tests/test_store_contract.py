@@ -18,6 +18,7 @@ from discovery.core.model import (
     BucketCharge,
     FeedRun,
     ImportRejectionReason,
+    ImportReport,
     NewUser,
     PrivacySettings,
     RegisterOutcome,
@@ -331,6 +332,27 @@ async def test_index_applies_an_import_as_written(open_backend: OpenStore) -> No
     assert _index_view(sync, keys) == _index_view(fresh, keys)
     assert sync.users == fresh.users == 1 + 599 + 300 + 1 + 300
     assert sync.cursor == await writer.feed_head()
+
+
+async def test_a_catch_up_does_not_wait_for_an_import_being_written(store: Store) -> None:
+    """A registration through the importing instance reads its own write at once (only the
+    follow loop waits for the import, which applies its own entries)."""
+    sync = IndexSync(store)
+    await sync.load()
+    release = asyncio.Event()
+
+    async def write() -> ImportReport:
+        await release.wait()
+        return await store.import_users([user("imported")], 0)
+
+    importing = asyncio.create_task(sync.write_and_apply(write, lambda report: report.feed))
+    await asyncio.sleep(0)
+    await store.register(user("registered"))
+    assert await asyncio.wait_for(sync.catch_up(), 5) == 1
+    release.set()
+    assert (await importing).imported == 1
+    assert sync.users == 2
+    assert sync.cursor == await store.feed_head()
 
 
 async def test_feed_wait_wakes_on_another_instances_write(open_backend: OpenStore) -> None:

@@ -47,6 +47,11 @@ class IndexSync:
         self._loaded = False
         self._last_sync = 0.0
         self._lock = asyncio.Lock()
+        # Bulk imports of this instance writing now, and set when there are none: the follow
+        # loop waits for them to end, since they apply their own feed entries.
+        self._importing = 0
+        self._no_import = asyncio.Event()
+        self._no_import.set()
         self._on_progress = on_progress
 
     # -- what the gauges and the health read ----------------------------------------------------
@@ -141,15 +146,21 @@ class IndexSync:
         self, write: Callable[[], Awaitable[T]], runs_of: Callable[[T], list[FeedRun]]
     ) -> T:
         """Run a bulk import's store ``write``, then apply the feed entries it reports having
-        appended (``runs_of`` its result) as :meth:`apply_written` does. The catch-ups of this
-        instance (its follow loop, other calls' writes) wait meanwhile, so they do not read
-        the import's entries back while it writes them: the changes of other writers reach
-        this index when the write ends (one import transaction: at most
-        ``import_transaction_users`` users) instead of as they come."""
-        async with self._lock:
+        appended (``runs_of`` its result) as :meth:`apply_written` does. This instance's follow
+        loop waits meanwhile, so that it does not read the import's entries back while they
+        are written: other writers' changes reach this index when the write ends (one import
+        transaction: at most ``import_transaction_users`` users), or with the catch-up of a
+        write made through this instance (those do not wait)."""
+        self._importing += 1
+        self._no_import.clear()
+        try:
             result = await write()
-            await self._apply_locked(runs_of(result))
-            return result
+        finally:
+            self._importing -= 1
+            if not self._importing:
+                self._no_import.set()
+        await self.apply_written(runs_of(result))
+        return result
 
     async def apply_written(self, runs: list[FeedRun]) -> int:
         """Catch up, applying the feed entries a bulk import appended (``runs``, in feed order)
@@ -213,6 +224,7 @@ class IndexSync:
                 return
             try:
                 await self._store.feed_wait(self._cursor, timeout=0.5)
+                await self._no_import.wait()  # an import applies its own entries
                 await self.catch_up()
             except asyncio.CancelledError:
                 raise
