@@ -116,6 +116,14 @@ async def test_import_transactions_follow_each_other(start_server: StartServer) 
     assert await refused(call, grpc.StatusCode.INVALID_ARGUMENT) == "IMPORT_BATCH_TOO_LARGE"
     again = await admin.ImportUsers(iter([message(("h", 27), ("i", 28), ("j", 29))]))
     assert (again.unchanged, again.imported) == (3, 0)
+    # A bad message after a transaction that is being written: that transaction still commits.
+    bad = pb.ImportUsersRequest(
+        users=[pb.ImportUser(user_id="m", contact_hash=HASHES[34], settings=pb.Settings(announce_mode=99))]
+    )
+    call = admin.ImportUsers(iter([message(("k", 32), ("l", 33), ("n", 35)), bad]))
+    await refused(call, grpc.StatusCode.INVALID_ARGUMENT)
+    again = await admin.ImportUsers(iter([message(("k", 32), ("l", 33), ("n", 35))]))
+    assert (again.unchanged, again.imported) == (3, 0)
     await channel.close()
 
 

@@ -98,10 +98,13 @@ class DirectoryAdminService(pb_grpc.DirectoryAdminServiceServicer):
             if group:
                 await commit()
             await settle()
-        finally:
+        except BaseException as error:
             if writing is not None:
-                # The call failed or was cancelled while a transaction was written.
-                writing.cancel()
-                with contextlib.suppress(BaseException):
+                # A transaction was being written: it still commits when the call failed (a bad
+                # message after it), and is stopped when the call was cancelled.
+                if isinstance(error, asyncio.CancelledError):
+                    writing.cancel()
+                with contextlib.suppress(Exception):  # the call's own error is the one to report
                     await writing
+            raise
         return import_report_to_pb(total)
