@@ -22,7 +22,7 @@ import numpy as np
 from bench.context import Context
 from bench.data import Registry, make_registry
 from bench.loadgen import write_frames
-from bench.procs import Process, auth_for, discovery_server, run_json, running, unthrottled_args
+from bench.procs import Process, auth_for, cpu_seconds, discovery_server, run_json, running, unthrottled_args
 from bench.profiling import pyspy_finish, pyspy_start
 from bench.report import Goal, Report
 from bench.summary import headline
@@ -94,9 +94,10 @@ def stream_import(
 
 
 @contextlib.contextmanager
-def store_urls(workdir: Path) -> Iterator[dict[str, str | None]]:
-    """Store URL per backend (None: the embedded default); Redis ones only with redis-server."""
-    urls: dict[str, str | None] = {"sqlite": None}
+def store_urls(workdir: Path) -> Iterator[dict[str, tuple[str | None, list[int]]]]:
+    """Store URL per backend (None: the embedded default) and the pids of its redis-servers;
+    Redis ones only with redis-server."""
+    urls: dict[str, tuple[str | None, list[int]]] = {"sqlite": (None, [])}
     if REDIS_SERVER is None or REDIS_CLI is None:
         yield urls
         return
@@ -104,11 +105,19 @@ def store_urls(workdir: Path) -> Iterator[dict[str, str | None]]:
     try:
         cluster = start_cluster(workdir / "cluster")
         try:
-            yield {**urls, "redis": single.url, "redis-cluster": cluster.url}
+            yield {
+                **urls,
+                "redis": (single.url, _pids([single.process])),
+                "redis-cluster": (cluster.url, _pids([n.process for n in cluster.nodes])),
+            }
         finally:
             cluster.stop()
     finally:
         single.stop()
+
+
+def _pids(processes: Sequence[Any]) -> list[int]:
+    return [int(p.pid) for p in processes if p is not None]
 
 
 def import_once(
@@ -117,6 +126,7 @@ def import_once(
     workdir: Path,
     registry: Registry,
     extra: Sequence[str],
+    redis_pids: Sequence[int] = (),
 ) -> dict[str, Any]:
     """One fresh server on an empty store, one ImportUsers stream of the whole registry."""
     sizes = ctx.sizes
@@ -128,11 +138,14 @@ def import_once(
     users = registry.size
     with running(discovery_server(data_dir, workdir, auth, [*unthrottled, *extra])) as server:
         cpu = server.cpu_seconds()
+        redis_cpu = sum(cpu_seconds(pid) for pid in redis_pids)
         seconds, response = stream_import(server, str(frames), auth.backend_metadata)
         cpu = server.cpu_seconds() - cpu
+        redis_cpu = sum(cpu_seconds(pid) for pid in redis_pids) - redis_cpu
         rate = users / seconds
         ctx.log(
             f"import {name}: {users:,} users in {seconds:.1f} s = {rate:,.0f} users/s, server CPU {cpu:.1f} s"
+            + (f", redis-server CPU {redis_cpu:.1f} s" if redis_pids else "")
         )
         out: dict[str, Any] = {
             "users": users,
@@ -145,6 +158,9 @@ def import_once(
             "rejected": response.rejected_total,
             "server_peak_rss_mib": round(server.memory_kib().get("VmHWM", 0) / 1024, 1),
         }
+        if redis_pids:
+            # Every redis-server of the store (the cluster's three), over the same stream.
+            out["redis_cpu_s"] = round(redis_cpu, 2)
         if ctx.profile and rate < GOAL_USERS_PER_S and name in PROFILED:
             extra_users = make_registry(min(PROFILE_USERS, users), seed=2).shuffled()
             profile_frames = workdir / f"import-profile-{name}.frames"
@@ -183,9 +199,9 @@ def run(ctx: Context) -> Report:
     )
     backends: dict[str, Any] = {}
     with store_urls(workdir) as urls:
-        for name, url in urls.items():
+        for name, (url, pids) in urls.items():
             backends[name] = import_once(
-                ctx, name, workdir, registry, [] if url is None else ["--store", url]
+                ctx, name, workdir, registry, [] if url is None else ["--store", url], pids
             )
     backends["sqlite-private"] = import_once(
         ctx,

@@ -6,16 +6,17 @@ Directory keys here are arbitrary 16-byte values: the store never sees a contact
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from discovery.core.errors import InvalidArgument
-from discovery.core.model import AnnounceMode, PrivacySettings
+from discovery.core.model import Announcement, AnnounceMode, ImportGroup, PrivacySettings
 from discovery.store import Store
+from discovery.store.redis import RedisStore
 from discovery.store.sqlite import SqliteStore
-from tests.support.announce import joined_key, joiner, jtag, new_user, tags
+from tests.support.announce import announcement, joined_key, joiner, jtag, new_user, tags
 
 WATCHING = PrivacySettings(discoverable=True, announce_mode=AnnounceMode.EVERYONE, notify_on_join=True)
 DAY = 86400.0
@@ -80,6 +81,43 @@ async def test_fan_out_is_part_of_the_registration(store: Store) -> None:
     with pytest.raises(Exception, match="another user"):
         await store.register(new_user("dup", key(50), WATCHING))
     assert await store.count_watches("alice") == 1
+
+
+async def test_an_import_asks_for_the_announcements_of_watched_users(store: Store) -> None:
+    """A store asks an ImportGroup for announcements only where somebody watches (SQLite: the
+    watched users; Redis: the script calls of 500 users that hold one), and every watched user
+    imported is announced; the feed entries reported are the feed's, in its order."""
+    await add_user(store, "alice", 1)
+    await add_user(store, "bob", 2)
+    watched = [3, 1100]  # in the first and the third script call of Redis's 500 users each
+    await store.add_watches("alice", tags(*(key(1000 + i) for i in watched)), DAY, 10)
+    await store.add_watches("bob", tags(key(1000 + 3)), DAY, 10)
+    ids = [f"u{i}" for i in range(1500)]
+    keys = [key(1000 + i) for i in range(1500)]
+    asked: list[int] = []
+
+    def announce(positions: Sequence[int]) -> list[Announcement]:
+        asked.extend(positions)
+        return [announcement(ids[i], keys[i]) for i in positions]
+
+    head = await store.feed_head()
+    group = ImportGroup(ids, b"".join(keys), [WATCHING] * 1500, tags(*keys), announce, distinct=True)
+    (report,) = await store.import_groups([group])
+    assert report.imported == 1500
+    assert sorted(joiner(e) for e in await store.inbox_read("alice", 0, 10, DAY)) == ["u1100", "u3"]
+    assert [joiner(e) for e in await store.inbox_read("bob", 0, 10, DAY)] == ["u3"]
+    assert await store.count_watches("alice") == 0
+    assert set(watched) <= set(asked)
+    if isinstance(store, SqliteStore | RedisStore):
+        assert len(asked) <= 1000
+    changes = await store.feed_read(head, 10_000)
+    reported = [
+        (run.first + i, run.directory_keys[16 * i : 16 * i + 16], user_id)
+        for run in report.feed
+        for i, user_id in enumerate(run.user_ids)
+    ]
+    assert reported == [(c.seq, c.directory_key, c.user_id) for c in changes]
+    assert sorted(c.user_id or "" for c in changes) == sorted(ids)
 
 
 async def test_acks_are_per_device_and_inactive_devices_stop_counting(store: Store) -> None:

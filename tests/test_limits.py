@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 import pytest
 from grpc import aio
@@ -70,6 +72,58 @@ async def test_max_import_batch_is_a_cap_per_message(start_server: StartServer) 
     # The first message stayed imported, nothing of the second was.
     again = await admin.ImportUsers(iter([message(10, 4), message(14, 3)]))
     assert (again.unchanged, again.imported) == (2, 5)
+    await channel.close()
+
+
+async def test_import_transactions_follow_each_other(start_server: StartServer) -> None:
+    """A stream of several transactions (the next is prepared while one is written): each is
+    written after the one before, so a later message sees the earlier ones registered; a
+    too-large message still leaves every message before it imported."""
+    server = await start_server(max_import_batch=4)
+    channel = aio.insecure_channel(f"127.0.0.1:{server.port}")
+    admin = pb_grpc.DirectoryAdminServiceStub(channel)
+    server.directory.limits = dataclasses.replace(server.directory.limits, import_transaction_users=3)
+
+    def message(*users: tuple[str, int]) -> pb.ImportUsersRequest:
+        return pb.ImportUsersRequest(
+            users=[pb.ImportUser(user_id=u, contact_hash=HASHES[h]) for u, h in users]
+        )
+
+    stream = [
+        message(("a", 20), ("b", 21)),
+        message(("c", 22), ("d", 23)),  # 4 users: the first transaction
+        message(("a", 20), ("e", 24)),  # a again, same number: unchanged
+        message(("b", 25), ("f", 21)),  # b's id and b's number again: rejected
+        pb.ImportUsersRequest(  # settings of their own for one user of the message
+            users=[
+                pb.ImportUser(user_id="g", contact_hash=HASHES[26], settings=pb.Settings(discoverable=False)),
+                pb.ImportUser(user_id="g2", contact_hash=HASHES[31]),
+            ]
+        ),
+    ]
+    report = await admin.ImportUsers(iter(stream))
+    assert (report.imported, report.unchanged, report.rejected_total) == (7, 1, 2)
+    hidden, shown = await server.directory.store.get_user("g"), await server.directory.store.get_user("g2")
+    assert hidden is not None and not hidden.settings.discoverable
+    assert shown is not None and shown.settings.discoverable
+    assert sorted((r.position, r.reason) for r in report.rejections) == [
+        (6, pb.REJECTION_REASON_USER_ID_TAKEN),
+        (7, pb.REJECTION_REASON_CONTACT_HASH_TAKEN),
+    ]
+    call = admin.ImportUsers(
+        iter([message(("h", 27), ("i", 28)), message(("j", 29)), message(*[("k", 30)] * 5)])
+    )
+    assert await refused(call, grpc.StatusCode.INVALID_ARGUMENT) == "IMPORT_BATCH_TOO_LARGE"
+    again = await admin.ImportUsers(iter([message(("h", 27), ("i", 28), ("j", 29))]))
+    assert (again.unchanged, again.imported) == (3, 0)
+    # A bad message after a transaction that is being written: that transaction still commits.
+    bad = pb.ImportUsersRequest(
+        users=[pb.ImportUser(user_id="m", contact_hash=HASHES[34], settings=pb.Settings(announce_mode=99))]
+    )
+    call = admin.ImportUsers(iter([message(("k", 32), ("l", 33), ("n", 35)), bad]))
+    await refused(call, grpc.StatusCode.INVALID_ARGUMENT)
+    again = await admin.ImportUsers(iter([message(("k", 32), ("l", 33), ("n", 35))]))
+    assert (again.unchanged, again.imported) == (3, 0)
     await channel.close()
 
 

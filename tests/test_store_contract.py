@@ -16,7 +16,9 @@ from discovery.core.index_sync import IndexSync
 from discovery.core.model import (
     AnnounceMode,
     BucketCharge,
+    FeedRun,
     ImportRejectionReason,
+    ImportReport,
     NewUser,
     PrivacySettings,
     RegisterOutcome,
@@ -273,6 +275,84 @@ async def test_index_reloads_when_it_fell_behind_the_feed(open_backend: OpenStor
     assert sync.users == 44
     _, ids = sync.lookup(b"".join(u.directory_key for u in users))
     assert sorted(ids) == sorted(u.user_id for u in users)
+
+
+def _reported(runs: list[FeedRun]) -> list[tuple[int, bytes, str, bool]]:
+    return [
+        (run.first + i, run.directory_keys[16 * i : 16 * i + 16], user_id, run.discoverable[i])
+        for run in runs
+        for i, user_id in enumerate(run.user_ids)
+    ]
+
+
+async def test_import_reports_the_feed_entries_it_appended(store: Store) -> None:
+    kept = user("kept")
+    await store.register(user("taken"))
+    await store.register(kept)
+    head = await store.feed_head()
+    # More users than one Redis script call takes, a refused and an unchanged one among them.
+    users = [user(f"u{i}", discoverable=i % 3 != 0) for i in range(1200)]
+    users[700] = user("taken")
+    users[900] = kept
+    report = await store.import_users(users, 0)
+    assert (report.imported, report.unchanged, report.rejected_total) == (1198, 1, 1)
+    changes = await store.feed_read(head, 10_000)
+    assert _reported(report.feed) == [(c.seq, c.directory_key, c.user_id, c.discoverable) for c in changes]
+
+
+def _index_view(sync: IndexSync, keys: bytes) -> tuple[list[int], list[str]]:
+    positions, ids = sync.lookup(keys)
+    return positions.tolist(), ids
+
+
+async def test_index_applies_an_import_as_written(open_backend: OpenStore) -> None:
+    """IndexSync.apply_written gives the index that reading the feed gives: with another
+    instance's writes before and after the import's entries, and runs already applied in part."""
+    writer, other = await open_backend(), await open_backend()
+    sync = IndexSync(writer)
+    await sync.load()
+    before = user("before")
+    await other.register(before)  # not read yet: read with the import's entries
+    first = [user(f"a{i}", discoverable=i % 2 == 0) for i in range(600)]
+    assert await sync.apply_written((await writer.import_users(first, 0)).feed) == 601
+    second = [user(f"b{i}") for i in range(300)]
+    report = await writer.import_users(second, 0)
+    after = user("after")
+    await other.register(after)  # after the runs: the last read brings them
+    await other.unregister("a5", jtag("a5"))
+    assert await sync.apply_written(report.feed) == 300 + 2
+    third = [user(f"c{i}") for i in range(300)]
+    (run,) = (await writer.import_users(third, 0)).feed
+    part = FeedRun(run.first, run.directory_keys[: 16 * 100], run.user_ids[:100], run.discoverable[:100])
+    assert await sync.apply_written([part, run]) == 300
+    assert await sync.apply_written([run]) == 0
+    keys = b"".join(u.directory_key for u in [before, *first, *second, after, *third])
+    fresh = IndexSync(writer)
+    await fresh.load()
+    assert _index_view(sync, keys) == _index_view(fresh, keys)
+    assert sync.users == fresh.users == 1 + 599 + 300 + 1 + 300
+    assert sync.cursor == await writer.feed_head()
+
+
+async def test_a_catch_up_does_not_wait_for_an_import_being_written(store: Store) -> None:
+    """A registration through the importing instance reads its own write at once (only the
+    follow loop waits for the import, which applies its own entries)."""
+    sync = IndexSync(store)
+    await sync.load()
+    release = asyncio.Event()
+
+    async def write() -> ImportReport:
+        await release.wait()
+        return await store.import_users([user("imported")], 0)
+
+    importing = asyncio.create_task(sync.write_and_apply(write, lambda report: report.feed))
+    await asyncio.sleep(0)
+    await store.register(user("registered"))
+    assert await asyncio.wait_for(sync.catch_up(), 5) == 1
+    release.set()
+    assert (await importing).imported == 1
+    assert sync.users == 2
+    assert sync.cursor == await store.feed_head()
 
 
 async def test_feed_wait_wakes_on_another_instances_write(open_backend: OpenStore) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from grpc import aio
 
 from discovery.api.auth import DIRECTORY_WRITE_SCOPE, current_principal, require_scope
-from discovery.api.convert import import_report_to_pb, settings_from_pb
-from discovery.core.directory import Directory, ImportCandidate
+from discovery.api.convert import import_batch_from_pb, import_report_to_pb, settings_from_pb
+from discovery.core.directory import Directory, ImportBatch
 from discovery.core.model import ImportReport
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
@@ -49,38 +51,60 @@ class DirectoryAdminService(pb_grpc.DirectoryAdminServiceServicer):
         reports imported is durable (a stream that breaks off may leave its last messages out,
         and a retried import brings them in: users already there are ``unchanged``). A message
         of more than ``max_import_batch`` users fails the call (IMPORT_BATCH_TOO_LARGE) before any
-        of its users is imported; the messages before it are committed first and stay imported."""
+        of its users is imported; the messages before it are committed first and stay imported.
+
+        While one transaction is written, the next messages are received and prepared (screened,
+        keyed): the store and this process work at the same time. Transactions are written one
+        after the other, in stream order."""
         require_scope(current_principal(), DIRECTORY_WRITE_SCOPE)
-        limits = self._directory.limits
+        directory = self._directory
+        limits = directory.limits
         total = ImportReport()
         position = 0
-        group: list[tuple[list[ImportCandidate], int]] = []
+        group: list[ImportBatch] = []
         grouped = 0
+        writing: asyncio.Future[list[ImportReport]] | None = None
+
+        async def settle() -> None:
+            """Wait for the transaction being written and count its reports."""
+            nonlocal writing
+            if writing is not None:
+                done, writing = writing, None
+                for report in await done:
+                    total.add(report, limits.max_reported_rejections)
 
         async def commit() -> None:
-            nonlocal grouped
-            for report in await self._directory.import_batches(group):
-                total.add(report, limits.max_reported_rejections)
+            """Prepare the messages received so far, then write them after the transaction before."""
+            nonlocal grouped, writing
+            prepared = await directory.prepare_import(list(group))
             group.clear()
             grouped = 0
+            await settle()
+            writing = asyncio.ensure_future(directory.write_import(prepared))
 
-        async for batch in request_iterator:
-            candidates = [
-                ImportCandidate(
-                    u.user_id,
-                    u.contact_hash,
-                    settings_from_pb(u.settings) if u.HasField("settings") else None,
-                )
-                for u in batch.users
-            ]
-            if len(candidates) > limits.max_import_batch:
-                await commit()  # the messages before it stay imported
-                self._directory.check_import_batch(candidates)
-            group.append((candidates, position))
-            position += len(candidates)
-            grouped += len(candidates)
-            if grouped >= limits.import_transaction_users:
+        try:
+            async for message in request_iterator:
+                batch = import_batch_from_pb(message, position)
+                if len(batch) > limits.max_import_batch:
+                    if group:
+                        await commit()
+                    await settle()  # the messages before it stay imported
+                    directory.check_import_batch(batch)
+                group.append(batch)
+                position += len(batch)
+                grouped += len(batch)
+                if grouped >= limits.import_transaction_users:
+                    await commit()
+            if group:
                 await commit()
-        if group:
-            await commit()
+            await settle()
+        except BaseException as error:
+            if writing is not None:
+                # A transaction was being written: it still commits when the call failed (a bad
+                # message after it), and is stopped when the call was cancelled.
+                if isinstance(error, asyncio.CancelledError):
+                    writing.cancel()
+                with contextlib.suppress(Exception):  # the call's own error is the one to report
+                    await writing
+            raise
         return import_report_to_pb(total)

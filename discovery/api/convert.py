@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from discovery.core.directory import ImportBatch
 from discovery.core.errors import InvalidArgument
 from discovery.core.model import (
     SETTING_NAMES,
@@ -137,6 +138,20 @@ def export_to_pb(data: MyData) -> pb.ExportMyDataResponse:
         response.watches_expire_first.CopyFrom(_timestamp(data.watches.first_expiry))
         response.watches_expire_last.CopyFrom(_timestamp(data.watches.last_expiry))
     return response
+
+
+def import_batch_from_pb(message: pb.ImportUsersRequest, first_position: int) -> ImportBatch:
+    """One message's users column by column: a pass per field costs less than an object per user."""
+    users = message.users
+    own = [u.HasField("settings") for u in users]
+    return ImportBatch(
+        [u.user_id for u in users],
+        [u.contact_hash for u in users],
+        [settings_from_pb(u.settings) if has else None for u, has in zip(users, own, strict=True)]
+        if any(own)
+        else None,
+        first_position,
+    )
 
 
 def import_report_to_pb(report: ImportReport) -> pb.ImportUsersResponse:

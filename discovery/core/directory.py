@@ -10,6 +10,7 @@ are never returned.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -22,7 +23,9 @@ from discovery.core.joins import Joins
 from discovery.core.keyset import sort_keys
 from discovery.core.model import (
     SETTING_NAMES,
+    Announcement,
     DirectoryMatch,
+    ImportGroup,
     ImportRejectionReason,
     ImportReport,
     MyData,
@@ -61,12 +64,54 @@ class DirectoryLimits(Options):
 
 
 class ImportCandidate(NamedTuple):
-    """One user of an ImportUsers message, as received (a tuple: made once per imported user,
-    it costs a third of a frozen dataclass)."""
+    """One user of an ImportUsers message, as received."""
 
     user_id: str
     contact_hash: bytes
     settings: PrivacySettings | None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportBatch:
+    """One ImportUsers message, column by column (no object per user): the users' ids, contact
+    hashes and own settings (None: the default), and the stream position of the first."""
+
+    user_ids: Sequence[str]
+    contact_hashes: Sequence[bytes]
+    #: None when no user of the batch has settings of their own.
+    settings: Sequence[PrivacySettings | None] | None
+    first_position: int
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def of(cls, candidates: Sequence[ImportCandidate], first_position: int) -> ImportBatch:
+        return cls(
+            [c.user_id for c in candidates],
+            [c.contact_hash for c in candidates],
+            [c.settings for c in candidates],
+            first_position,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """A batch after the rules that need no store: the rejected users, and the offsets in the
+    batch of the valid ones (no id or contact hash twice among them)."""
+
+    rejections: list[RejectedUser]
+    valid: Sequence[int]
+
+
+@dataclass(slots=True)
+class PreparedImport:
+    """Batches of an import stream screened and made ready for the store (Directory.prepare_import)."""
+
+    batches: list[ImportBatch]
+    screened: list[Screened]
+    #: Per batch: the valid users, or None when there are none.
+    groups: list[ImportGroup | None]
 
 
 class Directory:
@@ -245,7 +290,7 @@ class Directory:
         )
         outcome = await self.store.register(user)
         if outcome is RegisterOutcome.UNCHANGED and self.private is not None and self.private.refills:
-            await self._refill_private([user])
+            await self._refill_private([(user.user_id, user.directory_key, user.private)])
         await self.sync.catch_up()
         return outcome
 
@@ -290,9 +335,9 @@ class Directory:
     async def import_batch(self, candidates: list[ImportCandidate], first_position: int) -> ImportReport:
         """Import one batch. Invalid entries and duplicates within the batch are rejected here,
         conflicts with the registry by the store; the rest is registered in one transaction."""
-        return (await self.import_batches([(candidates, first_position)]))[0]
+        return (await self.import_batches([ImportBatch.of(candidates, first_position)]))[0]
 
-    def check_import_batch(self, candidates: list[ImportCandidate]) -> None:
+    def check_import_batch(self, candidates: Sized) -> None:
         """InvalidArgument (IMPORT_BATCH_TOO_LARGE) for a message over ``max_import_batch``."""
         if len(candidates) > self.limits.max_import_batch:
             raise InvalidArgument.field(
@@ -301,30 +346,51 @@ class Directory:
                 Reason.IMPORT_BATCH_TOO_LARGE,
             )
 
-    async def import_batches(self, batches: list[tuple[list[ImportCandidate], int]]) -> list[ImportReport]:
+    async def import_batches(self, batches: list[ImportBatch]) -> list[ImportReport]:
         """Import several batches of a stream in one store transaction, each as if alone and in
         order (a later batch sees the earlier ones registered): the same outcomes as one
         transaction each, with each index page written once per transaction, not per batch."""
-        for candidates, _ in batches:
-            self.check_import_batch(candidates)
-        prepared = [self._screen(candidates, first) for candidates, first in batches]
-        groups = [await self._new_users(valid) for _, valid in prepared]
-        stored = await self.store.import_user_groups([g for g in groups if g]) if any(groups) else []
+        return await self.write_import(await self.prepare_import(batches))
+
+    async def prepare_import(self, batches: list[ImportBatch]) -> PreparedImport:
+        """The first half of :meth:`import_batches`, which needs no store: the screening, the
+        directory keys and watch tags, the private entries. A stream prepares its next batches
+        while the store writes the previous ones."""
+        for batch in batches:
+            self.check_import_batch(batch)
+        screened = [self._screen(batch) for batch in batches]
+        groups = [
+            await self._new_users(batch, done.valid) for batch, done in zip(batches, screened, strict=True)
+        ]
+        return PreparedImport(batches, screened, groups)
+
+    async def write_import(self, prepared: PreparedImport) -> list[ImportReport]:
+        """The second half of :meth:`import_batches`: one store transaction, then the index."""
+        groups = prepared.groups
+        stored = (
+            await self.sync.write_and_apply(
+                lambda: self.store.import_groups([g for g in groups if g]),
+                lambda outcomes: [run for outcome in outcomes for run in outcome.feed],
+            )
+            if any(groups)
+            else []
+        )
         outcomes = iter(stored)
         reports = []
-        refill: list[NewUser] = []
+        refill: list[tuple[str, bytes, bytes | None]] = []
         refills = self.private is not None and any(r.unchanged for r in stored) and self.private.refills
-        for (rejections, valid), users in zip(prepared, groups, strict=True):
+        for batch, done, users in zip(prepared.batches, prepared.screened, groups, strict=True):
             report = ImportReport()
+            rejections = done.rejections
             if users:
                 outcome = next(outcomes)
                 if refills and outcome.unchanged:
-                    refused = {r.position for r in outcome.rejections}
-                    refill += [u for i, u in enumerate(users) if i not in refused]
+                    refill += _unrefused(users, outcome.rejections)
                 # The store numbers the valid users 0..n-1; map back to stream positions.
+                first, valid = batch.first_position, done.valid
                 for rejection in outcome.rejections:
                     rejections.append(
-                        RejectedUser(valid[rejection.position][0], rejection.user_id, rejection.reason)
+                        RejectedUser(first + valid[rejection.position], rejection.user_id, rejection.reason)
                     )
                 report.imported = outcome.imported
                 report.unchanged = outcome.unchanged
@@ -332,65 +398,61 @@ class Directory:
             report.rejected_total = len(rejections)
             report.rejections = rejections[: self.limits.max_reported_rejections]
             reports.append(report)
-        if refill:
-            await self._refill_private(refill)
-        if stored:
+        if refill and await self._refill_private(refill):
             await self.sync.catch_up()
         return reports
 
-    async def _refill_private(self, users: list[NewUser]) -> None:
+    async def _refill_private(self, users: list[tuple[str, bytes, bytes | None]]) -> bool:
         """Users registered again unchanged (same id, same contact hash) while a key epoch is prepared (or
         while users lack the served one): store the records their entries lack, computed with the
         registration (docs/private-mode.md, "Key epochs"). The stored records of the epochs written are
-        kept; the feed carries the change only when the served epoch's record is new."""
+        kept; the feed carries the change only when the served epoch's record is new (returns whether
+        it did: the index then has a feed entry to catch up on)."""
         private = self.private
         assert private is not None
-        found = await self.store.private_entries([u.user_id for u in users])
+        found = await self.store.private_entries([user_id for user_id, _, _ in users])
         refills: list[PrivateRefill] = []
-        for user, current in zip(users, found, strict=True):
-            if current is None or user.private is None or current[0] != user.directory_key:
+        for (user_id, directory_key, fresh), current in zip(users, found, strict=True):
+            if current is None or fresh is None or current[0] != directory_key:
                 continue  # unregistered or moved meanwhile: that write computed its own entry
             stored = current[1]
-            new = private.refilled(stored, user.private)
+            new = private.refilled(stored, fresh)
             if new is not None:
-                refills.append(PrivateRefill(user.user_id, stored, new, private.served_changed(stored, new)))
+                refills.append(PrivateRefill(user_id, stored, new, private.served_changed(stored, new)))
         if refills:
             await self.store.refill_private(refills)
+        return any(r.announce for r in refills)
 
-    def _screen(
-        self, candidates: list[ImportCandidate], first_position: int
-    ) -> tuple[list[RejectedUser], list[tuple[int, ImportCandidate]]]:
-        """Invalid entries and duplicates within the batch, and the valid rest with their positions."""
-        if self._all_valid(candidates):
-            return [], list(enumerate(candidates, first_position))
+    def _screen(self, batch: ImportBatch) -> Screened:
+        """Invalid entries and duplicates within the batch, and the valid rest."""
+        ids, hashes = batch.user_ids, batch.contact_hashes
+        if self._all_valid(ids, hashes):
+            return Screened([], range(len(ids)))
         rejections: list[RejectedUser] = []
-        valid: list[tuple[int, ImportCandidate]] = []
+        valid: list[int] = []
         seen_ids: set[str] = set()
         seen_hashes: set[bytes] = set()
-        for offset, candidate in enumerate(candidates):
-            position = first_position + offset
+        for offset, (user_id, contact_hash) in enumerate(zip(ids, hashes, strict=True)):
             reason: ImportRejectionReason | None = None
-            if self._new_user_id_problem(candidate.user_id) is not None:
+            if self._new_user_id_problem(user_id) is not None:
                 reason = ImportRejectionReason.INVALID_USER_ID
-            elif contact_hash_problem(candidate.contact_hash) is not None:
+            elif contact_hash_problem(contact_hash) is not None:
                 reason = ImportRejectionReason.INVALID_CONTACT_HASH
-            elif candidate.user_id in seen_ids or candidate.contact_hash in seen_hashes:
+            elif user_id in seen_ids or contact_hash in seen_hashes:
                 reason = ImportRejectionReason.DUPLICATE_IN_IMPORT
             if reason is not None:
-                rejections.append(RejectedUser(position, candidate.user_id, reason))
+                rejections.append(RejectedUser(batch.first_position + offset, user_id, reason))
                 continue
-            seen_ids.add(candidate.user_id)
-            seen_hashes.add(candidate.contact_hash)
-            valid.append((position, candidate))
+            seen_ids.add(user_id)
+            seen_hashes.add(contact_hash)
+            valid.append(offset)
         seen_hashes.clear()
-        return rejections, valid
+        return Screened(rejections, valid)
 
-    def _all_valid(self, candidates: list[ImportCandidate]) -> bool:
+    def _all_valid(self, ids: Sequence[str], hashes: Sequence[bytes]) -> bool:
         """The common case of a batch, checked for all users at once: printable ASCII ids (so
         valid UTF-8 of one byte per character) within the size limits, hashes of the right
         size, no id or hash twice. False sends the batch through the per-user rules."""
-        ids = [c.user_id for c in candidates]
-        hashes = [c.contact_hash for c in candidates]
         joined = "".join(ids)
         if not (joined.isascii() and joined.isprintable() and all(ids)):
             return False
@@ -401,18 +463,37 @@ class Directory:
             return False
         return len(set(ids)) == len(ids) and len(set(hashes)) == len(hashes)
 
-    async def _new_users(self, valid: list[tuple[int, ImportCandidate]]) -> list[NewUser]:
-        """The users to store: directory keys, announcements and (in private mode) private entries."""
+    async def _new_users(self, batch: ImportBatch, valid: Sequence[int]) -> ImportGroup | None:
+        """The valid users to store, column by column: directory keys, watch tags, (in private
+        mode) private entries, and the announcements made only for the users a store asks for
+        (the ones somebody watches). Screened: no user id or contact hash occurs twice."""
         if not valid:
-            return []
-        keys = self.keys.directory_keys(b"".join(c.contact_hash for _, c in valid))
-        hashes, ids = [c.contact_hash for _, c in valid], [c.user_id for _, c in valid]
-        entries: list[bytes | None] = (
-            list(await self.private.entries(hashes, ids)) if self.private is not None else [None] * len(valid)
-        )
-        announcements = self.joins.announcements(ids, keys)
+            return None
+        every = len(valid) == len(batch)  # (the offsets are ascending: then they are all)
+        ids = batch.user_ids if every else [batch.user_ids[i] for i in valid]
+        hashes = batch.contact_hashes if every else [batch.contact_hashes[i] for i in valid]
+        keys = self.keys.directory_keys(b"".join(hashes))
+        entries = list(await self.private.entries(hashes, ids)) if self.private is not None else None
         default = self.default_settings
-        return [
-            NewUser(c.user_id, keys[i * KEY_SIZE : (i + 1) * KEY_SIZE], c.settings or default, a, entries[i])
-            for i, ((_, c), a) in enumerate(zip(valid, announcements, strict=True))
-        ]
+        own = batch.settings
+        settings = [default] * len(valid) if own is None else [own[i] or default for i in valid]
+        joins = self.joins
+
+        def announce(positions: Sequence[int]) -> list[Announcement]:
+            chosen = b"".join(keys[i * KEY_SIZE : (i + 1) * KEY_SIZE] for i in positions)
+            return joins.announcements([ids[i] for i in positions], chosen)
+
+        return ImportGroup(ids, keys, settings, joins.watch_tags(keys), announce, entries, distinct=True)
+
+
+def _unrefused(
+    group: ImportGroup, rejections: Sequence[RejectedUser]
+) -> list[tuple[str, bytes, bytes | None]]:
+    """(user id, directory key, private entry) of the group's users the store did not refuse."""
+    refused = {r.position for r in rejections}
+    private = group.private
+    return [
+        (user_id, group.directory_keys[i * KEY_SIZE : (i + 1) * KEY_SIZE], private[i] if private else None)
+        for i, user_id in enumerate(group.user_ids)
+        if i not in refused
+    ]

@@ -13,18 +13,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from discovery.core.background import log_retry
 from discovery.core.errors import FeedTruncated
-from discovery.core.model import RegistryChange
+from discovery.core.hashing import KEY_SIZE
+from discovery.core.model import FeedRun, RegistryChange
 from discovery.core.ports import RegistryStore
 from discovery.index.table import DirectoryIndex
 
 log = logging.getLogger("discovery.index")
+
+T = TypeVar("T")
 
 LOAD_BATCH = 50_000
 FEED_BATCH = 10_000
@@ -43,6 +47,11 @@ class IndexSync:
         self._loaded = False
         self._last_sync = 0.0
         self._lock = asyncio.Lock()
+        # Bulk imports of this instance writing now, and set when there are none: the follow
+        # loop waits for them to end, since they apply their own feed entries.
+        self._importing = 0
+        self._no_import = asyncio.Event()
+        self._no_import.set()
         self._on_progress = on_progress
 
     # -- what the gauges and the health read ----------------------------------------------------
@@ -139,6 +148,62 @@ class IndexSync:
             self._cursor = changes[-1].seq
             applied += len(changes)
 
+    async def write_and_apply(
+        self, write: Callable[[], Awaitable[T]], runs_of: Callable[[T], list[FeedRun]]
+    ) -> T:
+        """Run a bulk import's store ``write``, then apply the feed entries it reports having
+        appended (``runs_of`` its result) as :meth:`apply_written` does. This instance's follow
+        loop waits meanwhile, so that it does not read the import's entries back while they
+        are written: other writers' changes reach this index when the write ends (one import
+        transaction: at most ``import_transaction_users`` users), or with the catch-up of a
+        write made through this instance (those do not wait)."""
+        self._importing += 1
+        self._no_import.clear()
+        try:
+            result = await write()
+        finally:
+            self._importing -= 1
+            if not self._importing:
+                self._no_import.set()
+        await self.apply_written(runs_of(result))
+        return result
+
+    async def apply_written(self, runs: list[FeedRun]) -> int:
+        """Catch up, applying the feed entries a bulk import appended (``runs``, in feed order)
+        as the store reported them instead of reading them back; returns how many changes
+        were applied."""
+        async with self._lock:
+            return await self._apply_locked(runs)
+
+    async def _apply_locked(self, runs: list[FeedRun]) -> int:
+        """A run is applied from the cursor on when the cursor is inside it or just before it;
+        when other changes come first (another writer's, or a gap), the feed is read up to
+        them first, and a run the feed read already covered is skipped. A last read of the
+        feed brings what was written after the runs. The index sees the same changes in the
+        same order as by reading the whole feed."""
+        applied = 0
+        for run in runs:
+            n = len(run.user_ids)
+            last = run.first + n - 1
+            if n == 0 or self._cursor >= last:
+                continue
+            if self._cursor < run.first - 1:
+                applied += await self._catch_up_locked()
+                if self._cursor >= last or self._cursor < run.first - 1:
+                    # Covered by the read, or not in the feed any more (pruned, or the store
+                    # was reset and the read reloaded): what the feed holds is the truth.
+                    continue
+            skip = self._cursor - run.first + 1
+            await self._grow_off_loop(n - skip)
+            self._index.bulk_load(
+                run.directory_keys[skip * KEY_SIZE :],
+                run.user_ids[skip:],
+                np.array(run.discoverable[skip:], dtype=np.bool_),
+            )
+            self._cursor = last
+            applied += n - skip
+        return applied + await self._catch_up_locked()
+
     async def _grow_off_loop(self, more: int) -> None:
         """Rehash a table that ``more`` changes would grow in a worker thread (the kernel
         releases the GIL), so lookups go on meanwhile instead of waiting ~0.5 s per 10M users.
@@ -165,6 +230,7 @@ class IndexSync:
                 return
             try:
                 await self._store.feed_wait(self._cursor, timeout=0.5)
+                await self._no_import.wait()  # an import applies its own entries
                 await self.catch_up()
             except asyncio.CancelledError:
                 raise

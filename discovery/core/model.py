@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -160,10 +161,58 @@ class PrivateRefill(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class ImportGroup:
+    """Users to import, column by column: one object per batch instead of a NewUser and an
+    Announcement per user (``directory_keys`` and ``watch_tags`` packed, 16 bytes per user).
+
+    ``announce(positions)`` makes the announcements of the users at these positions. A store
+    asks for them only for the users whose watch tag somebody watches: sealing a notice is
+    most of an announcement's cost, and most imported users are watched by nobody. It may be
+    called on any thread. ``distinct``: no user id or directory key occurs twice (the domain
+    screened them), so the users' outcomes do not depend on the order a store applies them in.
+    """
+
+    user_ids: Sequence[str]
+    directory_keys: bytes
+    settings: Sequence[PrivacySettings]
+    watch_tags: bytes
+    announce: Callable[[Sequence[int]], list[Announcement]]
+    #: Each user's private-mode entry (opaque bytes); None when private mode is off.
+    private: Sequence[bytes | None] | None = None
+    distinct: bool = False
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def of(cls, users: Sequence[NewUser]) -> ImportGroup:
+        """The group of users whose announcements are made already."""
+        return cls(
+            [u.user_id for u in users],
+            b"".join(u.directory_key for u in users),
+            [u.settings for u in users],
+            b"".join(u.announcement.watch_tag for u in users),
+            lambda positions: [users[i].announcement for i in positions],
+            [u.private for u in users] if any(u.private is not None for u in users) else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class RejectedUser:
     position: int
     user_id: str
     reason: ImportRejectionReason
+
+
+class FeedRun(NamedTuple):
+    """Feed entries a bulk import appended, columnar: seqs ``first`` to ``first + n - 1``, each
+    naming a user (``directory_keys`` packed, 16 bytes each). The importing instance's index
+    applies them as written (IndexSync.apply_written) instead of reading them back."""
+
+    first: int
+    directory_keys: bytes
+    user_ids: list[str]
+    discoverable: list[bool]
 
 
 @dataclass(slots=True)
@@ -172,6 +221,9 @@ class ImportReport:
     unchanged: int = 0
     rejected_total: int = 0
     rejections: list[RejectedUser] = field(default_factory=list)
+    #: The feed entries the store appended for the users imported (a store may leave it empty:
+    #: the index then reads them from the feed).
+    feed: list[FeedRun] = field(default_factory=list)
 
     def add(self, other: ImportReport, max_rejections: int) -> None:
         self.imported += other.imported

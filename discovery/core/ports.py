@@ -14,6 +14,7 @@ from discovery.core.model import (
     Announcement,
     BucketCharge,
     DeviceState,
+    ImportGroup,
     ImportReport,
     InboxEntry,
     InboxEpoch,
@@ -77,6 +78,12 @@ class RegistryStore(Protocol):
     async def import_user_groups(self, groups: Sequence[Sequence[NewUser]]) -> list[ImportReport]:
         """``import_users(group, 0)`` for each group in order, as one transaction where the
         store has them (a later group sees the earlier ones registered)."""
+        ...
+
+    async def import_groups(self, groups: Sequence[ImportGroup]) -> list[ImportReport]:
+        """``import_user_groups`` of users given column by column, whose announcements the store
+        asks for (``ImportGroup.announce``) only for the users somebody watches. Each report's
+        ``feed`` lists the feed entries appended for its users, in feed order."""
         ...
 
     async def get_user(self, user_id: str) -> UserRecord | None: ...

@@ -71,6 +71,9 @@ class TimedStore:
     async def import_user_groups(self, groups: Sequence[Sequence[m.NewUser]]) -> list[m.ImportReport]:
         return await self._timed("import_user_groups", self.inner.import_user_groups(groups))
 
+    async def import_groups(self, groups: Sequence[m.ImportGroup]) -> list[m.ImportReport]:
+        return await self._timed("import_groups", self.inner.import_groups(groups))
+
     async def get_user(self, user_id: str) -> m.UserRecord | None:
         return await self._timed("get_user", self.inner.get_user(user_id))
 

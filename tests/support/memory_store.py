@@ -148,9 +148,16 @@ class MemoryStore:
         """Each group as one import, in order (one atomic step here: nothing runs in between)."""
         return [await self.import_users(group, 0) for group in groups]
 
+    async def import_groups(self, groups: Sequence[m.ImportGroup]) -> list[m.ImportReport]:
+        """As ``import_user_groups``; every user's announcement is made (this store has no cost
+        to save by asking only for the watched ones)."""
+        return await self.import_user_groups([_new_users(group) for group in groups])
+
     async def import_users(self, users: Sequence[m.NewUser], first_position: int) -> m.ImportReport:
         report = m.ImportReport()
         imported: list[_Joined] = []
+        first = self.data.feed_seq + 1
+        created: list[m.NewUser] = []
         for offset, user in enumerate(users):
             existing = self.data.users.get(user.user_id)
             reason: m.ImportRejectionReason | None = None
@@ -165,7 +172,17 @@ class MemoryStore:
                 report.rejections.append(m.RejectedUser(first_position + offset, user.user_id, reason))
                 continue
             self._add(user)
+            created.append(user)
             imported.append((user.user_id, user.announcement, user.settings.announce_mode))
+        if created:  # _add appended one feed entry per user, in order
+            report.feed.append(
+                m.FeedRun(
+                    first,
+                    b"".join(u.directory_key for u in created),
+                    [u.user_id for u in created],
+                    [u.settings.discoverable for u in created],
+                )
+            )
         report.imported = len(imported)
         report.rejected_total = len(report.rejections)
         self._registered(imported)
@@ -498,3 +515,18 @@ class MemoryStore:
     async def inbox_epochs(self) -> list[m.InboxEpoch]:
         """One history: nothing held in memory loses its tail."""
         return [m.InboxEpoch(1, 0)]
+
+
+def _new_users(group: m.ImportGroup) -> list[m.NewUser]:
+    n = len(group)
+    private = group.private if group.private is not None else [None] * n
+    return [
+        m.NewUser(
+            group.user_ids[i],
+            group.directory_keys[i * KEY_SIZE : (i + 1) * KEY_SIZE],
+            group.settings[i],
+            a,
+            private[i],
+        )
+        for i, a in enumerate(group.announce(range(n)))
+    ]

@@ -12,6 +12,7 @@ Record formats (docs/redis-keys.md):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -19,9 +20,12 @@ from typing import Any
 import numpy as np
 
 from discovery.core.errors import ContactHashTaken, FeedTruncated, UserIdTaken, UserNotRegistered
+from discovery.core.hashing import KEY_SIZE
 from discovery.core.model import (
     Announcement,
     AnnounceMode,
+    FeedRun,
+    ImportGroup,
     ImportRejectionReason,
     ImportReport,
     NewUser,
@@ -33,6 +37,7 @@ from discovery.core.model import (
     RejectedUser,
     UserRecord,
 )
+from discovery.store.imports import GroupImports
 from discovery.store.redis.base import (
     BUCKETS,
     MAX_BLOCK_SECONDS,
@@ -49,6 +54,7 @@ LOAD_CALLS = 4  # script calls per round trip
 
 # Script results shared by the scripts below.
 UNCHANGED, CREATED, USER_ID_TAKEN, CONTACT_HASH_TAKEN, RETRY, NOT_REGISTERED = 0, 1, -1, -2, -3, -4
+NEEDS_ANNOUNCEMENTS = -5
 
 _WITH_JOINS = PRELUDE + FAN_OUT + FORGET
 
@@ -76,25 +82,28 @@ return 1
 """
 )
 
-# KEYS: meta, feed. ARGV: inbox TTL (ms), then the users packed as USER_BUCKET(2) KEY(16)
-# FLAGS(1) LEN(1) USER_ID WATCH_TAG(16) JOINER_TAG(16) LEN(1) NOTICE DELAY_MS(4, big-endian)
-# each: a few large arguments cost far less to send than nine per user; then the private-mode
-# entry size (0: none) and the entries, in user order.
+# KEYS: meta, feed. ARGV: inbox TTL (ms); the users packed as USER_BUCKET(2) KEY(16) FLAGS(1)
+# LEN(1) USER_ID each (a few large arguments cost far less to send than several per user); the
+# private-mode entry size (0: none) and the entries, in user order; the users' watch tags
+# (16 bytes each); their announcements packed as JOINER_TAG(16) LEN(1) NOTICE DELAY_MS(4,
+# big-endian) each, or '' for none. Before any write, one EXISTS tells whether somebody
+# watches a key of the chunk: if so and the announcements were not sent, the script writes
+# nothing and returns NEEDS_ANNOUNCEMENTS (the caller sends the chunk again with them).
+# Otherwise returns the feed head before the call (the users created have the next seqs, in
+# order) and a code per user.
 IMPORT = LuaScript(
     _WITH_JOINS
     + """
+local blob, psize, pentries, wtags, notes = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
+local n = #wtags / 16
+local watched = {}
+for j = 1, n do watched[j] = watchers_of(string.sub(wtags, 16 * j - 15, 16 * j)) end
+local announce = n > 0 and redis.call('EXISTS', unpack(watched)) > 0
+if announce and notes == '' then return -5 end
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-local out, joined, watched = {}, {}, {}
-local blob = ARGV[2]
-local psize, pentries = tonumber(ARGV[3]), ARGV[4]
+local before = seq
+local out, joined = {}, {}
 local user_prefix, key_prefix = TAG .. ':u:', TAG .. ':d:'
--- The announcement at ``at`` in the blob, read only when someone watches the chunk's keys.
-local function announcement_at(at)
-  local notice = string.sub(blob, at + 33, at + 32 + string.byte(blob, at + 32))
-  local b1, b2, b3, b4 = string.byte(blob, at + 33 + #notice, at + 36 + #notice)
-  local delay = (((b1 * 256 + b2) * 256 + b3) * 256 + b4) / 1000
-  return announcement(string.sub(blob, at, at + 15), string.sub(blob, at + 16, at + 31), notice, delay)
-end
 local pos, i = 1, 0
 while pos <= #blob do
   i = i + 1
@@ -103,8 +112,7 @@ while pos <= #blob do
   local flags = string.sub(blob, pos + 18, pos + 18)
   local ulen = string.byte(blob, pos + 19)
   local uid = string.sub(blob, pos + 20, pos + 19 + ulen)
-  local at = pos + 20 + ulen
-  pos = at + 37 + string.byte(blob, at + 32)
+  pos = pos + 20 + ulen
   local next_seq = tostring(seq + 1)  -- (one number formatted per user, not two)
   -- Claim the user id, then the key (undoing the claim when the key is taken).
   if redis.call('HSETNX', ub, uid, key .. flags .. next_seq) == 0 then
@@ -121,24 +129,33 @@ while pos <= #blob do
     end
     -- (A user just created has no private entry to delete: unregistering deleted it.)
     add_feed(next_seq, feed_entry(key, flags, uid), private)
-    joined[#joined + 1] = {uid, at, flags}
-    watched[#watched + 1] = watchers_of(string.sub(blob, at, at + 15))
+    joined[#joined + 1] = {uid, i, flags}
     out[i] = 1
   end
 end
 if #joined > 0 then
   redis.call('HSET', KEYS[1], 'seq', seq)
   redis.call('HINCRBY', KEYS[1], 'users', #joined)
-  -- One EXISTS for the whole chunk: most imported keys are watched by nobody.
-  if redis.call('EXISTS', unpack(watched)) > 0 then
+  if announce then
+    local at, offsets = 1, {}
+    for j = 1, n do
+      offsets[j] = at
+      at = at + 21 + string.byte(notes, at + 16)
+    end
     local now, notified = now_s(), {}
-    for _, j in ipairs(joined) do
-      fan_out(j[1], announcement_at(j[2]), j[3], mode_of(j[3], false), now, ARGV[1], notified)
+    for _, u in ipairs(joined) do
+      local a = offsets[u[2]]
+      local notice = string.sub(notes, a + 17, a + 16 + string.byte(notes, a + 16))
+      local b1, b2, b3, b4 = string.byte(notes, a + 17 + #notice, a + 20 + #notice)
+      local delay = (((b1 * 256 + b2) * 256 + b3) * 256 + b4) / 1000
+      local wtag = string.sub(wtags, 16 * u[2] - 15, 16 * u[2])
+      local ann = announcement(wtag, string.sub(notes, a, a + 15), notice, delay)
+      fan_out(u[1], ann, u[3], mode_of(u[3], false), now, ARGV[1], notified)
     end
     signal(notified)
   end
 end
-return out
+return {before, out}
 """
 )
 
@@ -325,7 +342,11 @@ _REJECTION = {
 }
 
 
-class RedisRegistry(RedisBase):
+async def _no_replies() -> list[Any]:
+    return []
+
+
+class RedisRegistry(GroupImports, RedisBase):
     def _registry_keys(self, uid: bytes, *directory_keys: bytes) -> list[bytes]:
         k = self.keys
         return [k.meta, k.feed, k.user_bucket(uid), *(k.key_bucket(d) for d in directory_keys)]
@@ -428,60 +449,130 @@ class RedisRegistry(RedisBase):
 
     # -- bulk import ----------------------------------------------------------------------------
 
-    async def import_users(self, users: Sequence[NewUser], first_position: int) -> ImportReport:
-        """Chunks of users, one script each (atomic per chunk), all chunks in one pipeline."""
-        k = self.keys
-        calls: list[Call] = []
-        # Most users of an import share one settings object (the default): flags once per object
-        # (by identity: the users keep them alive for the call).
+    async def _import_groups(self, groups: Sequence[ImportGroup], first_position: int) -> list[ImportReport]:
+        """One group after the other: a later group's scripts must see the earlier ones' writes,
+        so each is sent when the one before has answered. Meanwhile the next group's calls are
+        packed: the node and this process work at the same time instead of in turns."""
         flags_of: dict[int, bytes] = {}
-        for start in range(0, len(users), IMPORT_CHUNK):
-            chunk = users[start : start + IMPORT_CHUNK]
-            packed: list[bytes] = []
-            add = packed.extend
-            for user in chunk:
-                uid = user.user_id.encode()
-                a = user.announcement
-                s = user.settings
-                flags = flags_of.get(id(s))
-                if flags is None:
-                    flags = flags_of[id(s)] = _flags(s)
-                add(
+        reports: list[ImportReport] = []
+        calls = [c async for c in self._import_calls(groups[0], flags_of)] if groups else []
+        for g, group in enumerate(groups):
+            write = asyncio.ensure_future(self._write_many(IMPORT, calls) if calls else _no_replies())
+            try:
+                calls = []
+                if g + 1 < len(groups):
+                    calls = [c async for c in self._import_calls(groups[g + 1], flags_of)]
+                replies = await write
+            except BaseException:
+                write.cancel()
+                raise
+            reports.append(await self._import_report(group, replies, first_position, flags_of))
+        return reports
+
+    async def _import_calls(self, group: ImportGroup, flags_of: dict[int, bytes]) -> AsyncIterator[Call]:
+        """The group's IMPORT calls, one per chunk, letting the loop run between them (a write
+        in flight sends its commands)."""
+        sealed = not group.distinct
+        for start in range(0, len(group), IMPORT_CHUNK):
+            await asyncio.sleep(0)
+            yield self._import_call(group, start, sealed, flags_of)
+
+    async def _import_report(
+        self, group: ImportGroup, replies: list[Any], first_position: int, flags_of: dict[int, bytes]
+    ) -> ImportReport:
+        """The group's outcome from its scripts' replies.
+
+        A group of distinct users goes without announcements; a chunk with a watched key is
+        refused whole by its script and sent again here with them, after the chunks that
+        followed it. Distinct users' outcomes do not depend on that order, only their feed
+        entries' order does. Other groups carry every announcement, so their chunks run in order."""
+        report = ImportReport()
+        if not len(group):
+            return report
+        starts = range(0, len(group), IMPORT_CHUNK)
+        again = [j for j, reply in enumerate(replies) if reply == NEEDS_ANNOUNCEMENTS]
+        if again:
+            calls = [self._import_call(group, starts[j], True, flags_of) for j in again]
+            for j, reply in zip(again, await self._write_many(IMPORT, calls), strict=True):
+                replies[j] = reply
+        ids, keys = group.user_ids, group.directory_keys
+        for start, (before, codes) in zip(starts, replies, strict=True):
+            created: list[int] = []
+            for i, code in enumerate(codes, start):
+                if code == CREATED:
+                    created.append(i)
+                elif code == UNCHANGED:
+                    report.unchanged += 1
+                else:
+                    report.rejections.append(RejectedUser(first_position + i, ids[i], _REJECTION[code]))
+            if created:
+                # The chunk's script numbered its new users' feed entries after ``before``.
+                report.feed.append(
+                    FeedRun(
+                        int(before) + 1,
+                        b"".join(keys[i * KEY_SIZE : (i + 1) * KEY_SIZE] for i in created),
+                        [ids[i] for i in created],
+                        [group.settings[i].discoverable for i in created],
+                    )
+                )
+                report.imported += len(created)
+        report.feed.sort()
+        report.rejected_total = len(report.rejections)
+        if report.imported:
+            await self._written()
+        return report
+
+    def _import_call(self, group: ImportGroup, start: int, sealed: bool, flags_of: dict[int, bytes]) -> Call:
+        """The IMPORT script's keys and arguments for the chunk of ``group`` at ``start``, with
+        the announcements when ``sealed``."""
+        end = min(start + IMPORT_CHUNK, len(group))
+        keys = group.directory_keys
+        settings = group.settings
+        packed: list[bytes] = []
+        add = packed.extend
+        for i, user_id in enumerate(group.user_ids[start:end], start):
+            uid = user_id.encode()
+            s = settings[i]
+            # Most users of an import share one settings object (the default): flags once per
+            # object (by identity: the group keeps them alive for the call).
+            flags = flags_of.get(id(s))
+            if flags is None:
+                flags = flags_of[id(s)] = _flags(s)
+            add(
+                (
+                    user_bucket_suffix(uid),
+                    keys[i * KEY_SIZE : (i + 1) * KEY_SIZE],
+                    flags,
+                    _LENGTH[len(uid)],
+                    uid,
+                )
+            )
+        notes: list[bytes] = []
+        if sealed:
+            for a in group.announce(range(start, end)):
+                notes.extend(
                     (
-                        user_bucket_suffix(uid),
-                        user.directory_key,
-                        flags,
-                        _LENGTH[len(uid)],
-                        uid,
-                        a.watch_tag,
                         a.joiner_tag,
                         _LENGTH[len(a.notice)],
                         a.notice,
                         min(int(a.delay * 1000), 2**32 - 1).to_bytes(4, "big"),
                     )
                 )
-            entries = [user.private or b"" for user in chunk]
-            size = len(entries[0]) if entries else 0
-            if any(len(entry) != size for entry in entries):
-                raise ValueError("the private-mode entries of an import are all of one size, or none")
-            calls.append(([k.meta, k.feed], [self._inbox_ttl_ms, b"".join(packed), size, b"".join(entries)]))
-        codes = [code for reply in await self._write_many(IMPORT, calls) for code in reply]
-        report = ImportReport()
-        for i, (user, code) in enumerate(zip(users, codes, strict=True)):
-            if code == CREATED:
-                report.imported += 1
-            elif code == UNCHANGED:
-                report.unchanged += 1
-            else:
-                report.rejections.append(RejectedUser(first_position + i, user.user_id, _REJECTION[code]))
-        report.rejected_total = len(report.rejections)
-        if report.imported:
-            await self._written()
-        return report
-
-    async def import_user_groups(self, groups: Sequence[Sequence[NewUser]]) -> list[ImportReport]:
-        """One group after the other: a later group's scripts must see the earlier ones' writes."""
-        return [await self.import_users(users, 0) for users in groups]
+        entries = [p or b"" for p in group.private[start:end]] if group.private is not None else []
+        size = len(entries[0]) if entries else 0
+        if any(len(entry) != size for entry in entries):
+            raise ValueError("the private-mode entries of an import are all of one size, or none")
+        return (
+            [self.keys.meta, self.keys.feed],
+            [
+                self._inbox_ttl_ms,
+                b"".join(packed),
+                size,
+                b"".join(entries),
+                group.watch_tags[start * KEY_SIZE : end * KEY_SIZE],
+                b"".join(notes),
+            ],
+        )
 
     # -- reads ----------------------------------------------------------------------------------
 

@@ -259,6 +259,10 @@ class SqliteBase:
     def _after_register(self, conn: sqlite3.Connection, users: list[Any]) -> None:
         """Called in the registering transaction with (user_id, announcement, mode) per user."""
 
+    def _watched_tags(self, conn: sqlite3.Connection, tags: list[bytes]) -> set[bytes]:
+        """Those of the watch tags that have watches (an import announces only those users)."""
+        return set()
+
     def _forget_user(self, conn: sqlite3.Connection, user_id: str, joiner_tag: bytes) -> int:
         """Called in the unregistering transaction; removes data kept on the user's behalf."""
         return 0

@@ -121,19 +121,28 @@ _PARAMS_PER_QUERY = 500
 
 
 def _watched(conn: sqlite3.Connection, users: list[Joined]) -> list[Joined]:
-    """The users whose watch tag has a watch: one indexed IN query per 500 tags, so a bulk
-    import of keys nobody watches skips the per-user fan-out statements."""
+    """The users whose watch tag has a watch, so that registrations of keys nobody watches
+    skip the per-user fan-out statements."""
     if len(users) <= 1:
         return users
+    watched = _watched_tags(conn, [a.watch_tag for _, a, _ in users])
+    return [user for user in users if user[1].watch_tag in watched]
+
+
+def _watched_tags(conn: sqlite3.Connection, tags: list[bytes]) -> set[bytes]:
+    """Those of ``tags`` that have watches: one indexed IN query per 500 tags, none when there
+    are no watches at all (an import into a new registry)."""
     watched: set[bytes] = set()
-    for start in range(0, len(users), _PARAMS_PER_QUERY):
-        tags = [a.watch_tag for _, a, _ in users[start : start + _PARAMS_PER_QUERY]]
-        marks = ",".join("?" * len(tags))
+    if len(tags) > _PARAMS_PER_QUERY and not conn.execute("SELECT 1 FROM join_watches LIMIT 1").fetchone():
+        return watched
+    for start in range(0, len(tags), _PARAMS_PER_QUERY):
+        some = tags[start : start + _PARAMS_PER_QUERY]
+        marks = ",".join("?" * len(some))
         watched.update(
             bytes(row[0])
-            for row in conn.execute(f"SELECT DISTINCT wtag FROM join_watches WHERE wtag IN ({marks})", tags)
+            for row in conn.execute(f"SELECT DISTINCT wtag FROM join_watches WHERE wtag IN ({marks})", some)
         )
-    return [user for user in users if user[1].watch_tag in watched]
+    return watched
 
 
 def _inbox_head(conn: sqlite3.Connection) -> int:
@@ -228,6 +237,9 @@ class SqliteJoins(SqliteBase):
         return await self._run(lambda: self._transaction(fn))
 
     # -- hooks called inside the registry's transactions ----------------------------------------
+
+    def _watched_tags(self, conn: sqlite3.Connection, tags: list[bytes]) -> set[bytes]:
+        return super()._watched_tags(conn, tags) | _watched_tags(conn, tags)
 
     def _after_register(self, conn: sqlite3.Connection, users: list[Joined]) -> None:
         super()._after_register(conn, users)

@@ -12,9 +12,12 @@ from collections.abc import AsyncIterator, Sequence
 import numpy as np
 
 from discovery.core.errors import ContactHashTaken, FeedTruncated, UserIdTaken, UserNotRegistered
+from discovery.core.hashing import KEY_SIZE
 from discovery.core.model import (
     Announcement,
     AnnounceMode,
+    FeedRun,
+    ImportGroup,
     ImportRejectionReason,
     ImportReport,
     NewUser,
@@ -26,6 +29,7 @@ from discovery.core.model import (
     RejectedUser,
     UserRecord,
 )
+from discovery.store.imports import GroupImports
 from discovery.store.sqlite.base import IMPORT_CHECKPOINT_PAGES, SqliteBase
 
 _USER_COLUMNS = "user_id, dkey, discoverable, announce_join, notify_on_join"
@@ -51,7 +55,7 @@ def _number_change_mode(settings: PrivacySettings) -> AnnounceMode:
     return settings.announce_mode if settings.announce_number_change else AnnounceMode.OFF
 
 
-class SqliteRegistry(SqliteBase):
+class SqliteRegistry(GroupImports, SqliteBase):
     # -- single-user writes ---------------------------------------------------------------------
 
     async def register(self, user: NewUser) -> RegisterOutcome:
@@ -152,64 +156,86 @@ class SqliteRegistry(SqliteBase):
 
     # -- bulk import ----------------------------------------------------------------------------
 
-    async def import_users(self, users: Sequence[NewUser], first_position: int) -> ImportReport:
-        return await self._write(lambda conn: self._import_sync(conn, users, first_position))
+    async def _import_groups(self, groups: Sequence[ImportGroup], first_position: int) -> list[ImportReport]:
+        return await self._write(lambda conn: [self._import_sync(conn, g, first_position) for g in groups])
 
-    async def import_user_groups(self, groups: Sequence[Sequence[NewUser]]) -> list[ImportReport]:
-        return await self._write(lambda conn: [self._import_sync(conn, users, 0) for users in groups])
-
-    def _import_sync(self, conn: sqlite3.Connection, users: Sequence[NewUser], first: int) -> ImportReport:
+    def _import_sync(self, conn: sqlite3.Connection, group: ImportGroup, first: int) -> ImportReport:
         """The users go straight into the table in key order (each index page is filled from
         left to right, not at random places), skipping those a uniqueness constraint refuses;
         only when some were refused are they looked up to tell why. The feed keeps the order
-        of the import; each user's row points to the feed entry that names it."""
+        of the import; each user's row points to the feed entry that names it. Announcements
+        are asked for only for the users imported whose watch tag has watches."""
         self._checkpoint_every(conn, IMPORT_CHECKPOINT_PAGES)
         before = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM users").fetchone()[0]
         head = conn.execute(
             "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'registry_feed'), 0)"
         ).fetchone()[0]
-        rejected, candidates = _repeats_in_batch(users)
+        ids, packed = group.user_ids, group.directory_keys
+        n = len(ids)
+        keys = [packed[i * KEY_SIZE : (i + 1) * KEY_SIZE] for i in range(n)]
+        private = group.private if group.private is not None else [None] * n
+        # Most users share one settings object (the default): its columns once per object.
+        columns: dict[int, tuple[int, int, int]] = {}
+        for s in group.settings:
+            if id(s) not in columns:
+                columns[id(s)] = (int(s.discoverable), s.announce_code, int(s.notify_on_join))
+        cols = [columns[id(s)] for s in group.settings]
+        rejected, candidates = _repeats_in_batch(ids, keys, group.distinct)
         inserted = conn.total_changes
-        order = sorted(candidates, key=lambda i: users[i].directory_key)
+        order = sorted(candidates, key=keys.__getitem__)
+        # Ints and a bytearray, not bools and bytes: the sqlite3 module binds those without
+        # its adaptation lookup (about a third of a bulk import's binding time).
         conn.executemany(
-            _INSERT_USER + " ON CONFLICT DO NOTHING", [_insert_values(users[i], head + 1 + i) for i in order]
+            _INSERT_USER + " ON CONFLICT DO NOTHING",
+            [(ids[i], bytearray(keys[i]), *cols[i], private[i], head + 1 + i) for i in order],
         )
         inserted = conn.total_changes - inserted
         unchanged: set[int] = set()
         new: Sequence[int] = candidates
         if inserted < len(candidates) or rejected:
-            refused, unchanged, new = _import_conflicts(conn, users, candidates, before)
+            refused, unchanged, new = _import_conflicts(conn, ids, keys, candidates, before)
             rejected.update(refused)
             # The feed entries of the users imported are numbered without gaps.
             conn.executemany(
                 "UPDATE users SET feed_seq = ? WHERE user_id = ?",
-                [(head + 1 + n, users[i].user_id) for n, i in enumerate(new)],
+                [(head + 1 + k, ids[i]) for k, i in enumerate(new)],
             )
         created = time.time()
         conn.executemany(
             "INSERT INTO registry_feed(seq, dkey, user_id, discoverable, created, private)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (
-                    head + 1 + n,
-                    bytearray(u.directory_key),
-                    u.user_id,
-                    int(u.settings.discoverable),
-                    created,
-                    u.private,
-                )
-                for n, u in enumerate(users[i] for i in new)
+                (head + 1 + k, bytearray(keys[i]), ids[i], cols[i][0], created, private[i])
+                for k, i in enumerate(new)
             ],
         )
-        self._after_register(
-            conn, [(users[i].user_id, users[i].announcement, users[i].settings.announce_mode) for i in new]
-        )
+        watched = self._watched_tags(conn, [group.watch_tags[i * KEY_SIZE : (i + 1) * KEY_SIZE] for i in new])
+        if watched:
+            told = [i for i in new if group.watch_tags[i * KEY_SIZE : (i + 1) * KEY_SIZE] in watched]
+            announcements = group.announce(told)
+            self._after_register(
+                conn,
+                [
+                    (ids[i], a, group.settings[i].announce_mode)
+                    for i, a in zip(told, announcements, strict=True)
+                ],
+            )
         report = ImportReport()
+        if new:
+            all_new = len(new) == n
+            report.feed.append(
+                FeedRun(
+                    head + 1,
+                    packed if all_new else b"".join(keys[i] for i in new),
+                    list(ids) if all_new else [ids[i] for i in new],
+                    [bool(cols[i][0]) for i in new],
+                )
+            )
         report.imported = len(new)
         report.unchanged = len(unchanged)
         report.rejected_total = len(rejected)
         report.rejections = [
-            RejectedUser(first + i, users[i].user_id, reason) for i, reason in sorted(rejected.items())
+            RejectedUser(first + i, ids[i], reason) for i, reason in sorted(rejected.items())
         ]
         return report
 
@@ -354,9 +380,7 @@ class SqliteRegistry(SqliteBase):
 
 
 def _insert_values(user: NewUser, feed_seq: int) -> tuple[object, ...]:
-    """The values of :data:`_INSERT_USER`. Ints, not bools, and a bytearray, not bytes: the
-    sqlite3 module binds those without its adaptation lookup (about a third of a bulk
-    import's binding time)."""
+    """The values of :data:`_INSERT_USER` (ints and a bytearray, see ``_import_sync``)."""
     s = user.settings
     return (
         user.user_id,
@@ -369,29 +393,32 @@ def _insert_values(user: NewUser, feed_seq: int) -> tuple[object, ...]:
     )
 
 
-def _repeats_in_batch(users: Sequence[NewUser]) -> tuple[dict[int, ImportRejectionReason], Sequence[int]]:
+def _repeats_in_batch(
+    ids: Sequence[str], keys: list[bytes], distinct: bool
+) -> tuple[dict[int, ImportRejectionReason], Sequence[int]]:
     """A row that repeats the user id or the key of an earlier row of the batch is refused (the earlier
     one is imported), as the Redis store does: (refused positions, the other positions)."""
-    if len({u.user_id for u in users}) == len(users) and len({u.directory_key for u in users}) == len(users):
-        return {}, range(len(users))
-    ids: set[str] = set()
-    keys: set[bytes] = set()
+    n = len(ids)
+    if distinct or (len(set(ids)) == n and len(set(keys)) == n):
+        return {}, range(n)
+    seen_ids: set[str] = set()
+    seen_keys: set[bytes] = set()
     rejected: dict[int, ImportRejectionReason] = {}
     candidates: list[int] = []
-    for i, u in enumerate(users):
-        if u.user_id in ids:
+    for i, (user_id, key) in enumerate(zip(ids, keys, strict=True)):
+        if user_id in seen_ids:
             rejected[i] = ImportRejectionReason.USER_ID_TAKEN
-        elif u.directory_key in keys:
+        elif key in seen_keys:
             rejected[i] = ImportRejectionReason.CONTACT_HASH_TAKEN
         else:
             candidates.append(i)
-        ids.add(u.user_id)
-        keys.add(u.directory_key)
+        seen_ids.add(user_id)
+        seen_keys.add(key)
     return rejected, candidates
 
 
 def _import_conflicts(
-    conn: sqlite3.Connection, users: Sequence[NewUser], candidates: Sequence[int], before: int
+    conn: sqlite3.Connection, ids: Sequence[str], keys: list[bytes], candidates: Sequence[int], before: int
 ) -> tuple[dict[int, ImportRejectionReason], set[int], list[int]]:
     """After an import that skipped some users: the positions the registry refused (with the
     reason), those it already held unchanged, and those imported (rowids after ``before``)."""
@@ -400,14 +427,13 @@ def _import_conflicts(
     unchanged: set[int] = set()
     new: list[int] = []
     for i in candidates:
-        u = users[i]
-        if u.user_id in imported:
+        if ids[i] in imported:
             new.append(i)
             continue
-        row = conn.execute("SELECT dkey FROM users WHERE user_id = ?", (u.user_id,)).fetchone()
+        row = conn.execute("SELECT dkey FROM users WHERE user_id = ?", (ids[i],)).fetchone()
         if row is None:
             rejected[i] = ImportRejectionReason.CONTACT_HASH_TAKEN
-        elif bytes(row[0]) == u.directory_key:
+        elif bytes(row[0]) == keys[i]:
             unchanged.add(i)
         else:
             rejected[i] = ImportRejectionReason.USER_ID_TAKEN
