@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from discovery.core.directory import Directory, ImportCandidate
-from discovery.core.errors import InvalidArgument
+from discovery.core.errors import FeedTruncated, InvalidArgument, Unavailable
 from discovery.core.hashing import KeyRing
 from discovery.core.index_sync import IndexSync
-from discovery.core.model import ImportRejectionReason, PrivacySettings
+from discovery.core.model import ImportRejectionReason, PrivacySettings, RegistryChange
 from discovery.core.private import OffLoopEvaluator, OprfKey
 from discovery.core.private_index import PrivateDiscovery, PrivateIndex, PrivateRegistrar
 from discovery.core.quota import ALLOW_ALL
@@ -108,3 +108,52 @@ async def test_user_ids_longer_than_the_id_pad_are_refused_at_registration() -> 
             await directory.change_number("longer-than-8", number(4))
     finally:
         evaluator.close()
+
+
+class _FlakyFeed(MemoryStore):
+    """A store whose feed is pruned under the reader once, and whose first full read then fails."""
+
+    truncate_once = False
+    failing_scans = 0
+
+    async def feed_read(self, after: int, limit: int) -> list[RegistryChange]:
+        if self.truncate_once:
+            self.truncate_once = False
+            raise FeedTruncated("pruned under the reader")
+        return await super().feed_read(after, limit)
+
+    async def iter_private(self, batch_size: int) -> AsyncIterator[list[bytes]]:
+        if self.failing_scans:
+            self.failing_scans -= 1
+            raise Unavailable("the store is down")
+        async for batch in super().iter_private(batch_size):
+            yield batch
+
+
+async def test_a_failed_reload_after_a_pruned_feed_is_retried_and_the_set_kept() -> None:
+    store = _FlakyFeed()
+    key = OprfKey.from_secret(SECRET, 1)
+    evaluator = OffLoopEvaluator(kind="thread")
+    index = PrivateIndex(store, key.epoch)
+    discovery = PrivateDiscovery(index, key, evaluator, ALLOW_ALL)
+    sync = IndexSync(store)
+    await sync.load()
+    directory = Directory(store, sync, KeyRing.from_secret(SECRET), private=discovery.registrar())
+    stop = asyncio.Event()
+    try:
+        await directory.register("alice", number(1))
+        await index.load()
+        assert index.count == 1
+        store.truncate_once, store.failing_scans = True, 1
+        follow = asyncio.create_task(index.follow(stop, poll=0.01))
+        await directory.register("bob", number(2))
+        for _ in range(500):  # the failed reload is retried at the next poll, and bob's entry is read
+            if index.count == 2:
+                break
+            assert not follow.done(), follow
+            await asyncio.sleep(0.01)
+        assert index.count == 2 and store.failing_scans == 0 and not follow.done()
+    finally:
+        stop.set()
+        evaluator.close()
+    await asyncio.wait_for(follow, 5)

@@ -289,9 +289,16 @@ class PrivateIndex:
             self._log_missing()
 
     async def follow(self, stop: asyncio.Event, poll: float = 1.0) -> None:
-        """Read the feed and release its changes until `stop` is set; reload when the feed was pruned."""
+        """Read the feed and release its changes until `stop` is set; reload when the feed was pruned.
+
+        A reload that fails (the store is down, or it now holds entries this configuration cannot serve:
+        StartupRefused) keeps the released set served and is tried again, as long as the loop runs."""
+        reload = False
         while not stop.is_set():
             try:
+                if reload:
+                    await self.load()
+                    reload = False
                 if self.rotating and self._clock() - self._counted_at >= RECOUNT_SECONDS:
                     await self.recount()
                 await self.catch_up()
@@ -302,8 +309,8 @@ class PrivateIndex:
                 raise
             except FeedTruncated:
                 log.info("private feed truncated: reloading", extra={"event": "private_reload"})
-                await self.load()
-            except Exception:  # the store is down: keep serving the released set
+                reload = True
+            except Exception:  # the store is down, or a reload was refused: keep serving the released set
                 log_retry(log, "private index follow failed; retrying", "private_follow_error")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(poll):
