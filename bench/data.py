@@ -199,9 +199,13 @@ def write_store(data_dir: Path, registry: Registry) -> Path:
     """The embedded store of ``registry`` plus its server secret, written directly.
 
     The schema comes from the service (``create_store``); the ``users`` rows go in with
-    ``executemany`` in chunks, from lists made by numpy (no Python loop per user).
+    ``executemany`` in chunks, from lists made by numpy (no Python loop per user). A store left in
+    ``data_dir`` by an earlier run (``--work-dir``) is replaced: its users would collide with the
+    rows written again, and its quota buckets would hold the earlier run's charges.
     """
     write_server_secret(data_dir, registry.secret)
+    for suffix in ("", "-wal", "-shm"):
+        (data_dir / f"discovery.db{suffix}").unlink(missing_ok=True)
     path = create_store(data_dir)
     ids = split_ids(registry.id_blob)
     keys: list[bytes] = np.frombuffer(registry.keys, dtype=_V16).tolist()
