@@ -45,6 +45,14 @@ async def test_deadline_against_a_locked_store(server: DiscoveryServer, channel:
     # The abandoned registration never happens later.
     assert server.store is not None
     assert await server.store.get_user("late") is None
+    # grpc.aio cancelled the handler at the deadline; the call is counted as what the client saw.
+    samples = {
+        s.labels["code"]: s.value
+        for metric in server.metrics.rpcs.collect()
+        for s in metric.samples
+        if s.labels.get("method") == "DirectoryAdminService/RegisterUser" and s.name.endswith("_total")
+    }
+    assert samples.get("DEADLINE_EXCEEDED") == 1 and "CANCELLED" not in samples
 
 
 async def test_a_normal_call_within_its_deadline(server: DiscoveryServer, channel: aio.Channel) -> None:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -64,7 +64,8 @@ def _request_id(supplied: str | bytes | None) -> str:
     so free text from a client (which could hold a number or a token) is never taken."""
     if isinstance(supplied, str) and _REQUEST_ID.fullmatch(supplied):
         return supplied
-    return uuid.uuid4().hex
+    # 128 random bits in the dash-less form of a UUID (uuid4() builds an object per call for the same).
+    return os.urandom(16).hex()
 
 
 class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
@@ -142,10 +143,11 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     def _unary(self, behaviour: Behaviour, method: str) -> Behaviour:
         async def call(request: Any, context: aio.ServicerContext) -> Any:
             async with self._guarded(method, context):
-                # The work stops at the caller's deadline: cancellation reaches the store,
-                # which drops or interrupts what it was doing for this call.
-                async with asyncio.timeout(context.time_remaining()):
-                    return await behaviour(request, context)
+                # The work stops at the caller's deadline without a timer of ours: grpc.aio
+                # cancels the handler's task when the deadline passes (tests/test_deadlines.py),
+                # and the cancellation reaches the store, which drops or interrupts what it
+                # was doing for this call.
+                return await behaviour(request, context)
 
         return call
 
@@ -254,7 +256,10 @@ class _Guard:
         assert outcome is not None
         try:
             if isinstance(error, asyncio.CancelledError):
-                outcome.code = grpc.StatusCode.CANCELLED
+                # grpc.aio cancels the task when the client goes away, or at the deadline.
+                remaining = self._context.time_remaining()
+                late = remaining is not None and remaining <= 0
+                outcome.code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
             elif isinstance(error, Exception):
                 await self._interceptor._fail(outcome, self._context, error)
                 return True

@@ -284,6 +284,15 @@ class DiscoverGate:
         self._max_hashes = max_hashes_per_request
         self._clock = clock
         self._tokens = SetTokens(keys.token_key, policy.token_ttl, policy.max_clock_skew)
+        #: The same for every caller: made once, not per request.
+        self._rate_refusal = _Refusal(
+            Reason.RATE_LIMITED,
+            "too many Discover requests",
+            lambda _: (
+                f"at most {self.policy.rate_burst} Discover requests in a burst, "
+                f"refilling {self.policy.rate_per_minute:g} per minute"
+            ),
+        )
 
     async def forget(self, user_id: str) -> int:
         """Drop the user's buckets: an unregistered user leaves no record that names them."""
@@ -362,16 +371,8 @@ class DiscoverGate:
         policy = self.policy
         if policy.rate_burst <= 0:
             return []
-        refusal = _Refusal(
-            Reason.RATE_LIMITED,
-            "too many Discover requests",
-            lambda _: (
-                f"at most {policy.rate_burst} Discover requests in a burst, "
-                f"refilling {policy.rate_per_minute:g} per minute"
-            ),
-        )
         charge = BucketCharge(f"requests:{caller}", 1, policy.rate_burst, policy.rate_per_minute / 60.0)
-        return [(charge, refusal)]
+        return [(charge, self._rate_refusal)]
 
     def _contacts(self, caller: str, new: int) -> list[tuple[BucketCharge, _Refusal]]:
         policy = self.policy
