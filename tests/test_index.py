@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from discovery.index import DirectoryIndex
 from discovery.index import table as T
-from discovery.index.packed import pack_strings, pack_varints, unpack_strings, varint
+from discovery.index.packed import pack_strings, pack_varints, unpack_strings, varint, varint_size
 
 Model = dict[bytes, tuple[str, bool]]
 
@@ -82,6 +82,14 @@ def test_packing_helpers() -> None:
         b"\xff\xff\xff\xff\x0f",
     ]
     assert pack_varints(np.array([1, 200], dtype=np.uint32)) == b"\x01\xc8\x01"
+    for value in (*range(0, 20000, 7), 2**14 - 1, 2**14, 2**21, 2**35):
+        slow = bytearray()
+        rest = value
+        while rest >= 0x80:
+            slow.append(rest & 0x7F | 0x80)
+            rest >>= 7
+        slow.append(rest)
+        assert varint(value) == bytes(slow) and varint_size(value) == len(slow)
     names = ["", "a", "ü" * 64, "x" * 200]
     assert unpack_strings(pack_strings(names, b"\x12"), 1) == names
     assert pack_strings(["ab"], b"\x12") == b"\x12\x02ab"

@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from discovery.core.model import DirectoryMatch
-from discovery.index.packed import varint
+from discovery.index.packed import varint, varint_size
 from discovery.v1 import discovery_pb2 as pb
 
 BASE = 64  # the token (41 bytes and framing) and the field tags
@@ -116,7 +116,7 @@ def padding_length(natural: int, n: int) -> int:
         # The field costs its key, its length prefix and the bytes; a gap of 1 or 2 cannot be
         # filled (an empty bytes field is not sent), so such a response takes the next bucket.
         length = gap - len(PADDING_KEY) - 1
-        while length >= 0 and len(PADDING_KEY) + len(varint(length)) + length != gap:
+        while length >= 0 and len(PADDING_KEY) + varint_size(length) + length != gap:
             length -= 1
         if length > 0:
             return length

@@ -14,15 +14,26 @@ from collections.abc import Iterable
 import numpy as np
 import numpy.typing as npt
 
+_ONE_BYTE = [bytes((v,)) for v in range(0x80)]
+
 
 def varint(value: int) -> bytes:
     """``value`` (>= 0) as an unsigned LEB128 varint."""
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def varint_size(value: int) -> int:
+    """The length of ``varint(value)``."""
+    return max(1, -(-value.bit_length() // 7))
 
 
 def pack_varints(values: npt.NDArray[np.uint32] | Iterable[int]) -> bytes:

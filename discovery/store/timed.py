@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from opentelemetry.trace import Tracer
 from prometheus_client import Counter, Histogram
@@ -32,6 +32,8 @@ class TimedStore:
         self._seconds = seconds
         self._errors = errors
         self._tracer = tracer
+        #: operation -> its labelled series of ``seconds``, looked up once per operation.
+        self._series: dict[str, Any] = {}
 
     async def _timed(self, operation: str, call: Awaitable[T]) -> T:
         started = time.perf_counter()
@@ -41,7 +43,10 @@ class TimedStore:
             self._errors.labels(operation).inc()
             raise
         finally:
-            self._seconds.labels(operation).observe(time.perf_counter() - started)
+            series = self._series.get(operation)
+            if series is None:
+                series = self._series[operation] = self._seconds.labels(operation)
+            series.observe(time.perf_counter() - started)
 
     # -- registry -------------------------------------------------------------------------------
 
