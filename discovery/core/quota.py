@@ -139,8 +139,8 @@ class SetTokens:
         if encryptor is None:  # ECB keeps no state between blocks: one context per thread
             encryptor = Cipher(algorithms.AES(self._element_key), modes.ECB()).encryptor()
             self._per_thread.encryptor = encryptor
-        words = np.frombuffer(encryptor.update(keys.raw), dtype="<u8")
-        total = np.array([words[0::2].sum(dtype=np.uint64), words[1::2].sum(dtype=np.uint64)], dtype="<u8")
+        words = np.frombuffer(encryptor.update(keys.raw), dtype="<u8").reshape(-1, 2)
+        total = words.sum(axis=0, dtype="<u8")  # word-wise, modulo 2^64
         return len(keys).to_bytes(4, "big") + total.tobytes()
 
     def _tag(self, caller: str, version: int, issued: bytes, body: bytes) -> bytes:
