@@ -55,6 +55,7 @@ from typing import Protocol
 
 import blake3
 import numpy as np
+import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from discovery.core.errors import InvalidArgument, QuotaExceeded, Reason
@@ -140,7 +141,7 @@ class SetTokens:
             encryptor = Cipher(algorithms.AES(self._element_key), modes.ECB()).encryptor()
             self._per_thread.encryptor = encryptor
         words = np.frombuffer(encryptor.update(keys.raw), dtype="<u8").reshape(-1, 2)
-        total = words.sum(axis=0, dtype="<u8")  # word-wise, modulo 2^64
+        total: npt.NDArray[np.uint64] = words.sum(axis=0, dtype="<u8")  # word-wise, modulo 2^64
         return len(keys).to_bytes(4, "big") + total.tobytes()
 
     def _tag(self, caller: str, version: int, issued: bytes, body: bytes) -> bytes:
