@@ -82,80 +82,95 @@ return 1
 """
 )
 
-# KEYS: meta, feed. ARGV: inbox TTL (ms); the users packed as USER_BUCKET(2) KEY(16) FLAGS(1)
-# LEN(1) USER_ID each (a few large arguments cost far less to send than several per user); the
+# KEYS: meta, feed. ARGV: inbox TTL (ms); the users packed as LEN(1) USER_BUCKET KEY_BUCKET
+# KEY(16) FLAGS(1) KEY(16) DISCOVERABLE(1) USER_ID each, the bucket names whole and the key
+# twice, so that the record's prefix, the key's field and the feed entry are each one
+# string.sub (a few large arguments cost far less to send than several per user, and Lua's
+# string building is most of the script's cost); the lengths of the two bucket names; the
 # private-mode entry size (0: none) and the entries, in user order; the users' watch tags
 # (16 bytes each); their announcements packed as JOINER_TAG(16) LEN(1) NOTICE DELAY_MS(4,
 # big-endian) each, or '' for none. Before any write, one EXISTS tells whether somebody
 # watches a key of the chunk: if so and the announcements were not sent, the script writes
 # nothing and returns NEEDS_ANNOUNCEMENTS (the caller sends the chunk again with them).
-# Otherwise returns the feed head before the call (the users created have the next seqs, in
-# order) and a code per user.
+# Otherwise returns the feed head before the call and, flat, the position (from 1) and code
+# of each user not created; the users created have the next seqs, in order.
 IMPORT = LuaScript(
     _WITH_JOINS
     + """
-local blob, psize, pentries, wtags, notes = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
+local call, sub, byte, fmt = redis.call, string.sub, string.byte, string.format
+local blob, psize, pentries, wtags, notes = ARGV[2], tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
+local ul, kl = tonumber(ARGV[3]), tonumber(ARGV[4])
 local n = #wtags / 16
-local watched = {}
-for j = 1, n do watched[j] = watchers_of(string.sub(wtags, 16 * j - 15, 16 * j)) end
-local announce = n > 0 and redis.call('EXISTS', unpack(watched)) > 0
+local announce = false
+if n > 0 then
+  local watched, wk = {}, TAG .. ':wk:'
+  for j = 1, n do watched[j] = wk .. sub(wtags, 16 * j - 15, 16 * j) end
+  announce = call('EXISTS', unpack(watched)) > 0
+end
 if announce and notes == '' then return -5 end
-local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-local before = seq
-local out, joined = {}, {}
-local user_prefix, key_prefix = TAG .. ':u:', TAG .. ':d:'
-local pos, i = 1, 0
-while pos <= #blob do
+local seq = tonumber(call('HGET', KEYS[1], 'seq') or '0')
+local before, feed = seq, KEYS[2]
+local failed, joined = {}, {}
+local pos, i, last = 1, 0, #blob
+local kb_at, key_at = ul + 1, ul + kl + 1
+while pos <= last do
   i = i + 1
-  local ub = user_prefix .. string.sub(blob, pos, pos + 1)
-  local key = string.sub(blob, pos + 2, pos + 17)
-  local flags = string.sub(blob, pos + 18, pos + 18)
-  local ulen = string.byte(blob, pos + 19)
-  local uid = string.sub(blob, pos + 20, pos + 19 + ulen)
-  pos = pos + 20 + ulen
-  local next_seq = tostring(seq + 1)  -- (one number formatted per user, not two)
-  -- Claim the user id, then the key (undoing the claim when the key is taken).
-  if redis.call('HSETNX', ub, uid, key .. flags .. next_seq) == 0 then
-    if string.sub(redis.call('HGET', ub, uid), 1, 16) == key then out[i] = 0 else out[i] = -1 end
-  elseif redis.call('HSETNX', key_prefix .. string.sub(key, 1, 2), string.sub(key, 3), '') == 0 then
-    redis.call('HDEL', ub, uid)
-    out[i] = -2
+  local ulen = byte(blob, pos)
+  local ub = sub(blob, pos + 1, pos + ul)
+  local k = pos + key_at
+  local uid = sub(blob, k + 34, k + 33 + ulen)
+  local s = fmt('%d', seq + 1)
+  -- Claim the user id, then the key (undoing the claim when the key is taken). HSET
+  -- of the key's field: its value is always '', so it changes nothing when taken.
+  if call('HSETNX', ub, uid, sub(blob, k, k + 16) .. s) == 0 then
+    failed[#failed + 1] = i
+    if sub(call('HGET', ub, uid), 1, 16) == sub(blob, k, k + 15) then
+      failed[#failed + 1] = 0
+    else
+      failed[#failed + 1] = -1
+    end
+  elseif call('HSET', sub(blob, pos + kb_at, k - 1), sub(blob, k + 2, k + 15), '') == 0 then
+    call('HDEL', ub, uid)
+    failed[#failed + 1] = i
+    failed[#failed + 1] = -2
   else
     seq = seq + 1
-    local private = ''
+    local value = sub(blob, k + 17, k + 33 + ulen)
     if psize > 0 then
-      private = string.sub(pentries, (i - 1) * psize + 1, i * psize)
-      set_private(uid, flags, private)
+      -- (A user just created has no private entry to delete: unregistering deleted it.)
+      local private = sub(pentries, (i - 1) * psize + 1, i * psize)
+      set_private(uid, sub(blob, k + 16, k + 16), private)
+      call('XADD', feed, s .. '-0', 'c', value, 'p', private)
+    else
+      call('XADD', feed, s .. '-0', 'c', value)
     end
-    -- (A user just created has no private entry to delete: unregistering deleted it.)
-    add_feed(next_seq, feed_entry(key, flags, uid), private)
-    joined[#joined + 1] = {uid, i, flags}
-    out[i] = 1
+    if announce then joined[#joined + 1] = {uid, i, sub(blob, k + 16, k + 16)} end
   end
+  pos = k + 34 + ulen
 end
-if #joined > 0 then
-  redis.call('HSET', KEYS[1], 'seq', seq)
-  redis.call('HINCRBY', KEYS[1], 'users', #joined)
+if seq > before then
+  call('HSET', KEYS[1], 'seq', seq)
+  call('HINCRBY', KEYS[1], 'users', seq - before)
   if announce then
     local at, offsets = 1, {}
     for j = 1, n do
       offsets[j] = at
-      at = at + 21 + string.byte(notes, at + 16)
+      at = at + 21 + byte(notes, at + 16)
     end
     local now, notified = now_s(), {}
     for _, u in ipairs(joined) do
       local a = offsets[u[2]]
-      local notice = string.sub(notes, a + 17, a + 16 + string.byte(notes, a + 16))
-      local b1, b2, b3, b4 = string.byte(notes, a + 17 + #notice, a + 20 + #notice)
+      local notice = sub(notes, a + 17, a + 16 + byte(notes, a + 16))
+      local b1, b2, b3, b4 = byte(notes, a + 17 + #notice, a + 20 + #notice)
       local delay = (((b1 * 256 + b2) * 256 + b3) * 256 + b4) / 1000
-      local wtag = string.sub(wtags, 16 * u[2] - 15, 16 * u[2])
-      local ann = announcement(wtag, string.sub(notes, a, a + 15), notice, delay)
+      local wtag = sub(wtags, 16 * u[2] - 15, 16 * u[2])
+      local ann = announcement(wtag, sub(notes, a, a + 15), notice, delay)
       fan_out(u[1], ann, u[3], mode_of(u[3], false), now, ARGV[1], notified)
     end
     signal(notified)
   end
 end
-return {before, out}
+return {before, failed}
 """
 )
 
@@ -334,6 +349,7 @@ def announcement_args(a: Announcement) -> list[bytes | str]:
 
 
 _LENGTH = [bytes((n,)) for n in range(256)]
+_DISCOVERABLE = (b"\x00", b"\x01")
 
 
 _REJECTION = {
@@ -495,25 +511,28 @@ class RedisRegistry(GroupImports, RedisBase):
             calls = [self._import_call(group, starts[j], True, flags_of) for j in again]
             for j, reply in zip(again, await self._write_many(IMPORT, calls), strict=True):
                 replies[j] = reply
-        ids, keys = group.user_ids, group.directory_keys
-        for start, (before, codes) in zip(starts, replies, strict=True):
-            created: list[int] = []
-            for i, code in enumerate(codes, start):
-                if code == CREATED:
-                    created.append(i)
-                elif code == UNCHANGED:
-                    report.unchanged += 1
-                else:
-                    report.rejections.append(RejectedUser(first_position + i, ids[i], _REJECTION[code]))
+        ids, keys, settings = group.user_ids, group.directory_keys, group.settings
+        for start, (before, failed) in zip(starts, replies, strict=True):
+            end = min(start + IMPORT_CHUNK, len(group))
+            created: Sequence[int]
+            if failed:
+                # Positions (from 1 in the chunk) and codes of the users not created.
+                codes = dict(zip((start + int(i) - 1 for i in failed[::2]), failed[1::2], strict=True))
+                for i, code in codes.items():
+                    if code == UNCHANGED:
+                        report.unchanged += 1
+                    else:
+                        report.rejections.append(RejectedUser(first_position + i, ids[i], _REJECTION[code]))
+                created = [i for i in range(start, end) if i not in codes]
+                run_keys = b"".join(keys[i * KEY_SIZE : (i + 1) * KEY_SIZE] for i in created)
+                run_ids = [ids[i] for i in created]
+            else:
+                created = range(start, end)
+                run_keys, run_ids = keys[start * KEY_SIZE : end * KEY_SIZE], list(ids[start:end])
             if created:
                 # The chunk's script numbered its new users' feed entries after ``before``.
                 report.feed.append(
-                    FeedRun(
-                        int(before) + 1,
-                        b"".join(keys[i * KEY_SIZE : (i + 1) * KEY_SIZE] for i in created),
-                        [ids[i] for i in created],
-                        [group.settings[i].discoverable for i in created],
-                    )
+                    FeedRun(int(before) + 1, run_keys, run_ids, [settings[i].discoverable for i in created])
                 )
                 report.imported += len(created)
         report.feed.sort()
@@ -528,6 +547,7 @@ class RedisRegistry(GroupImports, RedisBase):
         end = min(start + IMPORT_CHUNK, len(group))
         keys = group.directory_keys
         settings = group.settings
+        user_prefix, key_prefix = self.keys.user_bucket_at(0)[:-2], self.keys.key_bucket(b"")
         packed: list[bytes] = []
         add = packed.extend
         for i, user_id in enumerate(group.user_ids[start:end], start):
@@ -538,12 +558,18 @@ class RedisRegistry(GroupImports, RedisBase):
             flags = flags_of.get(id(s))
             if flags is None:
                 flags = flags_of[id(s)] = _flags(s)
+            key = keys[i * KEY_SIZE : (i + 1) * KEY_SIZE]
             add(
                 (
-                    user_bucket_suffix(uid),
-                    keys[i * KEY_SIZE : (i + 1) * KEY_SIZE],
-                    flags,
                     _LENGTH[len(uid)],
+                    user_prefix,
+                    user_bucket_suffix(uid),
+                    key_prefix,
+                    key[:2],
+                    key,
+                    flags,
+                    key,
+                    _DISCOVERABLE[flags[0] & 1],
                     uid,
                 )
             )
@@ -567,6 +593,8 @@ class RedisRegistry(GroupImports, RedisBase):
             [
                 self._inbox_ttl_ms,
                 b"".join(packed),
+                len(user_prefix) + 2,
+                len(key_prefix) + 2,
                 size,
                 b"".join(entries),
                 group.watch_tags[start * KEY_SIZE : end * KEY_SIZE],
