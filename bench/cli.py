@@ -46,6 +46,7 @@ STANDALONE: dict[str, str] = {
     "redis_ha": "cluster with replicas: cost of min_replicas N=0/1, then a failover (recovery, Discover)",
     "quota_gate": "the cost of the quota gate on the hot path",
     "index_micro": "the index alone: lookups per second",
+    "import_callgrind": "redis-server instructions per user imported through the Redis store (callgrind)",
 }
 
 

@@ -300,6 +300,30 @@ async def test_import_reports_the_feed_entries_it_appended(store: Store) -> None
     assert _reported(report.feed) == [(c.seq, c.directory_key, c.user_id, c.discoverable) for c in changes]
 
 
+async def test_an_imported_users_feed_entry_is_deleted_when_superseded(store: Store) -> None:
+    """Each imported user's record names its own feed entry (Redis numbers them in the script,
+    across the hundreds), so leaving or a number change deletes it."""
+    users = [user(f"u{i}") for i in range(250)]
+    users[40] = user("u0")  # refused: seqs after it shift by one
+    report = await store.import_users(users, 0)
+    assert (report.imported, report.rejected_total) == (249, 1)
+    await store.unregister("u5", jtag("u5"))
+    await store.unregister("u150", jtag("u150"))
+    moved = key()
+    await store.change_number("u99", moved, announcement("u99", moved))
+    await store.update_settings("u120", PrivacySettings(discoverable=False))
+    changes = await store.feed_read(0, 10_000)
+    named: dict[str, list[tuple[bytes, bool]]] = {}
+    for c in changes:
+        if c.user_id is not None:
+            named.setdefault(c.user_id, []).append((c.directory_key, c.discoverable))
+    assert "u5" not in named and "u150" not in named
+    assert named["u99"] == [(moved, True)]
+    assert named["u120"][-1] == (users[120].directory_key, False)
+    assert named["u249"] == [(users[249].directory_key, True)]
+    assert len(named) == 249 - 2
+
+
 def _index_view(sync: IndexSync, keys: bytes) -> tuple[list[int], list[str]]:
     positions, ids = sync.lookup(keys)
     return positions.tolist(), ids

@@ -250,6 +250,8 @@ class Keys:
         #: Private mode: user id -> DISCOVERABLE(1) ENTRY (tag and sealed id; no h, no y).
         self.private = tag + b":pe"
         self._user_bucket = tag + b":u:"
+        #: Followed by a watch tag: who watches that contact (the IMPORT script is given these).
+        self.watchers_prefix = tag + b":wk:"
         self._key_bucket = tag + b":d:"
         self._user_tag = b"{" + namespace.encode() + b":u:"
 

@@ -82,80 +82,109 @@ return 1
 """
 )
 
-# KEYS: meta, feed. ARGV: inbox TTL (ms); the users packed as USER_BUCKET(2) KEY(16) FLAGS(1)
-# LEN(1) USER_ID each (a few large arguments cost far less to send than several per user); the
-# private-mode entry size (0: none) and the entries, in user order; the users' watch tags
-# (16 bytes each); their announcements packed as JOINER_TAG(16) LEN(1) NOTICE DELAY_MS(4,
-# big-endian) each, or '' for none. Before any write, one EXISTS tells whether somebody
-# watches a key of the chunk: if so and the announcements were not sent, the script writes
-# nothing and returns NEEDS_ANNOUNCEMENTS (the caller sends the chunk again with them).
-# Otherwise returns the feed head before the call (the users created have the next seqs, in
-# order) and a code per user.
+# KEYS: meta, feed. ARGV: inbox TTL (ms); the users packed as LEN(1) USER_BUCKET KEY(16)
+# FLAGS(1) KEY_BUCKET KEY(16) DISCOVERABLE(1) USER_ID each: the bucket names whole and the key
+# twice, so that each string a command needs is one string.sub (a few large arguments cost
+# far less to send than several per user, and making Lua strings is much of the script's
+# cost); the lengths of the two bucket names; the private-mode entry size (0: none) and the
+# entries, in user order; the names of the users' watch keys (``{NS}:wk:WTAG``), packed;
+# their announcements packed as JOINER_TAG(16) LEN(1) NOTICE DELAY_MS(4, big-endian) each,
+# or '' for none. Before any write, one EXISTS tells whether somebody watches a key of the
+# chunk: if so and the announcements were not sent, the script writes nothing and returns
+# NEEDS_ANNOUNCEMENTS (the caller sends the chunk again with them). Otherwise returns the
+# feed head before the call and, flat, the position (from 1) and code of each user not
+# created; the users created have the next seqs, in order.
 IMPORT = LuaScript(
     _WITH_JOINS
-    + """
-local blob, psize, pentries, wtags, notes = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
-local n = #wtags / 16
-local watched = {}
-for j = 1, n do watched[j] = watchers_of(string.sub(wtags, 16 * j - 15, 16 * j)) end
-local announce = n > 0 and redis.call('EXISTS', unpack(watched)) > 0
+    + "local DIGITS = {[0] = "
+    + ", ".join(f"'{d:02d}'" for d in range(100))
+    + """}
+local call, sub, byte, fmt = redis.call, string.sub, string.byte, string.format
+local blob, psize, pentries, wkeys, notes = ARGV[2], tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
+local ul, kl, wl = tonumber(ARGV[3]), tonumber(ARGV[4]), #TAG + 20
+local n = #wkeys / wl
+local announce = false
+if n > 0 then
+  local watched = {}
+  for j = 1, n do watched[j] = sub(wkeys, wl * j - wl + 1, wl * j) end
+  announce = call('EXISTS', unpack(watched)) > 0
+end
 if announce and notes == '' then return -5 end
-local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-local before = seq
-local out, joined = {}, {}
-local user_prefix, key_prefix = TAG .. ':u:', TAG .. ':d:'
-local pos, i = 1, 0
-while pos <= #blob do
+local seq = tonumber(call('HGET', KEYS[1], 'seq') or '0')
+local before, feed = seq, KEYS[2]
+local failed, joined = {}, {}
+local pos, i, last = 1, 0, #blob
+-- Decimal seqs without a string.format per user: the digits above the last two change
+-- every 100 users.
+local hi, high = -1, ''
+while pos <= last do
   i = i + 1
-  local ub = user_prefix .. string.sub(blob, pos, pos + 1)
-  local key = string.sub(blob, pos + 2, pos + 17)
-  local flags = string.sub(blob, pos + 18, pos + 18)
-  local ulen = string.byte(blob, pos + 19)
-  local uid = string.sub(blob, pos + 20, pos + 19 + ulen)
-  pos = pos + 20 + ulen
-  local next_seq = tostring(seq + 1)  -- (one number formatted per user, not two)
-  -- Claim the user id, then the key (undoing the claim when the key is taken).
-  if redis.call('HSETNX', ub, uid, key .. flags .. next_seq) == 0 then
-    if string.sub(redis.call('HGET', ub, uid), 1, 16) == key then out[i] = 0 else out[i] = -1 end
-  elseif redis.call('HSETNX', key_prefix .. string.sub(key, 1, 2), string.sub(key, 3), '') == 0 then
-    redis.call('HDEL', ub, uid)
-    out[i] = -2
+  local ulen = byte(blob, pos)
+  local r = pos + ul + 1  -- the record's KEY(16) FLAGS(1)
+  local k = r + 17 + kl  -- the feed entry: KEY(16) DISCOVERABLE(1) USER_ID
+  local ub, uid = sub(blob, pos + 1, r - 1), sub(blob, k + 17, k + 16 + ulen)
+  local v, s = seq + 1, nil
+  if v < 100 then
+    s = fmt('%d', v)
+  else
+    local low = v % 100
+    if (v - low) / 100 ~= hi then
+      hi = (v - low) / 100
+      high = fmt('%d', hi)
+    end
+    s = DIGITS[low]
+  end
+  -- Claim the user id, then the key (undoing the claim when the key is taken). HSET
+  -- of the key's field: its value is always '', so it changes nothing when taken.
+  if call('HSETNX', ub, uid, sub(blob, r, r + 16) .. high .. s) == 0 then
+    failed[#failed + 1] = i
+    if sub(call('HGET', ub, uid), 1, 16) == sub(blob, k, k + 15) then
+      failed[#failed + 1] = 0
+    else
+      failed[#failed + 1] = -1
+    end
+  elseif call('HSET', sub(blob, r + 17, k - 1), sub(blob, k + 2, k + 15), '') == 0 then
+    call('HDEL', ub, uid)
+    failed[#failed + 1] = i
+    failed[#failed + 1] = -2
   else
     seq = seq + 1
-    local private = ''
+    local value = sub(blob, k, k + 16 + ulen)
     if psize > 0 then
-      private = string.sub(pentries, (i - 1) * psize + 1, i * psize)
-      set_private(uid, flags, private)
+      -- (A user just created has no private entry to delete: unregistering deleted it.)
+      local private = sub(pentries, (i - 1) * psize + 1, i * psize)
+      set_private(uid, sub(blob, r + 16, r + 16), private)
+      call('XADD', feed, high .. s .. '-0', 'c', value, 'p', private)
+    else
+      call('XADD', feed, high .. s .. '-0', 'c', value)
     end
-    -- (A user just created has no private entry to delete: unregistering deleted it.)
-    add_feed(next_seq, feed_entry(key, flags, uid), private)
-    joined[#joined + 1] = {uid, i, flags}
-    out[i] = 1
+    if announce then joined[#joined + 1] = {uid, i, sub(blob, r + 16, r + 16)} end
   end
+  pos = k + 17 + ulen
 end
-if #joined > 0 then
-  redis.call('HSET', KEYS[1], 'seq', seq)
-  redis.call('HINCRBY', KEYS[1], 'users', #joined)
+if seq > before then
+  call('HSET', KEYS[1], 'seq', seq)
+  call('HINCRBY', KEYS[1], 'users', seq - before)
   if announce then
     local at, offsets = 1, {}
     for j = 1, n do
       offsets[j] = at
-      at = at + 21 + string.byte(notes, at + 16)
+      at = at + 21 + byte(notes, at + 16)
     end
     local now, notified = now_s(), {}
     for _, u in ipairs(joined) do
       local a = offsets[u[2]]
-      local notice = string.sub(notes, a + 17, a + 16 + string.byte(notes, a + 16))
-      local b1, b2, b3, b4 = string.byte(notes, a + 17 + #notice, a + 20 + #notice)
+      local notice = sub(notes, a + 17, a + 16 + byte(notes, a + 16))
+      local b1, b2, b3, b4 = byte(notes, a + 17 + #notice, a + 20 + #notice)
       local delay = (((b1 * 256 + b2) * 256 + b3) * 256 + b4) / 1000
-      local wtag = string.sub(wtags, 16 * u[2] - 15, 16 * u[2])
-      local ann = announcement(wtag, string.sub(notes, a, a + 15), notice, delay)
+      local wtag = sub(wkeys, wl * u[2] - 15, wl * u[2])
+      local ann = announcement(wtag, sub(notes, a, a + 15), notice, delay)
       fan_out(u[1], ann, u[3], mode_of(u[3], false), now, ARGV[1], notified)
     end
     signal(notified)
   end
 end
-return {before, out}
+return {before, failed}
 """
 )
 
@@ -335,6 +364,16 @@ def announcement_args(a: Announcement) -> list[bytes | str]:
 
 _LENGTH = [bytes((n,)) for n in range(256)]
 
+#: Per settings object (by id): FLAGS(1) with the key bucket names' prefix, and DISCOVERABLE(1),
+#: as IMPORT packs them (fewer parts per user).
+FlagParts = dict[int, tuple[bytes, bytes]]
+
+
+@functools.cache
+def _heads(user_prefix: bytes) -> list[bytes]:
+    """Per user id length: LEN(1) and the user bucket names' prefix, as IMPORT packs them."""
+    return [bytes((n,)) + user_prefix for n in range(256)]
+
 
 _REJECTION = {
     USER_ID_TAKEN: ImportRejectionReason.USER_ID_TAKEN,
@@ -453,7 +492,7 @@ class RedisRegistry(GroupImports, RedisBase):
         """One group after the other: a later group's scripts must see the earlier ones' writes,
         so each is sent when the one before has answered. Meanwhile the next group's calls are
         packed: the node and this process work at the same time instead of in turns."""
-        flags_of: dict[int, bytes] = {}
+        flags_of: FlagParts = {}
         reports: list[ImportReport] = []
         calls = [c async for c in self._import_calls(groups[0], flags_of)] if groups else []
         for g, group in enumerate(groups):
@@ -469,7 +508,7 @@ class RedisRegistry(GroupImports, RedisBase):
             reports.append(await self._import_report(group, replies, first_position, flags_of))
         return reports
 
-    async def _import_calls(self, group: ImportGroup, flags_of: dict[int, bytes]) -> AsyncIterator[Call]:
+    async def _import_calls(self, group: ImportGroup, flags_of: FlagParts) -> AsyncIterator[Call]:
         """The group's IMPORT calls, one per chunk, letting the loop run between them (a write
         in flight sends its commands)."""
         sealed = not group.distinct
@@ -478,7 +517,7 @@ class RedisRegistry(GroupImports, RedisBase):
             yield self._import_call(group, start, sealed, flags_of)
 
     async def _import_report(
-        self, group: ImportGroup, replies: list[Any], first_position: int, flags_of: dict[int, bytes]
+        self, group: ImportGroup, replies: list[Any], first_position: int, flags_of: FlagParts
     ) -> ImportReport:
         """The group's outcome from its scripts' replies.
 
@@ -495,25 +534,28 @@ class RedisRegistry(GroupImports, RedisBase):
             calls = [self._import_call(group, starts[j], True, flags_of) for j in again]
             for j, reply in zip(again, await self._write_many(IMPORT, calls), strict=True):
                 replies[j] = reply
-        ids, keys = group.user_ids, group.directory_keys
-        for start, (before, codes) in zip(starts, replies, strict=True):
-            created: list[int] = []
-            for i, code in enumerate(codes, start):
-                if code == CREATED:
-                    created.append(i)
-                elif code == UNCHANGED:
-                    report.unchanged += 1
-                else:
-                    report.rejections.append(RejectedUser(first_position + i, ids[i], _REJECTION[code]))
+        ids, keys, settings = group.user_ids, group.directory_keys, group.settings
+        for start, (before, failed) in zip(starts, replies, strict=True):
+            end = min(start + IMPORT_CHUNK, len(group))
+            created: Sequence[int]
+            if failed:
+                # Positions (from 1 in the chunk) and codes of the users not created.
+                codes = dict(zip((start + int(i) - 1 for i in failed[::2]), failed[1::2], strict=True))
+                for i, code in codes.items():
+                    if code == UNCHANGED:
+                        report.unchanged += 1
+                    else:
+                        report.rejections.append(RejectedUser(first_position + i, ids[i], _REJECTION[code]))
+                created = [i for i in range(start, end) if i not in codes]
+                run_keys = b"".join(keys[i * KEY_SIZE : (i + 1) * KEY_SIZE] for i in created)
+                run_ids = [ids[i] for i in created]
+            else:
+                created = range(start, end)
+                run_keys, run_ids = keys[start * KEY_SIZE : end * KEY_SIZE], list(ids[start:end])
             if created:
                 # The chunk's script numbered its new users' feed entries after ``before``.
                 report.feed.append(
-                    FeedRun(
-                        int(before) + 1,
-                        b"".join(keys[i * KEY_SIZE : (i + 1) * KEY_SIZE] for i in created),
-                        [ids[i] for i in created],
-                        [group.settings[i].discoverable for i in created],
-                    )
+                    FeedRun(int(before) + 1, run_keys, run_ids, [settings[i].discoverable for i in created])
                 )
                 report.imported += len(created)
         report.feed.sort()
@@ -522,12 +564,14 @@ class RedisRegistry(GroupImports, RedisBase):
             await self._written()
         return report
 
-    def _import_call(self, group: ImportGroup, start: int, sealed: bool, flags_of: dict[int, bytes]) -> Call:
+    def _import_call(self, group: ImportGroup, start: int, sealed: bool, flags_of: FlagParts) -> Call:
         """The IMPORT script's keys and arguments for the chunk of ``group`` at ``start``, with
         the announcements when ``sealed``."""
         end = min(start + IMPORT_CHUNK, len(group))
         keys = group.directory_keys
         settings = group.settings
+        heads = _heads(self.keys.user_bucket_at(0)[:-2])
+        key_prefix = self.keys.key_bucket(b"")
         packed: list[bytes] = []
         add = packed.extend
         for i, user_id in enumerate(group.user_ids[start:end], start):
@@ -537,16 +581,9 @@ class RedisRegistry(GroupImports, RedisBase):
             # object (by identity: the group keeps them alive for the call).
             flags = flags_of.get(id(s))
             if flags is None:
-                flags = flags_of[id(s)] = _flags(s)
-            add(
-                (
-                    user_bucket_suffix(uid),
-                    keys[i * KEY_SIZE : (i + 1) * KEY_SIZE],
-                    flags,
-                    _LENGTH[len(uid)],
-                    uid,
-                )
-            )
+                flags = flags_of[id(s)] = (_flags(s) + key_prefix, bytes((s.discoverable,)))
+            key = keys[i * KEY_SIZE : (i + 1) * KEY_SIZE]
+            add((heads[len(uid)], user_bucket_suffix(uid), key, flags[0], key[:2], key, flags[1], uid))
         notes: list[bytes] = []
         if sealed:
             for a in group.announce(range(start, end)):
@@ -558,6 +595,13 @@ class RedisRegistry(GroupImports, RedisBase):
                         min(int(a.delay * 1000), 2**32 - 1).to_bytes(4, "big"),
                     )
                 )
+        tags = group.watch_tags[start * KEY_SIZE : end * KEY_SIZE]
+        prefix = self.keys.watchers_prefix
+        watch_keys = (
+            prefix + prefix.join([tags[j : j + KEY_SIZE] for j in range(0, len(tags), KEY_SIZE)])
+            if tags
+            else b""
+        )
         entries = [p or b"" for p in group.private[start:end]] if group.private is not None else []
         size = len(entries[0]) if entries else 0
         if any(len(entry) != size for entry in entries):
@@ -567,9 +611,11 @@ class RedisRegistry(GroupImports, RedisBase):
             [
                 self._inbox_ttl_ms,
                 b"".join(packed),
+                len(heads[0]) + 1,
+                len(key_prefix) + 2,
                 size,
                 b"".join(entries),
-                group.watch_tags[start * KEY_SIZE : end * KEY_SIZE],
+                watch_keys,
                 b"".join(notes),
             ],
         )
