@@ -26,6 +26,7 @@ import pytest
 
 from discovery.core.errors import ContactHashTaken, UserIdTaken, UserNotRegistered
 from discovery.core.model import (
+    ImportGroup,
     ImportRejectionReason,
     NewUser,
     PrivacySettings,
@@ -233,9 +234,8 @@ async def test_import_groups_keep_entries_group_by_group(view: PrivateView) -> N
     await view.mark()
     bob, carl = entry(), entry()
     first = user("bob", bob)
-    reports = await store.import_user_groups(
-        [[first, user("carl", carl)], [user("bob", entry()), user("dora", entry(), first.directory_key)]]
-    )
+    groups = [[first, user("carl", carl)], [user("bob", entry()), user("dora", entry(), first.directory_key)]]
+    reports = await store.import_groups([ImportGroup.of(group) for group in groups])
     assert [r.imported for r in reports] == [2, 0]
     assert [r.rejected_total for r in reports] == [0, 2]
     view.expected.update(bob=bob, carl=carl)

@@ -17,6 +17,7 @@ from discovery.core.model import (
     AnnounceMode,
     BucketCharge,
     FeedRun,
+    ImportGroup,
     ImportRejectionReason,
     ImportReport,
     NewUser,
@@ -138,19 +139,18 @@ async def test_import_report(store: Store) -> None:
 
 
 async def test_import_groups_run_in_order(store: Store) -> None:
-    """Groups of one import_user_groups call are imported one after the other: a later
+    """Groups of one import_groups call are imported one after the other: a later
     group sees the earlier ones registered, exactly as separate import_users calls."""
     bob = user("bob")
-    reports = await store.import_user_groups(
+    groups = [
+        [bob, user("carl")],
         [
-            [bob, user("carl")],
-            [
-                user("bob", bob.directory_key),
-                user("bob"),
-                user("dora", bob.directory_key),
-            ],
-        ]
-    )
+            user("bob", bob.directory_key),
+            user("bob"),
+            user("dora", bob.directory_key),
+        ],
+    ]
+    reports = await store.import_groups([ImportGroup.of(group) for group in groups])
     first, second = reports
     assert (first.imported, first.unchanged, first.rejected_total) == (2, 0, 0)
     assert (second.imported, second.unchanged, second.rejected_total) == (0, 1, 2)

@@ -75,15 +75,11 @@ class RegistryStore(Protocol):
         """Register a batch; each user is imported, unchanged or rejected with a reason."""
         ...
 
-    async def import_user_groups(self, groups: Sequence[Sequence[NewUser]]) -> list[ImportReport]:
-        """``import_users(group, 0)`` for each group in order, as one transaction where the
-        store has them (a later group sees the earlier ones registered)."""
-        ...
-
     async def import_groups(self, groups: Sequence[ImportGroup]) -> list[ImportReport]:
-        """``import_user_groups`` of users given column by column, whose announcements the store
-        asks for (``ImportGroup.announce``) only for the users somebody watches. Each report's
-        ``feed`` lists the feed entries appended for its users, in feed order."""
+        """``import_users(group, 0)`` for each group in order, as one transaction where the store
+        has them (a later group sees the earlier ones registered), the users given column by column
+        and their announcements asked for (``ImportGroup.announce``) only for the users somebody
+        watches. Each report's ``feed`` lists the feed entries appended for its users, in feed order."""
         ...
 
     async def get_user(self, user_id: str) -> UserRecord | None: ...

@@ -73,9 +73,6 @@ class TimedStore:
     async def import_users(self, users: Sequence[m.NewUser], first_position: int) -> m.ImportReport:
         return await self._timed("import_users", self.inner.import_users(users, first_position))
 
-    async def import_user_groups(self, groups: Sequence[Sequence[m.NewUser]]) -> list[m.ImportReport]:
-        return await self._timed("import_user_groups", self.inner.import_user_groups(groups))
-
     async def import_groups(self, groups: Sequence[m.ImportGroup]) -> list[m.ImportReport]:
         return await self._timed("import_groups", self.inner.import_groups(groups))
 

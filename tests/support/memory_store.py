@@ -144,14 +144,11 @@ class MemoryStore:
         self._registered([(user_id, announcement, mode)])
         return record
 
-    async def import_user_groups(self, groups: Sequence[Sequence[m.NewUser]]) -> list[m.ImportReport]:
-        """Each group as one import, in order (one atomic step here: nothing runs in between)."""
-        return [await self.import_users(group, 0) for group in groups]
-
     async def import_groups(self, groups: Sequence[m.ImportGroup]) -> list[m.ImportReport]:
-        """As ``import_user_groups``; every user's announcement is made (this store has no cost
-        to save by asking only for the watched ones)."""
-        return await self.import_user_groups([_new_users(group) for group in groups])
+        """Each group as one import, in order (one atomic step here: nothing runs in between);
+        every user's announcement is made (this store has no cost to save by asking only for the
+        watched ones)."""
+        return [await self.import_users(_new_users(group), 0) for group in groups]
 
     async def import_users(self, users: Sequence[m.NewUser], first_position: int) -> m.ImportReport:
         report = m.ImportReport()
