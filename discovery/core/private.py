@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -311,30 +311,38 @@ def _record_size(id_pad: int) -> int:
 
 
 def _new_form(raw: bytes) -> int | None:
-    """The id pad of a blob of the epoch form, or None for the legacy form."""
-    if len(raw) < _ENTRIES_HEAD.size or raw[:4] != ENTRIES_MAGIC:
-        return None
-    _, id_pad, count = _ENTRIES_HEAD.unpack_from(raw)
-    if count == 0 or len(raw) != _ENTRIES_HEAD.size + count * _record_size(id_pad):
-        return None
-    return int(id_pad)
+    """The id pad of a blob of the epoch form, or None for the legacy form (ValueError: too short for
+    either)."""
+    if len(raw) >= _ENTRIES_HEAD.size and raw[:4] == ENTRIES_MAGIC:
+        _, id_pad, count = _ENTRIES_HEAD.unpack_from(raw)
+        if count and len(raw) == _ENTRIES_HEAD.size + count * _record_size(id_pad):
+            return int(id_pad)
+    if len(raw) < TAG_SIZE + _MIN_SEALED:
+        raise ValueError(f"a private-mode entry of {len(raw)} bytes is too short")
+    return None
+
+
+def _records(raw: bytes, id_pad: int) -> Iterator[tuple[int, int]]:
+    """(epoch, offset of its tag) of each record of a blob of the epoch form."""
+    for at in range(_ENTRIES_HEAD.size, len(raw), _record_size(id_pad)):
+        yield _EPOCH.unpack_from(raw, at)[0], at + _EPOCH.size
+
+
+def _record_at(raw: bytes, tag_at: int, id_pad: int) -> PrivateEntry:
+    sealed_at = tag_at + TAG_SIZE
+    return PrivateEntry(bytes(raw[tag_at:sealed_at]), bytes(raw[sealed_at : sealed_at + sealed_size(id_pad)]))
 
 
 def unpack_entries(raw: bytes) -> dict[int, PrivateEntry]:
     """The records of a stored blob, by epoch (ValueError: not a blob of entries)."""
-    form = _new_form(raw)
-    if form is None:
-        if len(raw) < TAG_SIZE + _MIN_SEALED:
-            raise ValueError(f"a private-mode entry of {len(raw)} bytes is too short")
+    id_pad = _new_form(raw)
+    if id_pad is None:
         return {LEGACY_EPOCH: PrivateEntry.unpack(raw)}
-    size, out = _record_size(form), {}
-    for at in range(_ENTRIES_HEAD.size, len(raw), size):
-        (epoch,) = _EPOCH.unpack_from(raw, at)
+    out: dict[int, PrivateEntry] = {}
+    for epoch, tag_at in _records(raw, id_pad):
         if epoch in out:
             raise ValueError(f"epoch {epoch} twice in one private-mode entry")
-        out[epoch] = PrivateEntry(
-            bytes(raw[at + 4 : at + 4 + TAG_SIZE]), bytes(raw[at + 4 + TAG_SIZE : at + size])
-        )
+        out[epoch] = _record_at(raw, tag_at, id_pad)
     return out
 
 
@@ -358,29 +366,18 @@ def entry_layout(raw: bytes) -> tuple[int, tuple[int, ...]]:
     epochs of every stored entry at start and during a rotation). ValueError: not a blob of entries."""
     id_pad = _new_form(raw)
     if id_pad is None:
-        if len(raw) < TAG_SIZE + _MIN_SEALED:
-            raise ValueError(f"a private-mode entry of {len(raw)} bytes is too short")
         return len(raw) - TAG_SIZE, (LEGACY_EPOCH,)
-    step = _record_size(id_pad)
-    return sealed_size(id_pad), tuple(
-        _EPOCH.unpack_from(raw, at)[0] for at in range(_ENTRIES_HEAD.size, len(raw), step)
-    )
+    return sealed_size(id_pad), tuple(epoch for epoch, _ in _records(raw, id_pad))
 
 
 def entry_of_epoch(raw: bytes, epoch: int) -> PrivateEntry | None:
     """The record of one epoch in a stored blob, or None (ValueError: not a blob of entries)."""
     id_pad = _new_form(raw)
     if id_pad is None:
-        if len(raw) < TAG_SIZE + _MIN_SEALED:
-            raise ValueError(f"a private-mode entry of {len(raw)} bytes is too short")
         return PrivateEntry.unpack(raw) if epoch == LEGACY_EPOCH else None
-    step = _record_size(id_pad)
-    for at in range(_ENTRIES_HEAD.size, len(raw), step):
-        if _EPOCH.unpack_from(raw, at)[0] == epoch:
-            tag_at = at + _EPOCH.size
-            return PrivateEntry(
-                bytes(raw[tag_at : tag_at + TAG_SIZE]), bytes(raw[tag_at + TAG_SIZE : at + step])
-            )
+    for found, tag_at in _records(raw, id_pad):
+        if found == epoch:
+            return _record_at(raw, tag_at, id_pad)
     return None
 
 
