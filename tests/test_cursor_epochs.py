@@ -221,8 +221,9 @@ async def test_failover_after_a_replication_gap_skips_no_new_event(
             primary = cluster.owner(REGISTRY_TAG)
             return primary, cluster.replica_of(primary)
 
-        def promoted(old: RedisProcess, replica: RedisProcess) -> None:
+        def rejoin(old: RedisProcess, replica: RedisProcess) -> None:
             cluster.wait_promoted(replica)
+            old.start()  # back as a replica of the promoted one (nodes.conf)
     else:
         sentinel: SentinelProcesses = request.getfixturevalue("sentinel_factory")()
         url = sentinel.url()
@@ -230,8 +231,9 @@ async def test_failover_after_a_replication_gap_skips_no_new_event(
         def nodes() -> tuple[RedisProcess, RedisProcess]:
             return sentinel.current_primary(), sentinel.current_replica()
 
-        def promoted(old: RedisProcess, replica: RedisProcess) -> None:
+        def rejoin(old: RedisProcess, replica: RedisProcess) -> None:
             sentinel.wait_promoted(old)
+            sentinel.restart_as_replica(old)
 
     server = await start_server(store=url, store_check_seconds=0.2)
     gap: list[RedisProcess] = []
@@ -249,8 +251,7 @@ async def test_failover_after_a_replication_gap_skips_no_new_event(
         primary, replica = gap
         primary.kill()
         replica.resume()
-        await asyncio.to_thread(promoted, primary, replica)
-        await asyncio.to_thread(primary.start)  # back as a replica of the promoted one
+        await asyncio.to_thread(rejoin, primary, replica)
         return server
 
     try:

@@ -184,13 +184,19 @@ def kill_cluster_primary(cluster: ReplicatedCluster, gap: float = 0.0) -> Callab
     async def fault(result: Drill) -> None:
         primary = cluster.owner(REGISTRY_TAG)
         replica = cluster.replica_of(primary)
-        await kill_primary(result, primary, replica, gap, lambda: cluster.wait_promoted(replica))
+        promoted = lambda: cluster.wait_promoted(replica)  # noqa: E731
+        await kill_primary(result, primary, replica, gap, promoted, primary.start)
 
     return fault
 
 
 async def kill_primary(
-    result: Drill, primary: RedisProcess, replica: RedisProcess, gap: float, promoted: Callable[[], object]
+    result: Drill,
+    primary: RedisProcess,
+    replica: RedisProcess,
+    gap: float,
+    promoted: Callable[[], object],
+    restart: Callable[[], object],
 ) -> None:
     """The fault of every drill: an optional replication gap, SIGKILL, then the rejoin."""
     if gap:
@@ -200,22 +206,23 @@ async def kill_primary(
     result.killed_at = time.monotonic()
     primary.kill()
     replica.resume()
-    await rejoin(primary, promoted)
+    await rejoin(promoted, restart)
 
 
-async def rejoin(old_primary: RedisProcess, promoted: Callable[[], object]) -> None:
+async def rejoin(promoted: Callable[[], object], restart: Callable[[], object]) -> None:
     """Once the replica is promoted, restart the killed node, as a supervisor would: it comes
     back as a replica of the promoted one (with min_replicas=1 and one replica per primary,
     writes wait for it). Restarting it before the promotion, without persistence, would
     bring back an empty primary."""
     await asyncio.to_thread(promoted)
-    await asyncio.to_thread(old_primary.start)
+    await asyncio.to_thread(restart)
 
 
 def kill_sentinel_primary(setup: SentinelProcesses, gap: float = 0.0) -> Callable[[Drill], object]:
     async def fault(result: Drill) -> None:
         primary, replica = setup.current_primary(), setup.current_replica()
-        await kill_primary(result, primary, replica, gap, lambda: setup.wait_promoted(primary))
+        promoted = lambda: setup.wait_promoted(primary)  # noqa: E731
+        await kill_primary(result, primary, replica, gap, promoted, lambda: setup.restart_as_replica(primary))
 
     return fault
 
@@ -237,9 +244,8 @@ async def run_cluster_drill(cluster: ReplicatedCluster, min_replicas: int, gap: 
 
 async def run_sentinel_drill(setup: SentinelProcesses, min_replicas: int, gap: float) -> Drill:
     url = setup.url()
-    old = setup.current_primary()
     result = await drill(url, kill_sentinel_primary(setup, gap), min_replicas=min_replicas)  # type: ignore[arg-type]
-    await count_missing(url, result, lambda: setup.wait_promoted(old))
+    await count_missing(url, result, setup.wait_settled)
     report(f"sentinel min_replicas={min_replicas} gap={gap}", result)
     return result
 

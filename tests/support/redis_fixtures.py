@@ -227,9 +227,11 @@ SENTINEL_SERVICE = "discovery"
 class SentinelProcesses:
     """A primary and a replica, watched by 3 sentinels (quorum 2), on loopback.
 
-    Sentinels mark the primary down after 1 s without an answer; a failover then takes
-    about 2 to 4 s. ``primary`` and ``replica`` are the processes as started: after a
-    failover, :meth:`current_primary` names the one Sentinel promoted.
+    Sentinels mark the primary down after 2 s without an answer; a failover then takes
+    about 3 to 5 s. (With 1 s, a server that a busy shared machine stalled for a second
+    was failed over again, right after the failover under test.) ``primary`` and
+    ``replica`` are the processes as started: after a failover, :meth:`current_primary`
+    names the one Sentinel promoted.
     """
 
     primary: RedisProcess
@@ -244,14 +246,21 @@ class SentinelProcesses:
     def servers(self) -> list[RedisProcess]:
         return [self.primary, self.replica]
 
-    def primary_port(self) -> int:
+    def primary_ports(self) -> list[int]:
+        """The primary's port as each running sentinel names it."""
+        ports = []
         for sentinel in self.sentinels:
-            if not sentinel.alive:
-                continue
-            with sentinel.client() as client:
-                _host, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE)
-            return int(port)
-        raise RuntimeError("no sentinel is running")
+            if sentinel.alive:
+                with sentinel.client() as client:
+                    reply = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE)
+                ports.append(int(reply[1]))
+        return ports
+
+    def primary_port(self) -> int:
+        ports = self.primary_ports()
+        if not ports:
+            raise RuntimeError("no sentinel is running")
+        return ports[0]
 
     def current_primary(self) -> RedisProcess:
         port = self.primary_port()
@@ -271,7 +280,7 @@ class SentinelProcesses:
             config = sentinel_dir / "sentinel.conf"
             config.write_text(
                 f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {self.primary.port} 2\n"
-                f"sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n"
+                f"sentinel down-after-milliseconds {SENTINEL_SERVICE} 2000\n"
                 f"sentinel failover-timeout {SENTINEL_SERVICE} 10000\n"
                 f"sentinel parallel-syncs {SENTINEL_SERVICE} 1\n"
             )
@@ -300,6 +309,39 @@ class SentinelProcesses:
 
         wait_until(promoted, timeout, "Sentinel promoted the replica")
         return new
+
+    def wait_settled(self, timeout: float = 30) -> RedisProcess:
+        """Wait until every running sentinel names one primary and it accepts writes (whichever
+        server that is: a second failover may have followed the one a test caused)."""
+        settled: list[RedisProcess] = []
+
+        def agreed() -> bool:
+            ports = set(self.primary_ports())
+            if len(ports) != 1:
+                return False
+            primary = next(s for s in self.servers if s.port in ports)
+            with primary.client() as client:
+                if client.execute_command("ROLE")[0] != b"master":
+                    return False
+            settled[:] = [primary]
+            return True
+
+        wait_until(agreed, timeout, "the sentinels agree on a primary that accepts writes")
+        return settled[0]
+
+    def restart_as_replica(self, old: RedisProcess) -> None:
+        """Restart a killed server as a replica of the current primary, as a supervisor with
+        the rewritten config would. Started as a primary instead, it would stay an empty
+        primary until Sentinel converted it, and a second failover in that window could
+        pick it and lose every write."""
+        primary = self.current_primary()
+        assert primary is not old, "restart_as_replica before the failover"
+        args = list(old.args)
+        if "--replicaof" in args:
+            at = args.index("--replicaof")
+            del args[at : at + 3]
+        old.args = [*args, "--replicaof", "127.0.0.1", str(primary.port)]
+        old.start()
 
     def flush(self) -> None:
         with self.current_primary().client() as client:
