@@ -195,6 +195,26 @@ def test_tokens_are_order_independent_and_sorted_key_tokens_still_verify() -> No
         tokens.verify("u", sort_keys(raw), legacy, now=1101.0)
 
 
+def test_token_digest_is_the_documented_word_sum() -> None:
+    """``n || S`` of a version 2 token, recomputed from the module docstring with Python
+    integers: S is the word-wise sum modulo 2^64 of the elements AES-128(k_e, key), each read
+    as two little-endian 64-bit words; the sum wraps (4,000 random elements always do)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from discovery.core.quota import ELEMENT_KEY_CONTEXT
+
+    keys = KeyRing.from_secret(b"d" * 32)
+    tokens = SetTokens(keys.token_key, ttl=100.0, max_clock_skew=10.0)
+    element_key = blake3.blake3(ELEMENT_KEY_CONTEXT, key=keys.token_key).digest(length=16)
+    for n in (1, 2, 999, 4000):
+        raw = keys.directory_keys(b"".join(blake3.blake3(i.to_bytes(4, "big")).digest() for i in range(n)))
+        out = Cipher(algorithms.AES(element_key), modes.ECB()).encryptor().update(raw)
+        low = sum(int.from_bytes(out[i : i + 8], "little") for i in range(0, len(out), 16)) % 2**64
+        high = sum(int.from_bytes(out[i + 8 : i + 16], "little") for i in range(0, len(out), 16)) % 2**64
+        expected = n.to_bytes(4, "big") + low.to_bytes(8, "little") + high.to_bytes(8, "little")
+        assert tokens.digest(sort_keys(raw)) == expected
+
+
 def test_the_duplicate_check_is_exact_when_key_heads_tie() -> None:
     """Keys that share their first bytes (or high half) but differ are no duplicate; an equal
     pair is found at its request positions whatever the tie around it."""

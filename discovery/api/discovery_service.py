@@ -96,4 +96,3 @@ def method_handlers(servicer: DiscoveryService) -> dict[str, grpc.RpcMethodHandl
 def add_to_server(servicer: DiscoveryService, server: aio.Server) -> None:
     handlers = method_handlers(servicer)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
-    server.add_registered_method_handlers(SERVICE.full_name, handlers)

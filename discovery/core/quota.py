@@ -55,7 +55,6 @@ from typing import Protocol
 
 import blake3
 import numpy as np
-import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from discovery.core.errors import InvalidArgument, QuotaExceeded, Reason
@@ -141,7 +140,10 @@ class SetTokens:
             encryptor = Cipher(algorithms.AES(self._element_key), modes.ECB()).encryptor()
             self._per_thread.encryptor = encryptor
         words = np.frombuffer(encryptor.update(keys.raw), dtype="<u8").reshape(-1, 2)
-        total: npt.NDArray[np.uint64] = words.sum(axis=0, dtype="<u8")  # word-wise, modulo 2^64
+        # Word-wise, modulo 2^64, one column at a time: ``words.sum(axis=0)`` goes through numpy's
+        # buffered iterator (about 4x the CPU for 1,000 keys) and releases the GIL, which on the
+        # event loop's thread costs a wait to take it back from the store's thread.
+        total = np.array([words[:, 0].sum(), words[:, 1].sum()], dtype="<u8")
         return len(keys).to_bytes(4, "big") + total.tobytes()
 
     def _tag(self, caller: str, version: int, issued: bytes, body: bytes) -> bytes:
