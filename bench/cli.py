@@ -47,6 +47,7 @@ STANDALONE: dict[str, str] = {
     "quota_gate": "the cost of the quota gate on the hot path",
     "index_micro": "the index alone: lookups per second",
     "import_callgrind": "redis-server instructions per user imported through the Redis store (callgrind)",
+    "server_callgrind": "instructions per Discover call of the whole server, against echo (callgrind)",
 }
 
 

@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import redis
 
+from bench.callgrind import control, largest_dump, top_functions, total_instructions
 from bench.data import make_registry, split_ids
 from discovery.core.model import ImportGroup, PrivacySettings
 from discovery.store.redis import open_redis_store
 from tests.support.redis_fixtures import MISSING, REDIS_SERVER, free_port
 
 GROUP = 10_000
-TOP = 25
 
 
 def groups(count: int, seed: int) -> list[ImportGroup]:
@@ -59,10 +59,6 @@ def groups(count: int, seed: int) -> list[ImportGroup]:
     ]
 
 
-def control(pid: int, *args: str) -> None:
-    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
-
-
 async def imports(url: str, pid: int, prefill: list[ImportGroup], measured: list[ImportGroup]) -> int:
     store = await open_redis_store(url)
     try:
@@ -75,18 +71,6 @@ async def imports(url: str, pid: int, prefill: list[ImportGroup], measured: list
     finally:
         await store.close()
     return sum(r.imported for r in reports)
-
-
-def top_functions(dump: Path) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        ["callgrind_annotate", "--inclusive=yes", str(dump)], check=True, capture_output=True, text=True
-    ).stdout
-    rows = []
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and parts[1].startswith("(") and ":" in parts[2] and "0x" not in parts[2]:
-            rows.append({"ir": int(parts[0].replace(",", "")), "function": parts[2].split(":", 1)[1]})
-    return rows[:TOP]
 
 
 def main() -> int:
@@ -127,10 +111,8 @@ def main() -> int:
             client.close()
             server.terminate()
             server.wait()
-        # The dump taken at the end of the counted import (the one at exit counted nothing).
-        dump = max(work.glob("callgrind.out.*"), key=lambda p: p.stat().st_size)
-        lines = dump.read_text().splitlines()
-        total = max(int(line.split()[1]) for line in lines if line.startswith(("summary:", "totals:")))
+        dump = largest_dump(work)
+        total = total_instructions(dump)
         result = {
             "prefill_users": args.prefill,
             "users": args.users,
