@@ -376,6 +376,7 @@ class _Mailbox:
                 self.loop.call_soon_threadsafe(self.deliver)
             except RuntimeError:  # the loop is closed: nobody waits on its futures
                 self.done.clear()
+                self.posted = False
 
     def deliver(self) -> None:
         """On the loop: settle the futures of the finished jobs (not those cancelled meanwhile)."""
