@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -78,7 +79,9 @@ class SqliteBase:
         self._feed_max_len = feed_max_len
         self._poll_interval = poll_interval
         self._lock_timeout = lock_timeout
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._mailbox: _Mailbox | None = None
         self._conn: sqlite3.Connection | None = None
         self._changed = asyncio.Event()
         self._last_prune = 0.0
@@ -153,9 +156,15 @@ class SqliteBase:
             raise Unavailable("the store's file is read-only")
 
     async def close(self) -> None:
+        """Close the file, then stop the writer thread once the jobs queued before it ran.
+
+        A store closed this way can be opened again (a new thread starts)."""
         if self._conn is not None:
             await self._run(self._close_sync)
-        self._executor.shutdown(wait=True)
+        thread, self._thread, self._mailbox = self._thread, None, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join()
 
     def _close_sync(self) -> None:
         assert self._conn is not None
@@ -175,16 +184,47 @@ class SqliteBase:
         """Run ``fn`` on the store thread. If the caller is cancelled (a deadline passed, the
         client went away), a job still queued is dropped and a running one is interrupted and
         rolled back, so no work is left running on behalf of a call that is over."""
-        job = _Job(fn)
-        future = asyncio.get_running_loop().run_in_executor(self._executor, job.run, self)
+        job = self._enqueue(fn)
         try:
-            return await future
+            return await job.future
         except asyncio.CancelledError:
-            job.cancelled = True
             with self._switch:
                 if self._current is job and self._conn is not None:
                     self._conn.interrupt()
             raise
+
+    def _enqueue(self, fn: Callable[[], T]) -> _Job[T]:
+        """Queue ``fn`` behind the jobs already queued; its outcome is set on ``job.future``,
+        a future of the running loop. The first job (after ``close``) starts the thread."""
+        loop = asyncio.get_running_loop()
+        mailbox = self._mailbox
+        if mailbox is None or mailbox.loop is not loop:
+            mailbox = self._mailbox = _Mailbox(loop)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="sqlite-store", daemon=True)
+                self._thread.start()
+        job = _Job(fn, loop.create_future(), mailbox)
+        self._jobs.put(job)
+        return job
+
+    def _work(self) -> None:
+        """The writer thread: the jobs one at a time in the order queued, until ``None``."""
+        get = self._jobs.get
+        switch = self._switch
+        while (job := get()) is not None:
+            with switch:
+                # The caller's cancellation cancels the future at once (a read of its state
+                # is safe from this thread): a job queued for a call that is over never runs.
+                if job.future.cancelled():
+                    continue
+                self._current = job
+            try:
+                job.result = job.fn()
+            except BaseException as error:
+                job.error = error
+            with switch:
+                self._current = None
+            job.mailbox.post(job)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one IMMEDIATE transaction on the writer thread, then wake feed waiters."""
@@ -217,7 +257,7 @@ class SqliteBase:
                 if "locked" not in str(error) and "busy" not in str(error):
                     raise
             job = self._current
-            if job is not None and job.cancelled:
+            if job is not None and job.future.cancelled():
                 raise Unavailable("the call was cancelled while the store was locked")
             if time.monotonic() > deadline:
                 raise Unavailable("the store is locked by another writer")
@@ -304,17 +344,52 @@ def _migrate_feed_pointers(conn: sqlite3.Connection) -> None:
 class _Job(Generic[T]):
     """One unit of work on the store thread, known while it runs so it can be interrupted."""
 
-    __slots__ = ("cancelled", "fn")
+    __slots__ = ("error", "fn", "future", "mailbox", "result")
 
-    def __init__(self, fn: Callable[[], T]) -> None:
+    def __init__(self, fn: Callable[[], T], future: asyncio.Future[T], mailbox: _Mailbox) -> None:
         self.fn = fn
-        self.cancelled = False
+        self.future = future
+        self.mailbox = mailbox
+        self.error: BaseException | None = None
+        self.result: T
 
-    def run(self, owner: SqliteBase) -> T:
-        with owner._switch:
-            owner._current = self
-        try:
-            return self.fn()
-        finally:
-            with owner._switch:
-                owner._current = None
+
+class _Mailbox:
+    """Finished jobs on their way to one event loop. The writer thread wakes the loop only
+    when the box was empty, so the jobs that finish before the loop runs share one wake-up
+    (one ``call_soon_threadsafe``: one callback, one byte through the loop's self-pipe)."""
+
+    __slots__ = ("done", "loop", "posted")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.done: deque[_Job[Any]] = deque()
+        self.posted = False
+
+    def post(self, job: _Job[Any]) -> None:
+        """On the writer thread. ``posted`` is cleared by ``deliver`` before it empties the
+        box, so a job appended after it looked is either taken by it or posted again."""
+        self.done.append(job)
+        if not self.posted:
+            self.posted = True
+            try:
+                self.loop.call_soon_threadsafe(self.deliver)
+            except RuntimeError:  # the loop is closed: nobody waits on its futures
+                self.done.clear()
+                self.posted = False
+
+    def deliver(self) -> None:
+        """On the loop: settle the futures of the finished jobs (not those cancelled meanwhile)."""
+        self.posted = False
+        done = self.done
+        while done:
+            job = done.popleft()
+            future = job.future
+            if future.done():
+                continue
+            if job.error is None:
+                future.set_result(job.result)
+            elif isinstance(job.error, StopIteration):  # a future refuses it, as a coroutine does
+                future.set_exception(RuntimeError(f"the store job raised {job.error!r}"))
+            else:
+                future.set_exception(job.error)

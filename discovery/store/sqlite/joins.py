@@ -435,9 +435,7 @@ class SqliteJoins(SqliteBase):
 
     def _flush_reads(self) -> None:
         reads, self._reads = self._reads, []
-        batch = asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: [self._read_one(*read[:4]) for read in reads]
-        )
+        batch = self._enqueue(lambda: [self._read_one(*read[:4]) for read in reads]).future
         batch.add_done_callback(lambda done: _settle(reads, done))
 
     def _read_one(
