@@ -48,6 +48,7 @@ STANDALONE: dict[str, str] = {
     "index_micro": "the index alone: lookups per second",
     "import_callgrind": "redis-server instructions per user imported through the Redis store (callgrind)",
     "server_callgrind": "instructions per Discover call of the whole server, against echo (callgrind)",
+    "store_hop": "the SQLite store's hop to its writer thread and back: CPU and instructions per call",
 }
 
 
