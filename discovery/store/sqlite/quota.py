@@ -79,11 +79,10 @@ def drained_mark(level: float, now: float, leak_per_second: float) -> float | No
     share = drain * MARK_SLACK
     grid = MARK_MIN_GRID if share <= MARK_MIN_GRID else math.ldexp(1.0, math.frexp(share)[1] - 1)
     mark = math.ceil(exact / grid) * grid
-    for _ in range(3):
-        if _empty_by(mark, level, now, leak_per_second):
-            return mark
-        mark += grid  # ``exact`` was rounded below the true drain time, onto the grid
-    return math.inf
+    if _empty_by(mark, level, now, leak_per_second):
+        return mark
+    mark += grid  # ``exact`` was rounded below the true drain time, onto the grid
+    return mark if _empty_by(mark, level, now, leak_per_second) else math.inf
 
 
 def mark_holds(mark: float | None, level: float, now: float, leak_per_second: float) -> bool:
