@@ -49,6 +49,7 @@ STANDALONE: dict[str, str] = {
     "import_callgrind": "redis-server instructions per user imported through the Redis store (callgrind)",
     "server_callgrind": "instructions per Discover call of the whole server, against echo (callgrind)",
     "store_hop": "the SQLite store's hop to its writer thread and back: CPU and instructions per call",
+    "sqlite_charge": "one quota charge in SQLite: CPU, instructions and system calls per charge",
 }
 
 
